@@ -1,0 +1,84 @@
+"""threadkeeper's storage engine: LangGraph checkpointers with a thread index.
+
+    from checkpointers import open_saver
+    with open_saver() as saver:              # ./data/threadkeeper.db by default
+        graph = build_graph(checkpointer=saver)
+        saver.threads.list("alice")          # her 20 most recent threads
+
+`url` is `sqlite:///path/to/file.db`; without it `$THREADKEEPER_DATABASE_URL`,
+then `sqlite:///data/threadkeeper.db`. `THREADKEEPER_SQLITE_SYNCHRONOUS` picks
+SQLite's `synchronous` pragma (NORMAL by default; FULL survives power loss).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from checkpointers.errors import (
+    ForeignDatabaseError,
+    InvalidCursorError,
+    NotADatabaseError,
+    SchemaTooNewError,
+    StoreError,
+    StoreUnavailableError,
+    ThreadExistsError,
+    ThreadNotFoundError,
+)
+from checkpointers.sqlite import ThreadSaver
+from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
+from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
+
+__all__ = [
+    "ANY_USER",
+    "DEFAULT_URL",
+    "ForeignDatabaseError",
+    "InvalidCursorError",
+    "NotADatabaseError",
+    "SchemaTooNewError",
+    "StoreError",
+    "StoreUnavailableError",
+    "ThreadExistsError",
+    "ThreadIndex",
+    "ThreadInfo",
+    "ThreadNotFoundError",
+    "ThreadPage",
+    "ThreadSaver",
+    "open_async_saver",
+    "open_saver",
+]
+
+
+def _saver_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = dict(kwargs)
+    if "synchronous" not in options and os.environ.get("THREADKEEPER_SQLITE_SYNCHRONOUS"):
+        options["synchronous"] = os.environ["THREADKEEPER_SQLITE_SYNCHRONOUS"]
+    return options
+
+
+@contextmanager
+def open_saver(url: str | None = None, **kwargs: Any) -> Iterator[ThreadSaver]:
+    """Open the store for synchronous use; closes it on exit."""
+    saver = ThreadSaver(sqlite_path(resolve_url(url)), **_saver_options(kwargs))
+    try:
+        yield saver
+    finally:
+        saver.close()
+
+
+@asynccontextmanager
+async def open_async_saver(url: str | None = None, **kwargs: Any) -> AsyncIterator[ThreadSaver]:
+    """Open the store for asyncio use (e.g. `langgraph dev`); closes it on exit.
+
+    The async methods run the shared SQLite code on worker threads, so the
+    event loop never blocks on disk.
+    """
+    import asyncio
+
+    saver = await asyncio.to_thread(ThreadSaver, sqlite_path(resolve_url(url)), **_saver_options(kwargs))
+    try:
+        yield saver
+    finally:
+        await asyncio.to_thread(saver.close)

@@ -1,0 +1,187 @@
+"""The database schema, as numbered migrations applied in order and recorded.
+
+Each migration is a small function that receives a connection inside a write
+transaction. Append new ones to `MIGRATIONS`; never edit one that has shipped.
+
+Tables a user can query by hand:
+
+* `threads`: one row per conversation (the thread index), owner, title, times.
+* `checkpoints`: one row per LangGraph checkpoint, without its channel values.
+* `channel_values`: a channel's value at one version, written once when it
+  changes. A list of messages is stored as the message numbers it holds, as a
+  delta against an earlier list of the same channel (`base_no`, `keep`).
+* `messages`: each message of a thread serialised once, numbered per thread.
+* `writes`: pending writes of a task against a checkpoint.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from checkpointers.errors import ForeignDatabaseError, SchemaTooNewError
+
+
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE threads (
+            thread_key INTEGER PRIMARY KEY AUTOINCREMENT,
+            thread_id TEXT NOT NULL UNIQUE,
+            user_id TEXT,
+            title TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            message_count INTEGER NOT NULL DEFAULT 0,
+            pinned INTEGER NOT NULL DEFAULT 0,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            next_value_no INTEGER NOT NULL DEFAULT 1,
+            next_message_no INTEGER NOT NULL DEFAULT 1
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX threads_by_user_updated ON threads (user_id, updated_at, thread_id)"
+    )
+    conn.execute(
+        """
+        CREATE TABLE checkpoints (
+            thread_key INTEGER NOT NULL,
+            checkpoint_ns TEXT NOT NULL,
+            checkpoint_id TEXT NOT NULL,
+            parent_checkpoint_id TEXT,
+            run_id TEXT,
+            type TEXT NOT NULL,
+            checkpoint BLOB NOT NULL,
+            metadata TEXT NOT NULL,
+            PRIMARY KEY (thread_key, checkpoint_ns, checkpoint_id)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        "CREATE INDEX checkpoints_by_run ON checkpoints (run_id) WHERE run_id IS NOT NULL"
+    )
+    conn.execute(
+        """
+        CREATE TABLE channel_values (
+            thread_key INTEGER NOT NULL,
+            value_no INTEGER NOT NULL,
+            checkpoint_ns TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            version NOT NULL,
+            kind INTEGER NOT NULL,
+            type TEXT,
+            value BLOB,
+            base_no INTEGER,
+            keep INTEGER,
+            depth INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (thread_key, value_no)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        # Not unique: a version written twice (a re-put) resolves to the newest
+        # row, and older rows stay intact for lists stored as deltas against them.
+        "CREATE INDEX channel_values_by_version "
+        "ON channel_values (thread_key, checkpoint_ns, channel, version, value_no)"
+    )
+    conn.execute(
+        """
+        CREATE TABLE messages (
+            thread_key INTEGER NOT NULL,
+            message_no INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (thread_key, message_no)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE writes (
+            thread_key INTEGER NOT NULL,
+            checkpoint_ns TEXT NOT NULL,
+            checkpoint_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            task_path TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            type TEXT,
+            value BLOB,
+            PRIMARY KEY (thread_key, checkpoint_ns, checkpoint_id, task_id, idx)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the schema up to `LATEST_VERSION`; refuse databases we cannot own.
+
+    Runs in a `BEGIN IMMEDIATE` transaction so two processes opening a new file
+    at once apply each migration exactly once.
+    """
+    version = current_version(conn)
+    if version == LATEST_VERSION:
+        return
+    if version > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"{path} has schema version {version}, newer than this threadkeeper "
+            f"understands ({LATEST_VERSION}); upgrade threadkeeper to open it"
+        )
+    if version == 0:
+        # auto_vacuum must be chosen before the first table exists: INCREMENTAL
+        # lets `compact()` hand freed pages back to the OS without a full VACUUM.
+        foreign = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        if foreign:
+            names = ", ".join(sorted(n for (n,) in foreign)[:5])
+            raise ForeignDatabaseError(
+                f"{path} is a SQLite database that threadkeeper did not create "
+                f"(it holds tables: {names}); point THREADKEEPER_DATABASE_URL at a new file"
+            )
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = current_version(conn)  # another process may have migrated meanwhile
+        if version > LATEST_VERSION:
+            raise SchemaTooNewError(
+                f"{path} has schema version {version}, newer than this threadkeeper "
+                f"understands ({LATEST_VERSION}); upgrade threadkeeper to open it"
+            )
+        if version == 0:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            step(conn)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (number, step.__name__, _now()),
+            )
+        conn.execute(f"PRAGMA user_version = {LATEST_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,1098 @@
+"""`ThreadSaver`: a LangGraph checkpointer over one SQLite file, with a thread index.
+
+Storage is linear in the length of a thread:
+
+* A checkpoint row holds the checkpoint without its channel values.
+* A channel value is written once, when its version changes (`channel_values`).
+* A list of messages (the `messages` channel, a write of messages, a
+  `DeltaChannel` snapshot) is stored as message numbers; each message is
+  serialised once per thread (`messages`). A list that grew is stored as
+  "the first `keep` numbers of list `base_no`, then these"; every
+  `MAX_CHAIN_DEPTH` steps a full (compressed) list of numbers is written
+  instead, so reading a list never walks far.
+
+Cost per turn is flat: the saver keeps the message lists it last read or
+wrote in memory, so the next turn only serialises messages that are new
+(found by identity, then by equality, then by content digest). Messages
+handed out by the saver are shared with that cache; treat them as immutable
+values, as LangGraph's reducers do.
+
+Every write is one `BEGIN IMMEDIATE` transaction that also updates the
+thread's row in `threads`, so the index never disagrees with the checkpoints.
+Sync methods run on the calling thread; the async twins run the same code on a
+worker thread. One connection per saver, guarded by a lock; several processes
+share the file through WAL and a busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import operator
+import os
+import random
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    PendingWrite,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
+
+from checkpointers import codec
+from checkpointers.codec import (
+    KIND_DELTA_SNAPSHOT,
+    KIND_EMPTY,
+    KIND_MESSAGE,
+    KIND_MESSAGE_LIST,
+    KIND_SERDE,
+)
+from checkpointers.errors import (
+    NotADatabaseError,
+    StoreUnavailableError,
+    ThreadExistsError,
+    ThreadNotFoundError,
+)
+from checkpointers.schema import migrate
+from checkpointers.threads import ThreadIndex, title_from_messages
+
+logger = logging.getLogger(__name__)
+
+MAX_CHAIN_DEPTH = 64
+"""A stored message list is a delta against at most this many earlier lists."""
+
+MESSAGES_CHANNEL = "messages"
+"""The channel whose length and first human message feed the thread index."""
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _is_message_list(value: Any) -> bool:
+    if type(value) is not list or not value:
+        return False
+    return all(issubclass(t, BaseMessage) for t in set(map(type, value)))
+
+
+@dataclass
+class _StoredList:
+    """A message list as stored (`nos`) and as Python objects (`objs`)."""
+
+    value_no: int
+    nos: list[int]
+    objs: list[BaseMessage]
+    depth: int
+
+
+class _ListCache:
+    """Recently read or written message lists, bounded by total message count.
+
+    Keys are `(thread_key, value_no)`. Neither number is ever reused (thread keys
+    are AUTOINCREMENT, value numbers come from a per-thread counter), and value
+    rows never change after they are written, so an entry can never go stale.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._entries: OrderedDict[tuple[int, int], _StoredList] = OrderedDict()
+        self._size = 0
+        self._latest: dict[tuple[int, str, str], int] = {}
+
+    def get(self, thread_key: int, value_no: int) -> _StoredList | None:
+        entry = self._entries.get((thread_key, value_no))
+        if entry is not None:
+            self._entries.move_to_end((thread_key, value_no))
+        return entry
+
+    def latest(self, thread_key: int, ns: str, channel: str) -> _StoredList | None:
+        value_no = self._latest.get((thread_key, ns, channel))
+        return None if value_no is None else self.get(thread_key, value_no)
+
+    def add(self, thread_key: int, ns: str, channel: str, entry: _StoredList) -> None:
+        key = (thread_key, entry.value_no)
+        if key not in self._entries:
+            self._size += len(entry.nos)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        latest_key = (thread_key, ns, channel)
+        if self._latest.get(latest_key, 0) < entry.value_no:
+            self._latest[latest_key] = entry.value_no
+        while self._size > self.max_messages and len(self._entries) > 1:
+            _, old = self._entries.popitem(last=False)
+            self._size -= len(old.nos)
+
+    def forget_thread(self, thread_key: int) -> None:
+        for key in [k for k in self._entries if k[0] == thread_key]:
+            self._size -= len(self._entries.pop(key).nos)
+        for key in [k for k in self._latest if k[0] == thread_key]:
+            del self._latest[key]
+
+
+@dataclass
+class _ThreadTxn:
+    """One thread's counters inside a write transaction, flushed at the end."""
+
+    conn: sqlite3.Connection
+    thread_key: int
+    title: str | None
+    user_id: str | None
+    next_value_no: int
+    next_message_no: int
+    after_commit: list = field(default_factory=list)
+    new_digests: dict[bytes, int] = field(default_factory=dict)
+    dirty: bool = False
+
+    def value_no(self) -> int:
+        self.dirty = True
+        self.next_value_no += 1
+        return self.next_value_no - 1
+
+    def message_no(self) -> int:
+        self.dirty = True
+        self.next_message_no += 1
+        return self.next_message_no - 1
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.conn.execute(
+                "UPDATE threads SET next_value_no = ?, next_message_no = ? WHERE thread_key = ?",
+                (self.next_value_no, self.next_message_no, self.thread_key),
+            )
+
+
+def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
+    """Open (creating if needed) the database file with this project's pragmas.
+
+    Raises `StoreUnavailableError` for a path that cannot be created or written
+    and `NotADatabaseError` for a file that is not SQLite; neither touches the file.
+    """
+    synchronous = synchronous.upper()
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
+    if path.is_dir():
+        raise StoreUnavailableError(f"cannot open database {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"cannot create the directory {path.parent} for the database: {exc.strerror or exc}"
+        ) from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreUnavailableError(f"cannot open database {path}: the path is not writable")
+    try:
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+        )
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(f"cannot open database {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # Deleted data is overwritten, not just unlinked (Debian's default, not everyone's).
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute("PRAGMA cache_size = -16000")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise NotADatabaseError(f"{path} is not a SQLite database") from exc
+        raise StoreUnavailableError(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+class ThreadSaver(BaseCheckpointSaver[float]):
+    """LangGraph checkpointer on one SQLite file; `saver.threads` is the thread index.
+
+    Use `checkpointers.open_saver()` / `open_async_saver()` rather than the
+    constructor. Both sync and async methods are available on every instance.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        serde: SerializerProtocol | None = None,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 30_000,
+        cache_messages: int = 200_000,
+    ) -> None:
+        super().__init__(serde=serde)
+        self.path = Path(path)
+        self.conn = connect(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self._lock = threading.RLock()
+        self._lists = _ListCache(cache_messages)
+        self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+        self._max_digests = 20_000
+        self.threads = ThreadIndex(self)
+        try:
+            self.setup()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create or upgrade the schema; safe to call any number of times."""
+        with self._lock:
+            try:
+                migrate(self.conn, str(self.path))
+            except sqlite3.DatabaseError as exc:
+                if "not a database" in str(exc):
+                    raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @classmethod
+    @contextmanager
+    def from_conn_string(cls, conn_string: str, **kwargs: Any) -> Iterator[ThreadSaver]:
+        """`with ThreadSaver.from_conn_string("sqlite:///data/x.db") as saver:`"""
+        from checkpointers.url import sqlite_path
+
+        saver = cls(sqlite_path(conn_string), **kwargs)
+        try:
+            yield saver
+        finally:
+            saver.close()
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees one snapshot."""
+        with self._lock:
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[list]:
+        """A write transaction; yields a list of callbacks to run after COMMIT."""
+        with self._lock:
+            after_commit: list = []
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield after_commit
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            for callback in after_commit:
+                callback()
+
+    @staticmethod
+    def _thread_key(conn: sqlite3.Connection, thread_id: str) -> int | None:
+        row = conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+        return row[0] if row else None
+
+    def _open_thread(
+        self, conn: sqlite3.Connection, after_commit: list, thread_id: str, user_id: str | None
+    ) -> _ThreadTxn:
+        row = conn.execute(
+            "SELECT thread_key, title, user_id, next_value_no, next_message_no FROM threads WHERE thread_id = ?",
+            (thread_id,),
+        ).fetchone()
+        if row is None:
+            now = utc_now()
+            cur = conn.execute(
+                "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (thread_id, user_id, now, now),
+            )
+            row = (cur.lastrowid, None, user_id, 1, 1)
+        txn = _ThreadTxn(conn, row[0], row[1], row[2], row[3], row[4], after_commit)
+        return txn
+
+    # -- encoding values ---------------------------------------------------
+
+    def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
+        type_, blob = self.serde.dumps_typed(message)
+        digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
+        known = txn.new_digests.get(digest)
+        if known is not None:
+            return known
+        known = self._digests.get((txn.thread_key, digest))
+        if known is not None and txn.conn.execute(
+            "SELECT 1 FROM messages WHERE thread_key = ? AND message_no = ?", (txn.thread_key, known)
+        ).fetchone():
+            return known
+        no = txn.message_no()
+        txn.conn.execute(
+            "INSERT INTO messages (thread_key, message_no, type, value) VALUES (?, ?, ?, ?)",
+            (txn.thread_key, no, type_, blob),
+        )
+        txn.new_digests[digest] = no
+        key = (txn.thread_key, digest)
+        txn.after_commit.append(lambda: self._remember_digest(key, no))
+        return no
+
+    def _remember_digest(self, key: tuple[int, bytes], no: int) -> None:
+        self._digests[key] = no
+        self._digests.move_to_end(key)
+        if len(self._digests) > self._max_digests:
+            self._digests.popitem(last=False)
+
+    def _value_exists(self, txn: _ThreadTxn, value_no: int) -> bool:
+        return (
+            txn.conn.execute(
+                "SELECT 1 FROM channel_values WHERE thread_key = ? AND value_no = ?",
+                (txn.thread_key, value_no),
+            ).fetchone()
+            is not None
+        )
+
+    def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> _StoredList | None:
+        """The list to store a new value of `channel` against, if one exists."""
+        base = self._lists.latest(txn.thread_key, ns, channel)
+        if base is not None and self._value_exists(txn, base.value_no):
+            return base
+        row = txn.conn.execute(
+            "SELECT value_no FROM channel_values WHERE thread_key = ? AND checkpoint_ns = ? "
+            "AND channel = ? AND kind IN (?, ?) ORDER BY value_no DESC LIMIT 1",
+            (txn.thread_key, ns, channel, KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT),
+        ).fetchone()
+        if row is None:
+            return None
+        return self._load_list(txn.conn, txn.thread_key, row[0])
+
+    def _encode_list(
+        self, txn: _ThreadTxn, ns: str, channel: str, messages: list[BaseMessage]
+    ) -> tuple[_StoredList, bytes, int | None, int | None]:
+        """Store the new messages of a list; return it with its row's (value, base_no, keep)."""
+        base = self._base_list(txn, ns, channel)
+        nos: list[int]
+        keep = 0
+        if base is not None:
+            n_base = len(base.objs)
+            prefix_same = len(messages) >= n_base and (
+                all(map(operator.is_, messages, base.objs)) or messages[:n_base] == base.objs
+            )
+            if prefix_same:
+                nos = base.nos + [self._store_message(txn, m) for m in messages[n_base:]]
+                keep = n_base
+            else:
+                by_identity = {id(o): n for o, n in zip(base.objs, base.nos)}
+                nos = [by_identity.get(id(m)) or self._store_message(txn, m) for m in messages]
+                while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
+                    keep += 1
+        else:
+            nos = [self._store_message(txn, m) for m in messages]
+        value_no = txn.value_no()
+        appended = len(nos) - keep
+        if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):
+            entry = _StoredList(value_no, nos, list(messages), 0)
+            return entry, codec.pack_numbers(nos), None, None
+        entry = _StoredList(value_no, nos, list(messages), base.depth + 1)
+        return entry, codec.pack_numbers(nos[keep:]), base.value_no, keep
+
+    def _encode_write(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
+        if _is_message_list(value):
+            return KIND_MESSAGE_LIST, None, codec.pack_numbers([self._store_message(txn, m) for m in value])
+        if isinstance(value, BaseMessage):
+            return KIND_MESSAGE, None, codec.pack_numbers([self._store_message(txn, value)])
+        type_, blob = self.serde.dumps_typed(value)
+        return KIND_SERDE, type_, blob
+
+    # -- decoding values ---------------------------------------------------
+
+    def _load_messages(self, conn: sqlite3.Connection, thread_key: int, nos: Sequence[int]) -> dict[int, BaseMessage]:
+        wanted = sorted(set(nos))
+        if not wanted:
+            return {}
+        if wanted[-1] - wanted[0] < 2 * len(wanted):
+            rows = conn.execute(
+                "SELECT message_no, type, value FROM messages WHERE thread_key = ? AND message_no BETWEEN ? AND ?",
+                (thread_key, wanted[0], wanted[-1]),
+            )
+        else:
+            rows = conn.execute(
+                "SELECT message_no, type, value FROM messages WHERE thread_key = ? "
+                "AND message_no IN (SELECT value FROM json_each(?))",
+                (thread_key, json.dumps(wanted)),
+            )
+        wanted_set = set(wanted)
+        found = {no: self.serde.loads_typed((t, v)) for no, t, v in rows if no in wanted_set}
+        if len(found) != len(wanted_set):
+            missing = sorted(wanted_set - found.keys())[:5]
+            raise RuntimeError(f"thread {thread_key}: stored list refers to missing messages {missing}")
+        return found
+
+    def _load_list(self, conn: sqlite3.Connection, thread_key: int, value_no: int) -> _StoredList:
+        cached = self._lists.get(thread_key, value_no)
+        if cached is not None:
+            return cached
+        steps: list[tuple[int, bytes, int | None, int | None, int]] = []
+        start: _StoredList | None = None
+        cursor: int | None = value_no
+        while cursor is not None:
+            start = self._lists.get(thread_key, cursor)
+            if start is not None:
+                break
+            row = conn.execute(
+                "SELECT value, base_no, keep, depth, checkpoint_ns, channel FROM channel_values "
+                "WHERE thread_key = ? AND value_no = ?",
+                (thread_key, cursor),
+            ).fetchone()
+            if row is None:
+                raise RuntimeError(f"thread {thread_key}: message list {cursor} is missing")
+            steps.append((cursor, row[0], row[1], row[2], row[3]))
+            ns, channel = row[4], row[5]
+            cursor = row[1]
+        nos = list(start.nos) if start else []
+        known = dict(zip(start.nos, start.objs)) if start else {}
+        for _, blob, _base, keep, _depth in reversed(steps):
+            tail = codec.unpack_numbers(blob)
+            nos = (nos[:keep] if keep is not None else []) + tail
+        missing = [n for n in nos if n not in known]
+        if missing:
+            known.update(self._load_messages(conn, thread_key, missing))
+        entry = _StoredList(value_no, nos, [known[n] for n in nos], steps[0][4] if steps else start.depth)
+        self._lists.add(thread_key, ns, channel, entry)
+        return entry
+
+    def _decode_value(
+        self, conn: sqlite3.Connection, thread_key: int, value_no: int, kind: int, type_: str | None, blob: bytes | None
+    ) -> Any:
+        if kind == KIND_SERDE:
+            return self.serde.loads_typed((type_, blob))
+        if kind == KIND_MESSAGE_LIST:
+            return list(self._load_list(conn, thread_key, value_no).objs)
+        if kind == KIND_DELTA_SNAPSHOT:
+            return _DeltaSnapshot(list(self._load_list(conn, thread_key, value_no).objs))
+        if kind == KIND_MESSAGE:
+            (no,) = codec.unpack_numbers(blob)
+            return self._load_messages(conn, thread_key, [no])[no]
+        raise RuntimeError(f"unknown stored value kind {kind}")
+
+    def _decode_write(self, conn: sqlite3.Connection, thread_key: int, kind: int, type_: str | None, blob: bytes | None) -> Any:
+        if kind == KIND_SERDE:
+            return self.serde.loads_typed((type_, blob))
+        nos = codec.unpack_numbers(blob)
+        found = self._load_messages(conn, thread_key, nos)
+        if kind == KIND_MESSAGE:
+            return found[nos[0]]
+        return [found[n] for n in nos]
+
+    def _lookup_value(
+        self, conn: sqlite3.Connection, thread_key: int, ns: str, channel: str, version: Any
+    ) -> tuple[int, int, str | None, bytes | None] | None:
+        return conn.execute(
+            "SELECT value_no, kind, type, value FROM channel_values WHERE thread_key = ? "
+            "AND checkpoint_ns = ? AND channel = ? AND version = ? ORDER BY value_no DESC LIMIT 1",
+            (thread_key, ns, channel, version),
+        ).fetchone()
+
+    def _channel_values(self, conn: sqlite3.Connection, thread_key: int, ns: str, versions: ChannelVersions) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for channel, version in versions.items():
+            row = self._lookup_value(conn, thread_key, ns, channel, version)
+            if row is None or row[1] == KIND_EMPTY:
+                continue
+            values[channel] = self._decode_value(conn, thread_key, *row)
+        return values
+
+    def _pending_writes(self, conn: sqlite3.Connection, thread_key: int, ns: str, checkpoint_id: str) -> list[PendingWrite]:
+        rows = conn.execute(
+            "SELECT task_id, channel, kind, type, value FROM writes WHERE thread_key = ? "
+            "AND checkpoint_ns = ? AND checkpoint_id = ? ORDER BY task_path, task_id, idx",
+            (thread_key, ns, checkpoint_id),
+        ).fetchall()
+        return [(task_id, channel, self._decode_write(conn, thread_key, kind, t, v)) for task_id, channel, kind, t, v in rows]
+
+    def _tuple(
+        self,
+        conn: sqlite3.Connection,
+        thread_key: int,
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str,
+        parent_id: str | None,
+        type_: str,
+        blob: bytes,
+        metadata: str,
+    ) -> CheckpointTuple:
+        checkpoint = self.serde.loads_typed((type_, blob))
+        checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"])
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
+            checkpoint=checkpoint,
+            metadata=json.loads(metadata),
+            parent_config=(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
+                if parent_id
+                else None
+            ),
+            pending_writes=self._pending_writes(conn, thread_key, ns, checkpoint_id),
+        )
+
+    # -- BaseCheckpointSaver: reads -----------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        with self._read() as conn:
+            thread_key = self._thread_key(conn, thread_id)
+            if thread_key is None:
+                return None
+            if checkpoint_id := get_checkpoint_id(config):
+                row = conn.execute(
+                    "SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
+                    "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+                    (thread_key, ns, checkpoint_id),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
+                    "WHERE thread_key = ? AND checkpoint_ns = ? ORDER BY checkpoint_id DESC LIMIT 1",
+                    (thread_key, ns),
+                ).fetchone()
+            if row is None:
+                return None
+            return self._tuple(conn, thread_key, thread_id, ns, *row)
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        where: list[str] = []
+        params: list[Any] = []
+        configurable = (config or {}).get("configurable", {})
+        if "thread_id" in configurable and configurable["thread_id"] is not None:
+            where.append("t.thread_id = ?")
+            params.append(str(configurable["thread_id"]))
+        if configurable.get("checkpoint_ns") is not None:
+            where.append("c.checkpoint_ns = ?")
+            params.append(configurable["checkpoint_ns"])
+        if checkpoint_id := configurable.get("checkpoint_id"):
+            where.append("c.checkpoint_id = ?")
+            params.append(checkpoint_id)
+        if before is not None and (before_id := get_checkpoint_id(before)):
+            where.append("c.checkpoint_id < ?")
+            params.append(before_id)
+        python_filter: dict[str, Any] = {}
+        for key, value in (filter or {}).items():
+            if value is None or isinstance(value, (str, int, float)):
+                where.append(f"json_extract(c.metadata, {_json_path(key)}) IS ?")
+                params.append(value)
+            else:
+                python_filter[key] = value
+        sql = (
+            "SELECT c.thread_key, t.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, "
+            "c.type, c.checkpoint, c.metadata FROM checkpoints c JOIN threads t ON t.thread_key = c.thread_key"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY c.checkpoint_id DESC"
+        )
+        if limit is not None and not python_filter:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._read() as conn:
+            results = []
+            for row in conn.execute(sql, params).fetchall():
+                metadata = json.loads(row[7])
+                if any(metadata.get(k) != v for k, v in python_filter.items()):
+                    continue
+                results.append(self._tuple(conn, *row))
+                if limit is not None and len(results) >= limit:
+                    break
+        yield from results
+
+    # -- BaseCheckpointSaver: writes ----------------------------------------
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        parent_id = configurable.get("checkpoint_id")
+        full_metadata = get_serializable_checkpoint_metadata(config, metadata)
+        user_id = full_metadata.get("user_id")
+        user_id = str(user_id) if user_id is not None else None
+        values = checkpoint["channel_values"]
+        stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+        type_, blob = self.serde.dumps_typed(stored)
+        metadata_json = json.dumps(full_metadata, ensure_ascii=False, default=repr)
+        run_id = full_metadata.get("run_id")
+        with self._write() as after_commit:
+            txn = self._open_thread(self.conn, after_commit, thread_id, user_id)
+            for channel, version in new_versions.items():
+                self._put_value(txn, ns, channel, version, values.get(channel, _MISSING))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, "
+                "parent_checkpoint_id, run_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (txn.thread_key, ns, checkpoint["id"], parent_id, None if run_id is None else str(run_id), type_, blob, metadata_json),
+            )
+            txn.flush()
+            self._touch_thread(txn, ns, values, new_versions, user_id)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    def _put_value(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> None:
+        base_no = keep = None
+        depth = 0
+        type_: str | None = None
+        if value is _MISSING:
+            kind, blob = KIND_EMPTY, None
+            value_no = txn.value_no()
+        elif _is_message_list(value) or (isinstance(value, _DeltaSnapshot) and _is_message_list(value.value)):
+            kind = KIND_MESSAGE_LIST if type(value) is list else KIND_DELTA_SNAPSHOT
+            messages = value if kind == KIND_MESSAGE_LIST else value.value
+            entry, blob, base_no, keep = self._encode_list(txn, ns, channel, messages)
+            value_no, depth = entry.value_no, entry.depth
+            key = txn.thread_key
+            txn.after_commit.append(lambda: self._lists.add(key, ns, channel, entry))
+        elif isinstance(value, BaseMessage):
+            kind, blob = KIND_MESSAGE, codec.pack_numbers([self._store_message(txn, value)])
+            value_no = txn.value_no()
+        else:
+            kind = KIND_SERDE
+            type_, blob = self.serde.dumps_typed(value)
+            value_no = txn.value_no()
+        txn.conn.execute(
+            "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value, "
+            "base_no, keep, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth),
+        )
+
+    def _touch_thread(
+        self, txn: _ThreadTxn, ns: str, values: dict[str, Any], new_versions: ChannelVersions, user_id: str | None
+    ) -> None:
+        """Keep the thread's index row in step with the checkpoint just written."""
+        count = title = None
+        if ns == "":
+            messages = values.get(MESSAGES_CHANNEL)
+            if isinstance(messages, _DeltaSnapshot):
+                messages = messages.value
+            if MESSAGES_CHANNEL in new_versions and isinstance(messages, list):
+                count = len(messages)
+                if txn.title is None:
+                    title = title_from_messages(messages)
+        txn.conn.execute(
+            "UPDATE threads SET updated_at = ?, message_count = coalesce(?, message_count), "
+            "title = coalesce(title, ?), user_id = coalesce(user_id, ?) WHERE thread_key = ?",
+            (utc_now(), count, title, user_id, txn.thread_key),
+        )
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        checkpoint_id = configurable["checkpoint_id"]
+        verb = "INSERT OR REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "INSERT OR IGNORE"
+        user_id = configurable.get("user_id")
+        with self._write() as after_commit:
+            txn = self._open_thread(self.conn, after_commit, thread_id, None if user_id is None else str(user_id))
+            for idx, (channel, value) in enumerate(writes):
+                kind, type_, blob = self._encode_write(txn, value)
+                txn.conn.execute(
+                    f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
+                    "channel, kind, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (txn.thread_key, ns, checkpoint_id, task_id, WRITES_IDX_MAP.get(channel, idx), task_path, channel, kind, type_, blob),
+                )
+            txn.flush()
+
+    # -- deleting, copying, pruning -----------------------------------------
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread: its checkpoints, writes, messages and index row."""
+        self.delete_threads([thread_id])
+
+    def delete_threads(self, thread_ids: Sequence[str]) -> int:
+        """Delete many threads in one transaction; returns how many existed."""
+        ids = [str(t) for t in thread_ids]
+        if not ids:
+            return 0
+        with self._write() as after_commit:
+            keys = [
+                k for (k,) in self.conn.execute(
+                    "SELECT thread_key FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(ids),),
+                )
+            ]
+            keys_json = json.dumps(keys)
+            for table in ("checkpoints", "channel_values", "messages", "writes", "threads"):
+                self.conn.execute(
+                    f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
+                )
+            after_commit.append(lambda: self._forget(keys))
+        return len(keys)
+
+    def _forget(self, thread_keys: Sequence[int]) -> None:
+        for key in thread_keys:
+            self._lists.forget_thread(key)
+        gone = set(thread_keys)
+        for key in [k for k in self._digests if k[0] in gone]:
+            del self._digests[key]
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy a thread with its whole history under a new id (which must be unused)."""
+        source, target = str(source_thread_id), str(target_thread_id)
+        with self._write():
+            src = self._thread_key(self.conn, source)
+            if src is None:
+                raise ThreadNotFoundError(source)
+            dst = self._thread_key(self.conn, target)
+            if dst is not None:
+                has_state = self.conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE thread_key = ? LIMIT 1", (dst,)
+                ).fetchone()
+                if has_state:
+                    raise ThreadExistsError(f"cannot copy into thread {target!r}: it already exists")
+                for table in ("writes", "threads"):
+                    self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (dst,))
+            now = utc_now()
+            dst = self.conn.execute(
+                "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, message_count, pinned, "
+                "metadata, next_value_no, next_message_no) SELECT ?, user_id, title, ?, ?, message_count, pinned, "
+                "metadata, next_value_no, next_message_no FROM threads WHERE thread_key = ?",
+                (target, now, now, src),
+            ).lastrowid
+            for table, columns in _THREAD_TABLE_COLUMNS.items():
+                self.conn.execute(
+                    f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
+                    (dst, src),
+                )
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) that the given runs created."""
+        ids = [str(r) for r in run_ids]
+        if not ids:
+            return
+        with self._write() as after_commit:
+            rows = self.conn.execute(
+                "SELECT thread_key, checkpoint_ns, checkpoint_id FROM checkpoints "
+                "WHERE run_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            ).fetchall()
+            for thread_key, ns, checkpoint_id in rows:
+                self._delete_checkpoint(thread_key, ns, checkpoint_id)
+            touched = sorted({r[0] for r in rows})
+            for thread_key in touched:
+                self._collect_garbage(thread_key)
+            after_commit.append(lambda: self._forget(touched))
+
+    def _delete_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str) -> None:
+        for table in ("checkpoints", "writes"):
+            self.conn.execute(
+                f"DELETE FROM {table} WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+                (thread_key, ns, checkpoint_id),
+            )
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Drop old checkpoints of the given threads.
+
+        `keep_latest` keeps the newest checkpoint of each namespace, plus, for
+        threads that use `DeltaChannel`, the ancestors it needs back to the
+        nearest snapshot. `delete` removes every checkpoint but keeps the thread.
+        """
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+        ids = [str(t) for t in thread_ids]
+        if not ids:
+            return
+        with self._write() as after_commit:
+            touched = []
+            for thread_id in ids:
+                thread_key = self._thread_key(self.conn, thread_id)
+                if thread_key is None:
+                    continue
+                touched.append(thread_key)
+                if strategy == "delete":
+                    for table in ("checkpoints", "channel_values", "messages", "writes"):
+                        self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
+                    self.conn.execute("UPDATE threads SET message_count = 0 WHERE thread_key = ?", (thread_key,))
+                    continue
+                keep: set[tuple[str, str]] = set()
+                for ns, checkpoint_id in self.conn.execute(
+                    "SELECT checkpoint_ns, max(checkpoint_id) FROM checkpoints WHERE thread_key = ? GROUP BY checkpoint_ns",
+                    (thread_key,),
+                ).fetchall():
+                    keep.update((ns, c) for c in self._delta_ancestry(thread_key, ns, checkpoint_id))
+                for ns, checkpoint_id in self.conn.execute(
+                    "SELECT checkpoint_ns, checkpoint_id FROM checkpoints WHERE thread_key = ?", (thread_key,)
+                ).fetchall():
+                    if (ns, checkpoint_id) not in keep:
+                        self._delete_checkpoint(thread_key, ns, checkpoint_id)
+                self._collect_garbage(thread_key)
+            after_commit.append(lambda: self._forget(touched))
+
+    def _delta_ancestry(self, thread_key: int, ns: str, checkpoint_id: str) -> list[str]:
+        """The checkpoint plus the ancestors its DeltaChannels replay from."""
+        kept = [checkpoint_id]
+        row = self.conn.execute(
+            "SELECT parent_checkpoint_id, type, checkpoint FROM checkpoints "
+            "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+            (thread_key, ns, checkpoint_id),
+        ).fetchone()
+        versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+        unseeded = {
+            ch for ch, v in versions.items()
+            if (found := self._lookup_value(self.conn, thread_key, ns, ch, v)) is not None and found[1] == KIND_EMPTY
+        }
+        parent = row[0]
+        while unseeded and parent:
+            row = self.conn.execute(
+                "SELECT parent_checkpoint_id, type, checkpoint FROM checkpoints "
+                "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+                (thread_key, ns, parent),
+            ).fetchone()
+            if row is None:
+                break
+            kept.append(parent)
+            versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+            for ch in list(unseeded):
+                found = self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]) if ch in versions else None
+                if found is not None and found[1] != KIND_EMPTY:
+                    unseeded.discard(ch)
+            parent = row[0]
+        return kept
+
+    def _collect_garbage(self, thread_key: int) -> None:
+        """Delete values and messages no remaining checkpoint or write refers to."""
+        conn = self.conn
+        live: set[int] = set()
+        for ns, type_, blob in conn.execute(
+            "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = ?", (thread_key,)
+        ).fetchall():
+            for channel, version in self.serde.loads_typed((type_, blob))["channel_versions"].items():
+                found = self._lookup_value(conn, thread_key, ns, channel, version)
+                if found is not None:
+                    live.add(found[0])
+        rows = {
+            no: (kind, value, base)
+            for no, kind, value, base in conn.execute(
+                "SELECT value_no, kind, value, base_no FROM channel_values WHERE thread_key = ?", (thread_key,)
+            )
+        }
+        pending = list(live)
+        while pending:
+            base = rows.get(pending.pop(), (None, None, None))[2]
+            if base is not None and base not in live:
+                live.add(base)
+                pending.append(base)
+        dead_values = [no for no in rows if no not in live]
+        live_messages: set[int] = set()
+        for no in live:
+            kind, value, _ = rows[no]
+            if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
+                live_messages.update(codec.unpack_numbers(value))
+        for (value,) in conn.execute(
+            "SELECT value FROM writes WHERE thread_key = ? AND kind IN (?, ?)",
+            (thread_key, KIND_MESSAGE_LIST, KIND_MESSAGE),
+        ):
+            live_messages.update(codec.unpack_numbers(value))
+        dead_messages = [
+            no for (no,) in conn.execute("SELECT message_no FROM messages WHERE thread_key = ?", (thread_key,))
+            if no not in live_messages
+        ]
+        conn.execute(
+            "DELETE FROM channel_values WHERE thread_key = ? AND value_no IN (SELECT value FROM json_each(?))",
+            (thread_key, json.dumps(dead_values)),
+        )
+        conn.execute(
+            "DELETE FROM messages WHERE thread_key = ? AND message_no IN (SELECT value FROM json_each(?))",
+            (thread_key, json.dumps(dead_messages)),
+        )
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Writes of each channel along the parent chain back to its nearest stored value.
+
+        Same contract as `BaseCheckpointSaver.get_delta_channel_history`, in one
+        read transaction with one indexed lookup per ancestor.
+        """
+        if not channels:
+            return {}
+        channels = list(channels)
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
+        seeds: dict[str, Any] = {}
+        with self._read() as conn:
+            thread_key = self._thread_key(conn, thread_id)
+            target = None
+            if thread_key is not None:
+                if checkpoint_id := get_checkpoint_id(config):
+                    target = conn.execute(
+                        "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
+                        "AND checkpoint_id = ?",
+                        (thread_key, ns, checkpoint_id),
+                    ).fetchone()
+                else:
+                    target = conn.execute(
+                        "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
+                        "ORDER BY checkpoint_id DESC LIMIT 1",
+                        (thread_key, ns),
+                    ).fetchone()
+            cursor = target[0] if target else None
+            remaining = set(channels)
+            visited: set[str] = set()
+            while cursor and remaining and cursor not in visited:
+                visited.add(cursor)
+                row = conn.execute(
+                    "SELECT parent_checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ? "
+                    "AND checkpoint_ns = ? AND checkpoint_id = ?",
+                    (thread_key, ns, cursor),
+                ).fetchone()
+                if row is None:
+                    break
+                writes = self._pending_writes(conn, thread_key, ns, cursor)
+                for write in reversed(writes):
+                    if write[1] in remaining:
+                        collected[write[1]].append(write)
+                versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+                for ch in list(remaining):
+                    if ch not in versions:
+                        continue
+                    found = self._lookup_value(conn, thread_key, ns, ch, versions[ch])
+                    if found is not None and found[1] != KIND_EMPTY:
+                        seeds[ch] = self._decode_value(conn, thread_key, *found)
+                        remaining.discard(ch)
+                cursor = row[0]
+        result: dict[str, DeltaChannelHistory] = {}
+        for ch in channels:
+            entry: DeltaChannelHistory = {"writes": list(reversed(collected[ch]))}
+            if ch in seeds:
+                entry["seed"] = seeds[ch]
+            result[ch] = entry
+        return result
+
+    def get_next_version(self, current: Any, channel: None = None) -> float:
+        """Integer part counts updates; a random fraction keeps forked branches apart."""
+        if current is None:
+            whole = 0
+        elif isinstance(current, (int, float)):
+            whole = int(current)
+        else:
+            whole = int(str(current).split(".")[0])
+        return whole + 1 + random.random() * 0.999
+
+    # -- storage maintenance -------------------------------------------------
+
+    def compact(self, max_pages: int | None = None) -> int:
+        """Return freed pages to the OS (incremental vacuum); returns the number freed.
+
+        Freed pages are reused by later writes anyway; this only shrinks the file.
+        """
+        with self._lock:
+            before = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            arg = "" if max_pages is None else f"({int(max_pages)})"
+            self.conn.execute(f"PRAGMA incremental_vacuum{arg}").fetchall()
+            after = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return before - after
+
+    # -- async twins --------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        results = await asyncio.to_thread(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in results:
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_threads(self, thread_ids: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.delete_threads, thread_ids)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await asyncio.to_thread(lambda: self.get_delta_channel_history(config=config, channels=channels))
+
+    async def acompact(self, max_pages: int | None = None) -> int:
+        return await asyncio.to_thread(self.compact, max_pages)
+
+
+_MISSING = object()
+
+_THREAD_TABLE_COLUMNS = {
+    "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
+    "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
+    "messages": "message_no, type, value",
+    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
+}
+
+
+def _json_path(key: str) -> str:
+    """A SQL literal for the JSON path of one top-level metadata key."""
+    return "'$.\"" + key.replace("'", "''").replace('"', '\\"') + "\"'"

@@ -1,0 +1,250 @@
+"""The thread index: one row per conversation, listed newest first per user.
+
+Rows are written by the saver in the same transaction as each checkpoint
+(`ThreadSaver.put`); this module reads them and applies the edits a user makes
+(rename, pin, metadata). Every query is scoped to one user through the
+`threads_by_user_updated` index, so listing never reads another user's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from checkpointers.errors import InvalidCursorError, ThreadNotFoundError
+
+if TYPE_CHECKING:
+    from checkpointers.sqlite import ThreadSaver
+
+TITLE_LENGTH = 60
+MAX_TITLE_LENGTH = 200
+MAX_LIST_LIMIT = 500
+
+ANY_USER: Any = object()
+"""Pass as `user_id` to skip the ownership check (operators and tests only)."""
+
+
+def message_text(message: BaseMessage) -> str:
+    """The plain text of a message, whether its content is a string or blocks."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return " ".join(parts)
+
+
+def title_from_messages(messages: list[BaseMessage]) -> str | None:
+    """The start of the first human message, on one line, or None if there is none."""
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            text = " ".join(message_text(message).split())
+            if not text:
+                continue
+            return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rstrip() + "…"
+    return None
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """One row of the thread index."""
+
+    thread_id: str
+    user_id: str | None
+    title: str | None
+    created_at: str
+    updated_at: str
+    message_count: int
+    pinned: bool
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    """A page of threads, newest first; pass `next_cursor` to get the next page."""
+
+    threads: list[ThreadInfo]
+    next_cursor: str | None
+
+
+_COLUMNS = "thread_id, user_id, title, created_at, updated_at, message_count, pinned, metadata"
+
+
+def _info(row: tuple) -> ThreadInfo:
+    return ThreadInfo(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), json.loads(row[7]))
+
+
+def _encode_cursor(info: ThreadInfo) -> str:
+    raw = json.dumps([info.updated_at, info.thread_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated_at, thread_id = json.loads(raw)
+        if not isinstance(updated_at, str) or not isinstance(thread_id, str):
+            raise ValueError
+        return updated_at, thread_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidCursorError(f"invalid thread list cursor {cursor[:40]!r}") from exc
+
+
+def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
+    if not metadata:
+        return "", []
+    sql, params = [], []
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ValueError(f"metadata filter keys must be strings, not {key!r}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(
+                f"metadata filter for {key!r} must be a string, number, boolean or null"
+            )
+        path = "$." + json.dumps(key)
+        sql.append("json_extract(metadata, ?) IS ?")
+        params.extend([path, value])
+    return " AND " + " AND ".join(sql), params
+
+
+class ThreadIndex:
+    """Read and edit the thread index of one saver (`saver.threads`).
+
+    `user_id` scopes every call: a thread owned by someone else behaves exactly
+    like a thread that does not exist. `user_id=None` means threads that have
+    no owner (created without a user).
+    """
+
+    def __init__(self, saver: ThreadSaver) -> None:
+        self._saver = saver
+
+    # -- reads --------------------------------------------------------------
+
+    def list(
+        self,
+        user_id: str | None,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        pinned: bool | None = None,
+    ) -> ThreadPage:
+        """The user's threads, most recently updated first.
+
+        `metadata` keeps threads whose metadata has each given key equal to the
+        given value; `pinned` keeps only pinned (True) or unpinned (False) ones.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
+        sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
+        params: list[Any] = [user_id]
+        if cursor is not None:
+            sql += " AND (updated_at, thread_id) < (?, ?)"
+            params.extend(_decode_cursor(cursor))
+        if pinned is not None:
+            sql += " AND pinned = ?"
+            params.append(int(pinned))
+        clause, extra = _metadata_clause(metadata)
+        sql += clause + " ORDER BY updated_at DESC, thread_id DESC LIMIT ?"
+        params.extend(extra)
+        params.append(limit + 1)
+        with self._saver._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        threads = [_info(r) for r in rows[:limit]]
+        next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
+        return ThreadPage(threads, next_cursor)
+
+    def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """One thread's row; `ThreadNotFoundError` if unknown or not the user's."""
+        with self._saver._read() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = ?", (str(thread_id),)).fetchone()
+        if row is None or (user_id is not ANY_USER and row[1] != user_id):
+            raise ThreadNotFoundError(str(thread_id))
+        return _info(row)
+
+    def count(self, user_id: str | None) -> int:
+        """How many threads the user has."""
+        with self._saver._read() as conn:
+            (n,) = conn.execute("SELECT count(*) FROM threads WHERE user_id IS ?", (user_id,)).fetchone()
+        return n
+
+    def explain_list(self, user_id: str | None) -> list[str]:
+        """SQLite's query plan for `list(user_id)`: shows the index is used."""
+        with self._saver._read() as conn:
+            rows = conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT {_COLUMNS} FROM threads WHERE user_id IS ? "
+                "ORDER BY updated_at DESC, thread_id DESC LIMIT 21",
+                (user_id,),
+            ).fetchall()
+        return [r[-1] for r in rows]
+
+    # -- edits --------------------------------------------------------------
+
+    def _update(self, thread_id: str, user_id: Any, assignments: str, params: list[Any]) -> ThreadInfo:
+        with self._saver._write():
+            row = self._saver.conn.execute(
+                "SELECT user_id FROM threads WHERE thread_id = ?", (str(thread_id),)
+            ).fetchone()
+            if row is None or (user_id is not ANY_USER and row[0] != user_id):
+                raise ThreadNotFoundError(str(thread_id))
+            self._saver.conn.execute(
+                f"UPDATE threads SET {assignments} WHERE thread_id = ?", [*params, str(thread_id)]
+            )
+        return self.get(thread_id)
+
+    def rename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """Give the thread a new title (one line, at most 200 characters)."""
+        clean = " ".join(str(title).split())
+        if not clean:
+            raise ValueError("a thread title cannot be empty")
+        if len(clean) > MAX_TITLE_LENGTH:
+            raise ValueError(f"a thread title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
+        return self._update(thread_id, user_id, "title = ?", [clean])
+
+    def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """Pin (or with `pinned=False`, unpin) a thread."""
+        return self._update(thread_id, user_id, "pinned = ?", [int(bool(pinned))])
+
+    def update_metadata(
+        self, thread_id: str, changes: dict[str, Any], *, user_id: str | None = ANY_USER
+    ) -> ThreadInfo:
+        """Merge `changes` into the thread's metadata; a key set to None is removed."""
+        if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
+            raise ValueError("thread metadata must be a dict with string keys")
+        try:
+            patch = json.dumps(changes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
+        return self._update(thread_id, user_id, "metadata = json_patch(metadata, ?)", [patch])
+
+    # -- async twins --------------------------------------------------------
+
+    async def alist(self, user_id: str | None, **kwargs: Any) -> ThreadPage:
+        return await asyncio.to_thread(lambda: self.list(user_id, **kwargs))
+
+    async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        return await asyncio.to_thread(lambda: self.get(thread_id, user_id=user_id))
+
+    async def acount(self, user_id: str | None) -> int:
+        return await asyncio.to_thread(self.count, user_id)
+
+    async def arename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        return await asyncio.to_thread(lambda: self.rename(thread_id, title, user_id=user_id))
+
+    async def apin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        return await asyncio.to_thread(lambda: self.pin(thread_id, pinned, user_id=user_id))
+
+    async def aupdate_metadata(
+        self, thread_id: str, changes: dict[str, Any], *, user_id: str | None = ANY_USER
+    ) -> ThreadInfo:
+        return await asyncio.to_thread(lambda: self.update_metadata(thread_id, changes, user_id=user_id))
