@@ -55,6 +55,7 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
     PendingWrite,
     get_checkpoint_id,
+    writes_sort_key,
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -63,10 +64,12 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from checkpointers import codec
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
-    KIND_EMPTY,
     KIND_MESSAGE,
+    KIND_MESSAGE_DICT,
     KIND_MESSAGE_LIST,
     KIND_SERDE,
+    db_id,
+    py_id,
 )
 from checkpointers.errors import (
     NotADatabaseError,
@@ -334,8 +337,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- encoding values ---------------------------------------------------
 
+    def _dump(self, value: Any) -> tuple[str, bytes]:
+        return codec.compress_blob(*self.serde.dumps_typed(value))
+
+    def _load(self, type_: str, blob: bytes) -> Any:
+        return self.serde.loads_typed(codec.decompress_blob(type_, blob))
+
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
-        type_, blob = self.serde.dumps_typed(message)
+        type_, blob = self._dump(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
         known = txn.new_digests.get(digest)
         if known is not None:
@@ -414,12 +423,26 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         entry = _StoredList(value_no, nos, list(messages), base.depth + 1)
         return entry, codec.pack_numbers(nos[keep:]), base.value_no, keep
 
-    def _encode_write(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
+    def _encode_value(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
+        """Encode a write or a channel value; messages inside go to `messages` once."""
         if _is_message_list(value):
             return KIND_MESSAGE_LIST, None, codec.pack_numbers([self._store_message(txn, m) for m in value])
         if isinstance(value, BaseMessage):
             return KIND_MESSAGE, None, codec.pack_numbers([self._store_message(txn, value)])
-        type_, blob = self.serde.dumps_typed(value)
+        if type(value) is dict and any(
+            isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()
+        ):
+            # A graph's input, e.g. {"messages": [HumanMessage(...)]}, as it sits in
+            # the __start__ channel: store its messages by number like the rest.
+            refs, rest = {}, {}
+            for key, item in value.items():
+                if isinstance(item, BaseMessage) or _is_message_list(item):
+                    refs[key] = self._encode_value(txn, item)[::2]
+                else:
+                    rest[key] = item
+            type_, blob = self._dump({"order": list(value), "refs": refs, "rest": rest})
+            return KIND_MESSAGE_DICT, type_, blob
+        type_, blob = self._dump(value)
         return KIND_SERDE, type_, blob
 
     # -- decoding values ---------------------------------------------------
@@ -440,7 +463,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 (thread_key, json.dumps(wanted)),
             )
         wanted_set = set(wanted)
-        found = {no: self.serde.loads_typed((t, v)) for no, t, v in rows if no in wanted_set}
+        found = {no: self._load(t, v) for no, t, v in rows if no in wanted_set}
         if len(found) != len(wanted_set):
             missing = sorted(wanted_set - found.keys())[:5]
             raise RuntimeError(f"thread {thread_key}: stored list refers to missing messages {missing}")
@@ -482,20 +505,24 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _decode_value(
         self, conn: sqlite3.Connection, thread_key: int, value_no: int, kind: int, type_: str | None, blob: bytes | None
     ) -> Any:
-        if kind == KIND_SERDE:
-            return self.serde.loads_typed((type_, blob))
+        """A channel value; message lists come from (and go to) the list cache."""
         if kind == KIND_MESSAGE_LIST:
             return list(self._load_list(conn, thread_key, value_no).objs)
         if kind == KIND_DELTA_SNAPSHOT:
             return _DeltaSnapshot(list(self._load_list(conn, thread_key, value_no).objs))
-        if kind == KIND_MESSAGE:
-            (no,) = codec.unpack_numbers(blob)
-            return self._load_messages(conn, thread_key, [no])[no]
-        raise RuntimeError(f"unknown stored value kind {kind}")
+        return self._decode_write(conn, thread_key, kind, type_, blob)
 
     def _decode_write(self, conn: sqlite3.Connection, thread_key: int, kind: int, type_: str | None, blob: bytes | None) -> Any:
         if kind == KIND_SERDE:
-            return self.serde.loads_typed((type_, blob))
+            return self._load(type_, blob)
+        if kind == KIND_MESSAGE_DICT:
+            parts = self._load(type_, blob)
+            rest = parts["rest"]
+            for key, (ref_kind, ref_blob) in parts["refs"].items():
+                rest[key] = self._decode_write(conn, thread_key, ref_kind, None, ref_blob)
+            return {key: rest[key] for key in parts["order"]}
+        if kind not in (KIND_MESSAGE, KIND_MESSAGE_LIST):
+            raise RuntimeError(f"unknown stored value kind {kind}")
         nos = codec.unpack_numbers(blob)
         found = self._load_messages(conn, thread_key, nos)
         if kind == KIND_MESSAGE:
@@ -515,18 +542,23 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         values: dict[str, Any] = {}
         for channel, version in versions.items():
             row = self._lookup_value(conn, thread_key, ns, channel, version)
-            if row is None or row[1] == KIND_EMPTY:
+            if row is None:
                 continue
             values[channel] = self._decode_value(conn, thread_key, *row)
         return values
 
     def _pending_writes(self, conn: sqlite3.Connection, thread_key: int, ns: str, checkpoint_id: str) -> list[PendingWrite]:
         rows = conn.execute(
-            "SELECT task_id, channel, kind, type, value FROM writes WHERE thread_key = ? "
-            "AND checkpoint_ns = ? AND checkpoint_id = ? ORDER BY task_path, task_id, idx",
-            (thread_key, ns, checkpoint_id),
+            "SELECT task_path, task_id, idx, channel, kind, type, value FROM writes WHERE thread_key = ? "
+            "AND checkpoint_ns = ? AND checkpoint_id = ?",
+            (thread_key, ns, db_id(checkpoint_id)),
         ).fetchall()
-        return [(task_id, channel, self._decode_write(conn, thread_key, kind, t, v)) for task_id, channel, kind, t, v in rows]
+        rows = [(path, py_id(task), *rest) for path, task, *rest in rows]
+        rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
+        return [
+            (task_id, channel, self._decode_write(conn, thread_key, kind, t, v))
+            for _path, task_id, _idx, channel, kind, t, v in rows
+        ]
 
     def _tuple(
         self,
@@ -540,7 +572,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         blob: bytes,
         metadata: str,
     ) -> CheckpointTuple:
-        checkpoint = self.serde.loads_typed((type_, blob))
+        checkpoint_id, parent_id = py_id(checkpoint_id), py_id(parent_id)
+        checkpoint = self._load(type_, blob)
+        checkpoint["id"] = checkpoint_id
         checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"])
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
@@ -568,7 +602,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 row = conn.execute(
                     "SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
                     "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-                    (thread_key, ns, checkpoint_id),
+                    (thread_key, ns, db_id(checkpoint_id)),
                 ).fetchone()
             else:
                 row = conn.execute(
@@ -599,10 +633,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             params.append(configurable["checkpoint_ns"])
         if checkpoint_id := configurable.get("checkpoint_id"):
             where.append("c.checkpoint_id = ?")
-            params.append(checkpoint_id)
+            params.append(db_id(checkpoint_id))
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < ?")
-            params.append(before_id)
+            params.append(db_id(before_id))
         python_filter: dict[str, Any] = {}
         for key, value in (filter or {}).items():
             if value is None or isinstance(value, (str, int, float)):
@@ -647,9 +681,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         user_id = full_metadata.get("user_id")
         user_id = str(user_id) if user_id is not None else None
         values = checkpoint["channel_values"]
-        stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
-        type_, blob = self.serde.dumps_typed(stored)
-        metadata_json = json.dumps(full_metadata, ensure_ascii=False, default=repr)
+        # The id lives in its own column; the values in channel_values.
+        stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
+        type_, blob = self._dump(stored)
+        metadata_json = json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr)
         run_id = full_metadata.get("run_id")
         with self._write() as after_commit:
             txn = self._open_thread(self.conn, after_commit, thread_id, user_id)
@@ -658,7 +693,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self.conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, "
                 "parent_checkpoint_id, run_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (txn.thread_key, ns, checkpoint["id"], parent_id, None if run_id is None else str(run_id), type_, blob, metadata_json),
+                (
+                    txn.thread_key,
+                    ns,
+                    db_id(checkpoint["id"]),
+                    None if parent_id is None else db_id(parent_id),
+                    None if run_id is None else db_id(str(run_id)),
+                    type_,
+                    blob,
+                    metadata_json,
+                ),
             )
             txn.flush()
             self._touch_thread(txn, ns, values, new_versions, user_id)
@@ -669,21 +713,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         depth = 0
         type_: str | None = None
         if value is _MISSING:
-            kind, blob = KIND_EMPTY, None
-            value_no = txn.value_no()
-        elif _is_message_list(value) or (isinstance(value, _DeltaSnapshot) and _is_message_list(value.value)):
+            # Updated but empty (a consumed trigger, a DeltaChannel between
+            # snapshots): no row at this version means "no value".
+            return
+        if _is_message_list(value) or (isinstance(value, _DeltaSnapshot) and _is_message_list(value.value)):
             kind = KIND_MESSAGE_LIST if type(value) is list else KIND_DELTA_SNAPSHOT
             messages = value if kind == KIND_MESSAGE_LIST else value.value
             entry, blob, base_no, keep = self._encode_list(txn, ns, channel, messages)
             value_no, depth = entry.value_no, entry.depth
             key = txn.thread_key
             txn.after_commit.append(lambda: self._lists.add(key, ns, channel, entry))
-        elif isinstance(value, BaseMessage):
-            kind, blob = KIND_MESSAGE, codec.pack_numbers([self._store_message(txn, value)])
-            value_no = txn.value_no()
         else:
-            kind = KIND_SERDE
-            type_, blob = self.serde.dumps_typed(value)
+            kind, type_, blob = self._encode_value(txn, value)
             value_no = txn.value_no()
         txn.conn.execute(
             "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value, "
@@ -726,11 +767,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         with self._write() as after_commit:
             txn = self._open_thread(self.conn, after_commit, thread_id, None if user_id is None else str(user_id))
             for idx, (channel, value) in enumerate(writes):
-                kind, type_, blob = self._encode_write(txn, value)
+                kind, type_, blob = self._encode_value(txn, value)
                 txn.conn.execute(
                     f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
                     "channel, kind, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (txn.thread_key, ns, checkpoint_id, task_id, WRITES_IDX_MAP.get(channel, idx), task_path, channel, kind, type_, blob),
+                    (
+                        txn.thread_key,
+                        ns,
+                        db_id(checkpoint_id),
+                        db_id(task_id),
+                        WRITES_IDX_MAP.get(channel, idx),
+                        task_path,
+                        channel,
+                        kind,
+                        type_,
+                        blob,
+                    ),
                 )
             txn.flush()
 
@@ -802,11 +854,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if not ids:
             return
         with self._write() as after_commit:
-            rows = self.conn.execute(
-                "SELECT thread_key, checkpoint_ns, checkpoint_id FROM checkpoints "
-                "WHERE run_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(ids),),
-            ).fetchall()
+            rows = []
+            for run_id in ids:
+                rows += self.conn.execute(
+                    "SELECT thread_key, checkpoint_ns, checkpoint_id FROM checkpoints WHERE run_id = ?",
+                    (db_id(run_id),),
+                ).fetchall()
             for thread_key, ns, checkpoint_id in rows:
                 self._delete_checkpoint(thread_key, ns, checkpoint_id)
             touched = sorted({r[0] for r in rows})
@@ -863,14 +916,15 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """The checkpoint plus the ancestors its DeltaChannels replay from."""
         kept = [checkpoint_id]
         row = self.conn.execute(
-            "SELECT parent_checkpoint_id, type, checkpoint FROM checkpoints "
+            "SELECT parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
             "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
             (thread_key, ns, checkpoint_id),
         ).fetchone()
-        versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+        versions = self._load(row[1], row[2])["channel_versions"]
+        delta_channels = json.loads(row[3]).get("counters_since_delta_snapshot") or {}
         unseeded = {
-            ch for ch, v in versions.items()
-            if (found := self._lookup_value(self.conn, thread_key, ns, ch, v)) is not None and found[1] == KIND_EMPTY
+            ch for ch in delta_channels
+            if ch in versions and self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]) is None
         }
         parent = row[0]
         while unseeded and parent:
@@ -882,10 +936,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if row is None:
                 break
             kept.append(parent)
-            versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+            versions = self._load(row[1], row[2])["channel_versions"]
             for ch in list(unseeded):
-                found = self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]) if ch in versions else None
-                if found is not None and found[1] != KIND_EMPTY:
+                if ch in versions and self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]):
                     unseeded.discard(ch)
             parent = row[0]
         return kept
@@ -897,33 +950,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         for ns, type_, blob in conn.execute(
             "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = ?", (thread_key,)
         ).fetchall():
-            for channel, version in self.serde.loads_typed((type_, blob))["channel_versions"].items():
+            for channel, version in self._load(type_, blob)["channel_versions"].items():
                 found = self._lookup_value(conn, thread_key, ns, channel, version)
                 if found is not None:
                     live.add(found[0])
         rows = {
-            no: (kind, value, base)
-            for no, kind, value, base in conn.execute(
-                "SELECT value_no, kind, value, base_no FROM channel_values WHERE thread_key = ?", (thread_key,)
+            no: (kind, type_, value, base)
+            for no, kind, type_, value, base in conn.execute(
+                "SELECT value_no, kind, type, value, base_no FROM channel_values WHERE thread_key = ?", (thread_key,)
             )
         }
         pending = list(live)
         while pending:
-            base = rows.get(pending.pop(), (None, None, None))[2]
+            base = rows.get(pending.pop(), (None, None, None, None))[3]
             if base is not None and base not in live:
                 live.add(base)
                 pending.append(base)
         dead_values = [no for no in rows if no not in live]
         live_messages: set[int] = set()
         for no in live:
-            kind, value, _ = rows[no]
-            if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
-                live_messages.update(codec.unpack_numbers(value))
-        for (value,) in conn.execute(
-            "SELECT value FROM writes WHERE thread_key = ? AND kind IN (?, ?)",
-            (thread_key, KIND_MESSAGE_LIST, KIND_MESSAGE),
+            kind, type_, value, _ = rows[no]
+            live_messages.update(self._message_refs(kind, type_, value))
+        for kind, type_, value in conn.execute(
+            "SELECT kind, type, value FROM writes WHERE thread_key = ? AND kind != ?", (thread_key, KIND_SERDE)
         ):
-            live_messages.update(codec.unpack_numbers(value))
+            live_messages.update(self._message_refs(kind, type_, value))
         dead_messages = [
             no for (no,) in conn.execute("SELECT message_no FROM messages WHERE thread_key = ?", (thread_key,))
             if no not in live_messages
@@ -936,6 +987,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "DELETE FROM messages WHERE thread_key = ? AND message_no IN (SELECT value FROM json_each(?))",
             (thread_key, json.dumps(dead_messages)),
         )
+
+    def _message_refs(self, kind: int, type_: str | None, value: bytes | None) -> list[int]:
+        """The message numbers a stored value or write refers to."""
+        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
+            return codec.unpack_numbers(value)
+        if kind == KIND_MESSAGE_DICT:
+            return [n for _, blob in self._load(type_, value)["refs"].values() for n in codec.unpack_numbers(blob)]
+        return []
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
@@ -961,7 +1020,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     target = conn.execute(
                         "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
                         "AND checkpoint_id = ?",
-                        (thread_key, ns, checkpoint_id),
+                        (thread_key, ns, db_id(checkpoint_id)),
                     ).fetchone()
                 else:
                     target = conn.execute(
@@ -985,12 +1044,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 for write in reversed(writes):
                     if write[1] in remaining:
                         collected[write[1]].append(write)
-                versions = self.serde.loads_typed((row[1], row[2]))["channel_versions"]
+                versions = self._load(row[1], row[2])["channel_versions"]
                 for ch in list(remaining):
                     if ch not in versions:
                         continue
                     found = self._lookup_value(conn, thread_key, ns, ch, versions[ch])
-                    if found is not None and found[1] != KIND_EMPTY:
+                    if found is not None:
                         seeds[ch] = self._decode_value(conn, thread_key, *found)
                         remaining.discard(ch)
                 cursor = row[0]
