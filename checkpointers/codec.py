@@ -67,13 +67,13 @@ COMPRESSED_SUFFIX = "+z1"
 _COMPRESS_MIN = 48
 
 
-def compress_blob(type_: str, data: bytes) -> tuple[str, bytes]:
-    """Deflate `data` with the preset dictionary when that makes it smaller."""
-    if len(data) < _COMPRESS_MIN:
+def compress_blob(type_: str, data: bytes, *, force: bool = False) -> tuple[str, bytes]:
+    """Deflate `data` with the preset dictionary when that makes it smaller (or always)."""
+    if len(data) < _COMPRESS_MIN and not force:
         return type_, data
     packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT_V1)
     packed = packer.compress(data) + packer.flush()
-    if len(packed) >= len(data):
+    if len(packed) >= len(data) and not force:
         return type_, data
     return type_ + COMPRESSED_SUFFIX, packed
 

@@ -10,7 +10,9 @@ Tables a user can query by hand:
 * `channel_values`: a channel's value at one version, written once when it
   changes. A list of messages is stored as the message numbers it holds, as a
   delta against an earlier list of the same channel (`base_no`, `keep`).
-* `messages`: each message of a thread serialised once, numbered per thread.
+* `messages`: each new message of a thread, serialised once, numbered per thread.
+* `message_segments`: older messages, sealed in compressed groups of
+  `SEGMENT_SIZE` (`nos` lists the numbers each holds).
 * `writes`: pending writes of a task against a checkpoint.
 """
 
@@ -94,6 +96,18 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             type TEXT NOT NULL,
             value BLOB NOT NULL,
             PRIMARY KEY (thread_key, message_no)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE message_segments (
+            thread_key INTEGER NOT NULL,
+            first_no INTEGER NOT NULL,
+            last_no INTEGER NOT NULL,
+            nos BLOB NOT NULL,
+            value BLOB NOT NULL,
+            PRIMARY KEY (thread_key, first_no)
         ) WITHOUT ROWID
         """
     )

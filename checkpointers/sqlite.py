@@ -43,7 +43,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+import ormsgpack
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -84,6 +93,25 @@ logger = logging.getLogger(__name__)
 
 MAX_CHAIN_DEPTH = 64
 """A stored message list is a delta against at most this many earlier lists."""
+
+SEGMENT_SIZE = 64
+"""New messages stay in their own rows until this many gather; then they are
+sealed into one compressed `message_segments` row (smaller, and one decompression
+per 64 messages when a thread is read cold)."""
+
+# Messages of these exact classes are stored as their field values and rebuilt
+# with `model_construct`: the fields were validated when the message was made,
+# and skipping a second validation makes reading a long thread twice as fast.
+# Anything else (subclasses, extra fields) goes through the serializer whole.
+_MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
+    "human": HumanMessage,
+    "ai": AIMessage,
+    "system": SystemMessage,
+    "tool": ToolMessage,
+    "function": FunctionMessage,
+    "chat": ChatMessage,
+}
+_MESSAGE_TAGS = {cls: tag for tag, cls in _MESSAGE_CLASSES.items()}
 
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
@@ -148,10 +176,10 @@ class _ListCache:
             _, old = self._entries.popitem(last=False)
             self._size -= len(old.nos)
 
-    def forget_thread(self, thread_key: int) -> None:
-        for key in [k for k in self._entries if k[0] == thread_key]:
+    def forget_threads(self, thread_keys: set[int]) -> None:
+        for key in [k for k in self._entries if k[0] in thread_keys]:
             self._size -= len(self._entries.pop(key).nos)
-        for key in [k for k in self._latest if k[0] == thread_key]:
+        for key in [k for k in self._latest if k[0] in thread_keys]:
             del self._latest[key]
 
 
@@ -167,6 +195,7 @@ class _ThreadTxn:
     next_message_no: int
     after_commit: list = field(default_factory=list)
     new_digests: dict[bytes, int] = field(default_factory=dict)
+    new_messages: int = 0
     dirty: bool = False
 
     def value_no(self) -> int:
@@ -343,8 +372,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _load(self, type_: str, blob: bytes) -> Any:
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
+    def _dump_message(self, message: BaseMessage) -> tuple[str, bytes]:
+        tag = _MESSAGE_TAGS.get(type(message))
+        if tag is None or message.__pydantic_extra__:
+            return self.serde.dumps_typed(message)
+        type_, blob = self.serde.dumps_typed(dict(message.__dict__))
+        return f"lc.{tag}:{type_}", blob
+
+    def _load_message(self, type_: str, blob: bytes) -> BaseMessage:
+        if type_.startswith("lc."):
+            tag, _, inner = type_[3:].partition(":")
+            return _MESSAGE_CLASSES[tag].model_construct(**self.serde.loads_typed((inner, blob)))
+        return self.serde.loads_typed((type_, blob))
+
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
-        type_, blob = self._dump(message)
+        type_, blob = self._dump_message(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
         known = txn.new_digests.get(digest)
         if known is not None:
@@ -360,6 +402,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             (txn.thread_key, no, type_, blob),
         )
         txn.new_digests[digest] = no
+        txn.new_messages += 1
         key = (txn.thread_key, digest)
         txn.after_commit.append(lambda: self._remember_digest(key, no))
         return no
@@ -448,26 +491,63 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     # -- decoding values ---------------------------------------------------
 
     def _load_messages(self, conn: sqlite3.Connection, thread_key: int, nos: Sequence[int]) -> dict[int, BaseMessage]:
-        wanted = sorted(set(nos))
+        """Message objects by number, from loose rows and sealed segments."""
+        wanted = set(nos)
         if not wanted:
             return {}
-        if wanted[-1] - wanted[0] < 2 * len(wanted):
+        lo, hi = min(wanted), max(wanted)
+        found: dict[int, BaseMessage] = {}
+        for first, nos_blob, value in conn.execute(
+            "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ? AND first_no <= ? "
+            "AND last_no >= ? ORDER BY first_no",
+            (thread_key, hi, lo),
+        ):
+            segment_nos = codec.unpack_numbers(nos_blob)
+            if wanted.isdisjoint(segment_nos):
+                continue
+            entries = ormsgpack.unpackb(codec.decompress_blob("segment" + codec.COMPRESSED_SUFFIX, value)[1])
+            for no, (type_, blob) in zip(segment_nos, entries):
+                if no in wanted:
+                    found[no] = self._load_message(type_, blob)
+        if len(found) < len(wanted):
             rows = conn.execute(
-                "SELECT message_no, type, value FROM messages WHERE thread_key = ? AND message_no BETWEEN ? AND ?",
-                (thread_key, wanted[0], wanted[-1]),
-            )
-        else:
-            rows = conn.execute(
-                "SELECT message_no, type, value FROM messages WHERE thread_key = ? "
+                "SELECT message_no, type, value FROM messages WHERE thread_key = ? AND message_no BETWEEN ? AND ?"
+                if hi - lo < 2 * len(wanted)
+                else "SELECT message_no, type, value FROM messages WHERE thread_key = ? "
                 "AND message_no IN (SELECT value FROM json_each(?))",
-                (thread_key, json.dumps(wanted)),
+                (thread_key, lo, hi) if hi - lo < 2 * len(wanted) else (thread_key, json.dumps(sorted(wanted))),
             )
-        wanted_set = set(wanted)
-        found = {no: self._load(t, v) for no, t, v in rows if no in wanted_set}
-        if len(found) != len(wanted_set):
-            missing = sorted(wanted_set - found.keys())[:5]
-            raise RuntimeError(f"thread {thread_key}: stored list refers to missing messages {missing}")
+            for no, type_, blob in rows:
+                if no in wanted:
+                    found[no] = self._load_message(type_, blob)
+        if len(found) != len(wanted):
+            missing = sorted(wanted - found.keys())[:5]
+            raise RuntimeError(f"thread {thread_key}: stored value refers to missing messages {missing}")
         return found
+
+    def _seal_segment(self, txn: _ThreadTxn) -> None:
+        """Move loose messages into one compressed segment once enough have gathered."""
+        count, first, last = txn.conn.execute(
+            "SELECT count(*), min(message_no), max(message_no) FROM messages WHERE thread_key = ?",
+            (txn.thread_key,),
+        ).fetchone()
+        if count < SEGMENT_SIZE:
+            return
+        rows = txn.conn.execute(
+            "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
+            (txn.thread_key,),
+        ).fetchall()
+        self._write_segment(txn.conn, txn.thread_key, rows)
+        txn.conn.execute("DELETE FROM messages WHERE thread_key = ?", (txn.thread_key,))
+
+    @staticmethod
+    def _write_segment(conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
+        packed = ormsgpack.packb([[type_, blob] for _, type_, blob in rows])
+        _, value = codec.compress_blob("segment", packed, force=True)
+        conn.execute(
+            "INSERT INTO message_segments (thread_key, first_no, last_no, nos, value) VALUES (?, ?, ?, ?, ?)",
+            (thread_key, rows[0][0], rows[-1][0], codec.pack_numbers([r[0] for r in rows]), value),
+        )
 
     def _load_list(self, conn: sqlite3.Connection, thread_key: int, value_no: int) -> _StoredList:
         cached = self._lists.get(thread_key, value_no)
@@ -533,7 +613,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self, conn: sqlite3.Connection, thread_key: int, ns: str, channel: str, version: Any
     ) -> tuple[int, int, str | None, bytes | None] | None:
         return conn.execute(
-            "SELECT value_no, kind, type, value FROM channel_values WHERE thread_key = ? "
+            # Without INDEXED BY the planner may walk the primary key backwards
+            # for the ORDER BY and read the whole thread.
+            "SELECT value_no, kind, type, value FROM channel_values INDEXED BY channel_values_by_version "
+            "WHERE thread_key = ? "
             "AND checkpoint_ns = ? AND channel = ? AND version = ? ORDER BY value_no DESC LIMIT 1",
             (thread_key, ns, channel, version),
         ).fetchone()
@@ -705,6 +788,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 ),
             )
             txn.flush()
+            if txn.new_messages:
+                self._seal_segment(txn)
             self._touch_thread(txn, ns, values, new_versions, user_id)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
@@ -805,7 +890,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 )
             ]
             keys_json = json.dumps(keys)
-            for table in ("checkpoints", "channel_values", "messages", "writes", "threads"):
+            for table in ("checkpoints", "channel_values", "messages", "message_segments", "writes", "threads"):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
                 )
@@ -813,9 +898,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return len(keys)
 
     def _forget(self, thread_keys: Sequence[int]) -> None:
-        for key in thread_keys:
-            self._lists.forget_thread(key)
         gone = set(thread_keys)
+        self._lists.forget_threads(gone)
         for key in [k for k in self._digests if k[0] in gone]:
             del self._digests[key]
 
@@ -894,7 +978,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     continue
                 touched.append(thread_key)
                 if strategy == "delete":
-                    for table in ("checkpoints", "channel_values", "messages", "writes"):
+                    for table in ("checkpoints", "channel_values", "messages", "message_segments", "writes"):
                         self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
                     self.conn.execute("UPDATE threads SET message_count = 0 WHERE thread_key = ?", (thread_key,))
                     continue
@@ -979,6 +1063,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             no for (no,) in conn.execute("SELECT message_no FROM messages WHERE thread_key = ?", (thread_key,))
             if no not in live_messages
         ]
+        for first, nos_blob, value in conn.execute(
+            "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
+        ).fetchall():
+            segment_nos = codec.unpack_numbers(nos_blob)
+            if live_messages.issuperset(segment_nos):
+                continue
+            conn.execute("DELETE FROM message_segments WHERE thread_key = ? AND first_no = ?", (thread_key, first))
+            entries = ormsgpack.unpackb(codec.decompress_blob("segment" + codec.COMPRESSED_SUFFIX, value)[1])
+            kept = [(no, t, b) for no, (t, b) in zip(segment_nos, entries) if no in live_messages]
+            if kept:
+                self._write_segment(conn, thread_key, kept)
         conn.execute(
             "DELETE FROM channel_values WHERE thread_key = ? AND value_no IN (SELECT value FROM json_each(?))",
             (thread_key, json.dumps(dead_values)),
@@ -1148,6 +1243,7 @@ _THREAD_TABLE_COLUMNS = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value",
+    "message_segments": "first_no, last_no, nos, value",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
 }
 
