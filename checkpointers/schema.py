@@ -163,8 +163,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             f"understands ({LATEST_VERSION}); upgrade threadkeeper to open it"
         )
     if version == 0:
-        # auto_vacuum must be chosen before the first table exists: INCREMENTAL
-        # lets `compact()` hand freed pages back to the OS without a full VACUUM.
         foreign = conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         ).fetchall()
@@ -174,7 +172,6 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                 f"{path} is a SQLite database that threadkeeper did not create "
                 f"(it holds tables: {names}); point THREADKEEPER_DATABASE_URL at a new file"
             )
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = current_version(conn)  # another process may have migrated meanwhile

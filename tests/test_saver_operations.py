@@ -1,0 +1,139 @@
+"""Deleting, copying, pruning and run deletion, on real files."""
+
+from __future__ import annotations
+
+import pytest
+
+from checkpointers import ThreadExistsError, ThreadNotFoundError, ThreadSaver
+from tests.chat import chat_graph, human
+
+TABLES = ("checkpoints", "channel_values", "messages", "message_segments", "writes")
+
+
+def _chat(saver, thread_id, turns, user="u", start=0):
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": thread_id, "user_id": user}}
+    for n in range(start, start + turns):
+        graph.invoke({"messages": [human(n)]}, config)
+    return graph, config
+
+
+def _rows(saver, thread_id):
+    key = saver.conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+    if key is None:
+        return 0
+    return sum(saver.conn.execute(f"SELECT count(*) FROM {t} WHERE thread_key = ?", key).fetchone()[0] for t in TABLES)
+
+
+def test_delete_thread_removes_every_row_and_the_index_entry(saver):
+    _chat(saver, "gone", 70)  # enough to seal a message segment
+    _chat(saver, "kept", 2)
+    assert saver.conn.execute("SELECT count(*) FROM message_segments").fetchone()[0] >= 1
+    saver.delete_thread("gone")
+    assert _rows(saver, "gone") == 0
+    assert saver.threads.count("u") == 1
+    assert saver.get_tuple({"configurable": {"thread_id": "gone"}}) is None
+    assert len(chat_graph(saver).get_state({"configurable": {"thread_id": "kept"}}).values["messages"]) == 4
+
+
+def test_delete_threads_in_one_call_counts_what_existed(saver):
+    for i in range(5):
+        _chat(saver, f"t{i}", 1)
+    assert saver.delete_threads(["t0", "t1", "missing"]) == 2
+    assert sorted(t.thread_id for t in saver.threads.list("u").threads) == ["t2", "t3", "t4"]
+
+
+def test_copy_thread_carries_the_whole_history_and_stays_independent(saver):
+    graph, config = _chat(saver, "src", 70)
+    saver.threads.rename("src", "original")
+    saver.copy_thread("src", "dst")
+    dst = {"configurable": {"thread_id": "dst"}}
+    assert graph.get_state(dst).values == graph.get_state(config).values
+    assert len(list(graph.get_state_history(dst))) == len(list(graph.get_state_history(config)))
+    assert saver.threads.get("dst").title == "original"
+    graph.invoke({"messages": [human(500)]}, {"configurable": {"thread_id": "dst", "user_id": "u"}})
+    assert len(graph.get_state(config).values["messages"]) == 140
+    assert len(graph.get_state(dst).values["messages"]) == 142
+    with pytest.raises(ThreadExistsError):
+        saver.copy_thread("src", "dst")
+    with pytest.raises(ThreadNotFoundError):
+        saver.copy_thread("nope", "other")
+
+
+def test_prune_keep_latest_keeps_the_full_state_and_frees_the_rest(saver):
+    graph, config = _chat(saver, "t", 80)
+    before_state = graph.get_state(config).values
+    before_rows = _rows(saver, "t")
+    saver.prune(["t"], strategy="keep_latest")
+    assert len(list(saver.list(config))) == 1
+    assert _rows(saver, "t") < before_rows / 3
+    fresh = ThreadSaver(saver.path)
+    try:
+        assert chat_graph(fresh).get_state(config).values == before_state
+    finally:
+        fresh.close()
+    graph.invoke({"messages": [human(900)]}, config)
+    assert len(graph.get_state(config).values["messages"]) == 162
+
+
+def test_prune_keep_latest_keeps_what_a_delta_channel_replays(saver):
+    graph = chat_graph(saver, delta=True)
+    config = {"configurable": {"thread_id": "d", "user_id": "u"}}
+    for n in range(10):
+        graph.invoke({"messages": [human(n)]}, config)
+    expected = graph.get_state(config).values
+    saver.prune(["d"], strategy="keep_latest")
+    fresh = ThreadSaver(saver.path)
+    try:
+        assert chat_graph(fresh, delta=True).get_state(config).values == expected
+    finally:
+        fresh.close()
+
+
+def test_prune_delete_empties_the_thread_but_keeps_its_index_row(saver):
+    _chat(saver, "t", 3)
+    saver.prune(["t"], strategy="delete")
+    assert _rows(saver, "t") == 0
+    assert saver.threads.get("t").message_count == 0
+    with pytest.raises(ValueError, match="unknown prune strategy"):
+        saver.prune(["t"], strategy="everything")
+
+
+def test_delete_for_runs_drops_that_runs_checkpoints_only(saver):
+    import uuid
+
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    runs = [str(uuid.uuid4()) for _ in range(3)]
+    for n, run_id in enumerate(runs):
+        graph.invoke({"messages": [human(n)]}, {**config, "metadata": {"run_id": run_id}})
+    assert {t.metadata.get("run_id") for t in saver.list(config)} == set(runs)
+    saver.delete_for_runs([runs[-1]])
+    remaining = list(saver.list(config))
+    assert {t.metadata["run_id"] for t in remaining} == set(runs[:2])
+    assert len(graph.get_state(config).values["messages"]) == 4
+    assert saver.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_compact_hands_freed_pages_back_without_vacuum(saver):
+    for i in range(40):
+        _chat(saver, f"t{i}", 3)
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    saver.delete_threads([f"t{i}" for i in range(30)])
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = saver.path.stat().st_size
+    assert saver.compact() > 0
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert saver.path.stat().st_size < size
+    assert saver.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_deleted_text_is_overwritten_in_the_file(saver):
+    graph = chat_graph(saver)
+    secret = "my card number is 4111 1111 1111 1111"
+    from langchain_core.messages import HumanMessage
+
+    graph.invoke({"messages": [HumanMessage(secret)]}, {"configurable": {"thread_id": "s", "user_id": "u"}})
+    saver.delete_thread("s")
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert secret.encode() not in saver.path.read_bytes()

@@ -1,0 +1,81 @@
+"""Bounds that do not depend on machine speed: bytes per turn, query plans."""
+
+from __future__ import annotations
+
+import random
+
+from checkpointers import ThreadSaver
+from tests.chat import chat_graph, human
+
+
+def _file_bytes(saver: ThreadSaver) -> int:
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return saver.path.stat().st_size
+
+
+def test_bytes_per_turn_stay_under_2kb_and_grow_linearly_from_100_to_1000_turns(db_path):
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as saver:
+        graph = chat_graph(saver)
+        config = {"configurable": {"thread_id": "long", "user_id": "u"}}
+        rng = random.Random(5)
+        sizes = {}
+        for turn in range(1, 1001):
+            graph.invoke({"messages": [human(turn, rng)]}, config)
+            if turn in (100, 500, 1000):
+                sizes[turn] = _file_bytes(saver)
+        assert len(graph.get_state(config).values["messages"]) == 2000
+    per_turn = {t: size / t for t, size in sizes.items()}
+    assert per_turn[1000] <= 2048, per_turn
+    # Linear: the last 500 turns cost no more room than the 400 before them, per turn.
+    late = (sizes[1000] - sizes[500]) / 500
+    early = (sizes[500] - sizes[100]) / 400
+    assert late <= early * 1.15, (early, late)
+
+
+def test_stock_layout_would_be_quadratic_so_the_bound_can_fail(db_path):
+    """The same check applied to a saver that re-stores the whole list proves it bites."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    with SqliteSaver.from_conn_string(str(db_path)) as stock:
+        graph = chat_graph(stock)
+        config = {"configurable": {"thread_id": "long"}}
+        sizes = {}
+        for turn in range(1, 201):
+            graph.invoke({"messages": [human(turn)]}, config)
+            if turn in (50, 100, 200):
+                stock.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                sizes[turn] = db_path.stat().st_size
+    late = (sizes[200] - sizes[100]) / 100
+    early = (sizes[100] - sizes[50]) / 50
+    assert late > early * 1.15
+
+
+def test_listing_a_users_threads_reads_only_that_users_index_range(saver):
+    graph = chat_graph(saver)
+    for i in range(30):
+        graph.invoke({"messages": [human(i)]}, {"configurable": {"thread_id": f"t{i}", "user_id": f"u{i % 3}"}})
+    saver.conn.execute("ANALYZE")
+    for user in ("u1", None):
+        plan = " | ".join(saver.threads.explain_list(user))
+        assert "USING INDEX threads_by_user_updated (user_id=?)" in plan, plan
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_message_lists_are_stored_as_deltas_not_copies(saver):
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    for turn in range(1, 201):
+        graph.invoke({"messages": [human(turn)]}, config)
+    (messages,) = saver.conn.execute(
+        "SELECT count(*) FROM messages"
+    ).fetchone()
+    (sealed,) = saver.conn.execute("SELECT coalesce(sum(length(nos)), 0) FROM message_segments").fetchone()
+    segments = saver.conn.execute("SELECT nos FROM message_segments").fetchall()
+    from checkpointers import codec
+
+    stored_numbers = sum(len(codec.unpack_numbers(n)) for (n,) in segments) + messages
+    # 400 messages in the state; each human message is stored at most twice
+    # (as sent, without an id, and in the channel with its id).
+    assert 400 <= stored_numbers <= 600
+    (longest,) = saver.conn.execute("SELECT max(depth) FROM channel_values").fetchone()
+    assert longest < 64
