@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/threadkeeper serve
+	$(VENV)/bin/threadkeeper status
 
 test: $(STAMP)
 	$(PY) -m pytest -q
