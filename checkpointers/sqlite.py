@@ -300,6 +300,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._lists = _ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._max_digests = 20_000
+        self._sealed_upto: dict[int, int] = {}  # thread_key -> last message number known sealed
         self.threads = ThreadIndex(self)
         try:
             self.setup()
@@ -547,11 +548,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _seal_segment(self, txn: _ThreadTxn) -> None:
         """Move loose messages into one compressed segment once enough have gathered."""
+        # Message numbers only grow, so fewer than SEGMENT_SIZE numbers handed out
+        # since the last sealed one means fewer loose rows: no need to count.
+        sealed = self._sealed_upto.get(txn.thread_key)
+        if sealed is not None and txn.next_message_no - 1 - sealed < SEGMENT_SIZE:
+            return
         count, first, last = txn.conn.execute(
             "SELECT count(*), min(message_no), max(message_no) FROM messages WHERE thread_key = ?",
             (txn.thread_key,),
         ).fetchone()
         if count < SEGMENT_SIZE:
+            key, upto = txn.thread_key, (first or txn.next_message_no) - 1
+            txn.after_commit.append(lambda: self._sealed_upto.__setitem__(key, upto))
             return
         rows = txn.conn.execute(
             "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
@@ -559,6 +567,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ).fetchall()
         self._write_segment(txn.conn, txn.thread_key, rows)
         txn.conn.execute("DELETE FROM messages WHERE thread_key = ?", (txn.thread_key,))
+        key, upto = txn.thread_key, rows[-1][0]
+        txn.after_commit.append(lambda: self._sealed_upto.__setitem__(key, upto))
 
     @staticmethod
     def _write_segment(conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
@@ -642,13 +652,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ).fetchone()
 
     def _channel_values(self, conn: sqlite3.Connection, thread_key: int, ns: str, versions: ChannelVersions) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+        """Every channel's value at its version, found with one statement."""
+        if not versions:
+            return {}
+        # One indexed lookup per channel, glued into a single statement so a
+        # read costs one round trip into SQLite however many channels there are.
+        branch = (
+            "SELECT * FROM (SELECT ? AS channel, value_no, kind, type, value FROM channel_values "
+            "INDEXED BY channel_values_by_version WHERE thread_key = ? AND checkpoint_ns = ? "
+            "AND channel = ? AND version = ? ORDER BY value_no DESC LIMIT 1)"
+        )
+        params: list[Any] = []
         for channel, version in versions.items():
-            row = self._lookup_value(conn, thread_key, ns, channel, version)
-            if row is None:
-                continue
-            values[channel] = self._decode_value(conn, thread_key, *row)
-        return values
+            params += [channel, thread_key, ns, channel, version]
+        rows = conn.execute(" UNION ALL ".join([branch] * len(versions)), params).fetchall()
+        return {channel: self._decode_value(conn, thread_key, *rest) for channel, *rest in rows}
 
     def _pending_writes(self, conn: sqlite3.Connection, thread_key: int, ns: str, checkpoint_id: str) -> list[PendingWrite]:
         rows = conn.execute(
@@ -693,6 +711,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
 
+    @staticmethod
+    def _checkpoint_row(
+        conn: sqlite3.Connection, thread_key: int, ns: str, config: RunnableConfig, columns: str
+    ) -> tuple | None:
+        """The checkpoint `config` names, or the thread's latest when it names none."""
+        if checkpoint_id := get_checkpoint_id(config):
+            return conn.execute(
+                f"SELECT {columns} FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+                (thread_key, ns, db_id(checkpoint_id)),
+            ).fetchone()
+        return conn.execute(
+            f"SELECT {columns} FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
+            "ORDER BY checkpoint_id DESC LIMIT 1",
+            (thread_key, ns),
+        ).fetchone()
+
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
@@ -701,18 +735,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             thread_key = self._thread_key(conn, thread_id)
             if thread_key is None:
                 return None
-            if checkpoint_id := get_checkpoint_id(config):
-                row = conn.execute(
-                    "SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
-                    "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-                    (thread_key, ns, db_id(checkpoint_id)),
-                ).fetchone()
-            else:
-                row = conn.execute(
-                    "SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
-                    "WHERE thread_key = ? AND checkpoint_ns = ? ORDER BY checkpoint_id DESC LIMIT 1",
-                    (thread_key, ns),
-                ).fetchone()
+            row = self._checkpoint_row(
+                conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
+            )
             if row is None:
                 return None
             return self._tuple(conn, thread_key, thread_id, ns, *row)
@@ -807,7 +832,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     metadata_json,
                 ),
             )
-            txn.flush()
             if txn.new_messages:
                 self._seal_segment(txn)
             self._touch_thread(txn, ns, values, new_versions, user_id)
@@ -852,8 +876,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     title = title_from_messages(messages)
         txn.conn.execute(
             "UPDATE threads SET updated_at = ?, message_count = coalesce(?, message_count), "
-            "title = coalesce(title, ?), user_id = coalesce(user_id, ?) WHERE thread_key = ?",
-            (utc_now(), count, title, user_id, txn.thread_key),
+            "title = coalesce(title, ?), user_id = coalesce(user_id, ?), next_value_no = ?, "
+            "next_message_no = ? WHERE thread_key = ?",
+            (utc_now(), count, title, user_id, txn.next_value_no, txn.next_message_no, txn.thread_key),
         )
 
     def put_writes(
@@ -871,11 +896,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         user_id = configurable.get("user_id")
         with self._write() as after_commit:
             txn = self._open_thread(self.conn, after_commit, thread_id, None if user_id is None else str(user_id))
+            rows = []
             for idx, (channel, value) in enumerate(writes):
                 kind, type_, blob = self._encode_value(txn, value)
-                txn.conn.execute(
-                    f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
-                    "channel, kind, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows.append(
                     (
                         txn.thread_key,
                         ns,
@@ -887,8 +911,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                         kind,
                         type_,
                         blob,
-                    ),
+                    )
                 )
+            txn.conn.executemany(
+                f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
+                "channel, kind, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             txn.flush()
 
     # -- deleting, copying, pruning -----------------------------------------
@@ -920,6 +949,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _forget(self, thread_keys: Sequence[int]) -> None:
         gone = set(thread_keys)
         self._lists.forget_threads(gone)
+        for key in gone:
+            self._sealed_upto.pop(key, None)
         for key in [k for k in self._digests if k[0] in gone]:
             del self._digests[key]
 
@@ -1131,18 +1162,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             thread_key = self._thread_key(conn, thread_id)
             target = None
             if thread_key is not None:
-                if checkpoint_id := get_checkpoint_id(config):
-                    target = conn.execute(
-                        "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
-                        "AND checkpoint_id = ?",
-                        (thread_key, ns, db_id(checkpoint_id)),
-                    ).fetchone()
-                else:
-                    target = conn.execute(
-                        "SELECT parent_checkpoint_id FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = ? "
-                        "ORDER BY checkpoint_id DESC LIMIT 1",
-                        (thread_key, ns),
-                    ).fetchone()
+                target = self._checkpoint_row(conn, thread_key, ns, config, "parent_checkpoint_id")
             cursor = target[0] if target else None
             remaining = set(channels)
             visited: set[str] = set()
