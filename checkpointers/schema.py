@@ -39,7 +39,8 @@ def m001_initial(conn: sqlite3.Connection) -> None:
             pinned INTEGER NOT NULL DEFAULT 0,
             metadata TEXT NOT NULL DEFAULT '{}',
             next_value_no INTEGER NOT NULL DEFAULT 1,
-            next_message_no INTEGER NOT NULL DEFAULT 1
+            next_message_no INTEGER NOT NULL DEFAULT 1,
+            gc_epoch INTEGER NOT NULL DEFAULT 0
         )
         """
     )

@@ -36,7 +36,7 @@ import random
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -199,36 +199,87 @@ class _ListCache:
 
 
 @dataclass
-class _ThreadTxn:
-    """One thread's counters inside a write transaction, flushed at the end."""
+class _ThreadState:
+    """What a write needs to know about a thread's row, kept between writes.
 
-    conn: sqlite3.Connection
+    Trusted only until the write that uses it ends: that write's final UPDATE
+    matches the row on all four numbers, so a row changed meanwhile (by another
+    process, a garbage collection, a deletion) makes the write start over.
+    """
+
     thread_key: int
-    title: str | None
-    user_id: str | None
     next_value_no: int
     next_message_no: int
-    after_commit: list = field(default_factory=list)
+    gc_epoch: int
+    title: str | None
+
+
+class _StaleThreadState(Exception):
+    """The thread's row changed since it was cached; the write is retried."""
+
+
+@dataclass
+class _ThreadTxn:
+    """One thread inside a write transaction: number allocation and deferred work."""
+
+    conn: sqlite3.Connection
+    thread_id: str
+    read: _ThreadState
+    after_commit: list
+    next_value_no: int = 0
+    next_message_no: int = 0
     new_digests: dict[bytes, int] = field(default_factory=dict)
-    new_messages: int = 0
-    dirty: bool = False
+    new_message_rows: list[tuple] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.next_value_no = self.read.next_value_no
+        self.next_message_no = self.read.next_message_no
+
+    @property
+    def thread_key(self) -> int:
+        return self.read.thread_key
+
+    @property
+    def title(self) -> str | None:
+        return self.read.title
 
     def value_no(self) -> int:
-        self.dirty = True
         self.next_value_no += 1
         return self.next_value_no - 1
 
     def message_no(self) -> int:
-        self.dirty = True
         self.next_message_no += 1
         return self.next_message_no - 1
 
-    def flush(self) -> None:
-        if self.dirty:
+    def flush_messages(self) -> None:
+        if self.new_message_rows:
             self.conn.execute(
-                "UPDATE threads SET next_value_no = ?, next_message_no = ? WHERE thread_key = ?",
-                (self.next_value_no, self.next_message_no, self.thread_key),
+                "INSERT INTO messages (thread_key, message_no, type, value) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(self.new_message_rows)),
+                [v for row in self.new_message_rows for v in row],
             )
+            self.new_message_rows.clear()
+
+    def close(self, assignments: str = "", params: Sequence[Any] = ()) -> _ThreadState:
+        """Write the counters (and `assignments`) if the row is as it was read."""
+        self.flush_messages()
+        cur = self.conn.execute(
+            f"UPDATE threads SET next_value_no = ?, next_message_no = ?{assignments} WHERE thread_key = ? "
+            "AND thread_id = ? AND next_value_no = ? AND next_message_no = ? AND gc_epoch = ?",
+            (
+                self.next_value_no,
+                self.next_message_no,
+                *params,
+                self.read.thread_key,
+                self.thread_id,
+                self.read.next_value_no,
+                self.read.next_message_no,
+                self.read.gc_epoch,
+            ),
+        )
+        if cur.rowcount != 1:
+            raise _StaleThreadState(self.thread_id)
+        return _ThreadState(self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.read.title)
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
@@ -301,6 +352,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._max_digests = 20_000
         self._sealed_upto: dict[int, int] = {}  # thread_key -> last message number known sealed
+        self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self.threads = ThreadIndex(self)
         try:
             self.setup()
@@ -368,22 +420,51 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         row = conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
         return row[0] if row else None
 
-    def _open_thread(
-        self, conn: sqlite3.Connection, after_commit: list, thread_id: str, user_id: str | None
-    ) -> _ThreadTxn:
-        row = conn.execute(
-            "SELECT thread_key, title, user_id, next_value_no, next_message_no FROM threads WHERE thread_id = ?",
+    def _write_thread(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
+        """Run `body` in a write transaction on one thread, starting over once if
+        the thread's row changed since this saver last wrote it."""
+        for attempt in (1, 2):
+            cached = None
+            try:
+                with self._write() as after_commit:
+                    cached = None if attempt == 2 else self._thread_states.get(thread_id)
+                    state = cached or self._read_thread_state(thread_id, user_id)
+                    txn = _ThreadTxn(self.conn, thread_id, state, after_commit)
+                    try:
+                        new_state = body(txn)
+                    except sqlite3.IntegrityError:
+                        if cached is None:
+                            raise
+                        # Numbers from a stale cache collided with another writer's rows.
+                        raise _StaleThreadState(thread_id) from None
+                    after_commit.append(lambda: self._remember_thread_state(thread_id, new_state))
+                return
+            except _StaleThreadState:
+                stale = self._thread_states.pop(thread_id, None)
+                if stale is not None:
+                    self._forget([stale.thread_key])
+                if attempt == 2:
+                    raise RuntimeError(f"thread {thread_id!r} changed during a write that held the lock") from None
+
+    def _read_thread_state(self, thread_id: str, user_id: str | None) -> _ThreadState:
+        row = self.conn.execute(
+            "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title FROM threads WHERE thread_id = ?",
             (thread_id,),
         ).fetchone()
         if row is None:
             now = utc_now()
-            cur = conn.execute(
+            cur = self.conn.execute(
                 "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
                 (thread_id, user_id, now, now),
             )
-            row = (cur.lastrowid, None, user_id, 1, 1)
-        txn = _ThreadTxn(conn, row[0], row[1], row[2], row[3], row[4], after_commit)
-        return txn
+            row = (cur.lastrowid, 1, 1, 0, None)
+        return _ThreadState(*row)
+
+    def _remember_thread_state(self, thread_id: str, state: _ThreadState) -> None:
+        self._thread_states[thread_id] = state
+        self._thread_states.move_to_end(thread_id)
+        if len(self._thread_states) > 10_000:
+            self._thread_states.popitem(last=False)
 
     # -- encoding values ---------------------------------------------------
 
@@ -412,18 +493,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         known = txn.new_digests.get(digest)
         if known is not None:
             return known
+        # Only messages this saver wrote are remembered, and the final UPDATE of
+        # the write fails if a garbage collection ran since: no dangling numbers.
         known = self._digests.get((txn.thread_key, digest))
-        if known is not None and txn.conn.execute(
-            "SELECT 1 FROM messages WHERE thread_key = ? AND message_no = ?", (txn.thread_key, known)
-        ).fetchone():
+        if known is not None:
             return known
         no = txn.message_no()
-        txn.conn.execute(
-            "INSERT INTO messages (thread_key, message_no, type, value) VALUES (?, ?, ?, ?)",
-            (txn.thread_key, no, type_, blob),
-        )
+        txn.new_message_rows.append((txn.thread_key, no, type_, blob))
         txn.new_digests[digest] = no
-        txn.new_messages += 1
         key = (txn.thread_key, digest)
         txn.after_commit.append(lambda: self._remember_digest(key, no))
         return no
@@ -434,19 +511,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if len(self._digests) > self._max_digests:
             self._digests.popitem(last=False)
 
-    def _value_exists(self, txn: _ThreadTxn, value_no: int) -> bool:
-        return (
-            txn.conn.execute(
-                "SELECT 1 FROM channel_values WHERE thread_key = ? AND value_no = ?",
-                (txn.thread_key, value_no),
-            ).fetchone()
-            is not None
-        )
-
     def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> _StoredList | None:
         """The list to store a new value of `channel` against, if one exists."""
         base = self._lists.latest(txn.thread_key, ns, channel)
-        if base is not None and self._value_exists(txn, base.value_no):
+        if base is not None:  # rows are never changed, and removed only by GC (see _ThreadTxn.close)
             return base
         row = txn.conn.execute(
             "SELECT value_no FROM channel_values WHERE thread_key = ? AND checkpoint_ns = ? "
@@ -553,6 +621,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         sealed = self._sealed_upto.get(txn.thread_key)
         if sealed is not None and txn.next_message_no - 1 - sealed < SEGMENT_SIZE:
             return
+        txn.flush_messages()
         count, first, last = txn.conn.execute(
             "SELECT count(*), min(message_no), max(message_no) FROM messages WHERE thread_key = ?",
             (txn.thread_key,),
@@ -814,11 +883,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         type_, blob = self._dump(stored)
         metadata_json = json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr)
         run_id = full_metadata.get("run_id")
-        with self._write() as after_commit:
-            txn = self._open_thread(self.conn, after_commit, thread_id, user_id)
-            for channel, version in new_versions.items():
-                self._put_value(txn, ns, channel, version, values.get(channel, _MISSING))
-            self.conn.execute(
+
+        def write(txn: _ThreadTxn) -> _ThreadState:
+            rows = [
+                row
+                for channel, version in new_versions.items()
+                if (row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)))
+            ]
+            if rows:
+                txn.conn.execute(
+                    "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, "
+                    "value, base_no, keep, depth) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                    [v for row in rows for v in row],
+                )
+            txn.conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, "
                 "parent_checkpoint_id, run_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -832,19 +910,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     metadata_json,
                 ),
             )
-            if txn.new_messages:
+            if txn.new_message_rows:
                 self._seal_segment(txn)
-            self._touch_thread(txn, ns, values, new_versions, user_id)
+            return self._touch_thread(txn, ns, values, new_versions, user_id)
+
+        self._write_thread(thread_id, user_id, write)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
-    def _put_value(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> None:
+    def _value_row(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> tuple | None:
+        """The `channel_values` row for a channel's new value (None: nothing to store)."""
         base_no = keep = None
         depth = 0
         type_: str | None = None
         if value is _MISSING:
             # Updated but empty (a consumed trigger, a DeltaChannel between
             # snapshots): no row at this version means "no value".
-            return
+            return None
         if _is_message_list(value) or (isinstance(value, _DeltaSnapshot) and _is_message_list(value.value)):
             kind = KIND_MESSAGE_LIST if type(value) is list else KIND_DELTA_SNAPSHOT
             messages = value if kind == KIND_MESSAGE_LIST else value.value
@@ -855,15 +936,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         else:
             kind, type_, blob = self._encode_value(txn, value)
             value_no = txn.value_no()
-        txn.conn.execute(
-            "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value, "
-            "base_no, keep, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth),
-        )
+        return (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth)
 
     def _touch_thread(
         self, txn: _ThreadTxn, ns: str, values: dict[str, Any], new_versions: ChannelVersions, user_id: str | None
-    ) -> None:
+    ) -> _ThreadState:
         """Keep the thread's index row in step with the checkpoint just written."""
         count = title = None
         if ns == "":
@@ -874,12 +951,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 count = len(messages)
                 if txn.title is None:
                     title = title_from_messages(messages)
-        txn.conn.execute(
-            "UPDATE threads SET updated_at = ?, message_count = coalesce(?, message_count), "
-            "title = coalesce(title, ?), user_id = coalesce(user_id, ?), next_value_no = ?, "
-            "next_message_no = ? WHERE thread_key = ?",
-            (utc_now(), count, title, user_id, txn.next_value_no, txn.next_message_no, txn.thread_key),
+        state = txn.close(
+            ", updated_at = ?, message_count = coalesce(?, message_count), title = coalesce(title, ?), "
+            "user_id = coalesce(user_id, ?)",
+            (utc_now(), count, title, user_id),
         )
+        if title is not None:
+            state.title = title
+        return state
 
     def put_writes(
         self,
@@ -894,8 +973,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         checkpoint_id = configurable["checkpoint_id"]
         verb = "INSERT OR REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "INSERT OR IGNORE"
         user_id = configurable.get("user_id")
-        with self._write() as after_commit:
-            txn = self._open_thread(self.conn, after_commit, thread_id, None if user_id is None else str(user_id))
+
+        def write(txn: _ThreadTxn) -> _ThreadState:
             rows = []
             for idx, (channel, value) in enumerate(writes):
                 kind, type_, blob = self._encode_value(txn, value)
@@ -913,12 +992,15 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                         blob,
                     )
                 )
-            txn.conn.executemany(
+            txn.conn.execute(
                 f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
-                "channel, kind, type, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                "channel, kind, type, value) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+                [v for row in rows for v in row],
             )
-            txn.flush()
+            return txn.close()
+
+        if writes:
+            self._write_thread(thread_id, None if user_id is None else str(user_id), write)
 
     # -- deleting, copying, pruning -----------------------------------------
 
@@ -949,6 +1031,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _forget(self, thread_keys: Sequence[int]) -> None:
         gone = set(thread_keys)
         self._lists.forget_threads(gone)
+        for thread_id in [t for t, state in self._thread_states.items() if state.thread_key in gone]:
+            del self._thread_states[thread_id]
         for key in gone:
             self._sealed_upto.pop(key, None)
         for key in [k for k in self._digests if k[0] in gone]:
@@ -1031,7 +1115,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if strategy == "delete":
                     for table in ("checkpoints", "channel_values", "messages", "message_segments", "writes"):
                         self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
-                    self.conn.execute("UPDATE threads SET message_count = 0 WHERE thread_key = ?", (thread_key,))
+                    self.conn.execute(
+                        "UPDATE threads SET message_count = 0, gc_epoch = gc_epoch + 1 WHERE thread_key = ?",
+                        (thread_key,),
+                    )
                     continue
                 keep: set[tuple[str, str]] = set()
                 for ns, checkpoint_id in self.conn.execute(
@@ -1081,6 +1168,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _collect_garbage(self, thread_key: int) -> None:
         """Delete values and messages no remaining checkpoint or write refers to."""
         conn = self.conn
+        # Savers (in any process) that remember this thread's rows must reread it.
+        conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1 WHERE thread_key = ?", (thread_key,))
         live: set[int] = set()
         for ns, type_, blob in conn.execute(
             "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = ?", (thread_key,)

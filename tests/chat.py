@@ -31,11 +31,12 @@ class DeltaMessagesState(TypedDict):
 
 
 def chat_graph(checkpointer: Any, *, seed: int = 0, delta: bool = False):
-    """A one-node graph; the reply to the n-th human message has id `ai-<n>`."""
-    rng = random.Random(seed)
+    """A one-node graph; the reply to the n-th human message has id `ai-<n>`, and
+    its text depends only on `seed` and n, so two graphs replay the same chat."""
 
     def model(state: dict) -> dict:
         humans = sum(isinstance(m, HumanMessage) for m in state["messages"])
+        rng = random.Random(seed * 100_003 + humans)
         return {"messages": [AIMessage(sentence(rng, 200), id=f"ai-{humans}")]}
 
     builder = StateGraph(DeltaMessagesState if delta else MessagesState)

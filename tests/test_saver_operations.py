@@ -137,3 +137,35 @@ def test_deleted_text_is_overwritten_in_the_file(saver):
     saver.delete_thread("s")
     saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert secret.encode() not in saver.path.read_bytes()
+
+
+def test_two_savers_taking_turns_on_one_thread_with_pruning_in_between(db_path):
+    """Each saver caches the thread's counters and lists; the other's writes and
+    garbage collection must make it start over, never write dangling numbers."""
+    from langchain_core.messages import RemoveMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    a, b = ThreadSaver(db_path), ThreadSaver(db_path)
+    reference = chat_graph(InMemorySaver())
+    graphs = [chat_graph(a), chat_graph(b)]
+    config = {"configurable": {"thread_id": "shared", "user_id": "u"}}
+    try:
+        for n in range(60):
+            for graph in (graphs[n % 2], reference):
+                graph.invoke({"messages": [human(n)]}, config)
+            if n % 7 == 3:
+                for graph in (graphs[(n + 1) % 2], reference):
+                    graph.update_state(config, {"messages": [RemoveMessage(id=f"ai-{n - 1}")]}, as_node="model")
+                (b if n % 2 else a).prune(["shared"], strategy="keep_latest")
+            expected = reference.get_state(config).values
+            assert graphs[0].get_state(config).values == expected
+            assert graphs[1].get_state(config).values == expected
+        cold = ThreadSaver(db_path)
+        try:
+            assert chat_graph(cold).get_state(config).values == expected
+            assert cold.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            cold.close()
+    finally:
+        a.close()
+        b.close()
