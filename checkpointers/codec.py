@@ -67,13 +67,23 @@ COMPRESSED_SUFFIX = "+z1"
 _COMPRESS_MIN = 48
 
 
-def compress_blob(type_: str, data: bytes, *, force: bool = False) -> tuple[str, bytes]:
-    """Deflate `data` with the preset dictionary when that makes it smaller (or always)."""
-    if len(data) < _COMPRESS_MIN and not force:
-        return type_, data
+def deflate(data: bytes) -> bytes:
+    """Raw deflate with the preset dictionary; `inflate` reverses it."""
     packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT_V1)
-    packed = packer.compress(data) + packer.flush()
-    if len(packed) >= len(data) and not force:
+    return packer.compress(data) + packer.flush()
+
+
+def inflate(data: bytes) -> bytes:
+    unpacker = zlib.decompressobj(-15, ZDICT_V1)
+    return unpacker.decompress(data) + unpacker.flush()
+
+
+def compress_blob(type_: str, data: bytes) -> tuple[str, bytes]:
+    """Deflate a serializer's (type, bytes) when that makes it smaller; the type says so."""
+    if len(data) < _COMPRESS_MIN:
+        return type_, data
+    packed = deflate(data)
+    if len(packed) >= len(data):
         return type_, data
     return type_ + COMPRESSED_SUFFIX, packed
 
@@ -81,8 +91,7 @@ def compress_blob(type_: str, data: bytes, *, force: bool = False) -> tuple[str,
 def decompress_blob(type_: str, data: bytes) -> tuple[str, bytes]:
     if not type_.endswith(COMPRESSED_SUFFIX):
         return type_, data
-    unpacker = zlib.decompressobj(-15, ZDICT_V1)
-    return type_[: -len(COMPRESSED_SUFFIX)], unpacker.decompress(data) + unpacker.flush()
+    return type_[: -len(COMPRESSED_SUFFIX)], inflate(data)
 
 
 # -- checkpoint and task ids ---------------------------------------------------

@@ -100,7 +100,7 @@ sealed into one compressed `message_segments` row (smaller, and one decompressio
 per 64 messages when a thread is read cold)."""
 
 # Messages of these exact classes are stored as their field values and rebuilt
-# with `model_construct`: the fields were validated when the message was made,
+# by `rebuild_message` (what `model_construct` builds, faster): the fields were validated when the message was made,
 # and skipping a second validation makes reading a long thread twice as fast.
 # Anything else (subclasses, extra fields) goes through the serializer whole.
 _MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
@@ -128,10 +128,19 @@ def rebuild_message(cls: type[BaseMessage], fields: dict[str, Any]) -> BaseMessa
     object.__setattr__(message, "__pydantic_private__", None)
     return message
 
+
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
+    """Put into a least-recently-used map, dropping the oldest beyond `limit`."""
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > limit:
+        cache.popitem(last=False)
 
 
 def utc_now() -> str:
@@ -212,6 +221,8 @@ class _ThreadState:
     next_message_no: int
     gc_epoch: int
     title: str | None
+    sealed_upto: int | None = None
+    """Every message numbered up to here is sealed in a segment (None: unknown)."""
 
 
 class _StaleThreadState(Exception):
@@ -228,12 +239,14 @@ class _ThreadTxn:
     after_commit: list
     next_value_no: int = 0
     next_message_no: int = 0
+    sealed_upto: int | None = None
     new_digests: dict[bytes, int] = field(default_factory=dict)
     new_message_rows: list[tuple] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_value_no = self.read.next_value_no
         self.next_message_no = self.read.next_message_no
+        self.sealed_upto = self.read.sealed_upto
 
     @property
     def thread_key(self) -> int:
@@ -279,7 +292,9 @@ class _ThreadTxn:
         )
         if cur.rowcount != 1:
             raise _StaleThreadState(self.thread_id)
-        return _ThreadState(self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.read.title)
+        return _ThreadState(
+            self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.read.title, self.sealed_upto
+        )
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
@@ -350,8 +365,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._lock = threading.RLock()
         self._lists = _ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
-        self._max_digests = 20_000
-        self._sealed_upto: dict[int, int] = {}  # thread_key -> last message number known sealed
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self.threads = ThreadIndex(self)
         try:
@@ -437,7 +450,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                             raise
                         # Numbers from a stale cache collided with another writer's rows.
                         raise _StaleThreadState(thread_id) from None
-                    after_commit.append(lambda: self._remember_thread_state(thread_id, new_state))
+                    after_commit.append(lambda: _remember(self._thread_states, thread_id, new_state, 10_000))
                 return
             except _StaleThreadState:
                 stale = self._thread_states.pop(thread_id, None)
@@ -460,11 +473,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             row = (cur.lastrowid, 1, 1, 0, None)
         return _ThreadState(*row)
 
-    def _remember_thread_state(self, thread_id: str, state: _ThreadState) -> None:
-        self._thread_states[thread_id] = state
-        self._thread_states.move_to_end(thread_id)
-        if len(self._thread_states) > 10_000:
-            self._thread_states.popitem(last=False)
 
     # -- encoding values ---------------------------------------------------
 
@@ -502,14 +510,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         txn.new_message_rows.append((txn.thread_key, no, type_, blob))
         txn.new_digests[digest] = no
         key = (txn.thread_key, digest)
-        txn.after_commit.append(lambda: self._remember_digest(key, no))
+        txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
         return no
-
-    def _remember_digest(self, key: tuple[int, bytes], no: int) -> None:
-        self._digests[key] = no
-        self._digests.move_to_end(key)
-        if len(self._digests) > self._max_digests:
-            self._digests.popitem(last=False)
 
     def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> _StoredList | None:
         """The list to store a new value of `channel` against, if one exists."""
@@ -594,8 +596,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             segment_nos = codec.unpack_numbers(nos_blob)
             if wanted.isdisjoint(segment_nos):
                 continue
-            entries = ormsgpack.unpackb(codec.decompress_blob("segment" + codec.COMPRESSED_SUFFIX, value)[1])
-            for no, (type_, blob) in zip(segment_nos, entries):
+            for no, type_, blob in _segment_rows(segment_nos, value):
                 if no in wanted:
                     found[no] = self._load_message(type_, blob)
         if len(found) < len(wanted):
@@ -618,8 +619,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """Move loose messages into one compressed segment once enough have gathered."""
         # Message numbers only grow, so fewer than SEGMENT_SIZE numbers handed out
         # since the last sealed one means fewer loose rows: no need to count.
-        sealed = self._sealed_upto.get(txn.thread_key)
-        if sealed is not None and txn.next_message_no - 1 - sealed < SEGMENT_SIZE:
+        if txn.sealed_upto is not None and txn.next_message_no - 1 - txn.sealed_upto < SEGMENT_SIZE:
             return
         txn.flush_messages()
         count, first, last = txn.conn.execute(
@@ -627,8 +627,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             (txn.thread_key,),
         ).fetchone()
         if count < SEGMENT_SIZE:
-            key, upto = txn.thread_key, (first or txn.next_message_no) - 1
-            txn.after_commit.append(lambda: self._sealed_upto.__setitem__(key, upto))
+            txn.sealed_upto = (first or txn.next_message_no) - 1
             return
         rows = txn.conn.execute(
             "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
@@ -636,13 +635,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ).fetchall()
         self._write_segment(txn.conn, txn.thread_key, rows)
         txn.conn.execute("DELETE FROM messages WHERE thread_key = ?", (txn.thread_key,))
-        key, upto = txn.thread_key, rows[-1][0]
-        txn.after_commit.append(lambda: self._sealed_upto.__setitem__(key, upto))
+        txn.sealed_upto = rows[-1][0]
 
     @staticmethod
     def _write_segment(conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
-        packed = ormsgpack.packb([[type_, blob] for _, type_, blob in rows])
-        _, value = codec.compress_blob("segment", packed, force=True)
+        value = codec.deflate(ormsgpack.packb([[type_, blob] for _, type_, blob in rows]))
         conn.execute(
             "INSERT INTO message_segments (thread_key, first_no, last_no, nos, value) VALUES (?, ?, ?, ?, ?)",
             (thread_key, rows[0][0], rows[-1][0], codec.pack_numbers([r[0] for r in rows]), value),
@@ -1033,8 +1030,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._lists.forget_threads(gone)
         for thread_id in [t for t, state in self._thread_states.items() if state.thread_key in gone]:
             del self._thread_states[thread_id]
-        for key in gone:
-            self._sealed_upto.pop(key, None)
         for key in [k for k in self._digests if k[0] in gone]:
             del self._digests[key]
 
@@ -1210,8 +1205,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if live_messages.issuperset(segment_nos):
                 continue
             conn.execute("DELETE FROM message_segments WHERE thread_key = ? AND first_no = ?", (thread_key, first))
-            entries = ormsgpack.unpackb(codec.decompress_blob("segment" + codec.COMPRESSED_SUFFIX, value)[1])
-            kept = [(no, t, b) for no, (t, b) in zip(segment_nos, entries) if no in live_messages]
+            kept = [row for row in _segment_rows(segment_nos, value) if row[0] in live_messages]
             if kept:
                 self._write_segment(conn, thread_key, kept)
         conn.execute(
@@ -1375,6 +1369,11 @@ _THREAD_TABLE_COLUMNS = {
     "message_segments": "first_no, last_no, nos, value",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
 }
+
+
+def _segment_rows(nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
+    """The (message_no, type, blob) rows sealed in one `message_segments` value."""
+    return [(no, type_, blob) for no, (type_, blob) in zip(nos, ormsgpack.unpackb(codec.inflate(value)))]
 
 
 def _json_path(key: str) -> str:
