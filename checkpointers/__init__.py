@@ -27,12 +27,16 @@ from checkpointers.errors import (
     ThreadExistsError,
     ThreadNotFoundError,
 )
+from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
 from checkpointers.sqlite import ThreadSaver
 from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
 from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
 
 __all__ = [
     "ANY_USER",
+    "Attachment",
+    "AttachmentError",
+    "AttachmentStore",
     "DEFAULT_URL",
     "ForeignDatabaseError",
     "InvalidCursorError",

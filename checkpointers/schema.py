@@ -14,6 +14,7 @@ Tables a user can query by hand:
 * `message_segments`: older messages, sealed in compressed groups of
   `SEGMENT_SIZE` (`nos` lists the numbers each holds).
 * `writes`: pending writes of a task against a checkpoint.
+* `attachments`: the SQLite database attached to a thread, if any.
 """
 
 from __future__ import annotations
@@ -131,7 +132,24 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial]
+def m002_attachments(conn: sqlite3.Connection) -> None:
+    # One database file per thread; the file itself lives beside the store,
+    # under `attachments/`, at the path recorded here (relative to the store).
+    conn.execute(
+        """
+        CREATE TABLE attachments (
+            thread_key INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            file TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            tables TEXT NOT NULL DEFAULT '[]',
+            attached_at TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_attachments]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -80,6 +80,7 @@ from checkpointers.codec import (
     db_id,
     py_id,
 )
+from checkpointers.attachments import AttachmentStore
 from checkpointers.errors import (
     NotADatabaseError,
     StoreUnavailableError,
@@ -367,6 +368,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self.threads = ThreadIndex(self)
+        self.attachments = AttachmentStore(self)
         try:
             self.setup()
         except BaseException:
@@ -1001,6 +1003,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- deleting, copying, pruning -----------------------------------------
 
+    def attachment_path(self, thread_id: str) -> Path | None:
+        """The database file attached to the thread, or None (read by the agent's tools)."""
+        return self.attachments.path(thread_id)
+
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread: its checkpoints, writes, messages and index row."""
         self.delete_threads([thread_id])
@@ -1018,11 +1024,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 )
             ]
             keys_json = json.dumps(keys)
-            for table in ("checkpoints", "channel_values", "messages", "message_segments", "writes", "threads"):
+            files = self.attachments.files_of(keys)
+            for table in _THREAD_TABLES + ("threads",):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
                 )
             after_commit.append(lambda: self._forget(keys))
+            after_commit.append(lambda: self.attachments._unlink(files))
         return len(keys)
 
     def _forget(self, thread_keys: Sequence[int]) -> None:
@@ -1036,7 +1044,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a thread with its whole history under a new id (which must be unused)."""
         source, target = str(source_thread_id), str(target_thread_id)
-        with self._write():
+        txn_failed: list = []
+        try:
+            self._copy_thread(source, target, txn_failed)
+        except BaseException:
+            for undo in txn_failed:
+                undo()
+            raise
+
+    def _copy_thread(self, source: str, target: str, txn_failed: list) -> None:
+        with self._write() as after_commit:
             src = self._thread_key(self.conn, source)
             if src is None:
                 raise ThreadNotFoundError(source)
@@ -1047,8 +1064,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 ).fetchone()
                 if has_state:
                     raise ThreadExistsError(f"cannot copy into thread {target!r}: it already exists")
-                for table in ("writes", "threads"):
+                replaced = self.attachments.files_of([dst])
+                for table in ("writes", "attachments", "threads"):
                     self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (dst,))
+                after_commit.append(lambda: self.attachments._unlink(replaced))
             now = utc_now()
             dst = self.conn.execute(
                 "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, message_count, pinned, "
@@ -1061,6 +1080,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
                     (dst, src),
                 )
+            copied = self.attachments.copy_row(src, dst, target)
+            if copied:
+                txn_failed.append(lambda: self.attachments._unlink([copied]))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that the given runs created."""
@@ -1108,8 +1130,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     continue
                 touched.append(thread_key)
                 if strategy == "delete":
-                    for table in ("checkpoints", "channel_values", "messages", "message_segments", "writes"):
-                        self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
+                    for table in _THREAD_TABLES:
+                        if table != "attachments":  # the thread stays, and so does its database
+                            self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
                     self.conn.execute(
                         "UPDATE threads SET message_count = 0, gc_epoch = gc_epoch + 1 WHERE thread_key = ?",
                         (thread_key,),
@@ -1361,6 +1384,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
 
 _MISSING = object()
+
+_THREAD_TABLES = ("checkpoints", "channel_values", "messages", "message_segments", "writes", "attachments")
 
 _THREAD_TABLE_COLUMNS = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",

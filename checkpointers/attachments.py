@@ -1,0 +1,363 @@
+"""Databases attached to threads: one SQLite file per thread, kept beside the store.
+
+A user attaches a SQLite database (or a CSV file, imported into one) to a
+thread; the agent's database tools then read it. The store keeps its own copy
+under `<data dir>/attachments/<thread>/`, records it in the `attachments`
+table, copies it with `copy_thread` and deletes it with the thread, so the
+attachment lives exactly as long as the conversation that uses it.
+
+    saver.attachments.attach("t1", "sales.db", user_id="alice")
+    saver.attachments.get("t1", user_id="alice").tables   # ['orders', ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import shutil
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from checkpointers.errors import StoreError, ThreadNotFoundError
+from checkpointers.threads import ANY_USER
+
+if TYPE_CHECKING:
+    from checkpointers.sqlite import ThreadSaver
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+CSV_SUFFIXES = {".csv"}
+SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3", ".db3"}
+
+
+class AttachmentError(StoreError, ValueError):
+    """The file cannot be attached: wrong type, corrupt, or too large."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """The database attached to one thread."""
+
+    thread_id: str
+    name: str
+    path: Path
+    bytes: int
+    tables: list[str]
+    attached_at: str
+
+
+def max_attachment_bytes() -> int:
+    """`THREADKEEPER_MAX_ATTACHMENT_MB` (default 50) in bytes."""
+    raw = os.environ.get("THREADKEEPER_MAX_ATTACHMENT_MB")
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    try:
+        return int(float(raw) * 1024 * 1024)
+    except ValueError:
+        raise ValueError(f"THREADKEEPER_MAX_ATTACHMENT_MB must be a number of megabytes, not {raw!r}") from None
+
+
+def _thread_dir_name(thread_id: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", thread_id) and thread_id not in (".", ".."):
+        return thread_id
+    return "t-" + uuid.uuid5(uuid.NAMESPACE_URL, thread_id).hex
+
+
+def _safe_name(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._") or "database"
+    return stem[:80]
+
+
+def _table_name(name: str) -> str:
+    stem = re.sub(r"\W+", "_", Path(name).stem).strip("_").lower() or "data"
+    return stem if not stem[0].isdigit() else f"t_{stem}"
+
+
+def _column_type(values: list[str]) -> str:
+    present = [v for v in values if v != ""]
+    if not present:
+        return "TEXT"
+    for kind, convert in (("INTEGER", int), ("REAL", float)):
+        try:
+            for v in present:
+                convert(v)
+        except ValueError:
+            continue
+        return kind
+    return "TEXT"
+
+
+def import_csv(source: Path, target: Path, display_name: str) -> None:
+    """Build a one-table SQLite database from a CSV file with a header row."""
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise AttachmentError(f"{display_name} is not a UTF-8 CSV file") from None
+    except csv.Error as exc:
+        raise AttachmentError(f"{display_name} is not a readable CSV file: {exc}") from None
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise AttachmentError(f"{display_name} is empty: a CSV file needs a header row")
+    header = [re.sub(r"\s+", " ", h).strip() or f"column_{i + 1}" for i, h in enumerate(rows[0])]
+    if len(set(h.lower() for h in header)) != len(header):
+        raise AttachmentError(f"{display_name} has repeated column names in its header row")
+    body = rows[1:]
+    for line, row in enumerate(body, start=2):
+        if len(row) > len(header):
+            raise AttachmentError(
+                f"{display_name} is not a well-formed CSV file: row {line} has {len(row)} fields, the header has {len(header)}"
+            )
+    body = [row + [""] * (len(header) - len(row)) for row in body]
+    types = [_column_type([row[i] for row in body]) for i in range(len(header))]
+    table = _table_name(display_name)
+    columns = ", ".join(f'"{h.replace(chr(34), chr(34) * 2)}" {t}' for h, t in zip(header, types))
+    conn = sqlite3.connect(target)
+    try:
+        conn.execute(f'CREATE TABLE "{table}" ({columns})')
+        marks = ", ".join("?" for _ in header)
+
+        def typed(row: list[str]) -> list[Any]:
+            out: list[Any] = []
+            for value, kind in zip(row, types):
+                if value == "":
+                    out.append(None)
+                elif kind == "INTEGER":
+                    out.append(int(value))
+                elif kind == "REAL":
+                    out.append(float(value))
+                else:
+                    out.append(value)
+            return out
+
+        conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', (typed(r) for r in body))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def copy_sqlite(source: Path, target: Path, display_name: str) -> None:
+    """Copy a SQLite database (its WAL included) into a self-contained file."""
+    with open(source, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise AttachmentError(f"{display_name} is not a SQLite database")
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise AttachmentError(f"{display_name} cannot be opened as a SQLite database: {exc}") from None
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+            (verdict,) = dst.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise AttachmentError(f"{display_name} is a damaged SQLite database ({verdict})")
+            dst.execute("PRAGMA journal_mode = DELETE")  # read later with mode=ro: no -wal/-shm needed
+        finally:
+            dst.close()
+    except sqlite3.DatabaseError as exc:
+        raise AttachmentError(f"{display_name} is a damaged SQLite database ({exc})") from None
+    finally:
+        src.close()
+
+
+def list_tables(path: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+class AttachmentStore:
+    """Attach, read and remove the database of a thread (`saver.attachments`).
+
+    `user_id` scopes every call the way the thread index does: a thread owned by
+    someone else behaves as if it did not exist. `ANY_USER` skips the check.
+    """
+
+    def __init__(self, saver: ThreadSaver) -> None:
+        self._saver = saver
+        self.root = saver.path.parent / "attachments"
+
+    def _owner_row(self, thread_id: str) -> tuple[int, str | None] | None:
+        return self._saver.conn.execute(
+            "SELECT thread_key, user_id FROM threads WHERE thread_id = ?", (thread_id,)
+        ).fetchone()
+
+    def attach(
+        self, thread_id: str, source: str | os.PathLike, *, user_id: str | None = None, name: str | None = None
+    ) -> Attachment:
+        """Copy `source` (SQLite or CSV) into the store as the thread's database.
+
+        Replaces any earlier attachment of the thread. Creates the thread (owned by
+        `user_id`) if it does not exist yet. Raises `AttachmentError` with one
+        sentence for a file of the wrong type, a damaged file or one over
+        `THREADKEEPER_MAX_ATTACHMENT_MB`; nothing changes in that case.
+        """
+        from checkpointers.sqlite import utc_now
+
+        thread_id = str(thread_id)
+        source = Path(source)
+        display = name or source.name
+        suffix = Path(display).suffix.lower()
+        if suffix not in CSV_SUFFIXES | SQLITE_SUFFIXES:
+            raise AttachmentError(
+                f"{display} cannot be attached: upload a SQLite database (.db, .sqlite, .sqlite3) or a .csv file"
+            )
+        if not source.is_file():
+            raise AttachmentError(f"{display} does not exist or is not a file")
+        size = source.stat().st_size
+        limit = max_attachment_bytes()
+        if size > limit:
+            raise AttachmentError(
+                f"{display} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit for attachments"
+            )
+        if size == 0:
+            raise AttachmentError(f"{display} is empty")
+        self.root.mkdir(parents=True, exist_ok=True)
+        stored_name = Path(display).stem + ".db" if suffix in CSV_SUFFIXES else display
+        relative = Path(_thread_dir_name(thread_id)) / f"{uuid.uuid4().hex[:8]}-{_safe_name(stored_name)}"
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(target.name + ".part")
+        try:
+            if suffix in CSV_SUFFIXES:
+                import_csv(source, staging, display)
+            else:
+                copy_sqlite(source, staging, display)
+            tables = list_tables(staging)
+            staging.replace(target)
+            stored_bytes = target.stat().st_size
+            with self._saver._write() as after_commit:
+                row = self._owner_row(thread_id)
+                if row is not None and user_id is not ANY_USER and row[1] != user_id:
+                    raise ThreadNotFoundError(thread_id)
+                now = utc_now()
+                if row is None:
+                    owner = None if user_id is ANY_USER else user_id
+                    thread_key = self._saver.conn.execute(
+                        "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                        (thread_id, owner, now, now),
+                    ).lastrowid
+                else:
+                    thread_key = row[0]
+                old = self._saver.conn.execute(
+                    "SELECT file FROM attachments WHERE thread_key = ?", (thread_key,)
+                ).fetchone()
+                self._saver.conn.execute(
+                    "INSERT OR REPLACE INTO attachments (thread_key, name, file, bytes, tables, attached_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (thread_key, display, relative.as_posix(), stored_bytes, json.dumps(tables), now),
+                )
+                if old:
+                    after_commit.append(lambda: self._unlink([old[0]]))
+        except BaseException:
+            for leftover in (staging, target):
+                leftover.unlink(missing_ok=True)
+            self._remove_empty_dir(target.parent)
+            raise
+        return Attachment(thread_id, display, target, stored_bytes, tables, now)
+
+    def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
+        """The thread's attachment, or None. Raises ThreadNotFoundError for a foreign thread."""
+        thread_id = str(thread_id)
+        with self._saver._read() as conn:
+            row = conn.execute(
+                "SELECT t.user_id, a.name, a.file, a.bytes, a.tables, a.attached_at FROM threads t "
+                "LEFT JOIN attachments a ON a.thread_key = t.thread_key WHERE t.thread_id = ?",
+                (thread_id,),
+            ).fetchone()
+        if row is None:
+            if user_id is ANY_USER:
+                return None
+            raise ThreadNotFoundError(thread_id)
+        if user_id is not ANY_USER and row[0] != user_id:
+            raise ThreadNotFoundError(thread_id)
+        if row[1] is None:
+            return None
+        return Attachment(thread_id, row[1], self.root / row[2], row[3], json.loads(row[4]), row[5])
+
+    def path(self, thread_id: str) -> Path | None:
+        """Where the thread's database file is, or None: what the agent's tools open."""
+        found = self.get(thread_id)
+        return found.path if found else None
+
+    def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
+        """Detach and delete the thread's database; True if there was one."""
+        thread_id = str(thread_id)
+        with self._saver._write() as after_commit:
+            row = self._owner_row(thread_id)
+            if row is None or (user_id is not ANY_USER and row[1] != user_id):
+                raise ThreadNotFoundError(thread_id)
+            old = self._saver.conn.execute("SELECT file FROM attachments WHERE thread_key = ?", (row[0],)).fetchone()
+            if old is None:
+                return False
+            self._saver.conn.execute("DELETE FROM attachments WHERE thread_key = ?", (row[0],))
+            after_commit.append(lambda: self._unlink([old[0]]))
+        return True
+
+    # -- used by the saver inside its own transactions ------------------------
+
+    def files_of(self, thread_keys: list[int]) -> list[str]:
+        return [
+            f
+            for (f,) in self._saver.conn.execute(
+                "SELECT file FROM attachments WHERE thread_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(thread_keys),),
+            )
+        ]
+
+    def copy_row(self, source_key: int, target_key: int, target_thread_id: str) -> str | None:
+        """Copy the attachment of one thread to another; returns the new file to undo on failure."""
+        row = self._saver.conn.execute(
+            "SELECT name, file, bytes, tables, attached_at FROM attachments WHERE thread_key = ?", (source_key,)
+        ).fetchone()
+        if row is None:
+            return None
+        name, file, size, tables, attached_at = row
+        relative = Path(_thread_dir_name(target_thread_id)) / f"{uuid.uuid4().hex[:8]}-{Path(file).name.split('-', 1)[-1]}"
+        (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.root / file, self.root / relative)
+        self._saver.conn.execute(
+            "INSERT INTO attachments (thread_key, name, file, bytes, tables, attached_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (target_key, name, relative.as_posix(), size, tables, attached_at),
+        )
+        return relative.as_posix()
+
+    def _unlink(self, files: list[str]) -> None:
+        for file in files:
+            path = self.root / file
+            path.unlink(missing_ok=True)
+            self._remove_empty_dir(path.parent)
+
+    def _remove_empty_dir(self, directory: Path) -> None:
+        if directory != self.root and directory.is_dir():
+            try:
+                directory.rmdir()
+            except OSError:
+                pass  # not empty: another attachment of the thread is still there
+
+    # -- async twins -------------------------------------------------------
+
+    async def aattach(self, thread_id: str, source: str | os.PathLike, **kwargs: Any) -> Attachment:
+        return await asyncio.to_thread(lambda: self.attach(thread_id, source, **kwargs))
+
+    async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
+        return await asyncio.to_thread(lambda: self.get(thread_id, user_id=user_id))
+
+    async def aremove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
+        return await asyncio.to_thread(lambda: self.remove(thread_id, user_id=user_id))

@@ -1,0 +1,116 @@
+"""The chat graph: trim -> model (-> tools -> trim -> model)*.
+
+    from graph import build_graph
+    app = build_graph(checkpointer=saver)
+    app.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "t1", "user_id": "alice"}})
+
+The graph never imports the store: it is compiled with whatever saver it is
+given. A saver that has an `attachment_path(thread_id)` method (this project's
+does) gives the model the database tools for threads with a database attached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+from langgraph.graph import END, START, StateGraph
+from langgraph.prebuilt import ToolNode
+
+from graph.model import invoke_model, make_model
+from graph.settings import Settings
+from graph.state import ChatState
+from graph.tokens import TokenCounter, make_counter
+from graph.tools import database_tools, table_names
+from graph.trimming import Window, choose_window, model_input
+
+
+def _attachment_locator(checkpointer: Any):
+    def locate(config: RunnableConfig) -> Path | None:
+        configurable = config.get("configurable", {})
+        saver = checkpointer if checkpointer not in (None, True, False) else configurable.get(CONFIG_KEY_CHECKPOINTER)
+        find = getattr(saver, "attachment_path", None)
+        thread_id = configurable.get("thread_id")
+        if find is None or thread_id is None:
+            return None
+        return find(str(thread_id))
+
+    return locate
+
+
+def build_graph(
+    checkpointer: Any = None,
+    model: BaseChatModel | None = None,
+    *,
+    settings: Settings | None = None,
+    counter: TokenCounter | None = None,
+):
+    """Compile the chat graph.
+
+    `checkpointer`: any LangGraph saver (None for `langgraph dev`, which brings
+    its own). `model`: a chat model; by default ChatOpenAI from the environment,
+    or the offline model when none is configured. `settings`: by default
+    `Settings.from_env()`.
+    """
+    settings = settings or Settings.from_env()
+    model = model or make_model(settings)
+    counter = counter or make_counter(settings.tokenizer, settings.model)
+    locate = _attachment_locator(checkpointer)
+    tools = database_tools(locate, row_limit=settings.query_row_limit, timeout_s=settings.query_timeout_s)
+    model_with_tools = model.bind_tools(tools)
+    base_tokens = counter.count_text(settings.system_prompt) + 4
+    if base_tokens >= settings.max_input_tokens // 2:
+        raise ValueError(
+            f"THREADKEEPER_SYSTEM_PROMPT is {base_tokens} tokens, too long for a "
+            f"{settings.max_input_tokens}-token input budget"
+        )
+
+    def system_prompt(config: RunnableConfig) -> tuple[str, bool]:
+        path = locate(config)
+        if path is None or not Path(path).is_file():
+            return settings.system_prompt, False
+        tables = ", ".join(table_names(Path(path))) or "none"
+        return (
+            f"{settings.system_prompt}\n\nA SQLite database is attached to this conversation "
+            f"(tables: {tables}). Use the database tools to answer questions about its data; "
+            f"it is read-only.",
+            True,
+        )
+
+    def trim(state: ChatState, config: RunnableConfig) -> dict:
+        """Choose the newest turns that fit the budget; the history itself is untouched."""
+        prompt, _ = system_prompt(config)
+        window = choose_window(state["messages"], counter, settings.max_input_tokens, counter.count_text(prompt) + 4)
+        return {"window_start": window.start, "window_cut": window.cut_chars, "input_note": window.note}
+
+    def call_model(state: ChatState, config: RunnableConfig) -> dict:
+        prompt, with_tools = system_prompt(config)
+        window = Window(start=state.get("window_start", 0), tokens=0, cut_chars=state.get("window_cut"))
+        sent = model_input(prompt, state["messages"], window)
+        reply = invoke_model(model_with_tools if with_tools else model, sent, config, settings)
+        note = state.get("input_note")
+        if note:
+            reply = reply.model_copy(update={"response_metadata": {**reply.response_metadata, "input_note": note}})
+        return {"messages": [reply]}
+
+    def route_model_output(state: ChatState) -> Literal["tools", "__end__"]:
+        last = state["messages"][-1]
+        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
+
+    builder = StateGraph(ChatState)
+    builder.add_node("trim", trim)
+    builder.add_node("model", call_model)
+    builder.add_node("tools", ToolNode(tools, handle_tool_errors=True))
+    builder.add_edge(START, "trim")
+    builder.add_edge("trim", "model")
+    builder.add_conditional_edges("model", route_model_output)
+    builder.add_edge("tools", "trim")
+    return builder.compile(checkpointer=checkpointer, name="threadkeeper")
+
+
+graph = build_graph()
+"""The graph with no checkpointer, for `langgraph.json` (the server brings the saver)."""

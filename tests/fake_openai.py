@@ -1,0 +1,91 @@
+"""A small OpenAI-compatible server on 127.0.0.1, so the real ChatOpenAI client
+(its streaming, retries and time-outs) is exercised end to end.
+
+`server.plan` is a queue of what to do with the next requests:
+`("reply", text)`, `("status", 429)`, `("sleep", seconds)`. With the queue
+empty it replies "ok". Requests are recorded in `server.requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.plan: deque[tuple[str, object]] = deque()
+        self.requests: list[dict] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAI
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.server.requests.append(body)
+        action, arg = self.server.plan.popleft() if self.server.plan else ("reply", "ok")
+        if action == "sleep":
+            time.sleep(float(arg))  # longer than the client's time-out
+            action, arg = "reply", "too late"
+        if action == "status":
+            self._json(int(arg), {"error": {"message": f"fake error {arg}", "type": "fake", "code": str(arg)}},
+                       {"retry-after-ms": "10"})
+            return
+        text = str(arg)
+        model = body.get("model", "fake")
+        if not body.get("stream"):
+            self._json(200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            })
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == len(words) - 1 else word + " "
+            self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}, model)
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+        self._event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}}, model)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def _event(self, chunk: dict, model: str) -> None:
+        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model, **chunk}
+        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.flush()
