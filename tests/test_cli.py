@@ -29,3 +29,77 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"threadkeeper: {bad} is not a SQLite database"
     assert main(["--db", f"sqlite:///{tmp_path / 'ok.db'}", "show", "nope"]) == 2
     assert capsys.readouterr().err.strip() == "threadkeeper: no thread with id 'nope'"
+
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.fake_openai import FakeOpenAI
+
+
+def run_cli(args: list[str], stdin: str, db_path, **env_extra) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "THREADKEEPER_"))}
+    env.update({"THREADKEEPER_DATABASE_URL": f"sqlite:///{db_path}", **env_extra})
+    return subprocess.run(
+        [sys.executable, "-m", "ui.cli", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_chat_in_the_terminal_then_resume_the_thread(db_path):
+    first = run_cli(["chat", "--user", "alice"], "my name is Ada\n/quit\n", db_path)
+    assert first.returncode == 0, first.stderr
+    assert "No language model is connected (offline mode)" in first.stdout
+    assert 'Your message "my name is Ada" is saved' in first.stdout
+    thread_id = re.search(r"new thread (\S+)", first.stdout).group(1)
+    second = run_cli(["chat", "--thread", thread_id, "--user", "alice"], "what is my name?\n", db_path)
+    assert f"resuming thread {thread_id} (2 messages)" in second.stdout
+    assert "you> my name is Ada" in second.stdout
+    assert "with 2 of your messages in view" in second.stdout
+    listing = run_cli(["threads", "--user", "alice"], "", db_path)
+    assert thread_id in listing.stdout and "my name is Ada" in listing.stdout and "    4  " in listing.stdout
+
+
+def test_chat_refuses_another_users_thread(db_path):
+    first = run_cli(["chat", "--user", "alice"], "secret plans\n", db_path)
+    thread_id = re.search(r"new thread (\S+)", first.stdout).group(1)
+    other = run_cli(["chat", "--thread", thread_id, "--user", "bob"], "show me\n", db_path)
+    assert other.returncode == 2
+    assert other.stderr.strip() == f"threadkeeper: no thread with id {thread_id!r}"
+    assert "secret plans" not in other.stdout
+
+
+def test_chat_reports_a_model_error_in_one_line_and_retries(db_path):
+    with FakeOpenAI() as server:
+        server.plan.extend([("status", 500), ("reply", "back again")])
+        result = run_cli(
+            ["chat", "--user", "alice"], "hello\n/retry\n", db_path,
+            OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="k", THREADKEEPER_MODEL_RETRIES="0",
+        )
+    assert "error: The model server failed with HTTP 500. Your message is saved; retry to send it again. (type /retry)" in result.stdout
+    assert "assistant> back again" in result.stdout
+    thread_id = re.search(r"new thread (\S+)", result.stdout).group(1)
+    shown = run_cli(["show", thread_id], "", db_path)
+    assert shown.stdout.count("[human] hello") == 1 and "[ai] back again" in shown.stdout
+
+
+def test_attach_a_database_from_the_command_line(db_path, tmp_path, capsys):
+    import sqlite3
+
+    source = tmp_path / "pets.db"
+    conn = sqlite3.connect(source)
+    conn.execute("CREATE TABLE pets (name TEXT)")
+    conn.commit()
+    conn.close()
+    assert main(["--db", f"sqlite:///{db_path}", "attach", "t-9", str(source), "--user", "alice"]) == 0
+    assert "attached pets.db to thread t-9" in capsys.readouterr().out
+    saver = ThreadSaver(db_path)
+    assert saver.attachments.get("t-9", user_id="alice").tables == ["pets"]
+    saver.close()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert main(["--db", f"sqlite:///{db_path}", "attach", "t-9", str(notes), "--user", "alice"]) == 2
+    assert capsys.readouterr().err.strip().startswith("threadkeeper: notes.txt cannot be attached: upload a SQLite database")
+    assert main(["--db", f"sqlite:///{db_path}", "attach", "t-9", str(source), "--user", "bob"]) == 2
+    assert capsys.readouterr().err.strip() == "threadkeeper: no thread with id 't-9'"

@@ -1,16 +1,21 @@
-"""The `threadkeeper` command: look into the thread store from a terminal.
+"""The `threadkeeper` command: chat and look into the thread store from a terminal.
 
-    threadkeeper status                  where the database is, what it holds
-    threadkeeper threads --user alice    alice's threads, newest first
-    threadkeeper show THREAD_ID          one thread's transcript
+    threadkeeper chat --user alice               a new conversation, streamed
+    threadkeeper chat --thread ID --user alice   resume one
+    threadkeeper threads --user alice            alice's threads, newest first
+    threadkeeper show THREAD_ID                  one thread's transcript
+    threadkeeper attach THREAD_ID sales.db       give a thread a database to query
+    threadkeeper status                          where the database is, what it holds
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import uuid
 
-from checkpointers import ANY_USER, StoreError, open_saver
+from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, open_saver
 from checkpointers.schema import current_version
 from checkpointers.threads import message_text
 
@@ -54,10 +59,129 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attach(args: argparse.Namespace) -> int:
+    with open_saver(args.db) as saver:
+        user = ANY_USER if args.user is None else args.user
+        attached = saver.attachments.attach(args.thread_id, args.file, user_id=user)
+    tables = ", ".join(attached.tables) or "no tables"
+    print(f"attached {attached.name} to thread {args.thread_id} ({attached.bytes:,} bytes; tables: {tables})")
+    return 0
+
+
+HELP_IN_CHAT = "commands: /retry  resend after an error · /attach FILE  add a database · /new  new thread · /quit"
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from graph import ModelError, Settings, build_graph
+
+    settings = Settings.from_env()
+    with open_saver(args.db) as saver:
+        app = build_graph(checkpointer=saver, settings=settings)
+        thread_id = args.thread or str(uuid.uuid4())
+        user = args.user
+        print(settings.describe_model())
+        if args.thread:
+            try:
+                saver.threads.get(thread_id, user_id=user)
+            except ThreadNotFoundError:
+                try:
+                    saver.threads.get(thread_id)
+                except ThreadNotFoundError:
+                    print(f"new thread {thread_id}")
+                else:
+                    raise ThreadNotFoundError(thread_id) from None  # someone else's: not found
+            else:
+                history = app.get_state(_config(thread_id, user)).values.get("messages", [])
+                print(f"resuming thread {thread_id} ({len(history)} messages)")
+                for message in history[-6:]:
+                    _print_message(message)
+        else:
+            print(f"new thread {thread_id}")
+        print(HELP_IN_CHAT)
+        pending = app.get_state(_config(thread_id, user)).next == ("model",)
+        while True:
+            try:
+                line = input("\nyou> ")
+            except EOFError:
+                print()
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                return 0
+            if text == "/new":
+                thread_id = str(uuid.uuid4())
+                print(f"new thread {thread_id}")
+                continue
+            if text.startswith("/attach "):
+                try:
+                    attached = saver.attachments.attach(thread_id, text.split(" ", 1)[1].strip(), user_id=user)
+                except (StoreError, ValueError) as exc:
+                    print(f"error: {exc}")
+                else:
+                    print(f"attached {attached.name} (tables: {', '.join(attached.tables) or 'none'})")
+                continue
+            if text == "/retry" and not pending:
+                print("nothing to retry")
+                continue
+            turn_input = None if text == "/retry" else {"messages": [{"role": "user", "content": text}]}
+            try:
+                _stream_reply(app, turn_input, _config(thread_id, user))
+                pending = False
+            except ModelError as exc:
+                print(f"\nerror: {exc} (type /retry)")
+                pending = True
+
+
+def _config(thread_id: str, user: str | None) -> dict:
+    configurable = {"thread_id": thread_id}
+    if user is not None:
+        configurable["user_id"] = user
+    return {"configurable": configurable}
+
+
+def _stream_reply(app, turn_input, config: dict) -> None:
+    started = False
+    for chunk, meta in app.stream(turn_input, config, stream_mode="messages"):
+        if meta.get("langgraph_node") != "model" or not isinstance(chunk.content, str):
+            if meta.get("langgraph_node") == "tools":
+                print(f"\n  [{chunk.name}] {chunk.content[:200]}", flush=True)
+            continue
+        if not started:
+            print("\nassistant> ", end="", flush=True)
+            started = True
+        print(chunk.content, end="", flush=True)
+    print()
+
+
+def _print_message(message) -> None:
+    who = {"human": "you", "ai": "assistant", "tool": "tool"}.get(message.type, message.type)
+    print(f"\n{who}> {message_text(message)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadkeeper", description="LangGraph chat threads that persist.")
     parser.add_argument("--db", metavar="URL", help="sqlite:///path/to/file.db (default $THREADKEEPER_DATABASE_URL or sqlite:///data/threadkeeper.db)")
     sub = parser.add_subparsers(dest="command", required=True)
+    user_default = os.environ.get("THREADKEEPER_USER")
+    p = sub.add_parser(
+        "chat",
+        help="chat in the terminal; replies stream, threads persist",
+        epilog="example: threadkeeper chat --user alice   (then: threadkeeper chat --thread <id> --user alice)",
+    )
+    p.add_argument("--thread", metavar="ID", help="resume this thread (or start one with this id)")
+    p.add_argument("--user", default=user_default, help="whose thread (default $THREADKEEPER_USER, else none)")
+    p.set_defaults(run=_chat)
+    p = sub.add_parser(
+        "attach",
+        help="attach a SQLite database (or CSV) to a thread for the agent to query",
+        epilog="example: threadkeeper attach 3f2c... sales.db --user alice",
+    )
+    p.add_argument("thread_id")
+    p.add_argument("file", help="a .db/.sqlite/.sqlite3 file or a .csv file")
+    p.add_argument("--user", default=user_default, help="the thread's owner (default: any)")
+    p.set_defaults(run=_attach)
     p = sub.add_parser("status", help="show the database and what it holds", epilog="example: threadkeeper status")
     p.set_defaults(run=_status)
     p = sub.add_parser("threads", help="list a user's threads, newest first", epilog="example: threadkeeper threads --user alice")
@@ -78,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, ValueError) as exc:
         print(f"threadkeeper: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
