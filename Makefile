@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.storage
+	$(PY) -m bench.agent
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -84,17 +84,17 @@ def build_graph(
     def trim(state: ChatState, config: RunnableConfig) -> dict:
         """Choose the newest turns that fit the budget; the history itself is untouched."""
         prompt, _ = system_prompt(config)
-        window = choose_window(state["messages"], counter, settings.max_input_tokens, counter.count_text(prompt) + 4)
-        return {"window_start": window.start, "window_cut": window.cut_chars, "input_note": window.note}
+        previous = Window.from_state(state.get("window"))
+        window = choose_window(state["messages"], counter, settings.max_input_tokens, counter.count_text(prompt) + 4, previous)
+        return {"window": window.as_state()}
 
     def call_model(state: ChatState, config: RunnableConfig) -> dict:
         prompt, with_tools = system_prompt(config)
-        window = Window(start=state.get("window_start", 0), tokens=0, cut_chars=state.get("window_cut"))
+        window = Window.from_state(state.get("window")) or Window(start=0, tokens=0)
         sent = model_input(prompt, state["messages"], window)
         reply = invoke_model(model_with_tools if with_tools else model, sent, config, settings)
-        note = state.get("input_note")
-        if note:
-            reply = reply.model_copy(update={"response_metadata": {**reply.response_metadata, "input_note": note}})
+        if window.note:
+            reply = reply.model_copy(update={"response_metadata": {**reply.response_metadata, "input_note": window.note}})
         return {"messages": [reply]}
 
     def route_model_output(state: ChatState) -> Literal["tools", "__end__"]:

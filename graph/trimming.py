@@ -21,16 +21,34 @@ CUT_MARK = "\n[... cut here: the rest of this message is over the input budget]"
 INTERRUPTED_RESULT = "No result: this tool call was interrupted before it finished."
 
 
+RECOUNT_EVERY = 50
+
+
 @dataclass(frozen=True)
 class Window:
     start: int
     """Index of the first history message sent to the model."""
     tokens: int
-    """Tokens of the whole input, system prompt included (by the counter in use)."""
+    """Tokens of the history part of the input (by the counter in use)."""
+    end: int = 0
+    """How many messages the history had when the window was chosen."""
+    available: int = 0
+    """The budget left for history beside the system prompt."""
+    first_id: str | None = None
+    last_id: str | None = None
     cut_chars: int | None = None
     """If the newest human message was cut: how many of its characters were kept."""
     note: str | None = None
     """One sentence for the reply's metadata when something had to be cut."""
+    recount_in: int = 0
+    """Turns left before the window is counted again from scratch."""
+
+    def as_state(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_state(cls, value: dict | None) -> Window | None:
+        return cls(**value) if value else None
 
 
 def message_text(message: BaseMessage) -> str:
@@ -49,15 +67,50 @@ def _last_human(messages: Sequence[BaseMessage]) -> int | None:
     return None
 
 
-def choose_window(messages: Sequence[BaseMessage], counter: TokenCounter, budget: int, system_tokens: int) -> Window:
-    """The newest whole turns that fit in `budget` tokens next to the system prompt."""
+def _still_valid(previous: Window | None, messages: Sequence[BaseMessage], available: int) -> bool:
+    """Whether `previous` can be extended: same budget, and the history only grew since."""
+    return (
+        previous is not None
+        and previous.recount_in > 0
+        and previous.cut_chars is None
+        and previous.available == available
+        and 0 < previous.end <= len(messages)
+        and previous.start < previous.end
+        and messages[previous.start].id == previous.first_id
+        and messages[previous.end - 1].id == previous.last_id
+    )
+
+
+def choose_window(
+    messages: Sequence[BaseMessage], counter: TokenCounter, budget: int, system_tokens: int, previous: Window | None = None
+) -> Window:
+    """The newest whole turns that fit in `budget` tokens next to the system prompt.
+
+    Given the window chosen on the previous step (`previous`), only the new
+    messages are counted and whole turns are dropped from the front until the
+    input fits again, so a step costs the same at turn 1,000 as at turn 10. The
+    window is counted from scratch every RECOUNT_EVERY steps and whenever the
+    history was edited rather than extended.
+    """
     available = budget - system_tokens
+    n = len(messages)
     newest = _last_human(messages)
     if newest is None:
-        return Window(start=len(messages), tokens=system_tokens)
+        return Window(start=n, tokens=0, end=n, available=available)
+    if _still_valid(previous, messages, available) and previous.start <= newest:
+        used = previous.tokens + sum(counter.count(m) for m in messages[previous.end :])
+        start = previous.start
+        while used > available and start < newest:
+            j = start + 1
+            while not isinstance(messages[j], HumanMessage):
+                j += 1
+            used -= sum(counter.count(m) for m in messages[start:j])
+            start = j
+        if used <= available:
+            return _window(messages, start, used, available, previous.recount_in - 1)
     required = sum(counter.count(m) for m in messages[newest:])
     if required > available:
-        return _cut_newest(messages, newest, counter, available, required, system_tokens, budget)
+        return _cut_newest(messages, newest, counter, available, required, budget)
     used, start = required, newest
     while True:
         block, j = 0, start - 1
@@ -70,11 +123,23 @@ def choose_window(messages: Sequence[BaseMessage], counter: TokenCounter, budget
         if used + block > available:
             break
         used, start = used + block, j
-    return Window(start=start, tokens=used + system_tokens)
+    return _window(messages, start, used, available, RECOUNT_EVERY)
+
+
+def _window(messages: Sequence[BaseMessage], start: int, used: int, available: int, recount_in: int) -> Window:
+    return Window(
+        start=start,
+        tokens=used,
+        end=len(messages),
+        available=available,
+        first_id=messages[start].id,
+        last_id=messages[-1].id,
+        recount_in=recount_in,
+    )
 
 
 def _cut_newest(
-    messages: Sequence[BaseMessage], newest: int, counter: TokenCounter, available: int, required: int, system_tokens: int, budget: int
+    messages: Sequence[BaseMessage], newest: int, counter: TokenCounter, available: int, required: int, budget: int
 ) -> Window:
     human = messages[newest]
     rest = required - counter.count(human)
@@ -92,8 +157,8 @@ def _cut_newest(
         f"The newest message is about {whole:,} tokens, over the {budget:,}-token input budget; "
         f"the model saw its first {lo:,} of {len(text):,} characters."
     )
-    kept_tokens = system_tokens + rest + counter.count_text(text[:lo] + CUT_MARK) + 4
-    return Window(start=newest, tokens=kept_tokens, cut_chars=lo, note=note)
+    kept_tokens = rest + counter.count_text(text[:lo] + CUT_MARK) + 4
+    return Window(start=newest, tokens=kept_tokens, end=len(messages), available=available, cut_chars=lo, note=note)
 
 
 def model_input(system_prompt: str, messages: Sequence[BaseMessage], window: Window) -> list[BaseMessage]:

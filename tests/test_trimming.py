@@ -156,3 +156,22 @@ def test_auto_counts_approximately_when_no_encoding_is_on_disk(tmp_path: Path, m
     counter = make_counter("auto", "gpt-4o-mini")
     assert not counter.exact
     assert counter.count(HumanMessage("hello world", id="x")) > 0
+
+
+def test_each_step_counts_only_what_is_new_and_agrees_with_a_full_count():
+    counter = make_counter("approximate")
+    touched = []
+    original = counter.count
+    counter.count = lambda m: touched.append(m.id) or original(m)
+    rng = random.Random(3)
+    history, previous, per_step = [], None, []
+    for turn in range(1500):
+        history += [HumanMessage(sentence(rng, rng.choice([30, 300])), id=f"h{turn}"), AIMessage(sentence(rng, rng.choice([60, 900])), id=f"a{turn}")]
+        before = len(touched)
+        window = choose_window(history, counter, 2000, 40, previous)
+        per_step.append(len(touched) - before)
+        full = choose_window(history, make_counter("approximate"), 2000, 40)
+        assert (window.start, window.tokens) == (full.start, full.tokens), turn
+        previous = window
+    steady = sorted(per_step[100:])
+    assert steady[len(steady) // 2] <= 6  # a typical step: the new messages and a dropped turn

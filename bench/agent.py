@@ -1,0 +1,111 @@
+"""Agent benchmark: the chat graph's turn and its trimming node, 10 vs 1,000 turns.
+
+    make bench                       # runs this after the storage benchmark
+    python -m bench.agent --turns 300
+
+The model answers instantly with a 200-character reply, so what is measured is
+threadkeeper's own work: the trimming node, and the whole turn through the
+graph with this project's saver beside the same graph on LangGraph's stock
+`SqliteSaver`, in the same process and run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from bench.storage import Report, around, sentence
+from checkpointers import ThreadSaver
+from graph import Settings, build_graph
+
+
+class InstantModel(BaseChatModel):
+    seed: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "instant"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> InstantModel:
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        rng = random.Random(self.seed * 7919 + len(messages))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(sentence(rng, 200)))])
+
+
+class NodeTimer(BaseCallbackHandler):
+    """Wall time of each run of one graph node, from LangGraph's own callbacks."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.started: dict[Any, float] = {}
+        self.costs: list[float] = []
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, metadata: dict | None = None, **kwargs: Any) -> None:
+        if kwargs.get("name") == self.node:
+            self.started[run_id] = time.perf_counter()
+
+    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+        started = self.started.pop(run_id, None)
+        if started is not None:
+            self.costs.append(time.perf_counter() - started)
+
+
+def run_thread(saver: Any, turns: int, timer: NodeTimer | None = None) -> list[float]:
+    app = build_graph(checkpointer=saver, model=InstantModel(), settings=Settings())
+    rng = random.Random(1)
+    callbacks = [timer] if timer else []
+    config = {"configurable": {"thread_id": "bench", "user_id": "bench"}, "callbacks": callbacks}
+    costs = []
+    for _ in range(turns):
+        message = HumanMessage(sentence(rng, 100))
+        started = time.perf_counter()
+        app.invoke({"messages": [message]}, config)
+        costs.append(time.perf_counter() - started)
+    return costs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=1000, help="turns in the thread (default 1000)")
+    args = parser.parse_args(argv)
+    report = Report()
+    last = args.turns
+    print(f"\n== the agent graph, one thread, {last} turns, budget {Settings().max_input_tokens} tokens ==", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tk-bench-agent-") as tmp:
+        timer = NodeTimer("trim")
+        ours_saver = ThreadSaver(Path(tmp) / "ours.db")
+        ours = run_thread(ours_saver, last, timer)
+        ours_saver.close()
+        with SqliteSaver.from_conn_string(str(Path(tmp) / "stock.db")) as stock_saver:
+            stock = run_thread(stock_saver, last)
+    trim_10, trim_last = around(timer.costs, 10), around(timer.costs, last)
+    report.check(f"trimming node: turn {last} / turn 10", trim_last / trim_10, "<= 1.5", trim_last / trim_10 <= 1.5)
+    report.check("  (trimming node at turn 10)", trim_10 * 1000, "reference", True, " ms")
+    report.check(f"  (trimming node at turn {last})", trim_last * 1000, "reference", True, " ms")
+    for turn in (10, last):
+        a, b = around(ours, turn), around(stock, turn)
+        report.check(f"whole turn {turn}: threadkeeper saver / stock SqliteSaver", a / b, "< 1", a / b < 1)
+        report.check(f"  (turn {turn}: threadkeeper {a * 1000:.2f} ms, SqliteSaver {b * 1000:.2f} ms)", a * 1000, "reference", True, " ms")
+    ratio_ours, ratio_stock = around(ours, last) / around(ours, 10), around(stock, last) / around(stock, 10)
+    report.check(f"whole turn {last} / turn 10, threadkeeper saver", ratio_ours, "reference", True)
+    report.check(f"whole turn {last} / turn 10, stock SqliteSaver", ratio_stock, "reference", True)
+    missed = [r for r in report.rows if r[3] != "ok"]
+    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} agent checks met their targets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
