@@ -28,7 +28,7 @@ from checkpointers.errors import (
     ThreadNotFoundError,
 )
 from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
-from checkpointers.sqlite import ThreadSaver
+from checkpointers.sqlite import MessagePage, ThreadSaver
 from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
 from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
 
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_URL",
     "ForeignDatabaseError",
     "InvalidCursorError",
+    "MessagePage",
     "NotADatabaseError",
     "SchemaTooNewError",
     "StoreError",

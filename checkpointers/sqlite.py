@@ -88,7 +88,7 @@ from checkpointers.errors import (
     ThreadNotFoundError,
 )
 from checkpointers.schema import migrate
-from checkpointers.threads import ThreadIndex, title_from_messages
+from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,15 @@ def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
     cache.move_to_end(key)
     if len(cache) > limit:
         cache.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """Some of a thread's messages: `messages` are indexes `start`.. of `total`."""
+
+    messages: list[BaseMessage]
+    total: int
+    start: int
 
 
 def utc_now() -> str:
@@ -651,9 +660,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         cached = self._lists.get(thread_key, value_no)
         if cached is not None:
             return cached
+        nos, known, ns, channel, depth = self._list_numbers(conn, thread_key, value_no)
+        missing = [n for n in nos if n not in known]
+        if missing:
+            known.update(self._load_messages(conn, thread_key, missing))
+        entry = _StoredList(value_no, nos, [known[n] for n in nos], depth)
+        self._lists.add(thread_key, ns, channel, entry)
+        return entry
+
+    def _list_numbers(
+        self, conn: sqlite3.Connection, thread_key: int, value_no: int
+    ) -> tuple[list[int], dict[int, BaseMessage], str, str, int]:
+        """The message numbers of a stored list, walking its delta chain to a cached or full list."""
         steps: list[tuple[int, bytes, int | None, int | None, int]] = []
         start: _StoredList | None = None
         cursor: int | None = value_no
+        ns = channel = ""
         while cursor is not None:
             start = self._lists.get(thread_key, cursor)
             if start is not None:
@@ -673,12 +695,56 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         for _, blob, _base, keep, _depth in reversed(steps):
             tail = codec.unpack_numbers(blob)
             nos = (nos[:keep] if keep is not None else []) + tail
-        missing = [n for n in nos if n not in known]
-        if missing:
-            known.update(self._load_messages(conn, thread_key, missing))
-        entry = _StoredList(value_no, nos, [known[n] for n in nos], steps[0][4] if steps else start.depth)
-        self._lists.add(thread_key, ns, channel, entry)
-        return entry
+        return nos, known, ns, channel, steps[0][4] if steps else start.depth
+
+    def read_messages(
+        self, thread_id: str, *, user_id: Any = ANY_USER, limit: int = 50, before: int | None = None
+    ) -> MessagePage:
+        """A page of a thread's latest messages without loading the rest of its history.
+
+        Returns up to `limit` messages ending just before index `before` (default:
+        the newest), with `start` (the index of the first one) and `total`, so
+        `read_messages(t, before=page.start)` gives the page before. Raises
+        ThreadNotFoundError for a missing thread or one owned by another user.
+        """
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
+        thread_id = str(thread_id)
+        with self._read() as conn:
+            row = conn.execute("SELECT thread_key, user_id FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
+            if row is None or (user_id is not ANY_USER and row[1] != user_id):
+                raise ThreadNotFoundError(thread_id)
+            thread_key = row[0]
+            latest = conn.execute(
+                "SELECT type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
+                (thread_key,),
+            ).fetchone()
+            version = self._load(*latest)["channel_versions"].get("messages") if latest else None
+            found = self._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
+            if found is None:
+                return MessagePage([], 0, 0)
+            value_no, kind, type_, blob = found
+            if kind == KIND_MESSAGE_LIST:
+                cached = self._lists.get(thread_key, value_no)
+                if cached is not None:
+                    nos, known = cached.nos, dict(zip(cached.nos, cached.objs))
+                else:
+                    nos, known, *_ = self._list_numbers(conn, thread_key, value_no)
+                end = len(nos) if before is None else max(0, min(before, len(nos)))
+                start = max(0, end - limit)
+                page = nos[start:end]
+                known.update(self._load_messages(conn, thread_key, [n for n in page if n not in known]))
+                return MessagePage([known[n] for n in page], len(nos), start)
+            value = self._decode_value(conn, thread_key, value_no, kind, type_, blob)
+        value = value.value if isinstance(value, _DeltaSnapshot) else value
+        messages = list(value) if isinstance(value, list) else []
+        end = len(messages) if before is None else max(0, min(before, len(messages)))
+        start = max(0, end - limit)
+        return MessagePage(messages[start:end], len(messages), start)
+
+    async def aread_messages(self, thread_id: str, **kwargs: Any) -> MessagePage:
+        return await asyncio.to_thread(lambda: self.read_messages(thread_id, **kwargs))
 
     def _decode_value(
         self, conn: sqlite3.Connection, thread_key: int, value_no: int, kind: int, type_: str | None, blob: bytes | None

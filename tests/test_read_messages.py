@@ -1,0 +1,56 @@
+"""Opening a long thread reads its newest messages, not its whole history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from checkpointers import ThreadNotFoundError, ThreadSaver
+from tests.chat import chat_graph, human
+
+
+def long_thread(db_path: Path, turns: int) -> list:
+    saver = ThreadSaver(db_path)
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": "long", "user_id": "alice"}}
+    for n in range(turns):
+        graph.invoke({"messages": [human(n)]}, config)
+    messages = graph.get_state(config).values["messages"]
+    saver.close()
+    return messages
+
+
+def test_pages_of_the_newest_messages_match_the_state(db_path: Path):
+    everything = long_thread(db_path, 130)
+    saver = ThreadSaver(db_path)  # cold: nothing cached
+    page = saver.read_messages("long", user_id="alice", limit=50)
+    assert (page.total, page.start) == (260, 210)
+    assert page.messages == everything[210:]
+    earlier = saver.read_messages("long", user_id="alice", limit=50, before=page.start)
+    assert earlier.start == 160 and earlier.messages == everything[160:210]
+    first = saver.read_messages("long", user_id="alice", limit=50, before=10)
+    assert first.start == 0 and first.messages == everything[:10]
+    saver.close()
+
+
+def test_a_page_of_a_1000_turn_thread_loads_only_that_page(db_path: Path):
+    long_thread(db_path, 1000)
+    saver = ThreadSaver(db_path)
+    loaded = []
+    original = saver._load_message
+    saver._load_message = lambda t, b: loaded.append(1) or original(t, b)
+    page = saver.read_messages("long", user_id="alice", limit=50)
+    assert len(page.messages) == 50 and page.total == 2000
+    assert len(loaded) <= 50 + 2 * 64  # the page, plus the rest of the segments it starts and ends in
+    saver.close()
+
+
+def test_another_users_thread_is_not_found(db_path: Path):
+    long_thread(db_path, 2)
+    saver = ThreadSaver(db_path)
+    with pytest.raises(ThreadNotFoundError):
+        saver.read_messages("long", user_id="bob")
+    with pytest.raises(ThreadNotFoundError):
+        saver.read_messages("nope", user_id="alice")
+    saver.close()
