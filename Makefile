@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/threadkeeper status
+	$(VENV)/bin/threadkeeper serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -2,8 +2,10 @@
 (its streaming, retries and time-outs) is exercised end to end.
 
 `server.plan` is a queue of what to do with the next requests:
-`("reply", text)`, `("status", 429)`, `("sleep", seconds)`. With the queue
-empty it replies "ok". Requests are recorded in `server.requests`.
+`("reply", text)`, `("status", 429)`, `("sleep", seconds)`, `("tool", (name, args))`
+(a tool call) and `("tool_result", prefix)` (a reply quoting the newest tool
+result). With the queue empty it replies "ok". Requests are recorded in
+`server.requests`.
 """
 
 from __future__ import annotations
@@ -64,8 +66,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(int(arg), {"error": {"message": f"fake error {arg}", "type": "fake", "code": str(arg)}},
                        {"retry-after-ms": "10"})
             return
-        text = str(arg)
         model = body.get("model", "fake")
+        if action == "tool":
+            name, args = arg
+            call = {"id": f"call_{len(self.server.requests)}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            if not body.get("stream"):
+                self._json(200, {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}],
+                })
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, **call}]}, "finish_reason": None}]}, model)
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}, model)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            return
+        if action == "tool_result":
+            results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
+            arg = f"{arg} {results[-1]['content'] if results else '(no tool result)'}"
+        text = str(arg)
         if not body.get("stream"):
             self._json(200, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,

@@ -1,5 +1,6 @@
 """The `threadkeeper` command: chat and look into the thread store from a terminal.
 
+    threadkeeper serve                           the web chat on http://127.0.0.1:7860
     threadkeeper chat --user alice               a new conversation, streamed
     threadkeeper chat --thread ID --user alice   resume one
     threadkeeper threads --user alice            alice's threads, newest first
@@ -56,6 +57,21 @@ def _show(args: argparse.Namespace) -> int:
     messages = (checkpoint.checkpoint["channel_values"].get("messages") if checkpoint else None) or []
     for message in messages:
         print(f"\n[{message.type}] {message_text(message)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from graph import Settings
+    from ui.web import WebChat
+
+    settings = Settings.from_env()
+    with open_saver(args.db) as saver:
+        web = WebChat(saver, settings=settings)
+        print(f"threadkeeper web chat on http://{args.host}:{args.port}  (database {saver.path.resolve()})", flush=True)
+        print(settings.describe_model(), flush=True)
+        web.launch(args.host, args.port)
     return 0
 
 
@@ -173,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", metavar="ID", help="resume this thread (or start one with this id)")
     p.add_argument("--user", default=user_default, help="whose thread (default $THREADKEEPER_USER, else none)")
     p.set_defaults(run=_chat)
+    p = sub.add_parser(
+        "serve",
+        help="start the web chat",
+        epilog="example: threadkeeper serve --port 8080   (sign-in: THREADKEEPER_USERS=alice:secret)",
+    )
+    p.add_argument("--host", default=os.environ.get("THREADKEEPER_HOST", "127.0.0.1"), help="address to listen on (default 127.0.0.1, $THREADKEEPER_HOST)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("THREADKEEPER_PORT", "7860")), help="port (default 7860, $THREADKEEPER_PORT)")
+    p.set_defaults(run=_serve)
     p = sub.add_parser(
         "attach",
         help="attach a SQLite database (or CSV) to a thread for the agent to query",

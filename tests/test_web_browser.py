@@ -1,0 +1,318 @@
+"""The web chat in a real browser (Debian's Chromium through Playwright).
+
+Each server is a real `threadkeeper serve` process on a free 127.0.0.1 port;
+the model is the local OpenAI-compatible fake, or the offline model.
+Screenshots of the main screens go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`threadkeeper serve` in a subprocess; `restart()` keeps its port and data."""
+
+    def __init__(self, data: Path, **env: str) -> None:
+        self.data, self.port, self.proc = data, free_port(), None
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "THREADKEEPER_"))}
+        self.env.update({"GRADIO_ANALYTICS_ENABLED": "False", "THREADKEEPER_DATABASE_URL": f"sqlite:///{data / 'threadkeeper.db'}", **env})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> Server:
+        log = open(self.data / f"server-{time.time_ns()}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ui.cli", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return self
+            except Exception:
+                time.sleep(0.3)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it with apt-get)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def model_server():
+    with FakeOpenAI() as s:
+        yield s
+
+
+@pytest.fixture
+def server(tmp_path: Path, model_server: FakeOpenAI):
+    s = Server(tmp_path, OPENAI_BASE_URL=model_server.base_url, OPENAI_API_KEY="k", THREADKEEPER_MODEL="fake-model", THREADKEEPER_MODEL_RETRIES="0").start()
+    yield s
+    s.stop()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+def open_app(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page.locator("#banner")).to_be_visible(timeout=30_000)
+    expect(page.locator("#who")).not_to_be_empty(timeout=30_000)
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+
+
+def bot_said(page: Page, text: str, timeout: int = 30_000) -> None:
+    expect(page.locator('#chat [data-testid="bot"]').last).to_contain_text(text, timeout=timeout)
+
+
+def thread_labels(page: Page) -> list[str]:
+    return page.locator("#thread-list label").all_inner_texts()
+
+
+def test_a_visitor_chats_and_the_thread_survives_reload_and_restart(browser, server: Server, model_server: FakeOpenAI):
+    model_server.plan.extend([("reply", "Lyon has **great** food and old streets"), ("reply", "You asked about Lyon before")])
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    open_app(page, server.url)
+    expect(page.locator("#banner")).to_contain_text("Model fake-model")
+    send(page, "Plan a weekend in Lyon")
+    bot_said(page, "old streets")
+    expect(page.locator("#chat strong").last).to_have_text("great")  # Markdown is rendered
+    expect(page.locator("#thread-list label")).to_have_count(1)
+    expect(page.locator("#thread-list")).to_contain_text("Plan a weekend in Lyon")
+    shot(page, "chat-desktop-1280x800")
+
+    page.reload()
+    open_app(page, server.url)
+    expect(page.locator("#thread-list")).to_contain_text("Plan a weekend in Lyon")
+
+    server.restart()
+    page.reload()
+    open_app(page, server.url)
+    page.locator("#thread-list label").first.click()
+    expect(page.locator('#chat [data-testid="user"]').first).to_contain_text("Plan a weekend in Lyon")
+    send(page, "What did I ask?")
+    bot_said(page, "You asked about Lyon before")
+    sent = model_server.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]  # the history went to the model
+    context.close()
+
+
+def test_another_visitor_sees_none_of_it_and_cannot_open_it_by_id(browser, server: Server, model_server: FakeOpenAI):
+    first = browser.new_context()
+    page = first.new_page()
+    open_app(page, server.url)
+    send(page, "my private diary entry")
+    bot_said(page, "ok")
+    expect(page.locator("#thread-list label")).to_have_count(1)
+    thread_id = page.locator("#thread-list input").first.get_attribute("value")
+
+    second = browser.new_context()
+    other = second.new_page()
+    open_app(other, server.url)
+    expect(other.locator("#thread-list label")).to_have_count(0)
+    token = other.evaluate("() => JSON.stringify(localStorage)")
+    assert "diary" not in token
+
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    for token in (None, "anon-0123456789abcdef01234567.00000000000000000000000000000000"):
+        with pytest.raises(Exception) as refused:
+            client.predict(thread_id, token, api_name="/open_thread")
+        assert "diary" not in str(refused.value)
+    with pytest.raises(Exception) as refused:
+        client.predict(None, None, api_name="/export_json")
+    assert "not issued by this server" in str(refused.value)
+    first.close()
+    second.close()
+
+
+def test_rename_pin_search_export_and_delete(browser, server: Server, model_server: FakeOpenAI, tmp_path: Path):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = context.new_page()
+    open_app(page, server.url)
+    for text in ("recipe for leek soup", "train times to Lyon"):
+        page.locator("#new-chat").click()
+        send(page, text)
+        bot_said(page, "ok")
+        expect(page.locator("#thread-list")).to_contain_text(text)
+    page.locator("#thread-actions").click()
+    page.locator("#rename-box textarea, #rename-box input").first.fill("Trains")
+    page.locator("#rename").click()
+    expect(page.locator("#thread-title")).to_contain_text("Trains")
+    page.locator("#pin").click()
+    expect(page.locator("#thread-list label").first).to_contain_text("📌 Trains")
+
+    page.locator("#search textarea, #search input").first.fill("leek")
+    expect(page.locator("#thread-list label")).to_have_count(1)
+    expect(page.locator("#thread-list")).to_contain_text("leek soup")
+    page.locator("#search textarea, #search input").first.fill("")
+    expect(page.locator("#thread-list label")).to_have_count(2)
+    shot(page, "sidebar-actions")
+
+    page.locator("#thread-list label").first.click()  # the pinned "Trains"
+    page.locator("#export-json").click()
+    link = page.locator("#exported a").first
+    expect(link).to_be_visible(timeout=15_000)
+    with page.expect_download() as download:
+        link.click()
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["title"] == "Trains" and exported["messages"][0]["content"] == "train times to Lyon"
+
+    page.locator("#delete").click()
+    page.locator("#delete-yes").click()
+    expect(page.locator("#thread-list label")).to_have_count(1)
+    expect(page.locator("#thread-list")).not_to_contain_text("Trains")
+    context.close()
+
+
+def test_an_uploaded_database_answers_questions(browser, server: Server, model_server: FakeOpenAI, tmp_path: Path):
+    db = tmp_path / "sales.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE orders (customer TEXT, total REAL)")
+    conn.executemany("INSERT INTO orders VALUES (?, ?)", [("Ada", 120.5), ("Grace", 80.0), ("Ada", 42.25)])
+    conn.commit()
+    conn.close()
+    bad = tmp_path / "notes.db"
+    bad.write_text("not a database")
+    model_server.plan.extend([
+        ("tool", ("query_database", {"sql": "SELECT sum(total) FROM orders WHERE customer = 'Ada'"})),
+        ("tool_result", "The database says:"),
+    ])
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    open_app(page, server.url)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(bad))
+    expect(page.get_by_text("notes.db is not a SQLite database")).to_be_visible(timeout=15_000)
+    expect(page.locator("#attachment")).not_to_contain_text("notes.db")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(db))
+    expect(page.locator("#attachment")).to_contain_text("sales.db", timeout=15_000)
+    expect(page.locator("#attachment")).to_contain_text("orders")
+    send(page, "How much did Ada spend?")
+    bot_said(page, "162.75")
+    shot(page, "database-answer")
+    assert model_server.requests[0]["tools"][2]["function"]["name"] == "query_database"
+    page.reload()
+    open_app(page, server.url)
+    page.locator("#thread-list label").first.click()
+    expect(page.locator("#attachment")).to_contain_text("sales.db")  # comes back with the thread
+    page.locator("#detach").click()
+    expect(page.locator("#attachment")).to_contain_text("No database attached")
+    context.close()
+
+
+def test_model_errors_are_one_line_and_retry_works(browser, server: Server, model_server: FakeOpenAI):
+    model_server.plan.extend([("status", 500), ("reply", "answered on retry")])
+    context = browser.new_context()
+    page = context.new_page()
+    open_app(page, server.url)
+    send(page, "are you there?")
+    bot_said(page, "The model server failed with HTTP 500. Your message is saved")
+    expect(page.locator('#chat [data-testid="user"]').last).to_contain_text("are you there?")
+    page.locator("#retry").click()
+    bot_said(page, "answered on retry")
+    page.reload()
+    open_app(page, server.url)
+    page.locator("#thread-list label").first.click()
+    expect(page.locator('#chat [data-testid="user"]')).to_have_count(1)
+    bot_said(page, "answered on retry")
+    context.close()
+
+
+def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser, tmp_path: Path):
+    from checkpointers import ThreadSaver
+    from tests.chat import chat_graph, human
+
+    saver = ThreadSaver(tmp_path / "threadkeeper.db")
+    graph = chat_graph(saver)
+    for n in range(1000):
+        graph.invoke({"messages": [human(n)]}, {"configurable": {"thread_id": "long", "user_id": "alice"}})
+    saver.close()
+    server = Server(tmp_path, THREADKEEPER_USERS="alice:wonderland,bob:builder").start()
+    try:
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        page = context.new_page()
+        page.goto(server.url)
+        shot(page, "login-phone")
+        page.get_by_label("username").fill("alice")
+        page.get_by_label("password").fill("wonderland")
+        page.get_by_role("button", name="Login").click()
+        expect(page.locator("#sidebar")).not_to_have_class(re.compile(r"\bopen\b"), timeout=10_000)  # closed on a phone
+        shot(page, "empty-phone")
+        page.locator("#sidebar .toggle-button").click()
+        expect(page.locator("#who")).to_contain_text("Signed in as alice", timeout=30_000)
+        shot(page, "sidebar-phone")
+        page.locator("#thread-list label").first.click()
+        expect(page.locator('#chat [data-testid="user"]').last).to_contain_text(human(999).content[:30], timeout=30_000)
+        assert page.locator('#chat [data-testid="user"]').count() == 25
+        expect(page.locator("#earlier")).to_contain_text("1950 more")
+        page.locator("#earlier").click()
+        expect(page.locator('#chat [data-testid="user"]')).to_have_count(50)
+        shot(page, "long-thread-phone")
+        context.close()
+        bob = browser.new_context()
+        page = bob.new_page()
+        page.goto(server.url)
+        page.get_by_label("username").fill("bob")
+        page.get_by_label("password").fill("builder")
+        page.get_by_role("button", name="Login").click()
+        expect(page.locator("#who")).to_contain_text("Signed in as bob", timeout=30_000)
+        expect(page.locator("#thread-list label")).to_have_count(0)
+        bob.close()
+    finally:
+        server.stop()
