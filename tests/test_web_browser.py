@@ -192,7 +192,7 @@ def test_rename_pin_search_export_and_delete(browser, server: Server, model_serv
     page.locator("#rename").click()
     expect(page.locator("#thread-title")).to_contain_text("Trains")
     page.locator("#pin").click()
-    expect(page.locator("#thread-list label").first).to_contain_text("📌 Trains")
+    expect(page.locator("#thread-list label").first).to_contain_text("★ Trains")
 
     page.locator("#search textarea, #search input").first.fill("leek")
     expect(page.locator("#thread-list label")).to_have_count(1)

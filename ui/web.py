@@ -70,7 +70,10 @@ CSS = """
 #thread-list label { width: 100%; }
 #thread-header { align-items: center; }
 #chat { flex-grow: 1; }
-@media (max-width: 640px) { #chat { height: 60vh !important; } }
+@media (max-width: 640px) {
+  #chat { height: 60vh !important; }
+  #thread-header { flex-direction: column !important; align-items: stretch !important; gap: 4px !important; }
+}
 """
 
 
@@ -105,14 +108,14 @@ def to_chat(messages: list[BaseMessage]) -> list[dict]:
             for call in message.tool_calls:
                 args = call.get("args", {})
                 body = f"```sql\n{args['sql']}\n```" if "sql" in args else f"`{json.dumps(args)}`"
-                shown.append({"role": "assistant", "content": body, "metadata": {"title": f"🔧 {call['name']}"}})
+                shown.append({"role": "assistant", "content": body, "metadata": {"title": f"Tool call: {call['name']}"}})
         elif isinstance(message, ToolMessage):
-            shown.append({"role": "assistant", "content": f"```\n{message_text(message)}\n```", "metadata": {"title": "📋 result"}})
+            shown.append({"role": "assistant", "content": f"```\n{message_text(message)}\n```", "metadata": {"title": "Tool result"}})
     return shown
 
 
 def error_bubble(text: str) -> dict:
-    return {"role": "assistant", "content": text, "metadata": {"title": "⚠️ Not answered"}}
+    return {"role": "assistant", "content": text, "metadata": {"title": "⚠ Not answered"}}
 
 
 class WebChat:
@@ -167,7 +170,7 @@ class WebChat:
         threads = pinned + page.threads
         if query:
             threads = [t for t in threads if query in (t.title or "").lower()]
-        choices = [(f"{'📌 ' if t.pinned else ''}{t.title or 'New chat'} · {ago(t.updated_at)}", t.thread_id) for t in threads]
+        choices = [(f"{'★ ' if t.pinned else ''}{t.title or 'New chat'} · {ago(t.updated_at)}", t.thread_id) for t in threads]
         return choices, page.next_cursor is not None
 
     def sidebar(self, user_id: str, limit: int, selected: str | None, query: str = "") -> tuple[Any, Any]:
@@ -184,11 +187,11 @@ class WebChat:
             return "### New chat", "", gr.Button(visible=False)
         attached = self.saver.attachments.get(thread_id)
         note = (
-            f"🗄️ **{attached.name}** attached · tables: {', '.join(attached.tables) or 'none'}"
+            f"Database **{attached.name}** attached · tables: {', '.join(attached.tables) or 'none'}"
             if attached
             else "No database attached"
         )
-        pin = "📌 " if info.pinned else ""
+        pin = "★ " if info.pinned else ""
         return f"### {pin}{info.title or 'New chat'}", note, gr.Button(visible=attached is not None)
 
     # -- handlers ---------------------------------------------------------------
@@ -302,7 +305,7 @@ class WebChat:
         thread_id = self.owned(thread_id, user_id)
         if self.graph.get_state(self.config(thread_id, user_id)).next != ("model",):
             raise gr.Error("There is nothing to retry: the last message was answered.")
-        chat = [m for m in (chat or []) if (m.get("metadata") or {}).get("title") != "⚠️ Not answered"]
+        chat = [m for m in (chat or []) if (m.get("metadata") or {}).get("title") != "⚠ Not answered"]
         return chat, {"retry": True}
 
     def regenerate(self, thread_id: str | None, token: str | None, request: gr.Request):
@@ -440,7 +443,7 @@ class WebChat:
             editing = gr.State(False)
             with gr.Sidebar(label="Threads", open=True, elem_id="sidebar"):
                 who = gr.Markdown(elem_id="who")
-                new = gr.Button("＋ New chat", variant="primary", elem_id="new-chat")
+                new = gr.Button("+ New chat", variant="primary", elem_id="new-chat")
                 query = gr.Textbox(placeholder="Search threads", show_label=False, elem_id="search", max_lines=1)
                 threads = gr.Radio(choices=[], show_label=False, elem_id="thread-list", container=False)
                 more = gr.Button("More", visible=False, size="sm", elem_id="more")
@@ -463,7 +466,7 @@ class WebChat:
                         wipe_sure = gr.Button("Yes, delete everything", size="sm", variant="stop", elem_id="wipe-yes")
                         wipe_keep = gr.Button("Cancel", size="sm", elem_id="wipe-no")
             banner = gr.Markdown(
-                ("⚠️ " if offline else "🟢 ") + self.settings.describe_model(),
+                ("⚠ " if offline else "● ") + self.settings.describe_model(),
                 elem_id="banner",
                 elem_classes=["offline"] if offline else [],
             )
