@@ -153,6 +153,14 @@ class MessagePage:
     start: int
 
 
+def _owner(*candidates: Any) -> str | None:
+    """The first non-empty user id (the LangGraph server passes "" when there is none)."""
+    for candidate in candidates:
+        if candidate not in (None, ""):
+            return str(candidate)
+    return None
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -940,8 +948,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ns = configurable.get("checkpoint_ns", "")
         parent_id = configurable.get("checkpoint_id")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
-        user_id = full_metadata.get("user_id")
-        user_id = str(user_id) if user_id is not None else None
+        user_id = _owner(full_metadata.get("user_id"), configurable.get("user_id"))
         values = checkpoint["channel_values"]
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
@@ -1037,7 +1044,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
         verb = "INSERT OR REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "INSERT OR IGNORE"
-        user_id = configurable.get("user_id")
+        user_id = _owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
 
         def write(txn: _ThreadTxn) -> _ThreadState:
             rows = []
@@ -1065,7 +1072,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return txn.close()
 
         if writes:
-            self._write_thread(thread_id, None if user_id is None else str(user_id), write)
+            self._write_thread(thread_id, user_id, write)
 
     # -- deleting, copying, pruning -----------------------------------------
 
