@@ -15,6 +15,9 @@ Tables a user can query by hand:
   `SEGMENT_SIZE` (`nos` lists the numbers each holds).
 * `writes`: pending writes of a task against a checkpoint.
 * `attachments`: the SQLite database attached to a thread, if any.
+* `message_search`: the full-text index of human and AI messages (FTS5,
+  contentless: it knows which words occur in which message, not the text).
+* `store_meta`: settings of the store itself, as key and value.
 """
 
 from __future__ import annotations
@@ -149,7 +152,25 @@ def m002_attachments(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_attachments]
+def m003_message_search(conn: sqlite3.Connection) -> None:
+    # rowid = thread_key << 32 | message_no; see checkpointers/search.py.
+    conn.execute(
+        "CREATE VIRTUAL TABLE message_search USING fts5("
+        "body, content='', detail=none, tokenize='unicode61 remove_diacritics 2')"
+    )
+    conn.execute("CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    # Messages stored before this migration are indexed by the saver on open
+    # (it can decode them; this function cannot).
+    has_messages = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM messages) OR EXISTS (SELECT 1 FROM message_segments)"
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO store_meta (key, value) VALUES ('message_search', ?)",
+        ("rebuild" if has_messages else "ready",),
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_attachments, m003_message_search]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -70,7 +70,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
-from checkpointers import codec
+from checkpointers import codec, search
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -260,6 +260,7 @@ class _ThreadTxn:
     sealed_upto: int | None = None
     new_digests: dict[bytes, int] = field(default_factory=dict)
     new_message_rows: list[tuple] = field(default_factory=list)
+    new_search_rows: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_value_no = self.read.next_value_no
@@ -290,6 +291,9 @@ class _ThreadTxn:
                 [v for row in self.new_message_rows for v in row],
             )
             self.new_message_rows.clear()
+        if self.new_search_rows:
+            search.add(self.conn, self.new_search_rows)
+            self.new_search_rows.clear()
 
     def close(self, assignments: str = "", params: Sequence[Any] = ()) -> _ThreadState:
         """Write the counters (and `assignments`) if the row is as it was read."""
@@ -403,6 +407,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if "not a database" in str(exc):
                     raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
                 raise
+            self._index_old_messages()
+
+    def _index_old_messages(self) -> None:
+        """Index messages stored before the search index existed (once per store)."""
+        row = self.conn.execute("SELECT value FROM store_meta WHERE key = 'message_search'").fetchone()
+        if row is None or row[0] != "rebuild":
+            return
+        with self._write():
+            if self.conn.execute("SELECT value FROM store_meta WHERE key = 'message_search'").fetchone()[0] != "rebuild":
+                return  # another process did it meanwhile
+            keys = [k for (k,) in self.conn.execute("SELECT thread_key FROM threads").fetchall()]
+            for thread_key in keys:
+                search.add(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
+            self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
 
     def close(self) -> None:
         with self._lock:
@@ -527,6 +545,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return known
         no = txn.message_no()
         txn.new_message_rows.append((txn.thread_key, no, type_, blob))
+        words = search.search_words(message)
+        if words:
+            txn.new_search_rows.append((search.rowid(txn.thread_key, no), words))
         txn.new_digests[digest] = no
         key = (txn.thread_key, digest)
         txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
@@ -632,6 +653,26 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if len(found) != len(wanted):
             missing = sorted(wanted - found.keys())[:5]
             raise RuntimeError(f"thread {thread_key}: stored value refers to missing messages {missing}")
+        return found
+
+    def _stored_message_rows(self, thread_key: int) -> list[tuple[int, str, bytes]]:
+        """Every stored message of a thread as (message_no, type, blob), loose or sealed."""
+        rows = self.conn.execute(
+            "SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)
+        ).fetchall()
+        for nos_blob, value in self.conn.execute(
+            "SELECT nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
+        ).fetchall():
+            rows += _segment_rows(codec.unpack_numbers(nos_blob), value)
+        return rows
+
+    def _search_rows(self, thread_key: int, rows: Sequence[tuple[int, str, bytes]]) -> list[tuple[int, str]]:
+        """The search index rows of stored messages, exactly as `_store_message` added them."""
+        found = []
+        for no, type_, blob in rows:
+            words = search.search_words(self._load_message(type_, blob))
+            if words:
+                found.append((search.rowid(thread_key, no), words))
         return found
 
     def _seal_segment(self, txn: _ThreadTxn) -> None:
@@ -1098,13 +1139,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             ]
             keys_json = json.dumps(keys)
             files = self.attachments.files_of(keys)
+            for thread_key in keys:
+                search.remove(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
             for table in _THREAD_TABLES + ("threads",):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
                 )
             after_commit.append(lambda: self._forget(keys))
             after_commit.append(lambda: self.attachments._unlink(files))
+            if keys:
+                after_commit.append(self.purge_search_index)
         return len(keys)
+
+    def purge_search_index(self) -> None:
+        """Merge the full-text index so words of deleted messages are gone from the file."""
+        with self._write():
+            search.purge(self.conn)
 
     def _forget(self, thread_keys: Sequence[int]) -> None:
         gone = set(thread_keys)
@@ -1153,6 +1203,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
                     (dst, src),
                 )
+            search.add(self.conn, self._search_rows(dst, self._stored_message_rows(dst)))
             copied = self.attachments.copy_row(src, dst, target)
             if copied:
                 txn_failed.append(lambda: self.attachments._unlink([copied]))
@@ -1175,6 +1226,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             for thread_key in touched:
                 self._collect_garbage(thread_key)
             after_commit.append(lambda: self._forget(touched))
+            if touched:
+                after_commit.append(self.purge_search_index)
 
     def _delete_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str) -> None:
         for table in ("checkpoints", "writes"):
@@ -1203,6 +1256,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     continue
                 touched.append(thread_key)
                 if strategy == "delete":
+                    search.remove(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
                     for table in _THREAD_TABLES:
                         if table != "attachments":  # the thread stays, and so does its database
                             self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
@@ -1224,6 +1278,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                         self._delete_checkpoint(thread_key, ns, checkpoint_id)
                 self._collect_garbage(thread_key)
             after_commit.append(lambda: self._forget(touched))
+            if touched:
+                after_commit.append(self.purge_search_index)
 
     def _delta_ancestry(self, thread_key: int, ns: str, checkpoint_id: str) -> list[str]:
         """The checkpoint plus the ancestors its DeltaChannels replay from."""
@@ -1290,10 +1346,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "SELECT kind, type, value FROM writes WHERE thread_key = ? AND kind != ?", (thread_key, KIND_SERDE)
         ):
             live_messages.update(self._message_refs(kind, type_, value))
-        dead_messages = [
-            no for (no,) in conn.execute("SELECT message_no FROM messages WHERE thread_key = ?", (thread_key,))
-            if no not in live_messages
+        dead_rows = [
+            row for row in conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,))
+            if row[0] not in live_messages
         ]
+        dead_messages = [row[0] for row in dead_rows]
         for first, nos_blob, value in conn.execute(
             "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
         ).fetchall():
@@ -1301,9 +1358,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if live_messages.issuperset(segment_nos):
                 continue
             conn.execute("DELETE FROM message_segments WHERE thread_key = ? AND first_no = ?", (thread_key, first))
-            kept = [row for row in _segment_rows(segment_nos, value) if row[0] in live_messages]
+            rows = _segment_rows(segment_nos, value)
+            kept = [row for row in rows if row[0] in live_messages]
+            dead_rows += [row for row in rows if row[0] not in live_messages]
             if kept:
                 self._write_segment(conn, thread_key, kept)
+        search.remove(conn, self._search_rows(thread_key, dead_rows))
         conn.execute(
             "DELETE FROM channel_values WHERE thread_key = ? AND value_no IN (SELECT value FROM json_each(?))",
             (thread_key, json.dumps(dead_values)),

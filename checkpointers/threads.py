@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
+from checkpointers import search
 from checkpointers.errors import InvalidCursorError, ThreadNotFoundError
+from checkpointers.search import message_text
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -28,20 +30,6 @@ MAX_LIST_LIMIT = 500
 
 ANY_USER: Any = object()
 """Pass as `user_id` to skip the ownership check (operators and tests only)."""
-
-
-def message_text(message: BaseMessage) -> str:
-    """The plain text of a message, whether its content is a string or blocks."""
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-    return " ".join(parts)
 
 
 def title_from_messages(messages: list[BaseMessage]) -> str | None:
@@ -117,6 +105,35 @@ def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
     return " AND " + " AND ".join(sql), params
 
 
+def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None) -> tuple[str, list[Any]]:
+    """The query behind `ThreadIndex.search`.
+
+    It walks the user's rows newest first and probes each thread's slice of
+    the full-text index by rowid range, so it stops after `limit` hits and
+    never reads another user's rows or index entries.
+    """
+    text = " ".join(str(query).split())
+    like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    match = search.match_expression(text)
+    sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
+    params: list[Any] = [user_id]
+    if cursor is not None:
+        sql += " AND (updated_at, thread_id) < (?, ?)"
+        params.extend(_decode_cursor(cursor))
+    sql += " AND (title LIKE ? ESCAPE '\\'"
+    params.append(like)
+    if match is not None:
+        sql += (
+            " OR EXISTS (SELECT 1 FROM message_search WHERE message_search MATCH ? "
+            f"AND message_search.rowid BETWEEN thread_key << {search.ROWID_SHIFT} "
+            f"AND (thread_key << {search.ROWID_SHIFT}) + {search.ROWID_SPAN - 1})"
+        )
+        params.append(match)
+    sql += ") ORDER BY updated_at DESC, thread_id DESC LIMIT ?"
+    params.append(limit + 1)
+    return sql, params
+
+
 class ThreadIndex:
     """Read and edit the thread index of one saver (`saver.threads`).
 
@@ -163,6 +180,38 @@ class ThreadIndex:
         threads = [_info(r) for r in rows[:limit]]
         next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
         return ThreadPage(threads, next_cursor)
+
+    def search(
+        self,
+        user_id: str | None,
+        query: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> ThreadPage:
+        """The user's threads whose title contains `query` or one of whose messages
+        contains every word of it, most recently updated first.
+
+        Titles match as text (case-insensitive for ASCII); messages match whole
+        words, ignoring case and accents (see `checkpointers.search`). An empty
+        query lists every thread, like `list`.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
+        if not " ".join(str(query).split()):
+            return self.list(user_id, limit=limit, cursor=cursor)
+        sql, params = _search_sql(user_id, query, limit, cursor)
+        with self._saver._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        threads = [_info(r) for r in rows[:limit]]
+        next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
+        return ThreadPage(threads, next_cursor)
+
+    def explain_search(self, user_id: str | None, query: str) -> list[str]:
+        """SQLite's query plan for `search(user_id, query)`."""
+        sql, params = _search_sql(user_id, query, 20, None)
+        with self._saver._read() as conn:
+            return [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
 
     def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """One thread's row; `ThreadNotFoundError` if unknown or not the user's."""
@@ -231,6 +280,9 @@ class ThreadIndex:
 
     async def alist(self, user_id: str | None, **kwargs: Any) -> ThreadPage:
         return await asyncio.to_thread(lambda: self.list(user_id, **kwargs))
+
+    async def asearch(self, user_id: str | None, query: str, **kwargs: Any) -> ThreadPage:
+        return await asyncio.to_thread(lambda: self.search(user_id, query, **kwargs))
 
     async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         return await asyncio.to_thread(lambda: self.get(thread_id, user_id=user_id))

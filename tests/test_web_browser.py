@@ -187,6 +187,9 @@ def test_rename_pin_search_export_and_delete(browser, server: Server, model_serv
         send(page, text)
         bot_said(page, "ok")
         expect(page.locator("#thread-list")).to_contain_text(text)
+    send(page, "and a seat reservation for the Épernay connection")
+    expect(page.locator("#chat")).to_contain_text("Épernay")
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30_000)
     page.locator("#thread-actions").click()
     page.locator("#rename-box textarea, #rename-box input").first.fill("Trains")
     page.locator("#rename").click()
@@ -197,7 +200,14 @@ def test_rename_pin_search_export_and_delete(browser, server: Server, model_serv
     page.locator("#search textarea, #search input").first.fill("leek")
     expect(page.locator("#thread-list label")).to_have_count(1)
     expect(page.locator("#thread-list")).to_contain_text("leek soup")
-    page.locator("#search textarea, #search input").first.fill("")
+    search = page.locator("#search textarea, #search input").first
+    search.fill("epernay RESERVATION")  # words of a later message, not of a title
+    expect(page.locator("#thread-list label")).to_have_count(1)
+    expect(page.locator("#thread-list")).to_contain_text("Trains")
+    shot(page, "search-by-message-text")
+    search.fill("no such words anywhere")
+    expect(page.locator("#thread-list label")).to_have_count(0)
+    search.fill("")
     expect(page.locator("#thread-list label")).to_have_count(2)
     shot(page, "sidebar-actions")
 

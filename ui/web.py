@@ -38,6 +38,7 @@ log = logging.getLogger("threadkeeper.web")
 
 PAGE_SIZE = 50
 LIST_SIZE = 30
+MAX_QUERY_CHARS = 200
 MAX_MESSAGE_CHARS = 100_000
 NOT_FOUND = "That thread does not exist (or is not yours)."
 
@@ -164,12 +165,15 @@ class WebChat:
     # -- the sidebar ----------------------------------------------------------
 
     def thread_choices(self, user_id: str, limit: int, query: str = "") -> tuple[list[tuple[str, str]], bool]:
-        query = query.strip().lower()
-        pinned = self.saver.threads.list(user_id, limit=100, pinned=True).threads
-        page = self.saver.threads.list(user_id, limit=min(limit, 500), pinned=False)
-        threads = pinned + page.threads
+        query = " ".join((query or "").split())[:MAX_QUERY_CHARS]
         if query:
-            threads = [t for t in threads if query in (t.title or "").lower()]
+            # Titles and message text, through the store's full-text index.
+            page = self.saver.threads.search(user_id, query, limit=min(limit, 500))
+            threads = page.threads
+        else:
+            pinned = self.saver.threads.list(user_id, limit=100, pinned=True).threads
+            page = self.saver.threads.list(user_id, limit=min(limit, 500), pinned=False)
+            threads = pinned + page.threads
         choices = [(f"{'★ ' if t.pinned else ''}{t.title or 'New chat'} · {ago(t.updated_at)}", t.thread_id) for t in threads]
         return choices, page.next_cursor is not None
 

@@ -1,0 +1,148 @@
+"""Searching a user's threads by title and by message text (the FTS5 index)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from checkpointers import ThreadSaver
+
+
+def _echo_graph(saver):
+    """The reply repeats the human message after 'you said:'."""
+
+    def model(state: MessagesState) -> dict:
+        return {"messages": [AIMessage("you said: " + state["messages"][-1].content)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder.compile(checkpointer=saver)
+
+
+def _say(saver, thread_id: str, user_id: str | None, text: str) -> None:
+    _echo_graph(saver).invoke(
+        {"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread_id, "user_id": user_id}}
+    )
+
+
+def _found(saver, user_id, query, **kwargs) -> list[str]:
+    return [t.thread_id for t in saver.threads.search(user_id, query, **kwargs).threads]
+
+
+def _file_bytes(path) -> bytes:
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_message_text_is_found_by_whole_words_ignoring_case_and_accents(saver):
+    _say(saver, "trip", "alice", "Hello there")
+    _say(saver, "trip", "alice", "We fly to Zürich on the Café Express")
+    _say(saver, "food", "alice", "Recipe for pancakes")
+    assert _found(saver, "alice", "zurich") == ["trip"]
+    assert _found(saver, "alice", "CAFÉ express") == ["trip"]
+    assert _found(saver, "alice", "pancakes") == ["food"]
+    assert _found(saver, "alice", "you said") == ["food", "trip"]  # the AI's replies are indexed too
+    assert _found(saver, "alice", "expres") == []  # whole words only
+    assert _found(saver, "alice", "pancakes zurich") == []  # every word, in one message
+
+
+def test_titles_match_as_text_and_results_are_newest_first(saver):
+    _say(saver, "a", "alice", "Quarterly numbers")
+    _say(saver, "b", "alice", "Weekend plans")
+    saver.threads.rename("a", "Budget review")
+    assert _found(saver, "alice", "get rev") == ["a"]  # title substring
+    _say(saver, "a", "alice", "weekend too")
+    assert _found(saver, "alice", "weekend") == ["a", "b"]
+    assert _found(saver, "alice", "") == ["a", "b"]
+
+
+def test_search_pages_with_a_cursor(saver):
+    for i in range(7):
+        _say(saver, f"t{i}", "alice", f"common word {i}")
+    page = saver.threads.search("alice", "common", limit=3)
+    seen = [t.thread_id for t in page.threads]
+    while page.next_cursor:
+        page = saver.threads.search("alice", "common", limit=3, cursor=page.next_cursor)
+        seen += [t.thread_id for t in page.threads]
+    assert seen == [f"t{i}" for i in range(6, -1, -1)]
+
+
+def test_other_users_threads_are_never_found(saver):
+    _say(saver, "mine", "alice", "the password is swordfish")
+    _say(saver, "theirs", "bob", "my password is swordfish too")
+    _say(saver, "nobodys", None, "swordfish")
+    assert _found(saver, "alice", "swordfish") == ["mine"]
+    assert _found(saver, "bob", "swordfish") == ["theirs"]
+    assert _found(saver, None, "swordfish") == ["nobodys"]
+    assert _found(saver, "carol", "swordfish") == []
+
+
+def test_fts_syntax_in_a_query_is_just_text(saver):
+    _say(saver, "t", "alice", 'He said "NEAR" (AND) OR not* -x ^y col:z')
+    for query in ['"', "AND", "NEAR(", "not*", "col:z", "-x", "^y", "%", "_", "\\", "' OR 1=1 --", "😀"]:
+        saver.threads.search("alice", query)  # no exception
+    assert _found(saver, "alice", "near and") == ["t"]
+    assert _found(saver, "alice", "col:z") == ["t"]
+
+
+def test_tool_output_and_system_prompts_are_not_indexed(saver):
+    graph = _echo_graph(saver)
+    config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+    graph.update_state(config, {"messages": [
+        HumanMessage("look it up"),
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "c1"}]),
+        ToolMessage("secretinternalvalue", tool_call_id="c1"),
+    ]})
+    assert _found(saver, "alice", "look") == ["t"]
+    assert _found(saver, "alice", "secretinternalvalue") == []
+
+
+def test_deleted_threads_leave_no_words_in_the_index_or_the_file(saver, db_path):
+    _say(saver, "keep", "alice", "ordinary words")
+    _say(saver, "gone", "alice", "the marker is zqxjvmarker")
+    assert _found(saver, "alice", "zqxjvmarker") == ["gone"]
+    saver.delete_thread("gone")
+    assert _found(saver, "alice", "zqxjvmarker") == []
+    assert _found(saver, "alice", "ordinary") == ["keep"]
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"zqxjvmarker" not in _file_bytes(db_path)
+    saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+
+
+def test_copies_are_searchable_on_their_own_and_pruned_threads_are_not(saver):
+    _say(saver, "src", "alice", "Fruit")
+    _say(saver, "src", "alice", "a unique kumquat")
+    saver.copy_thread("src", "dst")
+    saver.delete_thread("src")
+    assert _found(saver, "alice", "kumquat") == ["dst"]
+    saver.prune(["dst"], strategy="delete")
+    assert _found(saver, "alice", "kumquat") == []
+    saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+
+
+def test_a_store_from_before_the_index_is_indexed_when_opened(db_path):
+    saver = ThreadSaver(db_path)
+    _say(saver, "old", "alice", "written before search existed: aardvark")
+    saver.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("DROP TABLE message_search")
+    conn.execute("DROP TABLE store_meta")
+    conn.execute("DELETE FROM schema_migrations WHERE version >= 3")
+    conn.close()
+    saver = ThreadSaver(db_path)
+    try:
+        assert _found(saver, "alice", "aardvark") == ["old"]
+        _say(saver, "new", "alice", "aardvark again")
+        assert _found(saver, "alice", "aardvark") == ["new", "old"]
+    finally:
+        saver.close()
+
+
+def test_search_walks_the_users_index_and_probes_by_rowid(saver):
+    _say(saver, "t", "alice", "hello")
+    sql_plan = saver.threads.explain_search("alice", "hello")
+    assert any("threads_by_user_updated" in step for step in sql_plan), sql_plan
+    assert not any(step.startswith("SCAN threads") for step in sql_plan), sql_plan
