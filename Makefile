@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.storage
 	$(PY) -m bench.agent
+	$(PY) -m bench.web
 
 clean:
 	rm -rf $(VENV) .pytest_cache
