@@ -22,6 +22,8 @@ bench: $(STAMP)
 	$(PY) -m bench.storage
 	$(PY) -m bench.agent
 	$(PY) -m bench.web
+	$(PY) -m bench.retention
+	$(PY) -m bench.sessions
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,6 +8,8 @@
 `url` is `sqlite:///path/to/file.db`; without it `$THREADKEEPER_DATABASE_URL`,
 then `sqlite:///data/threadkeeper.db`. `THREADKEEPER_SQLITE_SYNCHRONOUS` picks
 SQLite's `synchronous` pragma (NORMAL by default; FULL survives power loss).
+`THREADKEEPER_ENCRYPTION_KEY` encrypts the conversations in the store (see
+`checkpointers.encryption`); `threadkeeper rotate-key` changes the key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from checkpointers.errors import (
+    EncryptionKeyError,
     ForeignDatabaseError,
     InvalidCursorError,
     NotADatabaseError,
@@ -28,6 +31,8 @@ from checkpointers.errors import (
     ThreadNotFoundError,
 )
 from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
+from checkpointers.history import ThreadChatHistory, close_shared_savers
+from checkpointers.sessions import MessageNotFoundError, Session, SessionMessage, SessionStore
 from checkpointers.sqlite import MessagePage, ThreadSaver
 from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
 from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
@@ -38,19 +43,26 @@ __all__ = [
     "AttachmentError",
     "AttachmentStore",
     "DEFAULT_URL",
+    "EncryptionKeyError",
     "ForeignDatabaseError",
     "InvalidCursorError",
+    "MessageNotFoundError",
     "MessagePage",
     "NotADatabaseError",
     "SchemaTooNewError",
+    "Session",
+    "SessionMessage",
+    "SessionStore",
     "StoreError",
     "StoreUnavailableError",
+    "ThreadChatHistory",
     "ThreadExistsError",
     "ThreadIndex",
     "ThreadInfo",
     "ThreadNotFoundError",
     "ThreadPage",
     "ThreadSaver",
+    "close_shared_savers",
     "open_async_saver",
     "open_saver",
 ]

@@ -8,6 +8,11 @@ attachment lives exactly as long as the conversation that uses it.
 
     saver.attachments.attach("t1", "sales.db", user_id="alice")
     saver.attachments.get("t1", user_id="alice").tables   # ['orders', ...]
+
+In an encrypted store the file is built in memory and written encrypted (no
+plain copy touches the disk), under a name that does not repeat the upload's;
+its name and table list are encrypted in the `attachments` row, and the agent's
+tools get the decrypted bytes (`database()`), which they open in memory.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 CSV_SUFFIXES = {".csv"}
 SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3", ".db3"}
+ENCRYPTED_FILE_NAME = "attachment.enc"
+"""The stored file's name (after a random prefix) in an encrypted store."""
 
 
 class AttachmentError(StoreError, ValueError):
@@ -93,8 +100,8 @@ def _column_type(values: list[str]) -> str:
     return "TEXT"
 
 
-def import_csv(source: Path, target: Path, display_name: str) -> None:
-    """Build a one-table SQLite database from a CSV file with a header row."""
+def import_csv(source: Path, target: Path | sqlite3.Connection, display_name: str) -> None:
+    """Build a one-table SQLite database (a file, or in an open connection) from a CSV file with a header row."""
     try:
         with open(source, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -118,7 +125,7 @@ def import_csv(source: Path, target: Path, display_name: str) -> None:
     types = [_column_type([row[i] for row in body]) for i in range(len(header))]
     table = _table_name(display_name)
     columns = ", ".join(f'"{h.replace(chr(34), chr(34) * 2)}" {t}' for h, t in zip(header, types))
-    conn = sqlite3.connect(target)
+    conn = target if isinstance(target, sqlite3.Connection) else sqlite3.connect(target)
     try:
         conn.execute(f'CREATE TABLE "{table}" ({columns})')
         marks = ", ".join("?" for _ in header)
@@ -139,11 +146,12 @@ def import_csv(source: Path, target: Path, display_name: str) -> None:
         conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', (typed(r) for r in body))
         conn.commit()
     finally:
-        conn.close()
+        if conn is not target:
+            conn.close()
 
 
-def copy_sqlite(source: Path, target: Path, display_name: str) -> None:
-    """Copy a SQLite database (its WAL included) into a self-contained file."""
+def copy_sqlite(source: Path, target: Path | sqlite3.Connection, display_name: str) -> None:
+    """Copy a SQLite database (its WAL included) into a self-contained file (or an open connection)."""
     with open(source, "rb") as f:
         header = f.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
@@ -153,7 +161,7 @@ def copy_sqlite(source: Path, target: Path, display_name: str) -> None:
     except sqlite3.Error as exc:
         raise AttachmentError(f"{display_name} cannot be opened as a SQLite database: {exc}") from None
     try:
-        dst = sqlite3.connect(target)
+        dst = target if isinstance(target, sqlite3.Connection) else sqlite3.connect(target)
         try:
             src.backup(dst)
             (verdict,) = dst.execute("PRAGMA quick_check").fetchone()
@@ -161,15 +169,16 @@ def copy_sqlite(source: Path, target: Path, display_name: str) -> None:
                 raise AttachmentError(f"{display_name} is a damaged SQLite database ({verdict})")
             dst.execute("PRAGMA journal_mode = DELETE")  # read later with mode=ro: no -wal/-shm needed
         finally:
-            dst.close()
+            if dst is not target:
+                dst.close()
     except sqlite3.DatabaseError as exc:
         raise AttachmentError(f"{display_name} is a damaged SQLite database ({exc})") from None
     finally:
         src.close()
 
 
-def list_tables(path: Path) -> list[str]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def list_tables(path: Path | sqlite3.Connection) -> list[str]:
+    conn = path if isinstance(path, sqlite3.Connection) else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return [
             name
@@ -179,7 +188,25 @@ def list_tables(path: Path) -> list[str]:
             )
         ]
     finally:
+        if conn is not path:
+            conn.close()
+
+
+def database_image(source: Path, display_name: str, *, from_csv: bool) -> tuple[bytes, list[str]]:
+    """The bytes of the database `attach` stores, built in memory, and its tables."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        if from_csv:
+            import_csv(source, conn, display_name)
+        else:
+            copy_sqlite(source, conn, display_name)
+        tables = list_tables(conn)
+        image = bytearray(conn.serialize())
+    finally:
         conn.close()
+    # A copy of a WAL database keeps WAL in its header; an image opens only in rollback mode.
+    image[18:20] = b"\x01\x01"
+    return bytes(image), tables
 
 
 class AttachmentStore:
@@ -192,6 +219,8 @@ class AttachmentStore:
     def __init__(self, saver: ThreadSaver) -> None:
         self._saver = saver
         self.root = saver.path.parent / "attachments"
+        self._opened: tuple[tuple, bytes] | None = None
+        """The last decrypted file, keyed by (path, size, mtime): the tools read it several times a turn."""
 
     def _owner_row(self, thread_id: str) -> tuple[int, str | None] | None:
         return self._saver.conn.execute(
@@ -229,17 +258,25 @@ class AttachmentStore:
         if size == 0:
             raise AttachmentError(f"{display} is empty")
         self.root.mkdir(parents=True, exist_ok=True)
+        cipher = self._saver._cipher
         stored_name = Path(display).stem + ".db" if suffix in CSV_SUFFIXES else display
+        if cipher is not None:
+            stored_name = ENCRYPTED_FILE_NAME  # the upload's name is content too
         relative = Path(_thread_dir_name(thread_id)) / f"{uuid.uuid4().hex[:8]}-{_safe_name(stored_name)}"
         target = self.root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(target.name + ".part")
         try:
-            if suffix in CSV_SUFFIXES:
-                import_csv(source, staging, display)
+            if cipher is not None:
+                image, tables = database_image(source, display, from_csv=suffix in CSV_SUFFIXES)
+                staging.write_bytes(cipher.seal(image))
+                del image
             else:
-                copy_sqlite(source, staging, display)
-            tables = list_tables(staging)
+                if suffix in CSV_SUFFIXES:
+                    import_csv(source, staging, display)
+                else:
+                    copy_sqlite(source, staging, display)
+                tables = list_tables(staging)
             staging.replace(target)
             stored_bytes = target.stat().st_size
             with self._saver._write() as after_commit:
@@ -261,7 +298,14 @@ class AttachmentStore:
                 self._saver.conn.execute(
                     "INSERT OR REPLACE INTO attachments (thread_key, name, file, bytes, tables, attached_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (thread_key, display, relative.as_posix(), stored_bytes, json.dumps(tables), now),
+                    (
+                        thread_key,
+                        self._seal_text(display),
+                        relative.as_posix(),
+                        stored_bytes,
+                        self._seal_text(json.dumps(tables)),
+                        now,
+                    ),
                 )
                 if old:
                     after_commit.append(lambda: self._unlink([old[0]]))
@@ -289,12 +333,40 @@ class AttachmentStore:
             raise ThreadNotFoundError(thread_id)
         if row[1] is None:
             return None
-        return Attachment(thread_id, row[1], self.root / row[2], row[3], json.loads(row[4]), row[5])
+        name, tables = self._open_text(row[1]), json.loads(self._open_text(row[4]))
+        return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
 
     def path(self, thread_id: str) -> Path | None:
-        """Where the thread's database file is, or None: what the agent's tools open."""
+        """Where the thread's database file is, or None (the file is encrypted when the store is)."""
         found = self.get(thread_id)
         return found.path if found else None
+
+    def database(self, thread_id: str) -> Path | bytes | None:
+        """What the agent's tools open: the file's path, or in an encrypted store its
+        decrypted bytes (held in memory only); None if nothing is attached."""
+        path = self.path(thread_id)
+        cipher = self._saver._cipher
+        if path is None or cipher is None:
+            return path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        opened = self._opened
+        if opened is not None and opened[0] == key:
+            return opened[1]
+        data = cipher.open(path.read_bytes())
+        self._opened = (key, data)
+        return data
+
+    def _seal_text(self, text: str) -> str:
+        cipher = self._saver._cipher
+        return text if cipher is None else cipher.seal_text(text)
+
+    def _open_text(self, text: str) -> str:
+        cipher = self._saver._cipher
+        return text if cipher is None else cipher.open_text(text)
 
     def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
         """Detach and delete the thread's database; True if there was one."""
@@ -339,6 +411,7 @@ class AttachmentStore:
         return relative.as_posix()
 
     def _unlink(self, files: list[str]) -> None:
+        self._opened = None
         for file in files:
             path = self.root / file
             path.unlink(missing_ok=True)

@@ -23,6 +23,10 @@ class StoreUnavailableError(StoreError):
     """The database path cannot be created, opened or written."""
 
 
+class EncryptionKeyError(StoreError):
+    """The encryption key is missing, wrong, or does not fit the store's state."""
+
+
 class ThreadNotFoundError(StoreError, KeyError):
     """No thread with that id exists (or it belongs to another user)."""
 

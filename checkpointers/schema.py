@@ -18,6 +18,12 @@ Tables a user can query by hand:
 * `message_search`: the full-text index of human and AI messages (FTS5,
   contentless: it knows which words occur in which message, not the text).
 * `store_meta`: settings of the store itself, as key and value.
+* `message_times`: when a thread's messages were stored (unix milliseconds),
+  kept by a trigger on `messages`: a row dates its message and the following
+  ones up to the next row (see `m004_session_messages`).
+* `sweeps`: one row per retention sweep: when, how many threads, how many bytes.
+* `message_metadata`: typed metadata and given creation times of messages
+  written through the sessions API or an import (`saver.sessions`).
 """
 
 from __future__ import annotations
@@ -170,7 +176,82 @@ def m003_message_search(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [m001_initial, m002_attachments, m003_message_search]
+def m004_session_messages(conn: sqlite3.Connection) -> None:
+    # When messages were stored (unix milliseconds), kept by a trigger on
+    # `messages`. A row (thread_key, message_no, t) dates message_no and every
+    # later message of the thread up to the next row, so messages stored in the
+    # same millisecond share one row: a graph turn stores its human message
+    # (twice: as input, then with its id) in one write and the reply in
+    # another, about two rows of some 20 bytes. Rows outlive the messages they
+    # date (sealing into segments deletes from `messages`); they go with the thread.
+    conn.execute(
+        """
+        CREATE TABLE message_times (
+            thread_key INTEGER NOT NULL,
+            message_no INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (thread_key, message_no)
+        ) WITHOUT ROWID
+        """
+    )
+    # 'now' is one instant within a statement, so both halves agree.
+    now = "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))"
+    conn.execute(
+        f"""
+        CREATE TRIGGER messages_record_time AFTER INSERT ON messages
+        WHEN (SELECT created_at FROM message_times WHERE thread_key = new.thread_key
+              ORDER BY message_no DESC LIMIT 1) IS NOT {now}
+        BEGIN
+            INSERT OR REPLACE INTO message_times (thread_key, message_no, created_at)
+            VALUES (new.thread_key, new.message_no, {now});
+        END
+        """
+    )
+    # Only messages written through `saver.sessions` or an import have a row:
+    # metadata (typed JSON, see checkpointers/metadata.py) and a creation time
+    # in microseconds when one was given. Keyed by message id, so a message
+    # keeps both when its content is replaced.
+    conn.execute(
+        """
+        CREATE TABLE message_metadata (
+            thread_key INTEGER NOT NULL,
+            message_id TEXT NOT NULL,
+            created_at INTEGER,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (thread_key, message_id)
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def m005_retention(conn: sqlite3.Connection) -> None:
+    # The sweeper asks for the threads least recently updated, of every user;
+    # pinned threads are exempt, so they stay out of the index.
+    conn.execute("CREATE INDEX threads_by_expiry ON threads (updated_at, thread_id) WHERE pinned = 0")
+    conn.execute(
+        """
+        CREATE TABLE sweeps (
+            sweep_no INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            cutoff TEXT NOT NULL,
+            threads INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            dry_run INTEGER NOT NULL,
+            host TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    m001_initial,
+    m002_attachments,
+    m003_message_search,
+    m004_session_messages,
+    m005_retention,
+]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -22,6 +22,13 @@ thread's row in `threads`, so the index never disagrees with the checkpoints.
 Sync methods run on the calling thread; the async twins run the same code on a
 worker thread. One connection per saver, guarded by a lock; several processes
 share the file through WAL and a busy timeout.
+
+With an encryption key (`THREADKEEPER_ENCRYPTION_KEY`), every blob that holds
+content is encrypted at the few places where blobs meet the database:
+`_dump`/`_load` (checkpoints, serialised values and writes), `_store_message`
+and `_open_rows` (loose messages), `_write_segment`/`_segment_rows` (sealed
+segments), `_seal_title`/`_open_title` (titles) and `_search_words` (hashed
+search words). See `checkpointers.encryption`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -70,7 +78,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
-from checkpointers import codec, search
+from checkpointers import codec, encryption, search
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -82,12 +90,14 @@ from checkpointers.codec import (
 )
 from checkpointers.attachments import AttachmentStore
 from checkpointers.errors import (
+    EncryptionKeyError,
     NotADatabaseError,
     StoreUnavailableError,
     ThreadExistsError,
     ThreadNotFoundError,
 )
 from checkpointers.schema import migrate
+from checkpointers.sessions import SessionStore
 from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
@@ -134,6 +144,9 @@ MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+FROM_ENVIRONMENT: Any = object()
+"""Default of `ThreadSaver(encryption_key=...)`: read `$THREADKEEPER_ENCRYPTION_KEY`."""
 
 
 def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
@@ -355,6 +368,9 @@ def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 3
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         # Deleted data is overwritten, not just unlinked (Debian's default, not everyone's).
         conn.execute("PRAGMA secure_delete = ON")
+        # A reset WAL is cut back to nothing, so page images of deleted rows do
+        # not outlive the checkpoint that copied them.
+        conn.execute("PRAGMA journal_size_limit = 0")
         conn.execute("PRAGMA cache_size = -16000")
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
@@ -380,8 +396,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 30_000,
         cache_messages: int = 200_000,
+        encryption_key: str | None | object = FROM_ENVIRONMENT,
     ) -> None:
+        """`encryption_key`: by default `$THREADKEEPER_ENCRYPTION_KEY` (unset or empty: no key);
+        None opens the store without a key. Raises `EncryptionKeyError` when the
+        key does not fit the store (see `checkpointers.encryption.unlock`)."""
         super().__init__(serde=serde)
+        if encryption_key is FROM_ENVIRONMENT:
+            encryption_key = os.environ.get(encryption.KEY_VARIABLE) or None
+        self._encryption_key = None if encryption_key is None else encryption.check_key(str(encryption_key))
+        self._cipher: encryption.Cipher | None = None
+        self._key_record: str | None = None
         self.path = Path(path)
         self.conn = connect(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         self._lock = threading.RLock()
@@ -390,6 +415,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
+        self.sessions = SessionStore(self)
         try:
             self.setup()
         except BaseException:
@@ -407,6 +433,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if "not a database" in str(exc):
                     raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
                 raise
+            self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
             self._index_old_messages()
 
     def _index_old_messages(self) -> None:
@@ -457,6 +484,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             after_commit: list = []
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_key_unchanged()
                 yield after_commit
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -464,6 +492,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self.conn.execute("COMMIT")
             for callback in after_commit:
                 callback()
+
+    def _check_key_unchanged(self) -> None:
+        """Refuse to write if the store's key changed since this saver opened it.
+
+        A process started before `threadkeeper rotate-key` would otherwise
+        write values under the old key (or none) into a re-encrypted store.
+        """
+        record, rotation = self.conn.execute(_KEY_STATE_SQL).fetchone()
+        if record != self._key_record or rotation:
+            if rotation:
+                raise encryption.rotation_unfinished(self.path)
+            raise EncryptionKeyError(
+                f"the encryption key of {self.path} was changed (threadkeeper rotate-key) after this process "
+                f"opened it: restart it with the new {encryption.KEY_VARIABLE}"
+            )
 
     @staticmethod
     def _thread_key(conn: sqlite3.Connection, thread_id: str) -> int | None:
@@ -514,9 +557,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     # -- encoding values ---------------------------------------------------
 
     def _dump(self, value: Any) -> tuple[str, bytes]:
-        return codec.compress_blob(*self.serde.dumps_typed(value))
+        type_, blob = codec.compress_blob(*self.serde.dumps_typed(value))
+        if self._cipher is not None:
+            blob = self._cipher.seal(blob)
+        return type_, blob
 
     def _load(self, type_: str, blob: bytes) -> Any:
+        if self._cipher is not None:
+            blob = self._cipher.open(blob)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
     def _dump_message(self, message: BaseMessage) -> tuple[str, bytes]:
@@ -527,10 +575,39 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return f"lc.{tag}:{type_}", blob
 
     def _load_message(self, type_: str, blob: bytes) -> BaseMessage:
-        if type_.startswith("lc."):
-            tag, _, inner = type_[3:].partition(":")
-            return rebuild_message(_MESSAGE_CLASSES[tag], self.serde.loads_typed((inner, blob)))
-        return self.serde.loads_typed((type_, blob))
+        """A message from its plain (decrypted) blob."""
+        return load_message(self.serde, type_, blob)
+
+    def _open_rows(self, rows: Any) -> Any:
+        """Rows `(message_no, type, value)` of the `messages` table with their values decrypted."""
+        cipher = self._cipher
+        if cipher is None:
+            return rows
+        return [(no, type_, cipher.open(blob)) for no, type_, blob in rows]
+
+    def _segment_rows(self, nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
+        """The plain `(message_no, type, blob)` rows of one stored segment value."""
+        if self._cipher is not None:
+            value = self._cipher.open(value)
+        return _segment_rows(nos, value)
+
+    def _search_words(self, message: BaseMessage) -> str | None:
+        """What the search index holds for a message: its words, or their keyed hashes."""
+        words = search.search_words(message)
+        if words is None or self._cipher is None:
+            return words
+        return search.hashed_words(words, self._cipher.search_token)
+
+    def _seal_title(self, title: str | None) -> str | None:
+        """A thread title as stored (encrypted when the store is)."""
+        if title is None or self._cipher is None:
+            return title
+        return self._cipher.seal_text(title)
+
+    def _open_title(self, stored: str | None) -> str | None:
+        if stored is None or self._cipher is None:
+            return stored
+        return self._cipher.open_text(stored)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
         type_, blob = self._dump_message(message)
@@ -544,8 +621,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if known is not None:
             return known
         no = txn.message_no()
-        txn.new_message_rows.append((txn.thread_key, no, type_, blob))
-        words = search.search_words(message)
+        txn.new_message_rows.append((txn.thread_key, no, type_, blob if self._cipher is None else self._cipher.seal(blob)))
+        words = self._search_words(message)
         if words:
             txn.new_search_rows.append((search.rowid(txn.thread_key, no), words))
         txn.new_digests[digest] = no
@@ -636,7 +713,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             segment_nos = codec.unpack_numbers(nos_blob)
             if wanted.isdisjoint(segment_nos):
                 continue
-            for no, type_, blob in _segment_rows(segment_nos, value):
+            for no, type_, blob in self._segment_rows(segment_nos, value):
                 if no in wanted:
                     found[no] = self._load_message(type_, blob)
         if len(found) < len(wanted):
@@ -647,7 +724,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 "AND message_no IN (SELECT value FROM json_each(?))",
                 (thread_key, lo, hi) if hi - lo < 2 * len(wanted) else (thread_key, json.dumps(sorted(wanted))),
             )
-            for no, type_, blob in rows:
+            for no, type_, blob in self._open_rows(rows):
                 if no in wanted:
                     found[no] = self._load_message(type_, blob)
         if len(found) != len(wanted):
@@ -656,21 +733,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return found
 
     def _stored_message_rows(self, thread_key: int) -> list[tuple[int, str, bytes]]:
-        """Every stored message of a thread as (message_no, type, blob), loose or sealed."""
-        rows = self.conn.execute(
-            "SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)
-        ).fetchall()
+        """Every stored message of a thread as (message_no, type, plain blob), loose or sealed."""
+        rows = self._open_rows(
+            self.conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)).fetchall()
+        )
         for nos_blob, value in self.conn.execute(
             "SELECT nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
         ).fetchall():
-            rows += _segment_rows(codec.unpack_numbers(nos_blob), value)
+            rows += self._segment_rows(codec.unpack_numbers(nos_blob), value)
         return rows
 
     def _search_rows(self, thread_key: int, rows: Sequence[tuple[int, str, bytes]]) -> list[tuple[int, str]]:
         """The search index rows of stored messages, exactly as `_store_message` added them."""
         found = []
         for no, type_, blob in rows:
-            words = search.search_words(self._load_message(type_, blob))
+            words = self._search_words(self._load_message(type_, blob))
             if words:
                 found.append((search.rowid(thread_key, no), words))
         return found
@@ -689,17 +766,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if count < SEGMENT_SIZE:
             txn.sealed_upto = (first or txn.next_message_no) - 1
             return
-        rows = txn.conn.execute(
-            "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
-            (txn.thread_key,),
-        ).fetchall()
+        rows = self._open_rows(
+            txn.conn.execute(
+                "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
+                (txn.thread_key,),
+            ).fetchall()
+        )
         self._write_segment(txn.conn, txn.thread_key, rows)
         txn.conn.execute("DELETE FROM messages WHERE thread_key = ?", (txn.thread_key,))
         txn.sealed_upto = rows[-1][0]
 
-    @staticmethod
-    def _write_segment(conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
+    def _write_segment(self, conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
+        """Seal plain message rows into one segment (compressed, then encrypted when the store is)."""
         value = codec.deflate(ormsgpack.packb([[type_, blob] for _, type_, blob in rows]))
+        if self._cipher is not None:
+            value = self._cipher.seal(value)
         conn.execute(
             "INSERT INTO message_segments (thread_key, first_no, last_no, nos, value) VALUES (?, ?, ?, ?, ?)",
             (thread_key, rows[0][0], rows[-1][0], codec.pack_numbers([r[0] for r in rows]), value),
@@ -1067,7 +1148,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         state = txn.close(
             ", updated_at = ?, message_count = coalesce(?, message_count), title = coalesce(title, ?), "
             "user_id = coalesce(user_id, ?)",
-            (utc_now(), count, title, user_id),
+            (utc_now(), count, self._seal_title(title), user_id),
         )
         if title is not None:
             state.title = title
@@ -1118,25 +1199,41 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     # -- deleting, copying, pruning -----------------------------------------
 
     def attachment_path(self, thread_id: str) -> Path | None:
-        """The database file attached to the thread, or None (read by the agent's tools)."""
+        """The database file attached to the thread, or None (encrypted when the store is)."""
         return self.attachments.path(thread_id)
+
+    def attachment_database(self, thread_id: str) -> Path | bytes | None:
+        """What the agent's tools open: the attached file, or its decrypted bytes
+        when the store is encrypted (so no plain copy is written to disk); None
+        if the thread has no database attached."""
+        return self.attachments.database(thread_id)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread: its checkpoints, writes, messages and index row."""
         self.delete_threads([thread_id])
 
-    def delete_threads(self, thread_ids: Sequence[str]) -> int:
-        """Delete many threads in one transaction; returns how many existed."""
+    def delete_threads(
+        self, thread_ids: Sequence[str], *, updated_before: str | None = None, purge: bool = True
+    ) -> int:
+        """Delete many threads in one transaction; returns how many were deleted.
+
+        With `updated_before` (an ISO timestamp, as in `ThreadInfo.updated_at`)
+        only threads last updated before it, and not pinned, are deleted: the
+        check happens inside the delete, so a thread that got a message since
+        it was chosen survives. `purge=False` leaves merging the words of the
+        deleted messages out of the search index to the caller (`purge_search_index`),
+        for callers that delete in many batches.
+        """
         ids = [str(t) for t in thread_ids]
         if not ids:
             return 0
         with self._write() as after_commit:
-            keys = [
-                k for (k,) in self.conn.execute(
-                    "SELECT thread_key FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(ids),),
-                )
-            ]
+            sql = "SELECT thread_key FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))"
+            params: list[Any] = [json.dumps(ids)]
+            if updated_before is not None:
+                sql += " AND updated_at < ? AND pinned = 0"
+                params.append(updated_before)
+            keys = [k for (k,) in self.conn.execute(sql, params)]
             keys_json = json.dumps(keys)
             files = self.attachments.files_of(keys)
             for thread_key in keys:
@@ -1147,7 +1244,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 )
             after_commit.append(lambda: self._forget(keys))
             after_commit.append(lambda: self.attachments._unlink(files))
-            if keys:
+            if keys and purge:
                 after_commit.append(self.purge_search_index)
         return len(keys)
 
@@ -1236,12 +1333,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 (thread_key, ns, checkpoint_id),
             )
 
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+    def prune(
+        self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", updated_before: str | None = None
+    ) -> None:
         """Drop old checkpoints of the given threads.
 
         `keep_latest` keeps the newest checkpoint of each namespace, plus, for
         threads that use `DeltaChannel`, the ancestors it needs back to the
         nearest snapshot. `delete` removes every checkpoint but keeps the thread.
+        With `updated_before`, threads updated since then, or pinned, are left
+        alone (checked inside the write, as in `delete_threads`).
         """
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
@@ -1251,9 +1352,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         with self._write() as after_commit:
             touched = []
             for thread_id in ids:
-                thread_key = self._thread_key(self.conn, thread_id)
-                if thread_key is None:
+                row = self.conn.execute(
+                    "SELECT thread_key, updated_at, pinned FROM threads WHERE thread_id = ?", (thread_id,)
+                ).fetchone()
+                if row is None or (updated_before is not None and (row[1] >= updated_before or row[2])):
                     continue
+                thread_key = row[0]
                 touched.append(thread_key)
                 if strategy == "delete":
                     search.remove(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
@@ -1346,10 +1450,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "SELECT kind, type, value FROM writes WHERE thread_key = ? AND kind != ?", (thread_key, KIND_SERDE)
         ):
             live_messages.update(self._message_refs(kind, type_, value))
-        dead_rows = [
+        dead_rows = self._open_rows([
             row for row in conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,))
             if row[0] not in live_messages
-        ]
+        ])
         dead_messages = [row[0] for row in dead_rows]
         for first, nos_blob, value in conn.execute(
             "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
@@ -1358,7 +1462,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if live_messages.issuperset(segment_nos):
                 continue
             conn.execute("DELETE FROM message_segments WHERE thread_key = ? AND first_no = ?", (thread_key, first))
-            rows = _segment_rows(segment_nos, value)
+            rows = self._segment_rows(segment_nos, value)
             kept = [row for row in rows if row[0] in live_messages]
             dead_rows += [row for row in rows if row[0] not in live_messages]
             if kept:
@@ -1447,6 +1551,24 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- storage maintenance -------------------------------------------------
 
+    def erase_traces(self, *, wait: bool = True) -> None:
+        """After deletions: leave deleted text in no file, and shrink the file.
+
+        Deleted rows are already overwritten (`secure_delete`) and the search
+        index merged (`purge_search_index`). This copies the WAL into the file
+        and truncates it, so old page images there go too, then returns free
+        pages to the OS. With `wait=False` (the background sweeper) the
+        checkpoint does not wait for readers; the WAL is then emptied at the
+        next automatic checkpoint, which truncates it (`journal_size_limit`).
+        """
+        mode = "TRUNCATE" if wait else "PASSIVE"
+        with self._lock:
+            busy, _, _ = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            if busy:
+                logger.info("the WAL of %s is in use; a later checkpoint will empty it", self.path)
+        while self.compact(max_pages=1000):
+            pass
+
     def compact(self, max_pages: int | None = None) -> int:
         """Return freed pages to the OS (incremental vacuum); returns the number freed.
 
@@ -1495,8 +1617,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     async def adelete_thread(self, thread_id: str) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id)
 
-    async def adelete_threads(self, thread_ids: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.delete_threads, thread_ids)
+    async def adelete_threads(self, thread_ids: Sequence[str], **kwargs: Any) -> int:
+        return await asyncio.to_thread(lambda: self.delete_threads(thread_ids, **kwargs))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await asyncio.to_thread(self.delete_for_runs, run_ids)
@@ -1504,8 +1626,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
 
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+    async def aprune(
+        self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", updated_before: str | None = None
+    ) -> None:
+        await asyncio.to_thread(lambda: self.prune(thread_ids, strategy=strategy, updated_before=updated_before))
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
@@ -1518,7 +1642,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
 _MISSING = object()
 
-_THREAD_TABLES = ("checkpoints", "channel_values", "messages", "message_segments", "writes", "attachments")
+_THREAD_TABLES = (
+    "checkpoints", "channel_values", "messages", "message_segments", "writes", "attachments",
+    "message_times", "message_metadata",
+)
 
 _THREAD_TABLE_COLUMNS = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
@@ -1529,8 +1656,22 @@ _THREAD_TABLE_COLUMNS = {
 }
 
 
+_KEY_STATE_SQL = (
+    f"SELECT (SELECT value FROM store_meta WHERE key = '{encryption.META_KEY}'), "
+    f"EXISTS (SELECT 1 FROM store_meta WHERE key = '{encryption.ROTATION_META_KEY}')"
+)
+
+
+def load_message(serde: SerializerProtocol, type_: str, blob: bytes) -> BaseMessage:
+    """A message from its plain stored form (see `ThreadSaver._dump_message`)."""
+    if type_.startswith("lc."):
+        tag, _, inner = type_[3:].partition(":")
+        return rebuild_message(_MESSAGE_CLASSES[tag], serde.loads_typed((inner, blob)))
+    return serde.loads_typed((type_, blob))
+
+
 def _segment_rows(nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
-    """The (message_no, type, blob) rows sealed in one `message_segments` value."""
+    """The (message_no, type, blob) rows in one plain (decrypted) `message_segments` value."""
     return [(no, type_, blob) for no, (type_, blob) in zip(nos, ormsgpack.unpackb(codec.inflate(value)))]
 
 

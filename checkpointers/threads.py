@@ -4,6 +4,8 @@ Rows are written by the saver in the same transaction as each checkpoint
 (`ThreadSaver.put`); this module reads them and applies the edits a user makes
 (rename, pin, metadata). Every query is scoped to one user through the
 `threads_by_user_updated` index, so listing never reads another user's rows.
+In an encrypted store titles are stored encrypted: they are decrypted as rows
+are read, and searched in Python (see `ThreadIndex.search`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -177,9 +180,16 @@ class ThreadIndex:
         params.append(limit + 1)
         with self._saver._read() as conn:
             rows = conn.execute(sql, params).fetchall()
-        threads = [_info(r) for r in rows[:limit]]
+        threads = [self._info(r) for r in rows[:limit]]
         next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
         return ThreadPage(threads, next_cursor)
+
+    def _info(self, row: tuple) -> ThreadInfo:
+        """A row of `_COLUMNS` as a ThreadInfo, its title decrypted."""
+        info = _info(row)
+        if self._saver._cipher is None or info.title is None:
+            return info
+        return dataclasses.replace(info, title=self._saver._open_title(info.title))
 
     def search(
         self,
@@ -194,18 +204,59 @@ class ThreadIndex:
 
         Titles match as text (case-insensitive for ASCII); messages match whole
         words, ignoring case and accents (see `checkpointers.search`). An empty
-        query lists every thread, like `list`.
+        query lists every thread, like `list`. In an encrypted store titles
+        match case-insensitively after decryption, and message words through
+        their hashed tokens.
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
         if not " ".join(str(query).split()):
             return self.list(user_id, limit=limit, cursor=cursor)
+        if self._saver._cipher is not None:
+            return self._search_encrypted(user_id, query, limit, cursor)
         sql, params = _search_sql(user_id, query, limit, cursor)
         with self._saver._read() as conn:
             rows = conn.execute(sql, params).fetchall()
-        threads = [_info(r) for r in rows[:limit]]
+        threads = [self._info(r) for r in rows[:limit]]
         next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
         return ThreadPage(threads, next_cursor)
+
+    def _search_encrypted(self, user_id: str | None, query: str, limit: int, cursor: str | None) -> ThreadPage:
+        """`search` when titles are encrypted: the user's rows newest first, each
+        with SQL's answer to "does a message have every word" (hashed tokens),
+        and the title matched here after decryption; stops after `limit` hits."""
+        text = " ".join(str(query).split())
+        needle = text.casefold()
+        match = search.match_expression(text, self._saver._cipher.search_token)
+        words_hit = "0"
+        params: list[Any] = []
+        if match is not None:
+            words_hit = (
+                "EXISTS (SELECT 1 FROM message_search WHERE message_search MATCH ? "
+                f"AND message_search.rowid BETWEEN thread_key << {search.ROWID_SHIFT} "
+                f"AND (thread_key << {search.ROWID_SHIFT}) + {search.ROWID_SPAN - 1})"
+            )
+            params.append(match)
+        sql = f"SELECT {_COLUMNS}, {words_hit} FROM threads WHERE user_id IS ?"
+        params.append(user_id)
+        if cursor is not None:
+            sql += " AND (updated_at, thread_id) < (?, ?)"
+            params.extend(_decode_cursor(cursor))
+        sql += " ORDER BY updated_at DESC, thread_id DESC"
+        found: list[ThreadInfo] = []
+        with self._saver._read() as conn:
+            rows = conn.execute(sql, params)
+            try:
+                for row in rows:
+                    info = self._info(row[:-1])
+                    if row[-1] or (info.title is not None and needle in info.title.casefold()):
+                        found.append(info)
+                        if len(found) > limit:
+                            break
+            finally:
+                rows.close()
+        threads = found[:limit]
+        return ThreadPage(threads, _encode_cursor(threads[-1]) if len(found) > limit else None)
 
     def explain_search(self, user_id: str | None, query: str) -> list[str]:
         """SQLite's query plan for `search(user_id, query)`."""
@@ -219,7 +270,7 @@ class ThreadIndex:
             row = conn.execute(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = ?", (str(thread_id),)).fetchone()
         if row is None or (user_id is not ANY_USER and row[1] != user_id):
             raise ThreadNotFoundError(str(thread_id))
-        return _info(row)
+        return self._info(row)
 
     def count(self, user_id: str | None) -> int:
         """How many threads the user has."""
@@ -258,7 +309,7 @@ class ThreadIndex:
             raise ValueError("a thread title cannot be empty")
         if len(clean) > MAX_TITLE_LENGTH:
             raise ValueError(f"a thread title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
-        return self._update(thread_id, user_id, "title = ?", [clean])
+        return self._update(thread_id, user_id, "title = ?", [self._saver._seal_title(clean)])
 
     def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Pin (or with `pinned=False`, unpin) a thread."""

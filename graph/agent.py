@@ -5,8 +5,10 @@
     app.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "t1", "user_id": "alice"}})
 
 The graph never imports the store: it is compiled with whatever saver it is
-given. A saver that has an `attachment_path(thread_id)` method (this project's
-does) gives the model the database tools for threads with a database attached.
+given. A saver that has an `attachment_database(thread_id)` method (a file
+path, or the decrypted bytes of an encrypted store's file) or an
+`attachment_path(thread_id)` method (this project's has both) gives the model
+the database tools for threads with a database attached.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from graph.trimming import Window, choose_window, model_input
 
 
 def _attachment_locator(checkpointer: Any):
-    def locate(config: RunnableConfig) -> Path | None:
+    def locate(config: RunnableConfig) -> Path | bytes | None:
         configurable = config.get("configurable", {})
         saver = checkpointer if checkpointer not in (None, True, False) else configurable.get(CONFIG_KEY_CHECKPOINTER)
-        find = getattr(saver, "attachment_path", None)
+        find = getattr(saver, "attachment_database", None) or getattr(saver, "attachment_path", None)
         thread_id = configurable.get("thread_id")
         if find is None or thread_id is None:
             return None
@@ -71,9 +73,9 @@ def build_graph(
 
     def system_prompt(config: RunnableConfig) -> tuple[str, bool]:
         path = locate(config)
-        if path is None or not Path(path).is_file():
+        if path is None or (not isinstance(path, bytes) and not Path(path).is_file()):
             return settings.system_prompt, False
-        tables = ", ".join(table_names(Path(path))) or "none"
+        tables = ", ".join(table_names(path if isinstance(path, bytes) else Path(path))) or "none"
         return (
             f"{settings.system_prompt}\n\nA SQLite database is attached to this conversation "
             f"(tables: {tables}). Use the database tools to answer questions about its data; "

@@ -6,6 +6,11 @@ authorizer allows only reading: writes, `ATTACH`, and pragmas that change
 anything are refused, and a progress handler stops a query at the time limit.
 Answers are capped at a row limit. Refusals come back to the model as text, so
 it can explain them; they never end the turn.
+
+The database is a file path, or the database's bytes (an encrypted store
+decrypts the attachment in memory): bytes are opened in an in-memory SQLite
+database (`deserialize`) under the same authorizer and limits, plus
+`query_only`, so no plain copy is written to disk.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ READ_ONLY_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "i
 ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 MAX_CELL_CHARS = 200
 
-AttachmentLocator = Callable[[RunnableConfig], "Path | None"]
+Database = Path | bytes
+"""An attached database: its file, or its bytes."""
+
+AttachmentLocator = Callable[[RunnableConfig], "Database | None"]
 
 
 class QueryRefused(Exception):
@@ -41,9 +49,14 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return sqlite3.SQLITE_DENY
 
 
-def open_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
-    """A connection that can only read `path`, and only for `timeout_s` seconds from now."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+def open_read_only(path: Database, timeout_s: float) -> sqlite3.Connection:
+    """A connection that can only read `path` (a file, or a database's bytes), and only for `timeout_s` seconds from now."""
+    if isinstance(path, (bytes, bytearray)):
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.deserialize(path)
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     conn.set_authorizer(_authorizer)
     deadline = [time.monotonic() + timeout_s]
 
@@ -54,7 +67,7 @@ def open_read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
     return conn
 
 
-def run_query(path: Path, sql: str, *, row_limit: int, timeout_s: float) -> str:
+def run_query(path: Database, sql: str, *, row_limit: int, timeout_s: float) -> str:
     """Run one read-only statement; the rows as a small text table, or the refusal."""
     started = time.monotonic()
     with closing(open_read_only(path, timeout_s)) as conn:
@@ -93,7 +106,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
 
-def table_names(path: Path, timeout_s: float = 5.0) -> list[str]:
+def table_names(path: Database, timeout_s: float = 5.0) -> list[str]:
     with closing(open_read_only(path, timeout_s)) as conn:
         return [
             n
@@ -103,7 +116,7 @@ def table_names(path: Path, timeout_s: float = 5.0) -> list[str]:
         ]
 
 
-def describe(path: Path, table: str, timeout_s: float = 5.0) -> str:
+def describe(path: Database, table: str, timeout_s: float = 5.0) -> str:
     with closing(open_read_only(path, timeout_s)) as conn:
         names = {n.lower(): n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
         real = names.get(table.strip().strip('"').lower())
@@ -121,8 +134,10 @@ def describe(path: Path, table: str, timeout_s: float = 5.0) -> str:
 def database_tools(locate: AttachmentLocator, *, row_limit: int, timeout_s: float) -> list[BaseTool]:
     """The three tools, bound to whatever database `locate(config)` finds for the thread."""
 
-    def attached(config: RunnableConfig) -> Path:
+    def attached(config: RunnableConfig) -> Database:
         path = locate(config)
+        if isinstance(path, (bytes, bytearray)):
+            return path
         if path is None or not Path(path).is_file():
             raise QueryRefused("No database is attached to this thread.")
         return Path(path)

@@ -8,6 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from checkpointers import ThreadSaver
+from checkpointers.schema import MIGRATIONS
 
 
 def _echo_graph(saver):
@@ -127,9 +128,19 @@ def test_a_store_from_before_the_index_is_indexed_when_opened(db_path):
     saver = ThreadSaver(db_path)
     _say(saver, "old", "alice", "written before search existed: aardvark")
     saver.close()
+    # Take the file back to schema version 2: drop whatever later migrations made.
+    reference = sqlite3.connect(":memory:")
+    for step in MIGRATIONS[:2]:
+        step(reference)
+    version_2 = {name for (name,) in reference.execute("SELECT name FROM sqlite_master")}
     conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("DROP TABLE message_search")
-    conn.execute("DROP TABLE store_meta")
+    later = conn.execute(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != 'schema_migrations' "
+        "AND tbl_name NOT LIKE 'message_search_%' AND type IN ('table', 'trigger', 'index') ORDER BY type = 'table'"
+    ).fetchall()
+    for kind, name in later:
+        if name not in version_2:
+            conn.execute(f"DROP {kind.upper()} IF EXISTS {name}")
     conn.execute("DELETE FROM schema_migrations WHERE version >= 3")
     conn.close()
     saver = ThreadSaver(db_path)

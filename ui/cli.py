@@ -7,16 +7,25 @@
     threadkeeper show THREAD_ID                  one thread's transcript
     threadkeeper attach THREAD_ID sales.db       give a thread a database to query
     threadkeeper status                          where the database is, what it holds
+    threadkeeper sweep [--dry-run]               apply the retention policy now (for cron)
+    threadkeeper delete-user alice               delete every thread of a user, leaving no trace
+    threadkeeper rotate-key                      re-encrypt the store under a new key (keys from the environment)
+    threadkeeper import-json DIR --user alice    import <session-uuid>.json chat histories as threads
+    threadkeeper export --user alice -o a.json   a user's threads as one JSON document
+    threadkeeper import a.json                   read such a document back
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import time
 import uuid
 
 from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, open_saver
+from checkpointers.retention import RetentionPolicy, Sweeper, SweepLoop, delete_user, recent_sweeps
 from checkpointers.schema import current_version
 from checkpointers.threads import message_text
 
@@ -33,6 +42,38 @@ def _status(args: argparse.Namespace) -> int:
         print(f"threads        {threads:,} of {users:,} users")
         print(f"checkpoints    {checkpoints:,}")
         print(f"file           {pages * size / 1e6:,.2f} MB ({free:,} free pages)")
+        print(RetentionPolicy.from_env().describe())
+        for sweep in recent_sweeps(saver, limit=1):
+            kind = "dry run" if sweep["dry_run"] else f"{sweep['threads']:,} threads, {sweep['bytes']:,} bytes"
+            print(f"last sweep     {sweep['finished_at'][:19].replace('T', ' ')} UTC ({kind})")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    policy = RetentionPolicy.from_env()
+    if args.days is not None:
+        policy = dataclasses.replace(policy, days=args.days)
+    with open_saver(args.db) as saver:
+        print(policy.describe())
+        report = Sweeper(saver, policy).sweep(dry_run=args.dry_run)
+    print(report.describe())
+    for thread_id in report.sample:
+        print(f"  {thread_id}")
+    if report.dry_run and report.threads > len(report.sample):
+        print(f"  ... and {report.threads - len(report.sample):,} more")
+    return 1 if report.skipped and "another sweep" in report.skipped else 0
+
+
+def _delete_user(args: argparse.Namespace) -> int:
+    with open_saver(args.db) as saver:
+        count = saver.threads.count(args.user)
+        if count and not args.yes:
+            answer = input(f"delete {count:,} threads of {args.user!r} and their attachments for good? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        deleted = delete_user(saver, args.user)
+    print(f"deleted {deleted:,} threads of {args.user!r}; their text is gone from the database file and its WAL")
     return 0
 
 
@@ -67,11 +108,17 @@ def _serve(args: argparse.Namespace) -> int:
     from ui.web import WebChat
 
     settings = Settings.from_env()
+    policy = RetentionPolicy.from_env()
     with open_saver(args.db) as saver:
         web = WebChat(saver, settings=settings)
+        sweeping = SweepLoop(saver, policy).start()
         print(f"threadkeeper web chat on http://{args.host}:{args.port}  (database {saver.path.resolve()})", flush=True)
         print(settings.describe_model(), flush=True)
-        web.launch(args.host, args.port)
+        print(policy.describe(), flush=True)
+        try:
+            web.launch(args.host, args.port)
+        finally:
+            sweeping.stop()
     return 0
 
 
@@ -81,6 +128,43 @@ def _attach(args: argparse.Namespace) -> int:
         attached = saver.attachments.attach(args.thread_id, args.file, user_id=user)
     tables = ", ".join(attached.tables) or "no tables"
     print(f"attached {attached.name} to thread {args.thread_id} ({attached.bytes:,} bytes; tables: {tables})")
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from checkpointers.encryption import KEY_VARIABLE, NEW_KEY_VARIABLE
+    from checkpointers.errors import EncryptionKeyError
+    from checkpointers.key_rotation import rotate_key
+    from checkpointers.url import resolve_url, sqlite_path
+
+    current = os.environ.get(KEY_VARIABLE) or None
+    new = os.environ.get(NEW_KEY_VARIABLE) or None
+    if args.decrypt and new is not None:
+        raise EncryptionKeyError(f"--decrypt stores the data unencrypted: unset {NEW_KEY_VARIABLE}, or leave out --decrypt")
+    if not args.decrypt and new is None:
+        raise EncryptionKeyError(f"set {NEW_KEY_VARIABLE} to the new key (or pass --decrypt to remove encryption)")
+    path = sqlite_path(resolve_url(args.db))
+    before = "unencrypted" if current is None else "encrypted"
+    after = "unencrypted" if new is None else "encrypted with the new key"
+    print(f"rotating the key of {path.resolve()}: {before} -> {after}", flush=True)
+
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or time.monotonic() - last[0] >= 1.0:  # a line a second at most
+            last[0] = time.monotonic()
+            print(f"  {done:,} of {total:,} threads", flush=True)
+
+    summary = rotate_key(path, current, new, batch_rows=args.batch_rows, progress=progress)
+    resumed = " (finished an interrupted run)" if summary.resumed else ""
+    print(
+        f"done{resumed}: {summary.threads:,} threads, {summary.values:,} values and "
+        f"{summary.attachments:,} attachments rewritten in {summary.seconds:.1f} s"
+    )
+    if summary.encrypted:
+        print(f"start threadkeeper with {KEY_VARIABLE} set to the new key (and {NEW_KEY_VARIABLE} unset)")
+    else:
+        print(f"the store is no longer encrypted: start threadkeeper with {KEY_VARIABLE} unset")
     return 0
 
 
@@ -176,6 +260,68 @@ def _print_message(message) -> None:
     print(f"\n{who}> {message_text(message)}")
 
 
+def _import_json(args: argparse.Namespace) -> int:
+    from checkpointers.importer import import_json_folder
+
+    with open_saver(args.db) as saver:
+        summary = import_json_folder(saver, args.folder, user_id=args.user, report=print)
+    print(summary.describe())
+    return 1 if summary.failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from checkpointers.transfer import export_user, summarize
+
+    if not args.user:
+        raise ValueError("export needs --user: whose threads to export")
+    with open_saver(args.db) as saver:
+        document = export_user(saver, args.user)
+    text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
+    counts = summarize(document)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        where, note = "standard output", sys.stderr
+    else:
+        staging = f"{args.output}.part"
+        # A user's whole history: readable by its owner only.
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(staging, args.output)
+        where, note = args.output, sys.stdout
+    print(
+        f"exported {counts.threads:,} threads of {args.user!r} ({counts.messages:,} messages, "
+        f"{counts.attachments:,} attachments) to {where}",
+        file=note,
+    )
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from checkpointers.transfer import import_document, read_document
+
+    source = Path(args.file)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{source.name} cannot be imported: it is not a threadkeeper export (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from None
+    document = read_document(text, source.name)
+    owner = args.user if args.user is not None else document.user_id
+    with open_saver(args.db) as saver:
+        summary = import_document(saver, document, user_id=owner, replace=args.replace, report=print)
+    print(
+        f"imported {summary.threads:,} threads ({summary.messages:,} messages, {summary.attachments:,} attachments) "
+        f"for {owner!r}, skipped {summary.skipped:,}, failed {summary.failed:,}"
+    )
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadkeeper", description="LangGraph chat threads that persist.")
     parser.add_argument("--db", metavar="URL", help="sqlite:///path/to/file.db (default $THREADKEEPER_DATABASE_URL or sqlite:///data/threadkeeper.db)")
@@ -212,10 +358,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="whose threads (default: threads without a user)")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.set_defaults(run=_threads)
+    p = sub.add_parser(
+        "rotate-key",
+        help="re-encrypt the store under a new key (or encrypt or decrypt it); resumable",
+        description="Re-encrypt every thread, title, search entry and attachment under a new key. "
+        "Keys come from the environment, never the command line: the current key from "
+        "THREADKEEPER_ENCRYPTION_KEY (unset if the store is not encrypted yet) and the new one from "
+        "THREADKEEPER_NEW_ENCRYPTION_KEY. Stop threadkeeper first. If it is interrupted, run it again "
+        "with the same keys: it continues where it stopped; the store does not open until it has finished.",
+        epilog="example: THREADKEEPER_ENCRYPTION_KEY=$OLD THREADKEEPER_NEW_ENCRYPTION_KEY=$NEW threadkeeper rotate-key",
+    )
+    p.add_argument("--decrypt", action="store_true", help="remove encryption instead (THREADKEEPER_NEW_ENCRYPTION_KEY unset)")
+    p.add_argument("--batch-rows", type=int, default=2000, metavar="N", help="rows per transaction (default 2000)")
+    p.set_defaults(run=_rotate_key)
     p = sub.add_parser("show", help="print one thread's transcript", epilog="example: threadkeeper show 3f2c...")
     p.add_argument("thread_id")
     p.add_argument("--user", help="only show it if it belongs to this user")
     p.set_defaults(run=_show)
+    p = sub.add_parser(
+        "sweep",
+        help="delete (or compact) threads older than the retention window, now",
+        description="Apply the retention policy (THREADKEEPER_RETENTION_DAYS, langgraph.json checkpointer.ttl) once. "
+        "Safe to run from cron beside a running server: only one sweep per database runs at a time.",
+        epilog="example: threadkeeper sweep --dry-run   (cron: 0 3 * * * threadkeeper sweep)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only count (and list some of) the threads that would go")
+    p.add_argument("--days", type=float, help="override the retention window for this run")
+    p.set_defaults(run=_sweep)
+    p = sub.add_parser(
+        "delete-user",
+        help="delete every thread of a user, with attachments, leaving no trace",
+        epilog="example: threadkeeper delete-user alice --yes",
+    )
+    p.add_argument("user", help="the user id (the sign-in name, or an anonymous id)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(run=_delete_user)
+    p = sub.add_parser(
+        "import-json",
+        help="import a folder of <session-uuid>.json chat histories (and their .db files) as threads",
+        description="Each <session-uuid>.json file (LangChain messages_to_dict format) becomes the thread of that id, "
+        "titled by its first human message and dated by the file; a <session-uuid>.db beside it is attached. "
+        "Sessions imported before are skipped, so running it again adds nothing. Bad files are reported by "
+        "name and skipped; the exit status is 1 if any failed.",
+        epilog="example: threadkeeper import-json ./exported-sessions --user alice",
+    )
+    p.add_argument("folder", help="the folder holding the .json (and .db) files")
+    p.add_argument("--user", default=user_default, help="who owns the imported threads (default $THREADKEEPER_USER, else none)")
+    p.set_defaults(run=_import_json)
+    p = sub.add_parser(
+        "export",
+        help="write every thread of a user (messages, titles, metadata, attachments) as one JSON document",
+        epilog="example: threadkeeper export --user alice --output alice.json   (read back: threadkeeper import alice.json)",
+    )
+    p.add_argument("--user", default=user_default, help="whose threads (default $THREADKEEPER_USER)")
+    p.add_argument("--output", "-o", metavar="FILE", help="where to write it (default: standard output)")
+    p.set_defaults(run=_export)
+    p = sub.add_parser(
+        "import",
+        help="read back a document written by `threadkeeper export`",
+        description="Restores every thread of the document. A thread whose id exists already is skipped and "
+        "reported (with --replace, the same user's thread is replaced). A damaged document is refused "
+        "before anything is written.",
+        epilog="example: threadkeeper import alice.json   (or: --user alice2 to give the threads to another user)",
+    )
+    p.add_argument("file", help="the JSON document")
+    p.add_argument("--user", help="who owns the imported threads (default: the user in the document)")
+    p.add_argument("--replace", action="store_true", help="replace threads of the same id and user")
+    p.set_defaults(run=_import)
     return parser
 
 

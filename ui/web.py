@@ -30,6 +30,7 @@ from checkpointers import (
     ThreadNotFoundError,
     ThreadSaver,
 )
+from checkpointers.retention import delete_user
 from checkpointers.threads import message_text
 from graph import ModelError, Settings, build_graph
 from ui.identity import Identity, IdentityError, load_secret, load_users
@@ -364,13 +365,7 @@ class WebChat:
 
     def delete_everything(self, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
-        ids: list[str] = []
-        while True:
-            page = self.saver.threads.list(user_id, limit=500)
-            if not page.threads:
-                break
-            ids = [t.thread_id for t in page.threads]
-            self.saver.delete_threads(ids)
+        delete_user(self.saver, user_id)
         gr.Info("All your threads and attachments are deleted.")
         radio, more = self.sidebar(user_id, LIST_SIZE, None)
         return radio, more, gr.Row(visible=False), *self.open_view(None, user_id)

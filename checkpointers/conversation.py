@@ -1,0 +1,243 @@
+"""A thread's conversation, read and written outside a graph run.
+
+`ThreadChatHistory`, `saver.sessions` and the importers add messages to a
+thread the way the chat graph does: as a LangGraph checkpoint whose
+`messages` channel is the previous list with the update applied by
+`add_messages` (append; a message with a known id replaces it in place;
+`RemoveMessage` deletes). The checkpoint is made by LangGraph itself, with
+`update_state` on a one-node `MessagesState` graph, not assembled by hand, so
+its channel versions, `versions_seen` and metadata are what LangGraph expects
+and the agent graph, the web chat and `langgraph dev` open the thread as if
+it had been chatted into. Only `messages` changes; other channels of the
+agent's state (the trimming window) keep their values, because this saver
+finds a channel's value by its version. The saver writes the thread index
+row in the same transaction: owner, title from the first human message,
+message count, update time.
+
+Every write holds the saver's lock from the ownership check to the commit, so
+two writers in one process cannot interleave. Writers in different processes
+can: each checkpoint extends the newest one it read, and of two that extend
+the same one, the later wins (as with any LangGraph checkpointer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
+
+from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
+from checkpointers.errors import ThreadNotFoundError
+from checkpointers.threads import ANY_USER
+
+if TYPE_CHECKING:
+    from checkpointers.sqlite import ThreadSaver
+
+NODE = "history"
+"""The node the checkpoints written here name as their writer."""
+
+_graph = None
+
+
+def _conversation_graph():
+    """One compiled graph for every saver: the saver comes with each call's config."""
+    global _graph
+    if _graph is None:
+        from langgraph.graph import END, START, MessagesState, StateGraph
+
+        builder = StateGraph(MessagesState)
+        builder.add_node(NODE, lambda state: {})
+        builder.add_edge(START, NODE)
+        builder.add_edge(NODE, END)
+        _graph = builder.compile(name="threadkeeper-history")
+    return _graph
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A thread's current messages, with what is needed to date them."""
+
+    thread_key: int
+    user_id: str | None
+    created_at: str
+    """The thread's creation time (ISO), the date of messages with no recorded time."""
+    messages: list[BaseMessage]
+    numbers: list[int] | None
+    """The stored number of each message (None if the list is not stored by number)."""
+
+
+def to_micros(moment: datetime | str) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    seconds, rest = divmod(int(micros), 1_000_000)
+    return datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest)
+
+
+def iso(moment: datetime | str) -> str:
+    """A time in the thread index's format (UTC, microseconds), which sorts as text."""
+    return from_micros(to_micros(moment)).isoformat(timespec="microseconds")
+
+
+def as_message(value: Any) -> BaseMessage:
+    """A message from a message, a `messages_to_dict` dict, a role dict, a (role, text) pair or a string."""
+    if isinstance(value, BaseMessage):
+        return value
+    if isinstance(value, dict) and "type" in value and isinstance(value.get("data"), dict):
+        return messages_from_dict([value])[0]
+    try:
+        return convert_to_messages([value])[0]
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise ValueError(f"not a chat message: {str(value)[:80]!r}") from exc
+
+
+def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | None:
+    """The thread's current messages; None if it does not exist or is not the user's."""
+    with saver._read() as conn:
+        row = conn.execute(
+            "SELECT thread_key, user_id, created_at FROM threads WHERE thread_id = ?", (str(thread_id),)
+        ).fetchone()
+        if row is None or (user_id is not ANY_USER and row[1] != user_id):
+            return None
+        thread_key, owner, created_at = row
+        latest = conn.execute(
+            "SELECT type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
+            "ORDER BY checkpoint_id DESC LIMIT 1",
+            (thread_key,),
+        ).fetchone()
+        version = saver._load(*latest)["channel_versions"].get("messages") if latest else None
+        found = saver._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
+        if found is None:
+            return Conversation(thread_key, owner, created_at, [], [])
+        value_no, kind, type_, blob = found
+        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+            stored = saver._load_list(conn, thread_key, value_no)
+            return Conversation(thread_key, owner, created_at, list(stored.objs), list(stored.nos))
+        value = saver._decode_value(conn, thread_key, value_no, kind, type_, blob)
+    value = getattr(value, "value", value)
+    messages = list(value) if isinstance(value, list) else []
+    return Conversation(thread_key, owner, created_at, messages, [] if not messages else None)
+
+
+def owner_of(saver: ThreadSaver, thread_id: str) -> tuple[bool, str | None]:
+    """(whether the thread exists, its owner)."""
+    row = saver.conn.execute("SELECT user_id FROM threads WHERE thread_id = ?", (str(thread_id),)).fetchone()
+    return (row is not None, row[0] if row else None)
+
+
+def write(
+    saver: ThreadSaver, thread_id: str, updates: Sequence[BaseMessage], *, user_id: Any, create: bool = True
+) -> None:
+    """Apply `updates` to the thread's messages as one checkpoint.
+
+    Raises ThreadNotFoundError if the thread belongs to another user, or does
+    not exist and `create` is false; a new thread is owned by `user_id`.
+    """
+    thread_id = str(thread_id)
+    if not updates:
+        return
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
+    if user_id is not ANY_USER and user_id is not None:
+        configurable["user_id"] = user_id
+    from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+
+    configurable[CONFIG_KEY_CHECKPOINTER] = saver
+    with saver._lock:
+        exists, owner = owner_of(saver, thread_id)
+        if (exists and user_id is not ANY_USER and owner != user_id) or (not exists and not create):
+            raise ThreadNotFoundError(thread_id)
+        _conversation_graph().update_state({"configurable": configurable}, {"messages": list(updates)}, as_node=NODE)
+
+
+DERIVED: Any = object()
+"""`restore(title=DERIVED)`: the title the saver takes from the first human message."""
+
+
+def restore(
+    saver: ThreadSaver,
+    thread_id: str,
+    messages: Sequence[BaseMessage],
+    *,
+    user_id: str | None,
+    created_at: str,
+    updated_at: str,
+    title: str | None = DERIVED,
+    pinned: bool = False,
+    metadata_json: str = "{}",
+    message_times: Sequence[int] | None = None,
+    message_metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a thread that did not exist, as an import found it.
+
+    `message_times` (microseconds, one per message) dates the messages: whole
+    milliseconds go to `message_times`, the rest to `message_metadata`, so an
+    export read back gives the same times. `message_metadata` maps message
+    ids to their stored metadata JSON. The thread's times, title, pin and
+    metadata are set in one transaction after its messages are written.
+    Raises ValueError if the thread exists.
+    """
+    thread_id = str(thread_id)
+    with saver._lock:
+        if owner_of(saver, thread_id)[0]:
+            raise ValueError(f"thread {thread_id} already exists")
+        write(saver, thread_id, messages, user_id=user_id if user_id is not None else ANY_USER)
+        from checkpointers.sqlite import utc_now
+
+        with saver._write():
+            conn = saver.conn
+            if not messages:  # nothing written: the thread is its index row alone
+                now = utc_now()
+                conn.execute(
+                    "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (thread_id, user_id, now, now),
+                )
+            conn.execute(
+                "UPDATE threads SET user_id = ?, created_at = ?, updated_at = ?, pinned = ?, metadata = ? "
+                + ("" if title is DERIVED else ", title = ?")
+                + " WHERE thread_id = ?",
+                (user_id, created_at, updated_at, int(pinned), metadata_json)
+                + (() if title is DERIVED else (saver._seal_title(title),))
+                + (thread_id,),
+            )
+        stored = load(saver, thread_id, ANY_USER)
+        if not stored.messages:
+            return
+        with saver._write():
+            _date_messages(saver.conn, stored, message_times, message_metadata or {})
+
+
+def _date_messages(conn, stored: Conversation, times: Sequence[int] | None, metadata: dict[str, str]) -> None:
+    if times is None or not stored.numbers:  # keep the times the store recorded
+        times = []
+    else:
+        conn.execute("DELETE FROM message_times WHERE thread_key = ?", (stored.thread_key,))
+    steps: list[tuple[int, int, int]] = []
+    exact: dict[str, int] = {}
+    last = None
+    for message, number, micros in zip(stored.messages, stored.numbers or [], times):
+        if micros % 1_000 == 0:
+            if micros // 1_000 != last:
+                last = micros // 1_000
+                steps.append((stored.thread_key, number, last))
+        elif message.id is not None:
+            exact[message.id] = micros
+    conn.executemany("INSERT INTO message_times (thread_key, message_no, created_at) VALUES (?, ?, ?)", steps)
+    rows = [
+        (stored.thread_key, mid, exact.get(mid), metadata.get(mid, "{}"))
+        for mid in set(exact) | set(metadata)
+    ]
+    conn.executemany(
+        "INSERT OR REPLACE INTO message_metadata (thread_key, message_id, created_at, metadata) VALUES (?, ?, ?, ?)",
+        rows,
+    )
+

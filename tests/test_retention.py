@@ -1,0 +1,322 @@
+"""Retention sweeps and erasure: expired threads go entirely, nothing else does, and deleted text is nowhere on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from checkpointers import ThreadSaver, open_saver
+from checkpointers.retention import (
+    RetentionPolicy,
+    RetentionSettingError,
+    Sweeper,
+    SweepLoop,
+    delete_user,
+    recent_sweeps,
+)
+from ui.cli import main as cli
+
+
+def _graph(saver):
+    def model(state: MessagesState) -> dict:
+        return {"messages": [AIMessage("noted: " + state["messages"][-1].content)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder.compile(checkpointer=saver)
+
+
+def _say(saver, thread_id, text="hello", user="alice"):
+    _graph(saver).invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread_id, "user_id": user}})
+
+
+def _updated(saver, thread_id) -> datetime:
+    return datetime.fromisoformat(saver.threads.get(thread_id).updated_at)
+
+
+def _clock_at(moment: datetime):
+    return lambda: moment
+
+
+def _ids(saver) -> set[str]:
+    return {r[0] for r in saver.conn.execute("SELECT thread_id FROM threads")}
+
+
+def _rows_of(saver, table: str) -> int:
+    return saver.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _disk_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+POLICY = RetentionPolicy(days=30, batch_size=2)
+
+
+def test_threads_just_outside_the_window_go_and_just_inside_stay(saver):
+    _say(saver, "old")
+    _say(saver, "young")
+    # The window ends exactly at "young"'s last update: "old" is older, "young" is not.
+    clock = _clock_at(_updated(saver, "young") + timedelta(days=30))
+    report = Sweeper(saver, POLICY, clock=clock).sweep()
+    assert report.threads == 1 and not report.skipped
+    assert _ids(saver) == {"young"}
+    # A microsecond later "young" is outside the window too.
+    later = _clock_at(_updated(saver, "young") + timedelta(days=30, microseconds=1))
+    assert Sweeper(saver, POLICY, clock=later).sweep().threads == 1
+    assert _ids(saver) == set()
+
+
+def test_a_sweep_deletes_everything_of_a_thread_and_nothing_of_others(saver, db_path, tmp_path):
+    attached = tmp_path / "facts.csv"
+    attached.write_text("fact\nkumquats are small\n")
+    for name in ("a", "b", "c"):
+        _say(saver, name, f"thread {name} mentions kumquat")
+    saver.attachments.attach("a", attached, user_id="alice")
+    file_a = saver.attachments.path("a")
+    _say(saver, "keep", "kept kumquat")
+    clock = _clock_at(_updated(saver, "c") + timedelta(days=30, microseconds=1))
+    report = Sweeper(saver, POLICY, clock=clock).sweep()
+    assert report.threads == 3 and report.bytes > 0
+    assert _ids(saver) == {"keep"}
+    keep_key = saver.conn.execute("SELECT thread_key FROM threads WHERE thread_id = 'keep'").fetchone()[0]
+    for table in ("checkpoints", "channel_values", "writes", "attachments"):
+        assert saver.conn.execute(f"SELECT count(*) FROM {table} WHERE thread_key != ?", (keep_key,)).fetchone()[0] == 0
+    assert not file_a.exists()
+    assert [t.thread_id for t in saver.threads.search("alice", "kumquat").threads] == ["keep"]
+    saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+
+
+def test_pinned_threads_are_exempt(saver):
+    _say(saver, "pinned")
+    _say(saver, "plain")
+    saver.threads.pin("pinned")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=365))
+    assert Sweeper(saver, POLICY, clock=clock).sweep().threads == 1
+    assert _ids(saver) == {"pinned"}
+
+
+def test_a_thread_written_during_the_sweep_is_not_deleted(saver):
+    _say(saver, "busy")
+    _say(saver, "idle")
+    clock = _clock_at(_updated(saver, "idle") + timedelta(days=30, microseconds=1))
+    sweeper = Sweeper(saver, POLICY, clock=clock)
+    cutoff = sweeper.cutoff()
+    chosen = [thread_id for _, thread_id in sweeper.expired(cutoff, 10)]
+    assert chosen == ["busy", "idle"]
+    _say(saver, "busy", "a message arriving mid-sweep")  # updated_at moves past the cutoff
+    assert sweeper.expire(chosen, cutoff) == (1, 0)
+    assert _ids(saver) == {"busy"}
+    assert saver.read_messages("busy").total == 4
+
+
+def test_only_one_sweeper_works_at_a_time(db_path):
+    first, second = ThreadSaver(db_path), ThreadSaver(db_path)
+    try:
+        _say(first, "old")
+        clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+        holder = Sweeper(first, POLICY, clock=clock)
+        assert holder._acquire()
+        report = Sweeper(second, POLICY, clock=clock).sweep()
+        assert report.skipped == "another sweep of this database is running" and report.threads == 0
+        assert _ids(second) == {"old"}
+        holder._release()
+        assert Sweeper(second, POLICY, clock=clock).sweep().threads == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_sweepers_started_at_once_in_several_processes_share_the_work_once(db_path):
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        for n in range(12):
+            _say(saver, f"t{n}")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+    savers = [ThreadSaver(db_path) for _ in range(3)]
+    reports = []
+    barrier = threading.Barrier(3)
+
+    def run(saver):
+        barrier.wait()
+        reports.append(Sweeper(saver, RetentionPolicy(days=30, batch_size=1), clock=clock, pause_s=0.05).sweep())
+
+    workers = [threading.Thread(target=run, args=(s,)) for s in savers]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    try:
+        assert sum(r.threads for r in reports) == 12
+        assert sum(1 for r in reports if r.threads) == 1
+        assert sum(1 for r in reports if r.skipped) >= 1
+        assert _ids(savers[0]) == set()
+    finally:
+        for s in savers:
+            s.close()
+
+
+def test_keep_latest_compacts_history_and_leaves_a_readable_thread(saver):
+    for n in range(4):
+        _say(saver, "long", f"message {n}")
+    before = _graph(saver).get_state({"configurable": {"thread_id": "long"}}).values
+    clock = _clock_at(_updated(saver, "long") + timedelta(days=31))
+    policy = RetentionPolicy(days=30, strategy="keep_latest")
+    assert Sweeper(saver, policy, clock=clock).sweep().threads == 1
+    assert _rows_of(saver, "checkpoints") == 1
+    state = _graph(saver).get_state({"configurable": {"thread_id": "long"}})
+    assert state.values == before
+    assert [t.thread_id for t in saver.threads.search("alice", "message").threads] == ["long"]
+    assert Sweeper(saver, policy, clock=clock).sweep().threads == 0  # nothing left to compact
+    _say(saver, "long", "and the conversation goes on")
+    assert len(_graph(saver).get_state({"configurable": {"thread_id": "long"}}).values["messages"]) == 10
+
+
+def test_the_file_does_not_grow_over_ten_create_and_expire_cycles(saver, db_path):
+    sizes = []
+    for cycle in range(10):
+        for n in range(30):
+            _say(saver, f"c{cycle}-{n}", "some words to store " * 20)
+        clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+        assert Sweeper(saver, RetentionPolicy(days=30), clock=clock).sweep().threads == 30
+        sizes.append(db_path.stat().st_size)
+    assert sizes[-1] <= sizes[0] * 1.1, sizes
+
+
+def test_dry_run_counts_without_deleting_and_every_sweep_is_recorded(saver):
+    for n in range(3):
+        _say(saver, f"t{n}")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+    dry = Sweeper(saver, POLICY, clock=clock).sweep(dry_run=True)
+    assert dry.threads == 3 and dry.sample == ("t0", "t1", "t2") and len(_ids(saver)) == 3
+    real = Sweeper(saver, POLICY, clock=clock).sweep()
+    recorded = recent_sweeps(saver)
+    assert [(r["threads"], r["dry_run"]) for r in recorded] == [(3, 0), (3, 1)]
+    assert recorded[0]["bytes"] == real.bytes
+
+
+def test_zero_days_keeps_everything(saver):
+    _say(saver, "t")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=3650))
+    report = Sweeper(saver, RetentionPolicy(days=0), clock=clock).sweep()
+    assert report.skipped and _ids(saver) == {"t"}
+
+
+def test_settings_come_from_langgraph_json_and_the_environment_overrides(tmp_path, monkeypatch):
+    config = tmp_path / "langgraph.json"
+    config.write_text(json.dumps({"checkpointer": {"path": "x:y", "ttl": {
+        "strategy": "keep_latest", "default_ttl": 1440 * 7, "sweep_interval_minutes": 15, "sweep_limit": 50}}}))
+    policy = RetentionPolicy.from_env({}, config)
+    assert policy == RetentionPolicy(days=7, strategy="keep_latest", interval_minutes=15, sweep_limit=50)
+    env = {"THREADKEEPER_RETENTION_DAYS": "90", "THREADKEEPER_RETENTION_STRATEGY": "delete", "THREADKEEPER_SWEEP_BATCH": "20"}
+    assert RetentionPolicy.from_env(env, config) == RetentionPolicy(
+        days=90, strategy="delete", interval_minutes=15, sweep_limit=50, batch_size=20
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no langgraph.json here: the defaults
+    assert RetentionPolicy.from_env({}) == RetentionPolicy(
+        days=30, strategy="delete", interval_minutes=60, sweep_limit=10_000, batch_size=50
+    )
+    with pytest.raises(RetentionSettingError, match="does not exist"):
+        RetentionPolicy.from_env({"THREADKEEPER_LANGGRAPH_JSON": str(tmp_path / "absent.json")})
+    for bad, message in (
+        ({"THREADKEEPER_RETENTION_DAYS": "a month"}, "THREADKEEPER_RETENTION_DAYS must be a float"),
+        ({"THREADKEEPER_RETENTION_DAYS": "-1"}, "0 (keep forever) or more"),
+        ({"THREADKEEPER_RETENTION_STRATEGY": "archive"}, "'delete' or 'keep_latest'"),
+        ({"THREADKEEPER_SWEEP_BATCH": "0"}, "between 1 and 10000"),
+    ):
+        with pytest.raises(RetentionSettingError, match=re.escape(message)):
+            RetentionPolicy.from_env(bad, config)
+    config.write_text("{not json")
+    with pytest.raises(RetentionSettingError, match="cannot read checkpointer.ttl"):
+        RetentionPolicy.from_env({}, config)
+
+
+def test_the_projects_langgraph_json_gives_the_documented_default():
+    root = Path(__file__).resolve().parent.parent
+    assert RetentionPolicy.from_env({}, root / "langgraph.json") == RetentionPolicy(days=30, sweep_limit=10_000)
+
+
+def test_the_background_loop_sweeps_in_the_background(db_path):
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        _say(saver, "stale")
+        loop = SweepLoop(saver, RetentionPolicy(days=1e-9, interval_minutes=60)).start()
+        try:
+            deadline = time.monotonic() + 30
+            while _ids(saver) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _ids(saver) == set()
+        finally:
+            loop.stop()
+        assert recent_sweeps(saver)[0]["threads"] == 1
+
+
+def _marker_test(saver, db_path: Path, erase, remaining: set[str]) -> None:
+    marker = "zqx-erasure-marker-7731"
+    _say(saver, "secret", f"my secret is {marker}")
+    _say(saver, "other", "nothing to see")
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert marker.encode() in _disk_bytes(db_path.parent)  # the check below can fail
+    erase()
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert marker.encode() not in _disk_bytes(db_path.parent)
+    assert _ids(saver) == remaining
+
+
+def test_a_deleted_thread_leaves_no_trace_in_the_file_the_wal_or_the_data_directory(saver, db_path):
+    _marker_test(saver, db_path, lambda: saver.delete_thread("secret"), {"other"})
+
+
+def test_a_swept_thread_leaves_no_trace(saver, db_path):
+    def sweep():
+        clock = _clock_at(_updated(saver, "secret") + timedelta(days=30, microseconds=1))
+        assert Sweeper(saver, RetentionPolicy(days=30), clock=clock).sweep().threads == 1
+
+    _marker_test(saver, db_path, sweep, {"other"})
+
+
+def test_delete_user_removes_all_their_threads_and_leaves_no_trace(saver, db_path, capsys):
+    _say(saver, "bobs", "bob's words", user="bob")
+    _marker_test(saver, db_path, lambda: delete_user(saver, "alice"), {"bobs"})
+
+
+def test_delete_user_and_sweep_on_the_command_line(db_path, capsys, monkeypatch):
+    monkeypatch.chdir(db_path.parent)
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        for n in range(3):
+            _say(saver, f"a{n}", user="alice")
+        _say(saver, "b", user="bob")
+    url = f"sqlite:///{db_path}"
+    assert cli(["--db", url, "delete-user", "alice", "--yes"]) == 0
+    assert "deleted 3 threads of 'alice'" in capsys.readouterr().out
+    assert cli(["--db", url, "sweep", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 0 threads" in out and "retention: delete threads not updated for 30 days" in out
+    assert cli(["--db", url, "sweep", "--days", "0.000000001"]) == 0
+    assert "sweep deleted 1 threads" in capsys.readouterr().out
+    assert cli(["--db", url, "status"]) == 0
+    assert "last sweep" in capsys.readouterr().out
+    monkeypatch.setenv("THREADKEEPER_RETENTION_STRATEGY", "archive")
+    assert cli(["--db", url, "sweep"]) == 2
+    assert "retention strategy must be 'delete' or 'keep_latest', not 'archive'" in capsys.readouterr().err
+
+
+def test_a_sweep_stops_at_its_limit_and_the_next_one_goes_on(saver):
+    for n in range(5):
+        _say(saver, f"t{n}")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+    policy = RetentionPolicy(days=30, sweep_limit=3, batch_size=2)
+    assert Sweeper(saver, policy, clock=clock).sweep().threads == 3
+    assert _ids(saver) == {"t3", "t4"}  # the least recently updated went first
+    assert Sweeper(saver, policy, clock=clock).sweep().threads == 2
