@@ -270,7 +270,7 @@ class Sweeper:
                 self.saver.purge_search_index()
             freed_pages = max(0, used_before - self._pages_in_use())
             if threads:
-                self.saver.erase_traces(wait=self.wait_for_wal)
+                self.saver.erase_traces(wait=self.wait_for_wal, between_steps=self._rest)
             report = SweepReport(
                 started, _iso(datetime.now(timezone.utc)), self.policy.strategy, cutoff, threads,
                 freed_pages * self._page_size() + attached, dry_run,

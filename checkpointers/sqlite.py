@@ -1551,7 +1551,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- storage maintenance -------------------------------------------------
 
-    def erase_traces(self, *, wait: bool = True) -> None:
+    def erase_traces(self, *, wait: bool = True, between_steps: Callable[[float], None] | None = None) -> None:
         """After deletions: leave deleted text in no file, and shrink the file.
 
         Deleted rows are already overwritten (`secure_delete`) and the search
@@ -1560,14 +1560,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         pages to the OS. With `wait=False` (the background sweeper) the
         checkpoint does not wait for readers; the WAL is then emptied at the
         next automatic checkpoint, which truncates it (`journal_size_limit`).
+        Free pages go back in steps of 200; `between_steps(seconds the step
+        took)` runs after each (a sweeper rests there).
         """
         mode = "TRUNCATE" if wait else "PASSIVE"
         with self._lock:
             busy, _, _ = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
                 logger.info("the WAL of %s is in use; a later checkpoint will empty it", self.path)
-        while self.compact(max_pages=1000):
-            pass
+        while True:
+            started = time.perf_counter()
+            if not self.compact(max_pages=200):
+                break
+            if between_steps is not None:
+                between_steps(time.perf_counter() - started)
 
     def compact(self, max_pages: int | None = None) -> int:
         """Return freed pages to the OS (incremental vacuum); returns the number freed.

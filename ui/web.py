@@ -181,7 +181,10 @@ class WebChat:
     def sidebar(self, user_id: str, limit: int, selected: str | None, query: str = "") -> tuple[Any, Any]:
         choices, more = self.thread_choices(user_id, limit, query)
         value = selected if selected in {v for _, v in choices} else None
-        return gr.Radio(choices=choices, value=value), gr.Button(visible=more)
+        query = " ".join((query or "").split())[:MAX_QUERY_CHARS]
+        empty = None if choices else (f"No threads match “{query}”" if query else "No threads yet")
+        radio = gr.Radio(choices=choices, value=value, label=empty or "Threads", show_label=empty is not None)
+        return radio, gr.Button(visible=more)
 
     def header(self, thread_id: str | None, user_id: str) -> tuple[str, str, Any]:
         if not thread_id:
