@@ -160,9 +160,10 @@ class SweepReport:
         if self.skipped:
             return f"sweep skipped: {self.skipped}"
         verb = {"delete": "deleted", "keep_latest": "compacted"}[self.strategy]
+        cutoff = self.cutoff[:19].replace("T", " ")
         if self.dry_run:
-            return f"dry run: {self.threads:,} threads last updated before {self.cutoff[:19]} would be {verb}"
-        return f"sweep {verb} {self.threads:,} threads last updated before {self.cutoff[:19]}, freeing about {self.bytes:,} bytes"
+            return f"dry run: {self.threads:,} threads last updated before {cutoff} UTC would be {verb}"
+        return f"sweep {verb} {self.threads:,} threads last updated before {cutoff} UTC, freeing about {self.bytes:,} bytes"
 
 
 def _iso(moment: datetime) -> str:
