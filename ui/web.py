@@ -183,7 +183,10 @@ class WebChat:
         value = selected if selected in {v for _, v in choices} else None
         query = " ".join((query or "").split())[:MAX_QUERY_CHARS]
         empty = None if choices else (f"No threads match “{query}”" if query else "No threads yet")
-        radio = gr.Radio(choices=choices, value=value, label=empty or "Threads", show_label=empty is not None)
+        # The list has no frame; when it is empty its label, in a frame, says why.
+        radio = gr.Radio(
+            choices=choices, value=value, label=empty or "Threads", show_label=empty is not None, container=empty is not None
+        )
         return radio, gr.Button(visible=more)
 
     def header(self, thread_id: str | None, user_id: str) -> tuple[str, str, Any]:
