@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio_ours, ratio_stock = around(ours, last) / around(ours, 10), around(stock, last) / around(stock, 10)
     report.check(f"whole turn {last} / turn 10, threadkeeper saver", ratio_ours, "reference", True)
     report.check(f"whole turn {last} / turn 10, stock SqliteSaver", ratio_stock, "reference", True)
-    missed = [r for r in report.rows if r[3] != "ok"]
-    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} agent checks met their targets")
+    report.finish(what="agent checks")
     return 0
 
 

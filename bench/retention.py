@@ -16,11 +16,9 @@ the same turns when no sweep runs, in the same process and run.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +27,7 @@ from pathlib import Path
 
 from langchain_core.messages import HumanMessage
 
-from bench.storage import PER_USER, Report, chat_graph, sentence
+from bench.storage import PER_USER, Report, chat_graph, print_machine, sentence
 from checkpointers import ThreadSaver
 from checkpointers.retention import RetentionPolicy, Sweeper
 
@@ -52,7 +50,7 @@ def clone_threads(saver: ThreadSaver, count: int, expired: int) -> int:
     old = now - timedelta(days=40)
     conn = saver.conn
     (template_key,) = conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (TEMPLATE,)).fetchone()
-    words = saver._search_rows(template_key, saver._stored_message_rows(template_key))
+    words = saver._thread_search_rows(template_key)
     shift = 32
     with saver._write():
         conn.execute("CREATE TEMP TABLE clones (thread_id TEXT, user_id TEXT, updated_at TEXT)")
@@ -170,11 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=RetentionPolicy().batch_size, help="threads per sweep transaction")
     args = parser.parse_args(argv)
     report = Report()
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="tk-bench-retention-") as tmp:
         bench_sweep(report, Path(tmp), args.threads, RetentionPolicy(days=30, batch_size=args.batch))
-    missed = [r for r in report.rows if r[3] != "ok"]
-    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} checks met their targets")
+    report.finish()
     return 0
 
 

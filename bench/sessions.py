@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sqlite3
-import sys
 import tempfile
 import time
 import uuid
@@ -33,7 +31,7 @@ from pathlib import Path
 
 from langchain_core.messages import AIMessage, HumanMessage, messages_to_dict
 
-from bench.storage import Report, sentence, timed
+from bench.storage import Report, print_machine, sentence, timed
 from checkpointers import ThreadSaver, open_saver
 from checkpointers import metadata as md
 from checkpointers.conversation import iso
@@ -144,15 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     report = Report()
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
         bench_listing(report, Path(tmp), args.sessions)
         bench_import(report, Path(tmp), args.files)
-    missed = [r for r in report.rows if r[3] != "ok"]
-    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} checks met their targets")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.figures, indent=2))
+    report.finish(args.json)
     return 0
 
 

@@ -91,6 +91,10 @@ def timed(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def print_machine() -> None:
+    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+
+
 class Report:
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str, str]] = []
@@ -99,6 +103,14 @@ class Report:
     def figure(self, key: str, value: float) -> float:
         self.figures[key] = value
         return value
+
+    def finish(self, json_path: Path | None = None, what: str = "checks") -> None:
+        """Print how many checks met their targets; write the figures to `json_path` if given."""
+        met = sum(1 for r in self.rows if r[3] == "ok")
+        print(f"\n{met} of {len(self.rows)} {what} met their targets")
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(self.figures, indent=2))
 
     def check(self, what: str, value: float, target: str, ok: bool, unit: str = "") -> None:
         self.rows.append((what, f"{value:,.3f}{unit}" if isinstance(value, float) else str(value), target, "ok" if ok else "MISSED"))
@@ -280,15 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     report = Report()
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
         bench_turns(report, Path(tmp), args.turns)
         bench_threads(report, Path(tmp), args.threads // 10, args.threads)
-    missed = [r for r in report.rows if r[3] != "ok"]
-    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} checks met their targets")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.figures, indent=2))
+    report.finish(args.json)
     return 0
 
 

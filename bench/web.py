@@ -15,17 +15,14 @@ threads, and a word in few of them (every one of the user's threads is probed).
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from langchain_core.messages import HumanMessage
 
-from bench.storage import PER_USER, Report, chat_graph, sentence, timed
+from bench.storage import PER_USER, Report, chat_graph, print_machine, sentence, timed
 from checkpointers import ThreadSaver
 from graph import Settings
 from ui.identity import Identity
@@ -125,12 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=10_000, help="threads in the file (default 10000)")
     args = parser.parse_args(argv)
     report = Report()
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
+    print_machine()
     with tempfile.TemporaryDirectory(prefix="tk-bench-web-") as tmp:
         bench_open(report, Path(tmp), args.turns)
         bench_search(report, Path(tmp), args.threads)
-    missed = [r for r in report.rows if r[3] != "ok"]
-    print(f"\n{len(report.rows) - len(missed)} of {len(report.rows)} checks met their targets")
+    report.finish()
     return 0
 
 

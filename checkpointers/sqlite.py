@@ -446,7 +446,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 return  # another process did it meanwhile
             keys = [k for (k,) in self.conn.execute("SELECT thread_key FROM threads").fetchall()]
             for thread_key in keys:
-                search.add(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
+                search.add(self.conn, self._thread_search_rows(thread_key))
             self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
 
     def close(self) -> None:
@@ -742,6 +742,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ).fetchall():
             rows += self._segment_rows(codec.unpack_numbers(nos_blob), value)
         return rows
+
+    def _thread_search_rows(self, thread_key: int) -> list[tuple[int, str]]:
+        """The search index rows of every stored message of a thread."""
+        return self._search_rows(thread_key, self._stored_message_rows(thread_key))
 
     def _search_rows(self, thread_key: int, rows: Sequence[tuple[int, str, bytes]]) -> list[tuple[int, str]]:
         """The search index rows of stored messages, exactly as `_store_message` added them."""
@@ -1237,7 +1241,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             keys_json = json.dumps(keys)
             files = self.attachments.files_of(keys)
             for thread_key in keys:
-                search.remove(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
+                search.remove(self.conn, self._thread_search_rows(thread_key))
             for table in _THREAD_TABLES + ("threads",):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
@@ -1300,7 +1304,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
                     (dst, src),
                 )
-            search.add(self.conn, self._search_rows(dst, self._stored_message_rows(dst)))
+            search.add(self.conn, self._thread_search_rows(dst))
             copied = self.attachments.copy_row(src, dst, target)
             if copied:
                 txn_failed.append(lambda: self.attachments._unlink([copied]))
@@ -1360,7 +1364,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 thread_key = row[0]
                 touched.append(thread_key)
                 if strategy == "delete":
-                    search.remove(self.conn, self._search_rows(thread_key, self._stored_message_rows(thread_key)))
+                    search.remove(self.conn, self._thread_search_rows(thread_key))
                     for table in _THREAD_TABLES:
                         if table != "attachments":  # the thread stays, and so does its database
                             self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))

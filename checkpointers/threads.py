@@ -108,6 +108,16 @@ def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
     return " AND " + " AND ".join(sql), params
 
 
+def _user_rows(user_id: str | None, cursor: str | None) -> tuple[str, list[Any]]:
+    """The start of every listing: the user's rows, after the cursor if there is one."""
+    sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
+    params: list[Any] = [user_id]
+    if cursor is not None:
+        sql += " AND (updated_at, thread_id) < (?, ?)"
+        params.extend(_decode_cursor(cursor))
+    return sql, params
+
+
 def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None) -> tuple[str, list[Any]]:
     """The query behind `ThreadIndex.search`.
 
@@ -118,11 +128,7 @@ def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None)
     text = " ".join(str(query).split())
     like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     match = search.match_expression(text)
-    sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
-    params: list[Any] = [user_id]
-    if cursor is not None:
-        sql += " AND (updated_at, thread_id) < (?, ?)"
-        params.extend(_decode_cursor(cursor))
+    sql, params = _user_rows(user_id, cursor)
     sql += " AND (title LIKE ? ESCAPE '\\'"
     params.append(like)
     if match is not None:
@@ -166,11 +172,7 @@ class ThreadIndex:
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
-        sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
-        params: list[Any] = [user_id]
-        if cursor is not None:
-            sql += " AND (updated_at, thread_id) < (?, ?)"
-            params.extend(_decode_cursor(cursor))
+        sql, params = _user_rows(user_id, cursor)
         if pinned is not None:
             sql += " AND pinned = ?"
             params.append(int(pinned))

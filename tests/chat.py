@@ -1,4 +1,4 @@
-"""A chat graph whose model is a deterministic stand-in, for storage tests."""
+"""Chat graphs whose model is a deterministic stand-in, for storage tests."""
 
 from __future__ import annotations
 
@@ -48,3 +48,16 @@ def chat_graph(checkpointer: Any, *, seed: int = 0, delta: bool = False):
 
 def human(n: int, rng: random.Random | None = None) -> HumanMessage:
     return HumanMessage(sentence(rng or random.Random(n), 100), id=f"human-{n}")
+
+
+def echo_graph(checkpointer: Any, prefix: str = "you said: "):
+    """A one-node graph whose reply is `prefix` and the last message's text."""
+
+    def model(state: MessagesState) -> dict:
+        return {"messages": [AIMessage(prefix + state["messages"][-1].content)]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder.compile(checkpointer=checkpointer)

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.graph import END, START, MessagesState, StateGraph
 
 from checkpointers import EncryptionKeyError, ThreadSaver, open_async_saver
 from checkpointers import key_rotation
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
-from tests.chat import chat_graph, human
+from tests.chat import chat_graph, echo_graph, human
 from tests.scripted import ScriptedChatModel
 from ui.cli import main
 
@@ -34,19 +33,6 @@ OFFLINE = Settings()
 
 def config(thread_id: str, user_id: str = "alice") -> dict:
     return {"configurable": {"thread_id": thread_id, "user_id": user_id}}
-
-
-def _echo_graph(saver):
-    """The reply repeats the human message after 'you said:'."""
-
-    def model(state: MessagesState) -> dict:
-        return {"messages": [AIMessage("you said: " + state["messages"][-1].content)]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("model", model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    return builder.compile(checkpointer=saver)
 
 
 def notes_db(path: Path) -> Path:
@@ -134,8 +120,8 @@ def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachmen
         long_chat = chat_graph(saver)
         for n in range(1, 41):  # 80 messages: sealed into encrypted segments
             long_chat.invoke({"messages": [human(n)]}, config("long"))
-        _echo_graph(saver).invoke({"messages": [HumanMessage("Weekend in Zürich")]}, config("trip"))
-        _echo_graph(saver).invoke({"messages": [HumanMessage("bob's secret")]}, config("bobs", "bob"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("Weekend in Zürich")]}, config("trip"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("bob's secret")]}, config("bobs", "bob"))
         saver.threads.rename("trip", "Budget review")
         long_state = long_chat.get_state(config("long")).values["messages"]
 
@@ -165,7 +151,7 @@ def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachmen
 def test_search_pages_through_an_encrypted_store_with_a_cursor(tmp_path: Path):
     with open_store(tmp_path / "threadkeeper.db", KEY) as saver:
         for i in range(7):
-            _echo_graph(saver).invoke({"messages": [HumanMessage(f"common word {i}")]}, config(f"t{i}"))
+            echo_graph(saver).invoke({"messages": [HumanMessage(f"common word {i}")]}, config(f"t{i}"))
         page = saver.threads.search("alice", "common", limit=3)
         seen = [t.thread_id for t in page.threads]
         while page.next_cursor:
@@ -177,8 +163,8 @@ def test_search_pages_through_an_encrypted_store_with_a_cursor(tmp_path: Path):
 def test_copy_delete_and_prune_keep_the_hashed_index_exact(tmp_path: Path):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as saver:
-        _echo_graph(saver).invoke({"messages": [HumanMessage("Fruit")]}, config("src"))
-        _echo_graph(saver).invoke({"messages": [HumanMessage("a unique kumquat")]}, config("src"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("Fruit")]}, config("src"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("a unique kumquat")]}, config("src"))
         saver.copy_thread("src", "dst")
         saver.delete_thread("src")
         assert searched(saver, "kumquat") == ["dst"]
@@ -194,7 +180,7 @@ def test_copy_delete_and_prune_keep_the_hashed_index_exact(tmp_path: Path):
 def test_a_missing_or_wrong_key_is_refused_with_one_sentence_and_the_files_are_unchanged(tmp_path: Path):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as saver:
-        _echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     before = file_hashes(tmp_path)
     with pytest.raises(EncryptionKeyError) as missing:
         ThreadSaver(db, encryption_key=None)
@@ -208,7 +194,7 @@ def test_a_missing_or_wrong_key_is_refused_with_one_sentence_and_the_files_are_u
 def test_a_key_on_a_store_with_unencrypted_conversations_is_refused_and_says_how_to_encrypt(tmp_path: Path):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, None) as saver:
-        _echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     before = file_hashes(tmp_path)
     with pytest.raises(EncryptionKeyError, match="holds conversations that are not encrypted: to encrypt them, run `threadkeeper rotate-key`"):
         ThreadSaver(db, encryption_key=KEY)
@@ -219,7 +205,7 @@ def test_the_key_comes_from_the_environment_and_a_short_one_is_refused(tmp_path:
     db = tmp_path / "threadkeeper.db"
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", KEY)
     with closing(ThreadSaver(db)) as saver:  # an empty store: encrypted from now on
-        _echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY")
     with pytest.raises(EncryptionKeyError, match="is encrypted"):
         ThreadSaver(db)
@@ -230,7 +216,7 @@ def test_the_key_comes_from_the_environment_and_a_short_one_is_refused(tmp_path:
 def test_the_cli_prints_the_refusal_as_one_line(tmp_path: Path, monkeypatch, capsys):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as saver:
-        _echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", NEW_KEY)
     assert main(["--db", f"sqlite:///{db}", "threads", "--user", "alice"]) == 2
     assert capsys.readouterr().err == f"threadkeeper: THREADKEEPER_ENCRYPTION_KEY is not the key {db} was encrypted with\n"
@@ -364,12 +350,12 @@ def test_a_hard_kill_of_a_rotation_in_another_process_loses_nothing(tmp_path: Pa
 def test_a_process_that_opened_the_store_before_a_rotation_cannot_write_after_it(tmp_path: Path):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as early:
-        _echo_graph(early).invoke({"messages": [HumanMessage("first")]}, config("t1"))
+        echo_graph(early).invoke({"messages": [HumanMessage("first")]}, config("t1"))
         rotate_key(db, KEY, NEW_KEY)
         with pytest.raises(EncryptionKeyError, match="was changed .* after this process opened it: restart it"):
             early.threads.rename("t1", "a write that reads nothing first")
         with pytest.raises(EncryptionKeyError, match="another key .* rotate-key` ran since it started, restart it"):
-            _echo_graph(early).invoke({"messages": [HumanMessage("second")]}, config("t1"))
+            echo_graph(early).invoke({"messages": [HumanMessage("second")]}, config("t1"))
     with open_store(db, NEW_KEY) as saver:
         assert [m.content for m in saver.read_messages("t1").messages] == ["first", "you said: first"]
 
@@ -377,7 +363,7 @@ def test_a_process_that_opened_the_store_before_a_rotation_cannot_write_after_it
 def test_rotate_key_on_the_command_line_takes_keys_from_the_environment(tmp_path: Path, monkeypatch, capsys):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, None) as saver:
-        _echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
+        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     url = f"sqlite:///{db}"
     monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY", raising=False)
     monkeypatch.delenv("THREADKEEPER_NEW_ENCRYPTION_KEY", raising=False)

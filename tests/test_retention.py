@@ -11,8 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langchain_core.messages import HumanMessage
 
 from checkpointers import ThreadSaver, open_saver
 from checkpointers.retention import (
@@ -23,22 +22,12 @@ from checkpointers.retention import (
     delete_user,
     recent_sweeps,
 )
+from tests.chat import echo_graph
 from ui.cli import main as cli
 
 
-def _graph(saver):
-    def model(state: MessagesState) -> dict:
-        return {"messages": [AIMessage("noted: " + state["messages"][-1].content)]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("model", model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    return builder.compile(checkpointer=saver)
-
-
 def _say(saver, thread_id, text="hello", user="alice"):
-    _graph(saver).invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread_id, "user_id": user}})
+    echo_graph(saver, "noted: ").invoke({"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread_id, "user_id": user}})
 
 
 def _updated(saver, thread_id) -> datetime:
@@ -169,17 +158,17 @@ def test_sweepers_started_at_once_in_several_processes_share_the_work_once(db_pa
 def test_keep_latest_compacts_history_and_leaves_a_readable_thread(saver):
     for n in range(4):
         _say(saver, "long", f"message {n}")
-    before = _graph(saver).get_state({"configurable": {"thread_id": "long"}}).values
+    before = echo_graph(saver, "noted: ").get_state({"configurable": {"thread_id": "long"}}).values
     clock = _clock_at(_updated(saver, "long") + timedelta(days=31))
     policy = RetentionPolicy(days=30, strategy="keep_latest")
     assert Sweeper(saver, policy, clock=clock).sweep().threads == 1
     assert _rows_of(saver, "checkpoints") == 1
-    state = _graph(saver).get_state({"configurable": {"thread_id": "long"}})
+    state = echo_graph(saver, "noted: ").get_state({"configurable": {"thread_id": "long"}})
     assert state.values == before
     assert [t.thread_id for t in saver.threads.search("alice", "message").threads] == ["long"]
     assert Sweeper(saver, policy, clock=clock).sweep().threads == 0  # nothing left to compact
     _say(saver, "long", "and the conversation goes on")
-    assert len(_graph(saver).get_state({"configurable": {"thread_id": "long"}}).values["messages"]) == 10
+    assert len(echo_graph(saver, "noted: ").get_state({"configurable": {"thread_id": "long"}}).values["messages"]) == 10
 
 
 def test_the_file_does_not_grow_over_ten_create_and_expire_cycles(saver, db_path):

@@ -5,27 +5,14 @@ from __future__ import annotations
 import sqlite3
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
 
 from checkpointers import ThreadSaver
 from checkpointers.schema import MIGRATIONS
-
-
-def _echo_graph(saver):
-    """The reply repeats the human message after 'you said:'."""
-
-    def model(state: MessagesState) -> dict:
-        return {"messages": [AIMessage("you said: " + state["messages"][-1].content)]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("model", model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    return builder.compile(checkpointer=saver)
+from tests.chat import echo_graph
 
 
 def _say(saver, thread_id: str, user_id: str | None, text: str) -> None:
-    _echo_graph(saver).invoke(
+    echo_graph(saver).invoke(
         {"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": thread_id, "user_id": user_id}}
     )
 
@@ -90,7 +77,7 @@ def test_fts_syntax_in_a_query_is_just_text(saver):
 
 
 def test_tool_output_and_system_prompts_are_not_indexed(saver):
-    graph = _echo_graph(saver)
+    graph = echo_graph(saver)
     config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
     graph.update_state(config, {"messages": [
         HumanMessage("look it up"),
