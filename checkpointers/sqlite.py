@@ -34,6 +34,7 @@ search words). See `checkpointers.encryption`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -145,6 +147,12 @@ MESSAGES_CHANNEL = "messages"
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+DEFERRED_WRITES_FLUSH_AFTER = 0.01
+"""Seconds a deferred `put_writes` may wait for a checkpoint to carry it (see `ThreadSaver.put_writes`)."""
+
+NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"
+"""The task id LangGraph gives writes that belong to no task (updates, resumes)."""
+
 FROM_ENVIRONMENT: Any = object()
 """Default of `ThreadSaver(encryption_key=...)`: read `$THREADKEEPER_ENCRYPTION_KEY`."""
 
@@ -238,6 +246,47 @@ class _ListCache:
             del self._latest[key]
 
 
+@dataclass(frozen=True, slots=True)
+class _PreMessage:
+    """A message as it will be stored: serialised, with its content digest and search words."""
+
+    type_: str
+    blob: bytes
+    digest: bytes
+    words: str | None
+
+
+@dataclass(slots=True)
+class _PreValue:
+    """A channel value or write, serialised ahead of its transaction (see `_pre_encode`)."""
+
+    kind: int
+    messages: list[_PreMessage] | None = None
+    parts: dict[str, _PreValue] | None = None
+    rest: dict[str, Any] | None = None
+    order: list[str] | None = None
+    type_: str | None = None
+    blob: bytes | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _DeferredWrites:
+    """One `put_writes` call waiting for the transaction that carries it."""
+
+    thread_id: str
+    user_id: str | None
+    ns: str
+    checkpoint_id: str
+    task_id: str
+    task_path: str
+    replace: bool
+    """Special writes (errors, interrupts) replace earlier ones; others never do."""
+    values: list[tuple[int, str, _PreValue]]
+    """(idx, channel, value) of each write."""
+    due: float
+    """`time.monotonic()` by which the flusher writes it if nothing else has."""
+
+
 @dataclass
 class _ThreadState:
     """What a write needs to know about a thread's row, kept between writes.
@@ -260,20 +309,70 @@ class _StaleThreadState(Exception):
     """The thread's row changed since it was cached; the write is retried."""
 
 
+class _NeedsTransaction(Exception):
+    """A one-statement write (see `_ThreadTxn`) met work that must read inside its transaction."""
+
+
+# What each row of the `temp.write_rows` view holds (see `WRITE_ROWS_SQL`).
+ROW_KEY_CHECK, ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD = range(8)
+_ROW_WIDTH = 12
+
+WRITE_ROWS_SQL = """
+CREATE TEMP VIEW IF NOT EXISTS write_rows (kind, a, b, c, d, e, f, g, h, i, j, k) AS
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_insert INSTEAD OF INSERT ON write_rows BEGIN
+    SELECT RAISE(ABORT, 'threadkeeper: the store key changed') WHERE NEW.kind = 0 AND (
+        (SELECT value FROM main.store_meta WHERE key = 'encryption') IS NOT NEW.a
+        OR EXISTS (SELECT 1 FROM main.store_meta WHERE key = 'encryption_rotation'));
+    SELECT RAISE(ABORT, 'threadkeeper: stale thread row') WHERE NEW.kind = 7 AND NOT EXISTS (
+        SELECT 1 FROM main.threads WHERE thread_key = NEW.a AND thread_id = NEW.b AND next_value_no = NEW.c
+        AND next_message_no = NEW.d AND gc_epoch = NEW.e);
+    UPDATE threads SET next_value_no = NEW.f, next_message_no = NEW.g, updated_at = coalesce(NEW.h, updated_at),
+        message_count = coalesce(NEW.i, message_count), title = coalesce(title, NEW.j), user_id = coalesce(user_id, NEW.k)
+        WHERE NEW.kind = 7 AND thread_key = NEW.a;
+    INSERT INTO messages (thread_key, message_no, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d WHERE NEW.kind = 3;
+    INSERT INTO message_search (rowid, body) SELECT NEW.a, NEW.b WHERE NEW.kind = 4;
+    INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
+        base_no, keep, depth) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j, NEW.k
+        WHERE NEW.kind = 1;
+    INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id,
+        type, checkpoint, metadata) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h WHERE NEW.kind = 2;
+    INSERT OR IGNORE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
+        kind, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j WHERE NEW.kind = 5;
+    INSERT OR REPLACE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
+        kind, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j WHERE NEW.kind = 6;
+END;
+"""
+"""One INSERT of rows into this view writes a whole thread write (the trigger
+sends each row to its table). Outside `BEGIN` that one statement is its own
+transaction: one call into SQLite, so a save running on a LangGraph worker
+gives up Python's GIL once rather than once per statement, and each such
+hand-over costs the graph's own thread tens of microseconds. The key and
+thread-row checks abort the statement, and with it everything it wrote."""
+
+
 @dataclass
 class _ThreadTxn:
-    """One thread inside a write transaction: number allocation and deferred work."""
+    """One thread's write: number allocation, and the rows to write.
+
+    Rows gather in `rows` and go to the database in one statement
+    (`write_rows`). With `in_transaction` the caller holds `BEGIN IMMEDIATE`
+    and work that must read what was written (sealing a segment) may run;
+    without it the rows are written by one autocommit statement and such work
+    raises `_NeedsTransaction`.
+    """
 
     conn: sqlite3.Connection
     thread_id: str
     read: _ThreadState
     after_commit: list
+    in_transaction: bool = True
     next_value_no: int = 0
     next_message_no: int = 0
     sealed_upto: int | None = None
+    stored_messages: int = 0
     new_digests: dict[bytes, int] = field(default_factory=dict)
-    new_message_rows: list[tuple] = field(default_factory=list)
-    new_search_rows: list[tuple[int, str]] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_value_no = self.read.next_value_no
@@ -296,40 +395,43 @@ class _ThreadTxn:
         self.next_message_no += 1
         return self.next_message_no - 1
 
-    def flush_messages(self) -> None:
-        if self.new_message_rows:
-            self.conn.execute(
-                "INSERT INTO messages (thread_key, message_no, type, value) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(self.new_message_rows)),
-                [v for row in self.new_message_rows for v in row],
-            )
-            self.new_message_rows.clear()
-        if self.new_search_rows:
-            search.add(self.conn, self.new_search_rows)
-            self.new_search_rows.clear()
+    def add_row(self, *row: Any) -> None:
+        self.rows.append(row + (None,) * (_ROW_WIDTH - len(row)))
 
-    def close(self, assignments: str = "", params: Sequence[Any] = ()) -> _ThreadState:
-        """Write the counters (and `assignments`) if the row is as it was read."""
-        self.flush_messages()
-        cur = self.conn.execute(
-            f"UPDATE threads SET next_value_no = ?, next_message_no = ?{assignments} WHERE thread_key = ? "
-            "AND thread_id = ? AND next_value_no = ? AND next_message_no = ? AND gc_epoch = ?",
-            (
-                self.next_value_no,
-                self.next_message_no,
-                *params,
-                self.read.thread_key,
-                self.thread_id,
-                self.read.next_value_no,
-                self.read.next_message_no,
-                self.read.gc_epoch,
-            ),
-        )
-        if cur.rowcount != 1:
-            raise _StaleThreadState(self.thread_id)
+    def write_rows(self) -> None:
+        """Write the gathered rows in one statement."""
+        if self.rows:
+            rows, self.rows = self.rows, []
+            self.conn.execute(
+                "INSERT INTO temp.write_rows VALUES " + ", ".join([_ROW_PLACEHOLDERS] * len(rows)),
+                [v for row in rows for v in row],
+            )
+
+    def close(
+        self, updated_at: str | None = None, message_count: int | None = None, title: str | None = None,
+        user_id: str | None = None,
+    ) -> _ThreadState:
+        """Write the counters (and what is given) if the thread row is still as it was read.
+
+        The check runs first, so a stale row stops the statement before any other row."""
+        read = self.read
+        self.rows.insert(0, (
+            ROW_THREAD, read.thread_key, self.thread_id, read.next_value_no, read.next_message_no, read.gc_epoch,
+            self.next_value_no, self.next_message_no, updated_at, message_count, title, user_id,
+        ))
+        if self.in_transaction:
+            try:
+                self.write_rows()
+            except sqlite3.IntegrityError as exc:
+                if "stale thread row" in str(exc):
+                    raise _StaleThreadState(self.thread_id) from None
+                raise
         return _ThreadState(
             self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.read.title, self.sealed_upto
         )
+
+
+_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * _ROW_WIDTH) + ")"
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
@@ -397,10 +499,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         busy_timeout_ms: int = 30_000,
         cache_messages: int = 200_000,
         encryption_key: str | None | object = FROM_ENVIRONMENT,
+        defer_writes: bool = True,
     ) -> None:
         """`encryption_key`: by default `$THREADKEEPER_ENCRYPTION_KEY` (unset or empty: no key);
         None opens the store without a key. Raises `EncryptionKeyError` when the
-        key does not fit the store (see `checkpointers.encryption.unlock`)."""
+        key does not fit the store (see `checkpointers.encryption.unlock`).
+
+        `defer_writes`: let a task's writes ride in the transaction of the
+        checkpoint that follows them (see `put_writes`); False writes each at once."""
         super().__init__(serde=serde)
         if encryption_key is FROM_ENVIRONMENT:
             encryption_key = os.environ.get(encryption.KEY_VARIABLE) or None
@@ -413,6 +519,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._lists = _ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
+        self._defer_writes = defer_writes
+        self._deferred: list[_DeferredWrites] = []
+        self._deferred_cond = threading.Condition(threading.Lock())
+        self._latest_put: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._flusher: threading.Thread | None = None
+        self._closing = False
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
         self.sessions = SessionStore(self)
@@ -434,6 +546,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
                 raise
             self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
+            self.conn.executescript(WRITE_ROWS_SQL)
             self._index_old_messages()
 
     def _index_old_messages(self) -> None:
@@ -450,8 +563,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
 
     def close(self) -> None:
+        """Write any deferred writes, stop the flusher and close the connection."""
+        with self._deferred_cond:
+            self._closing = True
+            self._deferred_cond.notify_all()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
         with self._lock:
-            self.conn.close()
+            try:
+                self.flush()
+            finally:
+                self.conn.close()
+                _OPEN_SAVERS.discard(self)
 
     @classmethod
     @contextmanager
@@ -471,6 +594,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every statement inside sees one snapshot."""
         with self._lock:
+            if self._deferred:
+                self.flush()
             self.conn.execute("BEGIN")
             try:
                 yield self.conn
@@ -478,13 +603,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 self.conn.execute("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[list]:
-        """A write transaction; yields a list of callbacks to run after COMMIT."""
+    def _write(self, carried_by: str | None = None) -> Iterator[list]:
+        """A write transaction; yields a list of callbacks to run after COMMIT.
+
+        Deferred writes go first, in the same transaction, so whatever the body
+        reads or deletes sees them; those of thread `carried_by` are left to the
+        caller (`_write_thread`), which writes them with its own thread state.
+        """
         with self._lock:
             after_commit: list = []
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self._check_key_unchanged()
+                if self._deferred:
+                    self._write_deferred(after_commit, skip_thread=carried_by)
                 yield after_commit
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -515,15 +647,24 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _write_thread(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
         """Run `body` in a write transaction on one thread, starting over once if
-        the thread's row changed since this saver last wrote it."""
+        the thread's row changed since this saver last wrote it.
+
+        A thread this saver wrote before is written by one statement (see
+        `WRITE_ROWS_SQL`) when nothing needs a transaction around it; otherwise,
+        and after any refusal of that statement, under `BEGIN IMMEDIATE`.
+        """
+        with self._lock:
+            if self._write_thread_at_once(thread_id, body):
+                return
         for attempt in (1, 2):
             cached = None
             try:
-                with self._write() as after_commit:
+                with self._write(carried_by=thread_id) as after_commit:
                     cached = None if attempt == 2 else self._thread_states.get(thread_id)
                     state = cached or self._read_thread_state(thread_id, user_id)
                     txn = _ThreadTxn(self.conn, thread_id, state, after_commit)
                     try:
+                        self._carry_deferred(txn)
                         new_state = body(txn)
                     except sqlite3.IntegrityError:
                         if cached is None:
@@ -539,6 +680,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if attempt == 2:
                     raise RuntimeError(f"thread {thread_id!r} changed during a write that held the lock") from None
 
+    def _write_thread_at_once(self, thread_id: str, body: Callable[[_ThreadTxn], _ThreadState]) -> bool:
+        """The one-statement write of `_write_thread`; False if it was not possible (nothing written)."""
+        cached = self._thread_states.get(thread_id)
+        if cached is None or self.conn.in_transaction or any(e.thread_id != thread_id for e in self._deferred):
+            return False
+        txn = _ThreadTxn(self.conn, thread_id, cached, [], in_transaction=False)
+        try:
+            self._carry_deferred(txn)
+            new_state = body(txn)
+            txn.rows.insert(0, (ROW_KEY_CHECK, self._key_record) + (None,) * (_ROW_WIDTH - 2))
+            txn.write_rows()
+        except _NeedsTransaction:
+            return False
+        except sqlite3.IntegrityError:
+            # A changed key or thread row, or numbers that collided with another
+            # writer's: the statement wrote nothing; the transaction path sorts it out.
+            stale = self._thread_states.pop(thread_id, None)
+            if stale is not None:
+                self._forget([stale.thread_key])
+            return False
+        for callback in txn.after_commit:
+            callback()
+        _remember(self._thread_states, thread_id, new_state, 10_000)
+        return True
+
     def _read_thread_state(self, thread_id: str, user_id: str | None) -> _ThreadState:
         row = self.conn.execute(
             "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title FROM threads WHERE thread_id = ?",
@@ -553,6 +719,98 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             row = (cur.lastrowid, 1, 1, 0, None)
         return _ThreadState(*row)
 
+
+    # -- deferred writes ---------------------------------------------------
+
+    def _may_defer(self, thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str, channels: list[str]) -> bool:
+        """Whether a `put_writes` call can wait for the next checkpoint of its thread.
+
+        Only a running graph's ordinary task writes (they carry a task path) on
+        the newest checkpoint this saver was asked to put for the thread (its put
+        may still be running on another worker: LangGraph saves in the
+        background): LangGraph puts the next checkpoint right after a step's
+        tasks finish. Errors, interrupts, resumes and updates (no task path, or
+        the null task) are written at once, since nothing may follow them.
+        Checkpoint ids sort by time, so an older one means a later put came first.
+        """
+        latest = self._latest_put.get((thread_id, ns))
+        return (
+            self._defer_writes
+            and latest is not None
+            and checkpoint_id >= latest
+            and bool(task_path)
+            and task_id != NULL_TASK_ID
+            and not any(channel in WRITES_IDX_MAP for channel in channels)
+        )
+
+    def _defer(self, entry: _DeferredWrites) -> None:
+        with self._deferred_cond:
+            if self._closing:
+                raise StoreUnavailableError(f"{self.path}: the saver is closed")
+            self._deferred.append(entry)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
+                self._flusher.start()
+                _OPEN_SAVERS.add(self)
+            elif len(self._deferred) == 1:
+                self._deferred_cond.notify()
+
+    def _flush_when_due(self) -> None:
+        """Flusher thread: write deferred writes nothing carried within `DEFERRED_WRITES_FLUSH_AFTER`."""
+        while True:
+            with self._deferred_cond:
+                while not self._deferred and not self._closing:
+                    self._deferred_cond.wait()
+                if self._closing:
+                    return
+                wait = self._deferred[0].due - time.monotonic()
+                if wait > 0:
+                    self._deferred_cond.wait(wait)
+                    continue
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("could not write deferred checkpoint writes to %s; retrying", self.path)
+                time.sleep(DEFERRED_WRITES_FLUSH_AFTER)
+
+    def flush(self) -> None:
+        """Write every deferred `put_writes` now (reads and other writes do this first anyway)."""
+        with self._lock:
+            if self._deferred:
+                with self._write():
+                    pass
+
+    def _carry_deferred(self, txn: _ThreadTxn) -> None:
+        """Write the deferred writes of `txn`'s thread inside it."""
+        if not self._deferred:
+            return
+        with self._deferred_cond:
+            mine = [e for e in self._deferred if e.thread_id == txn.thread_id]
+        if mine:
+            for entry in mine:
+                self._insert_writes(txn, entry)
+            txn.after_commit.append(lambda: self._forget_deferred(mine))
+
+    def _write_deferred(self, after_commit: list, skip_thread: str | None) -> None:
+        """Write deferred writes (all but `skip_thread`'s) inside the open transaction."""
+        with self._deferred_cond:
+            entries = [e for e in self._deferred if e.thread_id != skip_thread]
+        by_thread: dict[str, list[_DeferredWrites]] = {}
+        for entry in entries:
+            by_thread.setdefault(entry.thread_id, []).append(entry)
+        for thread_id, group in by_thread.items():
+            # Read the row afresh: no cached numbers, so nothing can be stale.
+            txn = _ThreadTxn(self.conn, thread_id, self._read_thread_state(thread_id, group[0].user_id), after_commit)
+            for entry in group:
+                self._insert_writes(txn, entry)
+            state = txn.close()
+            after_commit.append(lambda t=thread_id, s=state: _remember(self._thread_states, t, s, 10_000))
+        if entries:
+            after_commit.append(lambda: self._forget_deferred(entries))
+
+    def _forget_deferred(self, written: list[_DeferredWrites]) -> None:
+        with self._deferred_cond:
+            self._deferred = [e for e in self._deferred if all(e is not w for w in written)]
 
     # -- encoding values ---------------------------------------------------
 
@@ -609,24 +867,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return stored
         return self._cipher.open_text(stored)
 
-    def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
+    def _pre_message(self, message: BaseMessage) -> _PreMessage:
+        """A message serialised, digested and split into search words, outside any transaction."""
         type_, blob = self._dump_message(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
-        known = txn.new_digests.get(digest)
+        return _PreMessage(type_, blob, digest, self._search_words(message))
+
+    def _store_message(self, txn: _ThreadTxn, message: BaseMessage | _PreMessage) -> int:
+        """The number of a message in this thread, storing it if it is new."""
+        pre = message if type(message) is _PreMessage else self._pre_message(message)
+        known = txn.new_digests.get(pre.digest)
         if known is not None:
             return known
         # Only messages this saver wrote are remembered, and the final UPDATE of
         # the write fails if a garbage collection ran since: no dangling numbers.
-        known = self._digests.get((txn.thread_key, digest))
+        known = self._digests.get((txn.thread_key, pre.digest))
         if known is not None:
             return known
         no = txn.message_no()
-        txn.new_message_rows.append((txn.thread_key, no, type_, blob if self._cipher is None else self._cipher.seal(blob)))
-        words = self._search_words(message)
-        if words:
-            txn.new_search_rows.append((search.rowid(txn.thread_key, no), words))
-        txn.new_digests[digest] = no
-        key = (txn.thread_key, digest)
+        blob = pre.blob if self._cipher is None else self._cipher.seal(pre.blob)
+        txn.add_row(ROW_MESSAGE, txn.thread_key, no, pre.type_, blob)
+        txn.stored_messages += 1
+        if pre.words:
+            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), pre.words)
+        txn.new_digests[pre.digest] = no
+        key = (txn.thread_key, pre.digest)
         txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
         return no
 
@@ -676,25 +941,38 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _encode_value(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
         """Encode a write or a channel value; messages inside go to `messages` once."""
+        return self._apply_encoded(txn, self._pre_encode(value))
+
+    def _pre_encode(self, value: Any) -> _PreValue:
+        """The part of `_encode_value` that needs no transaction: serialising."""
         if _is_message_list(value):
-            return KIND_MESSAGE_LIST, None, codec.pack_numbers([self._store_message(txn, m) for m in value])
+            return _PreValue(KIND_MESSAGE_LIST, messages=[self._pre_message(m) for m in value])
         if isinstance(value, BaseMessage):
-            return KIND_MESSAGE, None, codec.pack_numbers([self._store_message(txn, value)])
+            return _PreValue(KIND_MESSAGE, messages=[self._pre_message(value)])
         if type(value) is dict and any(
             isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()
         ):
             # A graph's input, e.g. {"messages": [HumanMessage(...)]}, as it sits in
             # the __start__ channel: store its messages by number like the rest.
-            refs, rest = {}, {}
-            for key, item in value.items():
-                if isinstance(item, BaseMessage) or _is_message_list(item):
-                    refs[key] = self._encode_value(txn, item)[::2]
-                else:
-                    rest[key] = item
-            type_, blob = self._dump({"order": list(value), "refs": refs, "rest": rest})
-            return KIND_MESSAGE_DICT, type_, blob
+            parts = {
+                key: self._pre_encode(item)
+                for key, item in value.items()
+                if isinstance(item, BaseMessage) or _is_message_list(item)
+            }
+            rest = {key: item for key, item in value.items() if key not in parts}
+            return _PreValue(KIND_MESSAGE_DICT, parts=parts, rest=rest, order=list(value))
         type_, blob = self._dump(value)
-        return KIND_SERDE, type_, blob
+        return _PreValue(KIND_SERDE, type_=type_, blob=blob)
+
+    def _apply_encoded(self, txn: _ThreadTxn, pre: _PreValue) -> tuple[int, str | None, bytes | None]:
+        """The (kind, type, value) columns of a pre-encoded value, storing its new messages."""
+        if pre.messages is not None:
+            return pre.kind, None, codec.pack_numbers([self._store_message(txn, m) for m in pre.messages])
+        if pre.parts is not None:
+            refs = {key: self._apply_encoded(txn, part)[::2] for key, part in pre.parts.items()}
+            type_, blob = self._dump({"order": pre.order, "refs": refs, "rest": pre.rest})
+            return KIND_MESSAGE_DICT, type_, blob
+        return pre.kind, pre.type_, pre.blob
 
     # -- decoding values ---------------------------------------------------
 
@@ -762,7 +1040,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         # since the last sealed one means fewer loose rows: no need to count.
         if txn.sealed_upto is not None and txn.next_message_no - 1 - txn.sealed_upto < SEGMENT_SIZE:
             return
-        txn.flush_messages()
+        if not txn.in_transaction:
+            raise _NeedsTransaction
+        txn.write_rows()
         count, first, last = txn.conn.execute(
             "SELECT count(*), min(message_no), max(message_no) FROM messages WHERE thread_key = ?",
             (txn.thread_key,),
@@ -1083,35 +1363,27 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         run_id = full_metadata.get("run_id")
 
         def write(txn: _ThreadTxn) -> _ThreadState:
-            rows = [
-                row
-                for channel, version in new_versions.items()
-                if (row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)))
-            ]
-            if rows:
-                txn.conn.execute(
-                    "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, "
-                    "value, base_no, keep, depth) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
-                    [v for row in rows for v in row],
-                )
-            txn.conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, "
-                "parent_checkpoint_id, run_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    txn.thread_key,
-                    ns,
-                    db_id(checkpoint["id"]),
-                    None if parent_id is None else db_id(parent_id),
-                    None if run_id is None else db_id(str(run_id)),
-                    type_,
-                    blob,
-                    metadata_json,
-                ),
+            for channel, version in new_versions.items():
+                if row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)):
+                    txn.add_row(ROW_CHANNEL_VALUE, *row)
+            txn.add_row(
+                ROW_CHECKPOINT,
+                txn.thread_key,
+                ns,
+                db_id(checkpoint["id"]),
+                None if parent_id is None else db_id(parent_id),
+                None if run_id is None else db_id(str(run_id)),
+                type_,
+                blob,
+                metadata_json,
             )
-            if txn.new_message_rows:
+            if txn.stored_messages:
                 self._seal_segment(txn)
             return self._touch_thread(txn, ns, values, new_versions, user_id)
 
+        latest = self._latest_put.get((thread_id, ns))
+        if latest is None or checkpoint["id"] > latest:
+            _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
         self._write_thread(thread_id, user_id, write)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
@@ -1149,11 +1421,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 count = len(messages)
                 if txn.title is None:
                     title = title_from_messages(messages)
-        state = txn.close(
-            ", updated_at = ?, message_count = coalesce(?, message_count), title = coalesce(title, ?), "
-            "user_id = coalesce(user_id, ?)",
-            (utc_now(), count, self._seal_title(title), user_id),
-        )
+        state = txn.close(updated_at=utc_now(), message_count=count, title=self._seal_title(title), user_id=user_id)
         if title is not None:
             state.title = title
         return state
@@ -1165,40 +1433,56 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         task_id: str,
         task_path: str = "",
     ) -> None:
+        """Store a task's writes against a checkpoint.
+
+        A running graph's task writes on the thread's newest checkpoint are
+        serialised now and written in the transaction of the checkpoint LangGraph
+        puts next (the end of the step), or by the flusher after
+        `DEFERRED_WRITES_FLUSH_AFTER` if none comes: one commit per step instead
+        of one per task. Every read and write of this saver writes them first, so
+        this process never sees them missing; another process may, for those few
+        milliseconds. A turn LangGraph has finished is durable: its last
+        checkpoint carried them. Errors, interrupts and updates are written at once.
+        """
+        if not writes:
+            return
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
-        verb = "INSERT OR REPLACE" if all(w[0] in WRITES_IDX_MAP for w in writes) else "INSERT OR IGNORE"
-        user_id = _owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
+        channels = [channel for channel, _ in writes]
+        entry = _DeferredWrites(
+            thread_id=thread_id,
+            user_id=_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id")),
+            ns=ns,
+            checkpoint_id=checkpoint_id,
+            task_id=task_id,
+            task_path=task_path,
+            replace=all(c in WRITES_IDX_MAP for c in channels),
+            values=[
+                (WRITES_IDX_MAP.get(channel, idx), channel, self._pre_encode(value))
+                for idx, (channel, value) in enumerate(writes)
+            ],
+            due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
+        )
+        if self._may_defer(thread_id, ns, checkpoint_id, task_id, task_path, channels):
+            self._defer(entry)
+            return
 
         def write(txn: _ThreadTxn) -> _ThreadState:
-            rows = []
-            for idx, (channel, value) in enumerate(writes):
-                kind, type_, blob = self._encode_value(txn, value)
-                rows.append(
-                    (
-                        txn.thread_key,
-                        ns,
-                        db_id(checkpoint_id),
-                        db_id(task_id),
-                        WRITES_IDX_MAP.get(channel, idx),
-                        task_path,
-                        channel,
-                        kind,
-                        type_,
-                        blob,
-                    )
-                )
-            txn.conn.execute(
-                f"{verb} INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, "
-                "channel, kind, type, value) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
-                [v for row in rows for v in row],
-            )
+            self._insert_writes(txn, entry)
             return txn.close()
 
-        if writes:
-            self._write_thread(thread_id, user_id, write)
+        self._write_thread(thread_id, entry.user_id, write)
+
+    def _insert_writes(self, txn: _ThreadTxn, entry: _DeferredWrites) -> None:
+        row_kind = ROW_WRITE_REPLACE if entry.replace else ROW_WRITE_IGNORE
+        for idx, channel, value in entry.values:
+            kind, type_, blob = self._apply_encoded(txn, value)
+            txn.add_row(
+                row_kind, txn.thread_key, entry.ns, db_id(entry.checkpoint_id), db_id(entry.task_id), idx,
+                entry.task_path, channel, kind, type_, blob,
+            )
 
     # -- deleting, copying, pruning -----------------------------------------
 
@@ -1651,6 +1935,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
 
 _MISSING = object()
+
+_OPEN_SAVERS: weakref.WeakSet[ThreadSaver] = weakref.WeakSet()
+"""Savers that have deferred writes at some point: flushed when the interpreter exits."""
+
+
+@atexit.register
+def _flush_open_savers() -> None:
+    for saver in list(_OPEN_SAVERS):
+        try:
+            saver.flush()
+        except Exception:  # closed already, or the store is gone: nothing left to do
+            logger.debug("flush at exit failed for %s", saver.path, exc_info=True)
 
 _THREAD_TABLES = (
     "checkpoints", "channel_values", "messages", "message_segments", "writes", "attachments",
