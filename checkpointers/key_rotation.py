@@ -181,7 +181,7 @@ def _new_cipher(path: Path, state: dict, new_key: str | None) -> Cipher | None:
 
 
 def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher | None) -> dict:
-    """Record the rotation and empty the search index, in one transaction."""
+    """Record the rotation, empty the search index and bump every thread's `gc_epoch`, in one transaction."""
     state = {"version": 1, "key": None if new is None else new.record().to_json(), "done_upto": 0, "unlink": []}
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -191,6 +191,9 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher
             "INSERT INTO store_meta (key, value) VALUES (?, ?)", (encryption.ROTATION_META_KEY, json.dumps(state))
         )
         conn.execute("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+        # Every thread row changes, so a process that cached one (and would write
+        # it without a transaction, see `WRITE_ROWS_SQL`) checks the key first.
+        conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -287,6 +287,25 @@ class _DeferredWrites:
     """`time.monotonic()` by which the flusher writes it if nothing else has."""
 
 
+@dataclass(slots=True, eq=False)
+class _DeferredPut:
+    """One `put` (a run's input checkpoint) waiting for the transaction that carries it."""
+
+    thread_id: str
+    user_id: str | None
+    ns: str
+    checkpoint_id: str
+    parent_id: str | None
+    run_id: str | None
+    type_: str
+    blob: bytes
+    metadata_json: str
+    new_versions: ChannelVersions
+    values: dict[str, Any]
+    updated_at: str
+    due: float
+
+
 @dataclass
 class _ThreadState:
     """What a write needs to know about a thread's row, kept between writes.
@@ -314,41 +333,51 @@ class _NeedsTransaction(Exception):
 
 
 # What each row of the `temp.write_rows` view holds (see `WRITE_ROWS_SQL`).
-ROW_KEY_CHECK, ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD = range(8)
+ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD = range(1, 8)
 _ROW_WIDTH = 12
 
 WRITE_ROWS_SQL = """
 CREATE TEMP VIEW IF NOT EXISTS write_rows (kind, a, b, c, d, e, f, g, h, i, j, k) AS
     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_insert INSTEAD OF INSERT ON write_rows BEGIN
-    SELECT RAISE(ABORT, 'threadkeeper: the store key changed') WHERE NEW.kind = 0 AND (
-        (SELECT value FROM main.store_meta WHERE key = 'encryption') IS NOT NEW.a
-        OR EXISTS (SELECT 1 FROM main.store_meta WHERE key = 'encryption_rotation'));
-    SELECT RAISE(ABORT, 'threadkeeper: stale thread row') WHERE NEW.kind = 7 AND NOT EXISTS (
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_value INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 1 BEGIN
+    INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
+        base_no, keep, depth) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j, NEW.k);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_checkpoint INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 2 BEGIN
+    INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id,
+        type, checkpoint, metadata) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_message INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 3 BEGIN
+    INSERT INTO messages (thread_key, message_no, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_search INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 4 BEGIN
+    INSERT INTO message_search (rowid, body) VALUES (NEW.a, NEW.b);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_write INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 5 BEGIN
+    INSERT OR IGNORE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
+        kind, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_special_write INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 6 BEGIN
+    INSERT OR REPLACE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
+        kind, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_thread INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 7 BEGIN
+    SELECT RAISE(ABORT, 'threadkeeper: stale thread row') WHERE NOT EXISTS (
         SELECT 1 FROM main.threads WHERE thread_key = NEW.a AND thread_id = NEW.b AND next_value_no = NEW.c
         AND next_message_no = NEW.d AND gc_epoch = NEW.e);
     UPDATE threads SET next_value_no = NEW.f, next_message_no = NEW.g, updated_at = coalesce(NEW.h, updated_at),
         message_count = coalesce(NEW.i, message_count), title = coalesce(title, NEW.j), user_id = coalesce(user_id, NEW.k)
-        WHERE NEW.kind = 7 AND thread_key = NEW.a;
-    INSERT INTO messages (thread_key, message_no, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d WHERE NEW.kind = 3;
-    INSERT INTO message_search (rowid, body) SELECT NEW.a, NEW.b WHERE NEW.kind = 4;
-    INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
-        base_no, keep, depth) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j, NEW.k
-        WHERE NEW.kind = 1;
-    INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id,
-        type, checkpoint, metadata) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h WHERE NEW.kind = 2;
-    INSERT OR IGNORE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
-        kind, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j WHERE NEW.kind = 5;
-    INSERT OR REPLACE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
-        kind, type, value) SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j WHERE NEW.kind = 6;
+        WHERE thread_key = NEW.a;
 END;
 """
-"""One INSERT of rows into this view writes a whole thread write (the trigger
-sends each row to its table). Outside `BEGIN` that one statement is its own
+"""One INSERT of rows into this view writes a whole thread write (a trigger per
+kind of row sends it to its table). Outside `BEGIN` that one statement is its own
 transaction: one call into SQLite, so a save running on a LangGraph worker
 gives up Python's GIL once rather than once per statement, and each such
-hand-over costs the graph's own thread tens of microseconds. The key and
-thread-row checks abort the statement, and with it everything it wrote."""
+hand-over costs the graph's own thread tens of microseconds. The thread-row
+check aborts the statement, and with it everything it wrote. It also stands in
+for `_check_key_unchanged`: `threadkeeper rotate-key` bumps every thread's
+`gc_epoch` when it starts, so no cached thread row survives a key change."""
 
 
 @dataclass
@@ -373,19 +402,33 @@ class _ThreadTxn:
     stored_messages: int = 0
     new_digests: dict[bytes, int] = field(default_factory=dict)
     rows: list[tuple] = field(default_factory=list)
+    updated_at: str | None = None
+    message_count: int | None = None
+    title: str | None = None
+    sealed_title: str | None = None
+    user_id: str | None = None
 
     def __post_init__(self) -> None:
         self.next_value_no = self.read.next_value_no
         self.next_message_no = self.read.next_message_no
         self.sealed_upto = self.read.sealed_upto
+        self.title = self.read.title
 
     @property
     def thread_key(self) -> int:
         return self.read.thread_key
 
-    @property
-    def title(self) -> str | None:
-        return self.read.title
+    def touch(
+        self, updated_at: str, message_count: int | None, title: str | None, sealed_title: str | None, user_id: str | None
+    ) -> None:
+        """What a checkpoint changes in the thread's index row, written by `close`."""
+        self.updated_at = updated_at
+        if message_count is not None:
+            self.message_count = message_count
+        if self.title is None and title is not None:
+            self.title, self.sealed_title = title, sealed_title
+        if self.user_id is None:
+            self.user_id = user_id
 
     def value_no(self) -> int:
         self.next_value_no += 1
@@ -407,17 +450,15 @@ class _ThreadTxn:
                 [v for row in rows for v in row],
             )
 
-    def close(
-        self, updated_at: str | None = None, message_count: int | None = None, title: str | None = None,
-        user_id: str | None = None,
-    ) -> _ThreadState:
-        """Write the counters (and what is given) if the thread row is still as it was read.
+    def close(self) -> _ThreadState:
+        """Write the counters (and what `touch` noted) if the thread row is still as it was read.
 
         The check runs first, so a stale row stops the statement before any other row."""
         read = self.read
         self.rows.insert(0, (
             ROW_THREAD, read.thread_key, self.thread_id, read.next_value_no, read.next_message_no, read.gc_epoch,
-            self.next_value_no, self.next_message_no, updated_at, message_count, title, user_id,
+            self.next_value_no, self.next_message_no, self.updated_at, self.message_count, self.sealed_title,
+            self.user_id,
         ))
         if self.in_transaction:
             try:
@@ -427,7 +468,7 @@ class _ThreadTxn:
                     raise _StaleThreadState(self.thread_id) from None
                 raise
         return _ThreadState(
-            self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.read.title, self.sealed_upto
+            self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.title, self.sealed_upto
         )
 
 
@@ -520,7 +561,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self._defer_writes = defer_writes
-        self._deferred: list[_DeferredWrites] = []
+        self._deferred: list[_DeferredWrites | _DeferredPut] = []
         self._deferred_cond = threading.Condition(threading.Lock())
         self._latest_put: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._flusher: threading.Thread | None = None
@@ -689,13 +730,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         try:
             self._carry_deferred(txn)
             new_state = body(txn)
-            txn.rows.insert(0, (ROW_KEY_CHECK, self._key_record) + (None,) * (_ROW_WIDTH - 2))
             txn.write_rows()
         except _NeedsTransaction:
             return False
         except sqlite3.IntegrityError:
-            # A changed key or thread row, or numbers that collided with another
-            # writer's: the statement wrote nothing; the transaction path sorts it out.
+            # A changed thread row (another writer, a collection, a key rotation),
+            # or numbers that collided with another writer's: the statement wrote
+            # nothing; the transaction path sorts it out.
             stale = self._thread_states.pop(thread_id, None)
             if stale is not None:
                 self._forget([stale.thread_key])
@@ -743,7 +784,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             and not any(channel in WRITES_IDX_MAP for channel in channels)
         )
 
-    def _defer(self, entry: _DeferredWrites) -> None:
+    def _defer(self, entry: _DeferredWrites | _DeferredPut) -> None:
         with self._deferred_cond:
             if self._closing:
                 raise StoreUnavailableError(f"{self.path}: the saver is closed")
@@ -788,27 +829,33 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             mine = [e for e in self._deferred if e.thread_id == txn.thread_id]
         if mine:
             for entry in mine:
-                self._insert_writes(txn, entry)
+                self._apply_deferred(txn, entry)
             txn.after_commit.append(lambda: self._forget_deferred(mine))
 
     def _write_deferred(self, after_commit: list, skip_thread: str | None) -> None:
         """Write deferred writes (all but `skip_thread`'s) inside the open transaction."""
         with self._deferred_cond:
             entries = [e for e in self._deferred if e.thread_id != skip_thread]
-        by_thread: dict[str, list[_DeferredWrites]] = {}
+        by_thread: dict[str, list[_DeferredWrites | _DeferredPut]] = {}
         for entry in entries:
             by_thread.setdefault(entry.thread_id, []).append(entry)
         for thread_id, group in by_thread.items():
             # Read the row afresh: no cached numbers, so nothing can be stale.
             txn = _ThreadTxn(self.conn, thread_id, self._read_thread_state(thread_id, group[0].user_id), after_commit)
             for entry in group:
-                self._insert_writes(txn, entry)
+                self._apply_deferred(txn, entry)
             state = txn.close()
             after_commit.append(lambda t=thread_id, s=state: _remember(self._thread_states, t, s, 10_000))
         if entries:
             after_commit.append(lambda: self._forget_deferred(entries))
 
-    def _forget_deferred(self, written: list[_DeferredWrites]) -> None:
+    def _apply_deferred(self, txn: _ThreadTxn, entry: _DeferredWrites | _DeferredPut) -> None:
+        if type(entry) is _DeferredPut:
+            self._insert_checkpoint(txn, entry)
+        else:
+            self._insert_writes(txn, entry)
+
+    def _forget_deferred(self, written: list[_DeferredWrites | _DeferredPut]) -> None:
         with self._deferred_cond:
             self._deferred = [e for e in self._deferred if all(e is not w for w in written)]
 
@@ -1349,43 +1396,69 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        """Store a checkpoint.
+
+        A run's input checkpoint (source "input") is serialised now and written
+        in the transaction of what LangGraph saves next for the thread (the first
+        step's checkpoint follows at once), or by the flusher (see `put_writes`).
+        """
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
-        parent_id = configurable.get("checkpoint_id")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
-        user_id = _owner(full_metadata.get("user_id"), configurable.get("user_id"))
-        values = checkpoint["channel_values"]
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
         type_, blob = self._dump(stored)
-        metadata_json = json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr)
         run_id = full_metadata.get("run_id")
-
-        def write(txn: _ThreadTxn) -> _ThreadState:
-            for channel, version in new_versions.items():
-                if row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)):
-                    txn.add_row(ROW_CHANNEL_VALUE, *row)
-            txn.add_row(
-                ROW_CHECKPOINT,
-                txn.thread_key,
-                ns,
-                db_id(checkpoint["id"]),
-                None if parent_id is None else db_id(parent_id),
-                None if run_id is None else db_id(str(run_id)),
-                type_,
-                blob,
-                metadata_json,
-            )
-            if txn.stored_messages:
-                self._seal_segment(txn)
-            return self._touch_thread(txn, ns, values, new_versions, user_id)
-
+        entry = _DeferredPut(
+            thread_id=thread_id,
+            user_id=_owner(full_metadata.get("user_id"), configurable.get("user_id")),
+            ns=ns,
+            checkpoint_id=checkpoint["id"],
+            parent_id=configurable.get("checkpoint_id"),
+            run_id=None if run_id is None else str(run_id),
+            type_=type_,
+            blob=blob,
+            metadata_json=json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr),
+            new_versions=new_versions,
+            values=checkpoint["channel_values"],
+            updated_at=utc_now(),
+            due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
+        )
         latest = self._latest_put.get((thread_id, ns))
         if latest is None or checkpoint["id"] > latest:
             _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
-        self._write_thread(thread_id, user_id, write)
+        if self._defer_writes and full_metadata.get("source") == "input":
+            self._defer(entry)
+        else:
+
+            def write(txn: _ThreadTxn) -> _ThreadState:
+                self._insert_checkpoint(txn, entry)
+                return txn.close()
+
+            self._write_thread(thread_id, entry.user_id, write)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    def _insert_checkpoint(self, txn: _ThreadTxn, entry: _DeferredPut) -> None:
+        """The rows of one checkpoint: its new channel values and itself; and its mark on the thread row."""
+        ns, values = entry.ns, entry.values
+        for channel, version in entry.new_versions.items():
+            if row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)):
+                txn.add_row(ROW_CHANNEL_VALUE, *row)
+        txn.add_row(
+            ROW_CHECKPOINT,
+            txn.thread_key,
+            ns,
+            db_id(entry.checkpoint_id),
+            None if entry.parent_id is None else db_id(entry.parent_id),
+            None if entry.run_id is None else db_id(entry.run_id),
+            entry.type_,
+            entry.blob,
+            entry.metadata_json,
+        )
+        if txn.stored_messages:
+            self._seal_segment(txn)
+        self._touch_thread(txn, entry)
 
     def _value_row(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> tuple | None:
         """The `channel_values` row for a channel's new value (None: nothing to store)."""
@@ -1408,23 +1481,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             value_no = txn.value_no()
         return (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth)
 
-    def _touch_thread(
-        self, txn: _ThreadTxn, ns: str, values: dict[str, Any], new_versions: ChannelVersions, user_id: str | None
-    ) -> _ThreadState:
-        """Keep the thread's index row in step with the checkpoint just written."""
+    def _touch_thread(self, txn: _ThreadTxn, entry: _DeferredPut) -> None:
+        """Keep the thread's index row in step with a checkpoint (see `_ThreadTxn.touch`)."""
         count = title = None
-        if ns == "":
-            messages = values.get(MESSAGES_CHANNEL)
+        if entry.ns == "":
+            messages = entry.values.get(MESSAGES_CHANNEL)
             if isinstance(messages, _DeltaSnapshot):
                 messages = messages.value
-            if MESSAGES_CHANNEL in new_versions and isinstance(messages, list):
+            if MESSAGES_CHANNEL in entry.new_versions and isinstance(messages, list):
                 count = len(messages)
                 if txn.title is None:
                     title = title_from_messages(messages)
-        state = txn.close(updated_at=utc_now(), message_count=count, title=self._seal_title(title), user_id=user_id)
-        if title is not None:
-            state.title = title
-        return state
+        txn.touch(entry.updated_at, count, title, self._seal_title(title), entry.user_id)
 
     def put_writes(
         self,

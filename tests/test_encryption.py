@@ -351,9 +351,13 @@ def test_a_process_that_opened_the_store_before_a_rotation_cannot_write_after_it
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as early:
         echo_graph(early).invoke({"messages": [HumanMessage("first")]}, config("t1"))
+        latest = early.get_tuple(config("t1"))
         rotate_key(db, KEY, NEW_KEY)
         with pytest.raises(EncryptionKeyError, match="was changed .* after this process opened it: restart it"):
             early.threads.rename("t1", "a write that reads nothing first")
+        # A save on a thread this process wrote before skips the transaction; it is refused all the same.
+        with pytest.raises(EncryptionKeyError, match="was changed .* after this process opened it: restart it"):
+            early.put(latest.config, latest.checkpoint, {"source": "loop", "step": 9}, {})
         with pytest.raises(EncryptionKeyError, match="another key .* rotate-key` ran since it started, restart it"):
             echo_graph(early).invoke({"messages": [HumanMessage("second")]}, config("t1"))
     with open_store(db, NEW_KEY) as saver:

@@ -1,0 +1,198 @@
+"""A run's input checkpoint and its task writes ride in the next checkpoint's
+transaction (`ThreadSaver.put` / `put_writes`): what that may and may not change."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from checkpointers import ThreadSaver
+from checkpointers.errors import ThreadNotFoundError
+from checkpointers.sqlite import DEFERRED_WRITES_FLUSH_AFTER
+from tests.chat import chat_graph, human
+
+ERROR = "__error__"  # LangGraph's channel for a task's exception
+
+
+def _checkpoint(saver: ThreadSaver, thread_id: str, source: str, parent: str | None = None) -> dict:
+    checkpoint = empty_checkpoint()
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    if parent:
+        config["configurable"]["checkpoint_id"] = parent
+    return saver.put(config, checkpoint, {"source": source, "step": -1}, {})
+
+
+def _stored_checkpoints(db_path, thread_id: str) -> int:
+    """What another process sees: a second saver that defers nothing."""
+    other = ThreadSaver(db_path, defer_writes=False)
+    try:
+        return len(list(other.list({"configurable": {"thread_id": thread_id}})))
+    finally:
+        other.close()
+
+
+def _stored_writes(db_path, thread_id: str) -> list[tuple[str, object]]:
+    other = ThreadSaver(db_path, defer_writes=False)
+    try:
+        found = other.get_tuple({"configurable": {"thread_id": thread_id}})
+        return [] if found is None else [(channel, value) for _, channel, value in found.pending_writes]
+    finally:
+        other.close()
+
+
+def _eventually(check, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.005)
+
+
+def test_a_finished_turn_is_committed_before_invoke_returns(db_path):
+    saver = ThreadSaver(db_path)
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    for n in range(3):
+        graph.invoke({"messages": [human(n)]}, config)
+        # Nothing of the turn is left waiting in this process ...
+        assert saver._deferred == []
+    # ... and another process sees every message at once.
+    other = ThreadSaver(db_path, defer_writes=False)
+    try:
+        state = chat_graph(other).get_state(config)
+        assert len(state.values["messages"]) == 6 and state.next == ()
+    finally:
+        other.close()
+        saver.close()
+
+
+def test_this_process_sees_deferred_writes_at_once(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "loop")
+        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        assert len(saver._deferred) == 1
+        found = saver.get_tuple(config)
+        assert [w[1] for w in found.pending_writes] == ["messages"]
+        assert saver._deferred == []
+    finally:
+        saver.close()
+
+
+def test_deferred_writes_reach_the_file_within_the_flush_delay_without_a_next_checkpoint(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "loop")
+        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        started = time.monotonic()
+        assert _eventually(lambda: _stored_writes(db_path, "t"))
+        # The flusher, not a read of this saver, wrote it; and not much later than promised.
+        assert time.monotonic() - started < DEFERRED_WRITES_FLUSH_AFTER + 2.0
+        assert saver._deferred == []
+    finally:
+        saver.close()
+
+
+def test_an_input_checkpoint_with_nothing_after_it_reaches_the_file(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        _checkpoint(saver, "t", "input")
+        assert len(saver._deferred) == 1
+        assert _eventually(lambda: _stored_checkpoints(db_path, "t") == 1)
+    finally:
+        saver.close()
+
+
+def test_errors_and_writes_outside_a_task_are_written_at_once(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "loop")
+        saver.put_writes(config, [(ERROR, ValueError("boom"))], str(uuid.uuid4()), "~__pregel_pull, model")
+        assert saver._deferred == []
+        assert [c for c, _ in _stored_writes(db_path, "t")] == [ERROR]
+        # update_state's writes carry no task path: nothing may follow them
+        saver.put_writes(config, [("messages", [human(2)])], str(uuid.uuid4()))
+        assert saver._deferred == []
+        assert sorted(c for c, _ in _stored_writes(db_path, "t")) == [ERROR, "messages"]
+    finally:
+        saver.close()
+
+
+def test_writes_for_an_older_checkpoint_are_written_at_once(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        first = _checkpoint(saver, "t", "loop")
+        _checkpoint(saver, "t", "loop", parent=first["configurable"]["checkpoint_id"])
+        saver.put_writes(first, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        assert saver._deferred == []
+    finally:
+        saver.close()
+
+
+def test_close_writes_what_is_deferred(db_path):
+    saver = ThreadSaver(db_path)
+    config = _checkpoint(saver, "t", "input")
+    saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+    assert len(saver._deferred) == 2
+    saver.close()
+    assert _stored_checkpoints(db_path, "t") == 1
+    assert [c for c, _ in _stored_writes(db_path, "t")] == ["messages"]
+
+
+def test_a_deleted_thread_is_not_brought_back_by_its_deferred_writes(db_path):
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "input")
+        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+        saver.delete_thread("t")
+        time.sleep(DEFERRED_WRITES_FLUSH_AFTER * 5)
+        with pytest.raises(ThreadNotFoundError):
+            saver.threads.get("t")
+        assert _stored_checkpoints(db_path, "t") == 0
+        assert saver.conn.execute("SELECT count(*) FROM writes").fetchone()[0] == 0
+    finally:
+        saver.close()
+
+
+def test_defer_writes_false_writes_every_call_at_once(db_path):
+    saver = ThreadSaver(db_path, defer_writes=False)
+    try:
+        config = _checkpoint(saver, "t", "input")
+        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+        assert saver._deferred == [] and saver._flusher is None
+        assert _stored_checkpoints(db_path, "t") == 1
+    finally:
+        saver.close()
+
+
+def test_a_turn_costs_one_commit_per_step_checkpoint(db_path):
+    """A chat turn makes three checkpoints and two sets of task writes; the input
+    checkpoint and the writes ride along, so it commits twice."""
+    saver = ThreadSaver(db_path)
+    graph = chat_graph(saver)
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    try:
+        graph.invoke({"messages": [human(0)]}, config)  # the thread row is now known
+        statements: list[str] = []
+        conn = saver.conn
+
+        class Counting:
+            def execute(self, sql, *args):
+                statements.append(sql)
+                return conn.execute(sql, *args)
+
+            def __getattr__(self, name):
+                return getattr(conn, name)
+
+        saver.conn = Counting()
+        graph.invoke({"messages": [human(1)]}, config)
+        saver.conn = conn
+        # Each write is one autocommit statement; no BEGIN IMMEDIATE / COMMIT pair.
+        assert len([sql for sql in statements if sql.startswith("INSERT INTO temp.write_rows")]) == 2, statements
+        assert "BEGIN IMMEDIATE" not in statements
+    finally:
+        saver.close()
