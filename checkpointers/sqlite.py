@@ -254,6 +254,8 @@ class _PreMessage:
     blob: bytes
     digest: bytes
     words: str | None
+    message: BaseMessage | None = None
+    """Set instead of `words` when they are left to be worked out if the message is new."""
 
 
 @dataclass(slots=True)
@@ -289,7 +291,8 @@ class _DeferredWrites:
 
 @dataclass(slots=True, eq=False)
 class _DeferredPut:
-    """One `put` (a run's input checkpoint) waiting for the transaction that carries it."""
+    """One `put`, serialised ahead of its transaction; a run's input checkpoint waits in
+    `ThreadSaver._deferred` for the transaction that carries it."""
 
     thread_id: str
     user_id: str | None
@@ -715,9 +718,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     after_commit.append(lambda: _remember(self._thread_states, thread_id, new_state, 10_000))
                 return
             except _StaleThreadState:
-                stale = self._thread_states.pop(thread_id, None)
-                if stale is not None:
-                    self._forget([stale.thread_key])
+                self._drop_cached_thread(thread_id)
                 if attempt == 2:
                     raise RuntimeError(f"thread {thread_id!r} changed during a write that held the lock") from None
 
@@ -737,14 +738,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             # A changed thread row (another writer, a collection, a key rotation),
             # or numbers that collided with another writer's: the statement wrote
             # nothing; the transaction path sorts it out.
-            stale = self._thread_states.pop(thread_id, None)
-            if stale is not None:
-                self._forget([stale.thread_key])
+            self._drop_cached_thread(thread_id)
             return False
         for callback in txn.after_commit:
             callback()
         _remember(self._thread_states, thread_id, new_state, 10_000)
         return True
+
+    def _drop_cached_thread(self, thread_id: str) -> None:
+        """Forget what this saver cached of a thread whose row changed under it."""
+        stale = self._thread_states.pop(thread_id, None)
+        if stale is not None:
+            self._forget([stale.thread_key])
 
     def _read_thread_state(self, thread_id: str, user_id: str | None) -> _ThreadState:
         row = self.conn.execute(
@@ -815,7 +820,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 time.sleep(DEFERRED_WRITES_FLUSH_AFTER)
 
     def flush(self) -> None:
-        """Write every deferred `put_writes` now (reads and other writes do this first anyway)."""
+        """Write every deferred input checkpoint and task write now (reads and other writes do this first anyway)."""
         with self._lock:
             if self._deferred:
                 with self._write():
@@ -857,7 +862,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _forget_deferred(self, written: list[_DeferredWrites | _DeferredPut]) -> None:
         with self._deferred_cond:
-            self._deferred = [e for e in self._deferred if all(e is not w for w in written)]
+            done = set(map(id, written))
+            self._deferred = [e for e in self._deferred if id(e) not in done]
 
     # -- encoding values ---------------------------------------------------
 
@@ -914,15 +920,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return stored
         return self._cipher.open_text(stored)
 
-    def _pre_message(self, message: BaseMessage) -> _PreMessage:
-        """A message serialised, digested and split into search words, outside any transaction."""
+    def _pre_message(self, message: BaseMessage, *, words: bool = True) -> _PreMessage:
+        """A message serialised, digested and (with `words`) split into search words, outside any transaction."""
         type_, blob = self._dump_message(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
-        return _PreMessage(type_, blob, digest, self._search_words(message))
+        if words:
+            return _PreMessage(type_, blob, digest, self._search_words(message))
+        return _PreMessage(type_, blob, digest, None, message)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage | _PreMessage) -> int:
-        """The number of a message in this thread, storing it if it is new."""
-        pre = message if type(message) is _PreMessage else self._pre_message(message)
+        """The number of a message in this thread, storing it if it is new.
+
+        Search words are worked out here, for a new message only, unless the
+        message was pre-encoded with them (a deferred write)."""
+        pre = message if type(message) is _PreMessage else self._pre_message(message, words=False)
         known = txn.new_digests.get(pre.digest)
         if known is not None:
             return known
@@ -935,8 +946,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         blob = pre.blob if self._cipher is None else self._cipher.seal(pre.blob)
         txn.add_row(ROW_MESSAGE, txn.thread_key, no, pre.type_, blob)
         txn.stored_messages += 1
-        if pre.words:
-            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), pre.words)
+        words = pre.words if pre.message is None else self._search_words(pre.message)
+        if words:
+            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), words)
         txn.new_digests[pre.digest] = no
         key = (txn.thread_key, pre.digest)
         txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
@@ -988,21 +1000,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _encode_value(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
         """Encode a write or a channel value; messages inside go to `messages` once."""
-        return self._apply_encoded(txn, self._pre_encode(value))
+        return self._apply_encoded(txn, self._pre_encode(value, words=False))
 
-    def _pre_encode(self, value: Any) -> _PreValue:
-        """The part of `_encode_value` that needs no transaction: serialising."""
+    def _pre_encode(self, value: Any, *, words: bool = True) -> _PreValue:
+        """The part of `_encode_value` that needs no transaction: serialising
+        (`words`: and splitting messages into search words, see `_store_message`)."""
         if _is_message_list(value):
-            return _PreValue(KIND_MESSAGE_LIST, messages=[self._pre_message(m) for m in value])
+            return _PreValue(KIND_MESSAGE_LIST, messages=[self._pre_message(m, words=words) for m in value])
         if isinstance(value, BaseMessage):
-            return _PreValue(KIND_MESSAGE, messages=[self._pre_message(value)])
+            return _PreValue(KIND_MESSAGE, messages=[self._pre_message(value, words=words)])
         if type(value) is dict and any(
             isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()
         ):
             # A graph's input, e.g. {"messages": [HumanMessage(...)]}, as it sits in
             # the __start__ channel: store its messages by number like the rest.
             parts = {
-                key: self._pre_encode(item)
+                key: self._pre_encode(item, words=words)
                 for key, item in value.items()
                 if isinstance(item, BaseMessage) or _is_message_list(item)
             }

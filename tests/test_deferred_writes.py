@@ -25,6 +25,11 @@ def _checkpoint(saver: ThreadSaver, thread_id: str, source: str, parent: str | N
     return saver.put(config, checkpoint, {"source": source, "step": -1}, {})
 
 
+def _task_write(saver: ThreadSaver, config: dict, n: int, node: str = "model") -> None:
+    """What a graph's task does when it finishes: one message, under its task path."""
+    saver.put_writes(config, [("messages", [human(n)])], str(uuid.uuid4()), f"~__pregel_pull, {node}")
+
+
 def _stored_checkpoints(db_path, thread_id: str) -> int:
     """What another process sees: a second saver that defers nothing."""
     other = ThreadSaver(db_path, defer_writes=False)
@@ -74,7 +79,7 @@ def test_this_process_sees_deferred_writes_at_once(db_path):
     saver = ThreadSaver(db_path)
     try:
         config = _checkpoint(saver, "t", "loop")
-        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        _task_write(saver, config, 1)
         assert len(saver._deferred) == 1
         found = saver.get_tuple(config)
         assert [w[1] for w in found.pending_writes] == ["messages"]
@@ -87,7 +92,7 @@ def test_deferred_writes_reach_the_file_within_the_flush_delay_without_a_next_ch
     saver = ThreadSaver(db_path)
     try:
         config = _checkpoint(saver, "t", "loop")
-        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        _task_write(saver, config, 1)
         started = time.monotonic()
         assert _eventually(lambda: _stored_writes(db_path, "t"))
         # The flusher, not a read of this saver, wrote it; and not much later than promised.
@@ -127,7 +132,7 @@ def test_writes_for_an_older_checkpoint_are_written_at_once(db_path):
     try:
         first = _checkpoint(saver, "t", "loop")
         _checkpoint(saver, "t", "loop", parent=first["configurable"]["checkpoint_id"])
-        saver.put_writes(first, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, model")
+        _task_write(saver, first, 1)
         assert saver._deferred == []
     finally:
         saver.close()
@@ -136,7 +141,7 @@ def test_writes_for_an_older_checkpoint_are_written_at_once(db_path):
 def test_close_writes_what_is_deferred(db_path):
     saver = ThreadSaver(db_path)
     config = _checkpoint(saver, "t", "input")
-    saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+    _task_write(saver, config, 1, node="__start__")
     assert len(saver._deferred) == 2
     saver.close()
     assert _stored_checkpoints(db_path, "t") == 1
@@ -147,7 +152,7 @@ def test_a_deleted_thread_is_not_brought_back_by_its_deferred_writes(db_path):
     saver = ThreadSaver(db_path)
     try:
         config = _checkpoint(saver, "t", "input")
-        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+        _task_write(saver, config, 1, node="__start__")
         saver.delete_thread("t")
         time.sleep(DEFERRED_WRITES_FLUSH_AFTER * 5)
         with pytest.raises(ThreadNotFoundError):
@@ -162,7 +167,7 @@ def test_defer_writes_false_writes_every_call_at_once(db_path):
     saver = ThreadSaver(db_path, defer_writes=False)
     try:
         config = _checkpoint(saver, "t", "input")
-        saver.put_writes(config, [("messages", [human(1)])], str(uuid.uuid4()), "~__pregel_pull, __start__")
+        _task_write(saver, config, 1, node="__start__")
         assert saver._deferred == [] and saver._flusher is None
         assert _stored_checkpoints(db_path, "t") == 1
     finally:
