@@ -568,6 +568,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._deferred_cond = threading.Condition(threading.Lock())
         self._latest_put: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._flusher: threading.Thread | None = None
+        self._flusher_armed = False
+        self._deferred_total = 0
         self._closing = False
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
@@ -794,30 +796,50 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if self._closing:
                 raise StoreUnavailableError(f"{self.path}: the saver is closed")
             self._deferred.append(entry)
+            self._deferred_total += 1
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
                 self._flusher.start()
                 _OPEN_SAVERS.add(self)
-            elif len(self._deferred) == 1:
+            elif not self._flusher_armed:
                 self._deferred_cond.notify()
 
     def _flush_when_due(self) -> None:
-        """Flusher thread: write deferred writes nothing carried within `DEFERRED_WRITES_FLUSH_AFTER`."""
+        """Flusher thread: write deferred writes nothing carried by their `due` time.
+
+        While writes keep being deferred the flusher stays armed: it wakes every
+        `DEFERRED_WRITES_FLUSH_AFTER` (or when the oldest entry is due, which is
+        sooner) without being told, so `_defer` need not wake it. Waking a thread
+        costs the graph's thread a GIL hand-over, and a chat turn defers three
+        times. After a period in which nothing was deferred it sleeps until `_defer` wakes it.
+        """
+        period = DEFERRED_WRITES_FLUSH_AFTER
+        seen_total = -1
+        armed_until = 0.0
         while True:
             with self._deferred_cond:
-                while not self._deferred and not self._closing:
-                    self._deferred_cond.wait()
                 if self._closing:
                     return
-                wait = self._deferred[0].due - time.monotonic()
+                now = time.monotonic()
+                if not self._deferred and now >= armed_until:
+                    if self._deferred_total == seen_total:
+                        self._flusher_armed = False
+                        self._deferred_cond.wait()
+                    seen_total = self._deferred_total
+                    self._flusher_armed = True
+                    armed_until = time.monotonic() + period
+                    continue
+                wait = (self._deferred[0].due if self._deferred else armed_until) - now
                 if wait > 0:
+                    # Any entry deferred from now on is due after this wait ends.
+                    self._flusher_armed = True
                     self._deferred_cond.wait(wait)
                     continue
             try:
                 self.flush()
             except Exception:
                 logger.exception("could not write deferred checkpoint writes to %s; retrying", self.path)
-                time.sleep(DEFERRED_WRITES_FLUSH_AFTER)
+                time.sleep(period)
 
     def flush(self) -> None:
         """Write every deferred input checkpoint and task write now (reads and other writes do this first anyway)."""

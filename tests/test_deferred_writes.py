@@ -102,6 +102,23 @@ def test_deferred_writes_reach_the_file_within_the_flush_delay_without_a_next_ch
         saver.close()
 
 
+def test_the_flusher_finds_writes_deferred_while_it_is_armed_and_after_it_went_idle(db_path):
+    """`_defer` does not wake an armed flusher: it must still find every write."""
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "loop")
+        for step in range(3):
+            _task_write(saver, config, 2 * step)
+            _task_write(saver, config, 2 * step + 1)  # deferred while the flusher waits for the first
+            assert _eventually(lambda: len(_stored_writes(db_path, "t")) == 2 * step + 2)
+            assert saver._deferred == []
+            if step == 1:
+                time.sleep(20 * DEFERRED_WRITES_FLUSH_AFTER)  # long enough for it to go idle
+                assert not saver._flusher_armed
+    finally:
+        saver.close()
+
+
 def test_an_input_checkpoint_with_nothing_after_it_reaches_the_file(db_path):
     saver = ThreadSaver(db_path)
     try:
