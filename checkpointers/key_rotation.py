@@ -191,6 +191,7 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher
             "INSERT INTO store_meta (key, value) VALUES (?, ?)", (encryption.ROTATION_META_KEY, json.dumps(state))
         )
         conn.execute("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+        conn.execute("DELETE FROM search_backlog")
         # Every thread row changes, so a process that cached one (and would write
         # it without a transaction, see `WRITE_ROWS_SQL`) checks the key first.
         conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1")

@@ -17,6 +17,8 @@ Tables a user can query by hand:
 * `attachments`: the SQLite database attached to a thread, if any.
 * `message_search`: the full-text index of human and AI messages (FTS5,
   contentless: it knows which words occur in which message, not the text).
+* `search_backlog`: words of new messages not yet moved into `message_search`
+  (see `checkpointers/search.py`).
 * `store_meta`: settings of the store itself, as key and value.
 * `message_times`: when a thread's messages were stored (unix milliseconds),
   kept by a trigger on `messages`: a row dates its message and the following
@@ -245,12 +247,20 @@ def m005_retention(conn: sqlite3.Connection) -> None:
     )
 
 
+def m006_search_backlog(conn: sqlite3.Connection) -> None:
+    # A new message's words wait here (one ordinary row, key as in
+    # message_search: thread_key << 32 | message_no) until a batch of them is
+    # moved into message_search; search reads both. See checkpointers/search.py.
+    conn.execute("CREATE TABLE search_backlog (message_key INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_attachments,
     m003_message_search,
     m004_session_messages,
     m005_retention,
+    m006_search_backlog,
 ]
 LATEST_VERSION = len(MIGRATIONS)
 

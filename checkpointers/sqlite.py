@@ -354,7 +354,7 @@ CREATE TEMP TRIGGER IF NOT EXISTS write_rows_message INSTEAD OF INSERT ON write_
     INSERT INTO messages (thread_key, message_no, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS write_rows_search INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 4 BEGIN
-    INSERT INTO message_search (rowid, body) VALUES (NEW.a, NEW.b);
+    INSERT INTO search_backlog (message_key, body) VALUES (NEW.a, NEW.b);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS write_rows_write INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 5 BEGIN
     INSERT OR IGNORE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
@@ -570,6 +570,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._flusher: threading.Thread | None = None
         self._flusher_armed = False
         self._deferred_total = 0
+        self._backlog_rows = 0
+        """Search backlog rows this saver wrote since it last merged the backlog."""
+        self._backlog_merge_due = False
         self._closing = False
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
@@ -609,7 +612,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
 
     def close(self) -> None:
-        """Write any deferred writes, stop the flusher and close the connection."""
+        """Write any deferred writes and merge the search backlog, stop the flusher and close the connection."""
         with self._deferred_cond:
             self._closing = True
             self._deferred_cond.notify_all()
@@ -618,6 +621,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         with self._lock:
             try:
                 self.flush()
+                if self._backlog_rows:
+                    try:
+                        self.merge_search_backlog()
+                    except (sqlite3.Error, EncryptionKeyError):  # left for the next saver that merges
+                        logger.warning("could not merge the search backlog of %s", self.path, exc_info=True)
             finally:
                 self.conn.close()
                 _OPEN_SAVERS.discard(self)
@@ -797,15 +805,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 raise StoreUnavailableError(f"{self.path}: the saver is closed")
             self._deferred.append(entry)
             self._deferred_total += 1
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
-                self._flusher.start()
-                _OPEN_SAVERS.add(self)
-            elif not self._flusher_armed:
-                self._deferred_cond.notify()
+            self._wake_flusher()
+
+    def _backlog_grew(self) -> None:
+        """A message's words went to the search backlog; past `BACKLOG_MERGE_AT`, have the flusher merge it."""
+        self._backlog_rows += 1
+        if self._backlog_rows >= search.BACKLOG_MERGE_AT and not self._backlog_merge_due:
+            with self._deferred_cond:
+                if self._closing:
+                    return
+                self._backlog_merge_due = True
+                self._flusher_armed = False
+                self._wake_flusher()
+
+    def _wake_flusher(self) -> None:
+        """Start the flusher, or wake it unless it is armed (call holding `_deferred_cond`)."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
+            self._flusher.start()
+            _OPEN_SAVERS.add(self)
+        elif not self._flusher_armed:
+            self._deferred_cond.notify()
 
     def _flush_when_due(self) -> None:
-        """Flusher thread: write deferred writes nothing carried by their `due` time.
+        """Flusher thread: write deferred writes nothing carried by their `due` time,
+        and merge the search backlog when `_backlog_grew` asks.
 
         While writes keep being deferred the flusher stays armed: it wakes every
         `DEFERRED_WRITES_FLUSH_AFTER` (or when the oldest entry is due, which is
@@ -820,8 +844,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             with self._deferred_cond:
                 if self._closing:
                     return
+                merge = self._backlog_merge_due
                 now = time.monotonic()
-                if not self._deferred and now >= armed_until:
+                if merge:
+                    pass
+                elif not self._deferred and now >= armed_until:
                     if self._deferred_total == seen_total:
                         self._flusher_armed = False
                         self._deferred_cond.wait()
@@ -829,14 +856,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     self._flusher_armed = True
                     armed_until = time.monotonic() + period
                     continue
-                wait = (self._deferred[0].due if self._deferred else armed_until) - now
-                if wait > 0:
-                    # Any entry deferred from now on is due after this wait ends.
-                    self._flusher_armed = True
-                    self._deferred_cond.wait(wait)
-                    continue
+                else:
+                    wait = (self._deferred[0].due if self._deferred else armed_until) - now
+                    if wait > 0:
+                        # Any entry deferred from now on is due after this wait ends.
+                        self._flusher_armed = True
+                        self._deferred_cond.wait(wait)
+                        continue
             try:
-                self.flush()
+                if merge:
+                    self.merge_search_backlog()
+                else:
+                    self.flush()
             except Exception:
                 logger.exception("could not write deferred checkpoint writes to %s; retrying", self.path)
                 time.sleep(period)
@@ -847,6 +878,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if self._deferred:
                 with self._write():
                     pass
+
+    def merge_search_backlog(self) -> int:
+        """Move the words of new messages (of every process) from the search backlog
+        into the full-text index; returns how many messages moved. Search finds
+        them either way; this keeps the backlog small."""
+        with self._write():
+            moved = search.merge_backlog(self.conn)
+            self._backlog_rows = 0
+            self._backlog_merge_due = False
+        return moved
 
     def _carry_deferred(self, txn: _ThreadTxn) -> None:
         """Write the deferred writes of `txn`'s thread inside it."""
@@ -970,7 +1011,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         txn.stored_messages += 1
         words = pre.words if pre.message is None else self._search_words(pre.message)
         if words:
-            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), words)
+            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), search.backlog_body(words))
+            txn.after_commit.append(self._backlog_grew)
         txn.new_digests[pre.digest] = no
         key = (txn.thread_key, pre.digest)
         txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
@@ -1640,8 +1682,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return len(keys)
 
     def purge_search_index(self) -> None:
-        """Merge the full-text index so words of deleted messages are gone from the file."""
+        """Merge the full-text index (and the backlog into it) so words of deleted messages are gone from the file."""
         with self._write():
+            search.merge_backlog(self.conn)
+            self._backlog_rows = 0
             search.purge(self.conn)
 
     def _forget(self, thread_keys: Sequence[int]) -> None:

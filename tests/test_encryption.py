@@ -160,6 +160,20 @@ def test_search_pages_through_an_encrypted_store_with_a_cursor(tmp_path: Path):
         assert seen == [f"t{i}" for i in range(6, -1, -1)]
 
 
+def test_hashed_words_are_found_the_same_in_the_search_backlog_and_after_the_merge(tmp_path: Path):
+    from tests.test_search import FOLDING_QUERIES, FOLDING_TEXTS
+
+    with open_store(tmp_path / "threadkeeper.db", KEY) as saver:
+        for thread_id, text in FOLDING_TEXTS.items():
+            echo_graph(saver).invoke({"messages": [HumanMessage(text)]}, config(thread_id))
+        bodies = [b for (b,) in saver.conn.execute("SELECT body FROM search_backlog")]
+        assert bodies and not any("zurich" in b or "café" in b for b in bodies)  # tokens, not words
+        waiting = {q: sorted(searched(saver, q)) for q in FOLDING_QUERIES}
+        assert saver.merge_search_backlog() == len(bodies)
+        assert {q: sorted(searched(saver, q)) for q in FOLDING_QUERIES} == waiting
+        assert waiting["cafe"] == ["latin"] and waiting["zurich"] == ["latin"] and waiting["nothing"] == []
+
+
 def test_copy_delete_and_prune_keep_the_hashed_index_exact(tmp_path: Path):
     db = tmp_path / "threadkeeper.db"
     with open_store(db, KEY) as saver:

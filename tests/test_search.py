@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
@@ -144,3 +145,86 @@ def test_search_walks_the_users_index_and_probes_by_rowid(saver):
     sql_plan = saver.threads.explain_search("alice", "hello")
     assert any("threads_by_user_updated" in step for step in sql_plan), sql_plan
     assert not any(step.startswith("SCAN threads") for step in sql_plan), sql_plan
+    assert any("search_backlog USING INTEGER PRIMARY KEY" in step for step in sql_plan), sql_plan
+    assert not any(step.startswith("SCAN search_backlog") for step in sql_plan), sql_plan
+
+
+# -- the backlog: words of new messages before they move into the index --------------
+
+FOLDING_TEXTS = {
+    "latin": "Café au LAIT in Zürich, Ærøskøbing and Łódź",
+    "german": "Die Straße ist groß",
+    "greek": "Άλφα και Ώμέγα",
+    "cyrillic": "Ёлка и Йога",
+    "rare": "ǡble ǯam",
+}
+FOLDING_QUERIES = [
+    "cafe", "CAFÉ lait", "zurich", "aeroskobing", "ærøskøbing", "lodz", "łódź", "strasse", "STRASSE", "gross",
+    "άλφα", "αλφα", "ώμέγα", "ωμεγα", "ёлка", "елка", "йога", "иога", "ǡble", "able", "ǯam", "ʒam", "nothing",
+]
+
+
+def _backlog_rows(saver) -> int:
+    return saver.conn.execute("SELECT count(*) FROM search_backlog").fetchone()[0]
+
+
+def _search_everything(saver) -> dict[str, list[str]]:
+    return {query: sorted(_found(saver, "alice", query)) for query in FOLDING_QUERIES}
+
+
+def test_a_word_is_found_the_same_in_the_backlog_and_after_it_moved_into_the_index(saver):
+    """Search must not depend on whether the words were merged yet, in any script."""
+    for thread_id, text in FOLDING_TEXTS.items():
+        _say(saver, thread_id, "alice", text)
+    waiting = _backlog_rows(saver)
+    assert waiting >= 2 * len(FOLDING_TEXTS)  # each human message and its echo
+    from_backlog = _search_everything(saver)
+    assert saver.merge_search_backlog() == waiting
+    assert _backlog_rows(saver) == 0
+    assert _search_everything(saver) == from_backlog
+    assert from_backlog["cafe"] == ["latin"] and from_backlog["strasse"] == ["german"]
+    assert from_backlog["ёлка"] == ["cyrillic"] and from_backlog["nothing"] == []
+    saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+
+
+def test_deleting_a_thread_removes_its_words_whether_merged_or_waiting(saver, db_path):
+    _say(saver, "gone", "alice", "the first marker is zqxjvmerged")
+    saver.merge_search_backlog()
+    _say(saver, "gone", "alice", "the second marker is zqxjvwaiting")
+    _say(saver, "kept", "alice", "zqxjvwaiting here too")
+    assert _found(saver, "alice", "zqxjvmerged") == ["gone"]
+    assert _found(saver, "alice", "zqxjvwaiting") == ["kept", "gone"]
+    saver.delete_thread("gone")
+    assert _found(saver, "alice", "zqxjvmerged") == []
+    assert _found(saver, "alice", "zqxjvwaiting") == ["kept"]
+    saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+    saver.merge_search_backlog()
+    assert _found(saver, "alice", "zqxjvwaiting") == ["kept"]
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"zqxjvmerged" not in _file_bytes(db_path)
+
+
+def test_the_flusher_merges_the_backlog_once_it_is_long_and_close_merges_the_rest(db_path, monkeypatch):
+    monkeypatch.setattr("checkpointers.search.BACKLOG_MERGE_AT", 6)
+    saver = ThreadSaver(db_path)
+
+    def indexed() -> int:
+        return saver.conn.execute("SELECT count(*) FROM message_search_docsize").fetchone()[0]
+
+    try:
+        for n in range(3):
+            _say(saver, f"t{n}", "alice", f"word{n}")
+        # At least six rows written: the flusher thread moves them (nothing here asks it to).
+        deadline = time.monotonic() + 5
+        while not indexed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert indexed() >= 6 and _backlog_rows(saver) < 6
+        _say(saver, "t9", "alice", "word9")
+        assert _backlog_rows(saver) >= 2
+    finally:
+        saver.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM search_backlog").fetchone()[0] == 0
+    conn.close()
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as reopened:
+        assert [t.thread_id for t in reopened.threads.search("alice", "word9").threads] == ["t9"]
