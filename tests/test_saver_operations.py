@@ -169,3 +169,62 @@ def test_two_savers_taking_turns_on_one_thread_with_pruning_in_between(db_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_closed_saver_lets_go_of_the_messages_it_cached_at_once(db_path):
+    """A saver and its `threads` refer to each other, so only a garbage collection
+    frees the saver itself; the messages it cached must not wait for that."""
+    import gc
+    import weakref
+
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as writer:
+        graph = chat_graph(writer)
+        for n in range(300):
+            graph.invoke({"messages": [human(n)]}, {"configurable": {"thread_id": "t"}})
+    gc.collect()
+    gc.disable()
+    try:
+        reader = ThreadSaver(db_path)
+        messages = chat_graph(reader).get_state({"configurable": {"thread_id": "t"}}).values["messages"]
+        assert len(messages) == 600
+        first = weakref.ref(messages[0])
+        del messages
+        assert first() is not None  # the reader's cache holds the thread
+        reader.close()
+        assert first() is None
+    finally:
+        gc.enable()
+
+
+def test_reading_a_long_thread_runs_no_garbage_collection_and_leaves_the_collector_as_it_was(db_path):
+    import gc
+
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as writer:
+        graph = chat_graph(writer)
+        for n in range(300):
+            graph.invoke({"messages": [human(n)]}, {"configurable": {"thread_id": "t"}})
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
+
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        gc.callbacks.append(count)
+        try:
+            with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as reader:
+                load, nos = reader._load_messages, list(range(1, 601))
+                if enabled:
+                    gc.collect()  # start counting allocations from zero
+                collections.clear()
+                loaded = load(reader.conn, 1, nos)
+                during = len(collections)  # an int: allocates nothing that could start a collection
+            assert len(loaded) == 600
+            # 600 messages are thousands of objects: seven collections otherwise; paused,
+            # one looks at them all as the collector comes back (none if it was off).
+            assert during == (1 if enabled else 0)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.callbacks.remove(count)
+            gc.enable()
