@@ -9,7 +9,7 @@ thread mention X" is a rowid-range probe that touches one thread's entries.
 The words of a new message first go to `search_backlog`, in the transaction
 that stores the message, and move into `message_search` in batches
 (`merge_backlog`: the saver's flusher thread does it every `BACKLOG_MERGE_AT`
-rows, and on open and close). Adding one row to FTS5 writes a new segment and
+rows, and on close and `purge_search_index`). Adding one row to FTS5 writes a new segment and
 its bookkeeping, about 7 pages and 70 µs per commit, as much as the rest of a
 chat turn's write; a backlog row is one row of an ordinary table. Search reads
 both: the backlog holds each message's words as the tokenizer folds them
@@ -116,18 +116,23 @@ def hashed_words(words: str, token: Callable[[str], str]) -> str:
     return " ".join(dict.fromkeys(token(without_accents(w)) for w in words.split()))
 
 
+def _query_words(query: str, token: Callable[[str], str] | None) -> list[str]:
+    """The distinct words of a query that a message must all contain; with `token`
+    (an encrypted store), each replaced by its token."""
+    words = list(dict.fromkeys(words_of(query)))[:MAX_QUERY_WORDS]
+    if token is not None:
+        words = [token(without_accents(w)) for w in words]
+    return words
+
+
 def match_expression(query: str, token: Callable[[str], str] | None = None) -> str | None:
     """An FTS5 MATCH expression requiring every word of `query` (None: no words).
 
     Words are quoted, so nothing a user types is read as FTS5 syntax. With
     `token` (an encrypted store), each word is replaced by its token.
     """
-    words = list(dict.fromkeys(words_of(query)))[:MAX_QUERY_WORDS]
-    if not words:
-        return None
-    if token is not None:
-        words = [token(without_accents(w)) for w in words]
-    return " AND ".join(f'"{w}"' for w in words)
+    words = _query_words(query, token)
+    return " AND ".join(f'"{w}"' for w in words) if words else None
 
 
 class _Folding:
@@ -175,21 +180,24 @@ def backlog_body(words: str) -> str:
     return f" {fold(words)} "
 
 
-def backlog_needles(query: str, token: Callable[[str], str] | None = None) -> list[str]:
-    """What `instr` looks for in backlog bodies: each word `match_expression` requires, folded."""
-    words = list(dict.fromkeys(words_of(query)))[:MAX_QUERY_WORDS]
-    if token is not None:
-        words = [token(without_accents(w)) for w in words]
-    return [f" {fold(w)} " for w in words]
+def words_probe(query: str, token: Callable[[str], str] | None = None) -> tuple[str, list[str]] | None:
+    """SQL true when a thread (`thread_key` of the outer query) has a message holding
+    every word of `query`, in the index or in the backlog, and its parameters (None: no words).
 
-
-def backlog_probe(needles: list[str]) -> str:
-    """SQL true when a thread (`thread_key` of the outer query) has a backlog row holding every needle."""
-    words = " AND ".join(["instr(body, ?) > 0"] * len(needles))
-    return (
-        f"EXISTS (SELECT 1 FROM search_backlog WHERE message_key BETWEEN thread_key << {ROWID_SHIFT} "
-        f"AND (thread_key << {ROWID_SHIFT}) + {ROWID_SPAN - 1} AND {words})"
+    Both halves probe only that thread's key range."""
+    match = match_expression(query, token)
+    if match is None:
+        return None
+    # In the backlog a word is found by `instr`, folded as the tokenizer folds it.
+    needles = [f" {fold(w)} " for w in _query_words(query, token)]
+    thread_range = f"BETWEEN thread_key << {ROWID_SHIFT} AND (thread_key << {ROWID_SHIFT}) + {ROWID_SPAN - 1}"
+    sql = (
+        f"(EXISTS (SELECT 1 FROM message_search WHERE message_search MATCH ? AND message_search.rowid {thread_range})"
+        f" OR EXISTS (SELECT 1 FROM search_backlog WHERE message_key {thread_range} AND "
+        + " AND ".join(["instr(body, ?) > 0"] * len(needles))
+        + "))"
     )
+    return sql, [match, *needles]
 
 
 def add(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:

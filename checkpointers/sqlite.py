@@ -853,9 +853,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     return
                 merge = self._backlog_merge_due
                 now = time.monotonic()
-                if merge:
-                    pass
-                elif not self._deferred and now >= armed_until:
+                if not merge and not self._deferred and now >= armed_until:
                     if self._deferred_total == seen_total:
                         self._flusher_armed = False
                         self._deferred_cond.wait()
@@ -863,13 +861,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     self._flusher_armed = True
                     armed_until = time.monotonic() + period
                     continue
-                else:
-                    wait = (self._deferred[0].due if self._deferred else armed_until) - now
-                    if wait > 0:
-                        # Any entry deferred from now on is due after this wait ends.
-                        self._flusher_armed = True
-                        self._deferred_cond.wait(wait)
-                        continue
+                wait = (self._deferred[0].due if self._deferred else armed_until) - now
+                if not merge and wait > 0:
+                    # Any entry deferred from now on is due after this wait ends.
+                    self._flusher_armed = True
+                    self._deferred_cond.wait(wait)
+                    continue
             try:
                 if merge:
                     self.merge_search_backlog()
@@ -891,9 +888,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         into the full-text index; returns how many messages moved. Search finds
         them either way; this keeps the backlog small."""
         with self._write():
-            moved = search.merge_backlog(self.conn)
-            self._backlog_rows = 0
-            self._backlog_merge_due = False
+            return self._merge_backlog()
+
+    def _merge_backlog(self) -> int:
+        """`search.merge_backlog` in the open write transaction, and this saver's count starts over."""
+        moved = search.merge_backlog(self.conn)
+        self._backlog_rows = 0
+        self._backlog_merge_due = False
         return moved
 
     def _carry_deferred(self, txn: _ThreadTxn) -> None:
@@ -1697,8 +1698,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def purge_search_index(self) -> None:
         """Merge the full-text index (and the backlog into it) so words of deleted messages are gone from the file."""
         with self._write():
-            search.merge_backlog(self.conn)
-            self._backlog_rows = 0
+            self._merge_backlog()
             search.purge(self.conn)
 
     def _forget(self, thread_keys: Sequence[int]) -> None:

@@ -118,14 +118,6 @@ def _user_rows(user_id: str | None, cursor: str | None) -> tuple[str, list[Any]]
     return sql, params
 
 
-_INDEX_PROBE = (
-    "EXISTS (SELECT 1 FROM message_search WHERE message_search MATCH ? "
-    f"AND message_search.rowid BETWEEN thread_key << {search.ROWID_SHIFT} "
-    f"AND (thread_key << {search.ROWID_SHIFT}) + {search.ROWID_SPAN - 1})"
-)
-"""SQL true when a thread (`thread_key` of the outer query) has an indexed message matching the parameter."""
-
-
 def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None) -> tuple[str, list[Any]]:
     """The query behind `ThreadIndex.search`.
 
@@ -135,14 +127,13 @@ def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None)
     """
     text = " ".join(str(query).split())
     like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    match = search.match_expression(text)
+    probe = search.words_probe(text)
     sql, params = _user_rows(user_id, cursor)
     sql += " AND (title LIKE ? ESCAPE '\\'"
     params.append(like)
-    if match is not None:
-        needles = search.backlog_needles(text)
-        sql += f" OR {_INDEX_PROBE} OR {search.backlog_probe(needles)}"
-        params += [match, *needles]
+    if probe is not None:
+        sql += f" OR {probe[0]}"
+        params += probe[1]
     sql += ") ORDER BY updated_at DESC, thread_id DESC LIMIT ?"
     params.append(limit + 1)
     return sql, params
@@ -234,16 +225,10 @@ class ThreadIndex:
         and the title matched here after decryption; stops after `limit` hits."""
         text = " ".join(str(query).split())
         needle = text.casefold()
-        token = self._saver._cipher.search_token
-        match = search.match_expression(text, token)
-        words_hit = "0"
-        params: list[Any] = []
-        if match is not None:
-            needles = search.backlog_needles(text, token)
-            words_hit = f"({_INDEX_PROBE} OR {search.backlog_probe(needles)})"
-            params += [match, *needles]
+        probe = search.words_probe(text, self._saver._cipher.search_token)
+        words_hit, words_params = probe if probe is not None else ("0", [])
         sql = f"SELECT {_COLUMNS}, {words_hit} FROM threads WHERE user_id IS ?"
-        params.append(user_id)
+        params: list[Any] = [*words_params, user_id]
         if cursor is not None:
             sql += " AND (updated_at, thread_id) < (?, ?)"
             params.extend(_decode_cursor(cursor))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from checkpointers import ThreadExistsError, ThreadNotFoundError, ThreadSaver
@@ -174,9 +177,6 @@ def test_two_savers_taking_turns_on_one_thread_with_pruning_in_between(db_path):
 def test_a_closed_saver_lets_go_of_the_messages_it_cached_at_once(db_path):
     """A saver and its `threads` refer to each other, so only a garbage collection
     frees the saver itself; the messages it cached must not wait for that."""
-    import gc
-    import weakref
-
     with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as writer:
         graph = chat_graph(writer)
         for n in range(300):
@@ -197,8 +197,6 @@ def test_a_closed_saver_lets_go_of_the_messages_it_cached_at_once(db_path):
 
 
 def test_reading_a_long_thread_runs_no_garbage_collection_and_leaves_the_collector_as_it_was(db_path):
-    import gc
-
     with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as writer:
         graph = chat_graph(writer)
         for n in range(300):
