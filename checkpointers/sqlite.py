@@ -79,7 +79,7 @@ from langgraph.checkpoint.base import (
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
 from checkpointers import codec, encryption, search
 from checkpointers.codec import (
@@ -306,6 +306,7 @@ class _DeferredPut:
     metadata_json: str
     new_versions: ChannelVersions
     values: dict[str, Any]
+    """Channel values: live objects, or (deferred) captured by `ThreadSaver._captured_values`."""
     updated_at: str
     due: float
 
@@ -405,6 +406,8 @@ class _ThreadTxn:
     sealed_upto: int | None = None
     stored_messages: int = 0
     new_digests: dict[bytes, int] = field(default_factory=dict)
+    lists: dict[tuple[str, str], _StoredList] = field(default_factory=dict)
+    """Message lists stored by this write, by (ns, channel): a later checkpoint in it stores against them."""
     rows: list[tuple] = field(default_factory=list)
     updated_at: str | None = None
     message_count: int | None = None
@@ -1028,7 +1031,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> _StoredList | None:
         """The list to store a new value of `channel` against, if one exists."""
-        base = self._lists.latest(txn.thread_key, ns, channel)
+        base = txn.lists.get((ns, channel)) or self._lists.latest(txn.thread_key, ns, channel)
         if base is not None:  # rows are never changed, and removed only by GC (see _ThreadTxn.close)
             return base
         row = txn.conn.execute(
@@ -1489,9 +1492,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     ) -> RunnableConfig:
         """Store a checkpoint.
 
-        A run's input checkpoint (source "input") is serialised now and written
-        in the transaction of what LangGraph saves next for the thread (the first
-        step's checkpoint follows at once), or by the flusher (see `put_writes`).
+        A run's input checkpoint (source "input"), and a step's checkpoint after
+        which the run goes on (`_more_steps_follow`), are captured now and written
+        in the transaction of what LangGraph saves next for the thread, or by the
+        flusher after `DEFERRED_WRITES_FLUSH_AFTER` (see `put_writes`): a chat
+        turn commits once, with the checkpoint that ends it.
         """
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
@@ -1519,7 +1524,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         latest = self._latest_put.get((thread_id, ns))
         if latest is None or checkpoint["id"] > latest:
             _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
-        if self._defer_writes and full_metadata.get("source") == "input":
+        if self._defer_writes and (
+            full_metadata.get("source") == "input"
+            or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
+        ):
+            entry.values = self._captured_values(entry.values, new_versions)
             self._defer(entry)
         else:
 
@@ -1551,6 +1560,29 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self._seal_segment(txn)
         self._touch_thread(txn, entry)
 
+    def _captured_values(self, values: dict[str, Any], new_versions: ChannelVersions) -> dict[str, Any]:
+        """The new channel values of a checkpoint that waits for a later transaction,
+        as they are now: LangGraph may change a channel's object in place after
+        `put` returns (a `Topic` extends its list), so values are serialised here.
+        Message lists, bare or in a graph's input dict, are copied instead: the
+        reducer builds new lists rather than changing them, and it gives an input
+        message its id in place, which the stored message then carries (one row
+        for the input and the history, as when the input is written at once)."""
+        captured: dict[str, Any] = {}
+        for channel in new_versions:
+            value = values.get(channel, _MISSING)
+            if value is _MISSING:
+                continue
+            if _is_message_list(value):
+                captured[channel] = list(value)
+            elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
+                captured[channel] = _DeltaSnapshot(list(value.value))
+            elif type(value) is dict and any(isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()):
+                captured[channel] = {k: list(v) if _is_message_list(v) else v for k, v in value.items()}
+            else:
+                captured[channel] = self._pre_encode(value, words=False)
+        return captured
+
     def _value_row(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> tuple | None:
         """The `channel_values` row for a channel's new value (None: nothing to store)."""
         base_no = keep = None
@@ -1566,7 +1598,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             entry, blob, base_no, keep = self._encode_list(txn, ns, channel, messages)
             value_no, depth = entry.value_no, entry.depth
             key = txn.thread_key
+            txn.lists[(ns, channel)] = entry
             txn.after_commit.append(lambda: self._lists.add(key, ns, channel, entry))
+        elif type(value) is _PreValue:
+            kind, type_, blob = self._apply_encoded(txn, value)
+            value_no = txn.value_no()
         else:
             kind, type_, blob = self._encode_value(txn, value)
             value_no = txn.value_no()
@@ -2158,6 +2194,18 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _more_steps_follow(checkpoint: Checkpoint) -> bool:
+    """Whether the run that put this step's checkpoint goes on to another step:
+    it triggered a node (`branch:to:<node>`) or pushed a task (`Send`).
+
+    Such a checkpoint is followed by its tasks' writes and the next step's
+    checkpoint unless the run stops at a static `interrupt_before`/`interrupt_after`
+    or its step limit; then the flusher writes it within `DEFERRED_WRITES_FLUSH_AFTER`.
+    A checkpoint that ends a run is written before `put` returns.
+    """
+    return any(c == TASKS or c.startswith("branch:to:") for c in checkpoint.get("updated_channels") or ())
 
 
 def _segment_rows(nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:

@@ -3,11 +3,17 @@ transaction (`ThreadSaver.put` / `put_writes`): what that may and may not change
 
 from __future__ import annotations
 
+import operator
 import time
 import uuid
+from typing import Annotated
 
 import pytest
+from langgraph.channels import Topic
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from typing_extensions import TypedDict
 
 from checkpointers import ThreadSaver
 from checkpointers.errors import ThreadNotFoundError
@@ -15,6 +21,11 @@ from checkpointers.sqlite import DEFERRED_WRITES_FLUSH_AFTER
 from tests.chat import chat_graph, human
 
 ERROR = "__error__"  # LangGraph's channel for a task's exception
+
+
+class TopicState(TypedDict):
+    seen: Annotated[list, Topic(str, accumulate=True)]
+    steps: Annotated[int, operator.add]
 
 
 def _checkpoint(saver: ThreadSaver, thread_id: str, source: str, parent: str | None = None) -> dict:
@@ -191,9 +202,9 @@ def test_defer_writes_false_writes_every_call_at_once(db_path):
         saver.close()
 
 
-def test_a_turn_costs_one_commit_per_step_checkpoint(db_path):
-    """A chat turn makes three checkpoints and two sets of task writes; the input
-    checkpoint and the writes ride along, so it commits twice."""
+def test_a_chat_turn_commits_once(db_path):
+    """A chat turn makes three checkpoints and two sets of task writes; all but
+    the checkpoint that ends the run ride along with it, so it commits once."""
     saver = ThreadSaver(db_path)
     graph = chat_graph(saver)
     config = {"configurable": {"thread_id": "t", "user_id": "u"}}
@@ -214,7 +225,64 @@ def test_a_turn_costs_one_commit_per_step_checkpoint(db_path):
         graph.invoke({"messages": [human(1)]}, config)
         saver.conn = conn
         # Each write is one autocommit statement; no BEGIN IMMEDIATE / COMMIT pair.
-        assert len([sql for sql in statements if sql.startswith("INSERT INTO temp.write_rows")]) == 2, statements
+        assert len([sql for sql in statements if sql.startswith("INSERT INTO temp.write_rows")]) == 1, statements
         assert "BEGIN IMMEDIATE" not in statements
+    finally:
+        saver.close()
+
+
+def test_a_run_stopped_by_interrupt_before_is_visible_at_once_and_reaches_the_file(db_path):
+    """The step checkpoint before an `interrupt_before` node waits like any step
+    that has a next node; it is the run's last, so the flusher writes it."""
+    saver = ThreadSaver(db_path)
+    graph = chat_graph(saver).copy(update={"interrupt_before_nodes": ["model"]})
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    try:
+        graph.invoke({"messages": [human(0)]}, config)
+        assert graph.get_state(config).next == ("model",)  # this process: the read writes it first
+        graph.invoke({"messages": [human(1)]}, config)
+        assert _eventually(lambda: _stored_checkpoints(db_path, "t") == 4)
+        other = ThreadSaver(db_path, defer_writes=False)
+        try:
+            state = chat_graph(other).get_state(config)
+            assert state.next == ("model",) and [m.id for m in state.values["messages"]] == ["human-0", "human-1"]
+        finally:
+            other.close()
+    finally:
+        saver.close()
+
+
+def test_a_waiting_step_checkpoint_keeps_its_values_as_they_were_at_put(db_path):
+    """A `Topic` that accumulates extends its list in place after the checkpoint
+    holding it was put; the stored checkpoint still equals InMemorySaver's.
+    (Saved with durability "sync": with "async" LangGraph may run `put` after the
+    next step changed the list, and then InMemorySaver stores the later list too.)"""
+    def step(name: str):
+        return lambda state: {"seen": [f"{name}-{len(state['seen'])}"], "steps": 1}
+
+    def build(checkpointer):
+        builder = StateGraph(TopicState)
+        for name in ("a", "b", "c"):
+            builder.add_node(name, step(name))
+        builder.add_edge(START, "a")
+        builder.add_edge("a", "b")
+        builder.add_edge("b", "c")
+        builder.add_edge("c", END)
+        return builder.compile(checkpointer=checkpointer)
+
+    saver = ThreadSaver(db_path)
+    try:
+        ours, memory = build(saver), build(InMemorySaver())
+        config = {"configurable": {"thread_id": "t"}}
+        for graph in (ours, memory):
+            graph.invoke({"seen": ["start"], "steps": 0}, config, durability="sync")
+            graph.invoke({"seen": ["again"], "steps": 0}, config, durability="sync")
+
+        def history(graph):
+            return [(s.metadata["step"], s.values, s.next) for s in graph.get_state_history(config)]
+
+        assert history(ours) == history(memory)
+        by_step = {s.metadata["step"]: s.values.get("seen") for s in ours.get_state_history(config)}
+        assert by_step[1] == ["start", "a-1"] and by_step[2] == ["start", "a-1", "b-2"]
     finally:
         saver.close()
