@@ -13,7 +13,8 @@ so one configuration serves the web chat, the CLI and `langgraph dev`.
 A sweep deletes (`delete`) or compacts to the latest checkpoint (`keep_latest`)
 every thread whose `updated_at` is older than the window, pinned threads
 excepted. It works through the threads least recently updated first, one
-batch per transaction, so chats in progress get the database between batches;
+batch per transaction, so chats in progress get the database between batches
+(a batch is sized to hold the database a few milliseconds at most);
 each delete re-checks `updated_at` inside its transaction, so a thread that
 receives a message during the sweep survives it. One sweeper runs at a time
 per database: a lease row in `store_meta` is taken in a write transaction, so
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -60,7 +62,8 @@ class RetentionPolicy:
     sweep_limit: int = 10_000
     """At most this many threads per sweep; the next sweep goes on where it stopped."""
     batch_size: int = 50
-    """Threads per transaction: small, so a chat turn never waits long for one."""
+    """At most this many threads per transaction; fewer when that many would hold
+    the database longer than `Sweeper.hold_s` (a chat turn waits for a transaction)."""
 
     def __post_init__(self) -> None:
         if self.days < 0:
@@ -84,7 +87,7 @@ class RetentionPolicy:
         return (
             f"retention: {self.strategy} threads not updated for {self.days:g} days, "
             f"sweeping every {self.interval_minutes:g} minutes (up to {self.sweep_limit:,} threads, "
-            f"{self.batch_size} a transaction)"
+            f"at most {self.batch_size} a transaction)"
         )
 
     @classmethod
@@ -177,11 +180,18 @@ class Sweeper:
 
     After each batch the sweeper rests `yield_factor` times as long as the
     batch took (at least `pause_s`), so by default it holds the database at
-    most a quarter of the time and chat turns keep their pace.
+    most a quarter of the time and chat turns keep their pace. Each batch is
+    sized from the time the last one took per thread, so it holds the database
+    about `hold_s` (a chat turn that arrives meanwhile waits that long at most),
+    and never more than the policy's `batch_size` threads.
     """
 
     wait_for_wal = True
     """Truncate the WAL at the end even if that means waiting for readers (the loop says no)."""
+    hold_s = 0.003
+    """How long one sweep transaction (a batch, a step of compaction) should hold the database."""
+    first_batch = 4
+    """Threads in the first batch, before there is a time per thread to size batches by."""
 
     def __init__(
         self,
@@ -198,6 +208,7 @@ class Sweeper:
         self.pause_s = pause_s
         self.yield_factor = yield_factor
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wal_conn: sqlite3.Connection | None = None
 
     def cutoff(self) -> str:
         """Threads last updated before this instant have expired."""
@@ -256,22 +267,28 @@ class Sweeper:
             threads = attached = 0
             after: tuple[str, str] | None = None
             seen = 0
+            size = min(self.first_batch, self.policy.batch_size)
+            renewed = time.monotonic()
             while seen < self.policy.sweep_limit and (
-                batch := self.expired(cutoff, min(self.policy.batch_size, self.policy.sweep_limit - seen), after)
+                batch := self.expired(cutoff, min(size, self.policy.sweep_limit - seen), after)
             ):
                 began = time.perf_counter()
                 done, freed = self.expire([thread_id for _, thread_id in batch], cutoff)
+                took = time.perf_counter() - began
                 threads += done
                 attached += freed
                 seen += len(batch)
                 after = tuple(batch[-1])
-                self._renew()
-                self._rest(time.perf_counter() - began)
+                size = max(1, min(self.policy.batch_size, int(self.hold_s * len(batch) / max(took, 1e-6))))
+                if time.monotonic() - renewed > LEASE_SECONDS / 10:
+                    self._renew()
+                    renewed = time.monotonic()
+                self._rest(took)
             if threads:
                 self.saver.purge_search_index()
             freed_pages = max(0, used_before - self._pages_in_use())
             if threads:
-                self.saver.erase_traces(wait=self.wait_for_wal, between_steps=self._rest)
+                self.saver.erase_traces(wait=self.wait_for_wal, between_steps=self._rest, hold_s=self.hold_s)
             report = SweepReport(
                 started, _iso(datetime.now(timezone.utc)), self.policy.strategy, cutoff, threads,
                 freed_pages * self._page_size() + attached, dry_run,
@@ -279,10 +296,32 @@ class Sweeper:
             return self._finish(report, record=True)
         finally:
             self._release()
+            if self._wal_conn is not None:
+                self._wal_conn.close()
+                self._wal_conn = None
 
     def _rest(self, busy_s: float) -> None:
-        """Let waiting chat turns have the database (see the class docstring)."""
-        time.sleep(max(self.pause_s, busy_s * self.yield_factor))
+        """Let waiting chat turns have the database (see the class docstring), and
+        copy the WAL into the file meanwhile (see `_checkpoint_wal`)."""
+        until = time.monotonic() + max(self.pause_s, busy_s * self.yield_factor)
+        self._checkpoint_wal()
+        time.sleep(max(0.0, until - time.monotonic()))
+
+    def _checkpoint_wal(self) -> None:
+        """A PASSIVE checkpoint on a connection of the sweeper's own, outside the saver's lock.
+
+        A sweep writes many pages. Left to SQLite, the WAL would be copied into
+        the file by whichever commit finds it past 1,000 pages, a chat turn's or
+        a sweep batch's, holding up every turn waiting behind it. A PASSIVE
+        checkpoint waits for no reader or writer, so chats go on meanwhile.
+        """
+        if self._wal_conn is None:
+            self._wal_conn = sqlite3.connect(self.saver.path, check_same_thread=False, isolation_level=None)
+            self._wal_conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._wal_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            log.debug("could not checkpoint the WAL of %s during a sweep", self.saver.path, exc_info=True)
 
     def _dry_run(self, started: str, cutoff: str) -> SweepReport:
         count, sample = 0, []

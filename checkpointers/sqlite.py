@@ -47,7 +47,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -209,13 +209,18 @@ class _ListCache:
     Keys are `(thread_key, value_no)`. Neither number is ever reused (thread keys
     are AUTOINCREMENT, value numbers come from a per-thread counter), and value
     rows never change after they are written, so an entry can never go stale.
+    Entries are also indexed by thread, so forgetting a thread costs its own
+    entries, not a walk over the whole cache.
     """
 
     def __init__(self, max_messages: int) -> None:
         self.max_messages = max_messages
         self._entries: OrderedDict[tuple[int, int], _StoredList] = OrderedDict()
         self._size = 0
-        self._latest: dict[tuple[int, str, str], int] = {}
+        self._by_thread: dict[int, set[int]] = {}
+        """thread_key -> value numbers of its entries."""
+        self._latest: dict[int, dict[tuple[str, str], int]] = {}
+        """thread_key -> (ns, channel) -> newest value number stored or read."""
 
     def get(self, thread_key: int, value_no: int) -> _StoredList | None:
         entry = self._entries.get((thread_key, value_no))
@@ -224,27 +229,32 @@ class _ListCache:
         return entry
 
     def latest(self, thread_key: int, ns: str, channel: str) -> _StoredList | None:
-        value_no = self._latest.get((thread_key, ns, channel))
+        value_no = self._latest.get(thread_key, {}).get((ns, channel))
         return None if value_no is None else self.get(thread_key, value_no)
 
     def add(self, thread_key: int, ns: str, channel: str, entry: _StoredList) -> None:
         key = (thread_key, entry.value_no)
         if key not in self._entries:
             self._size += len(entry.nos)
+            self._by_thread.setdefault(thread_key, set()).add(entry.value_no)
         self._entries[key] = entry
         self._entries.move_to_end(key)
-        latest_key = (thread_key, ns, channel)
-        if self._latest.get(latest_key, 0) < entry.value_no:
-            self._latest[latest_key] = entry.value_no
+        latest = self._latest.setdefault(thread_key, {})
+        if latest.get((ns, channel), 0) < entry.value_no:
+            latest[(ns, channel)] = entry.value_no
         while self._size > self.max_messages and len(self._entries) > 1:
-            _, old = self._entries.popitem(last=False)
+            (old_thread, old_no), old = self._entries.popitem(last=False)
             self._size -= len(old.nos)
+            numbers = self._by_thread[old_thread]
+            numbers.discard(old_no)
+            if not numbers:
+                del self._by_thread[old_thread]
 
-    def forget_threads(self, thread_keys: set[int]) -> None:
-        for key in [k for k in self._entries if k[0] in thread_keys]:
-            self._size -= len(self._entries.pop(key).nos)
-        for key in [k for k in self._latest if k[0] in thread_keys]:
-            del self._latest[key]
+    def forget_threads(self, thread_keys: Iterable[int]) -> None:
+        for thread_key in thread_keys:
+            for value_no in self._by_thread.pop(thread_key, ()):
+                self._size -= len(self._entries.pop((thread_key, value_no)).nos)
+            self._latest.pop(thread_key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1711,12 +1721,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if not ids:
             return 0
         with self._write() as after_commit:
-            sql = "SELECT thread_key FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))"
+            sql = "SELECT thread_key, thread_id FROM threads WHERE thread_id IN (SELECT value FROM json_each(?))"
             params: list[Any] = [json.dumps(ids)]
             if updated_before is not None:
                 sql += " AND updated_at < ? AND pinned = 0"
                 params.append(updated_before)
-            keys = [k for (k,) in self.conn.execute(sql, params)]
+            found = self.conn.execute(sql, params).fetchall()
+            keys = [k for k, _ in found]
+            deleted_ids = [t for _, t in found]
             keys_json = json.dumps(keys)
             files = self.attachments.files_of(keys)
             for thread_key in keys:
@@ -1725,7 +1737,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
                 )
-            after_commit.append(lambda: self._forget(keys))
+            after_commit.append(lambda: self._forget(keys, deleted_ids))
             after_commit.append(lambda: self.attachments._unlink(files))
             if keys and purge:
                 after_commit.append(self.purge_search_index)
@@ -1737,9 +1749,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self._merge_backlog()
             search.purge(self.conn)
 
-    def _forget(self, thread_keys: Sequence[int]) -> None:
+    def _forget(self, thread_keys: Sequence[int], deleted_ids: Sequence[str] | None = None) -> None:
+        """Drop what is cached of threads whose rows changed, or (`deleted_ids`) that are gone.
+
+        A deleted thread's key is never used again, so its remembered message
+        digests can never be looked up; they are left for the cache to evict,
+        and forgetting a batch of deleted threads costs the batch, not the cache."""
+        self._lists.forget_threads(thread_keys)
+        if deleted_ids is not None:
+            for thread_id in deleted_ids:
+                self._thread_states.pop(thread_id, None)
+            return
         gone = set(thread_keys)
-        self._lists.forget_threads(gone)
         for thread_id in [t for t, state in self._thread_states.items() if state.thread_key in gone]:
             del self._thread_states[thread_id]
         for key in [k for k in self._digests if k[0] in gone]:
@@ -2035,7 +2056,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     # -- storage maintenance -------------------------------------------------
 
-    def erase_traces(self, *, wait: bool = True, between_steps: Callable[[float], None] | None = None) -> None:
+    def erase_traces(
+        self,
+        *,
+        wait: bool = True,
+        between_steps: Callable[[float], None] | None = None,
+        hold_s: float | None = None,
+    ) -> None:
         """After deletions: leave deleted text in no file, and shrink the file.
 
         Deleted rows are already overwritten (`secure_delete`) and the search
@@ -2044,20 +2071,26 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         pages to the OS. With `wait=False` (the background sweeper) the
         checkpoint does not wait for readers; the WAL is then emptied at the
         next automatic checkpoint, which truncates it (`journal_size_limit`).
-        Free pages go back in steps of 200; `between_steps(seconds the step
-        took)` runs after each (a sweeper rests there).
+        Free pages go back in steps of 200, or (`hold_s`) of as many as take
+        about that long; `between_steps(seconds the step took)` runs after each
+        (a sweeper rests there).
         """
         mode = "TRUNCATE" if wait else "PASSIVE"
         with self._lock:
             busy, _, _ = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             if busy:
                 logger.info("the WAL of %s is in use; a later checkpoint will empty it", self.path)
+        step = 200 if hold_s is None else 16
         while True:
             started = time.perf_counter()
-            if not self.compact(max_pages=200):
+            freed = self.compact(max_pages=step)
+            took = time.perf_counter() - started
+            if not freed:
                 break
+            if hold_s is not None:
+                step = max(1, min(10_000, int(hold_s * freed / max(took, 1e-6))))
             if between_steps is not None:
-                between_steps(time.perf_counter() - started)
+                between_steps(took)
 
     def compact(self, max_pages: int | None = None) -> int:
         """Return freed pages to the OS (incremental vacuum); returns the number freed.

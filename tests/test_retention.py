@@ -309,3 +309,74 @@ def test_a_sweep_stops_at_its_limit_and_the_next_one_goes_on(saver):
     assert Sweeper(saver, policy, clock=clock).sweep().threads == 3
     assert _ids(saver) == {"t3", "t4"}  # the least recently updated went first
     assert Sweeper(saver, policy, clock=clock).sweep().threads == 2
+
+
+def _batch_sizes(saver, monkeypatch) -> list[int]:
+    """The number of threads each sweep transaction is given, as the sweep goes."""
+    sizes: list[int] = []
+    delete = saver.delete_threads
+
+    def spy(thread_ids, **kwargs):
+        sizes.append(len(thread_ids))
+        return delete(thread_ids, **kwargs)
+
+    monkeypatch.setattr(saver, "delete_threads", spy)
+    return sizes
+
+
+def test_sweep_batches_are_sized_by_how_long_they_hold_the_database(saver, monkeypatch):
+    for n in range(12):
+        _say(saver, f"t{n}")
+    clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
+    policy = RetentionPolicy(days=30, batch_size=5)
+    sizes = _batch_sizes(saver, monkeypatch)
+    # No batch can be that quick: after the first, one thread a transaction.
+    sweeper = Sweeper(saver, policy, clock=clock, pause_s=0)
+    sweeper.hold_s = 1e-9
+    assert sweeper.sweep().threads == 12
+    assert sizes == [sweeper.first_batch] + [1] * (12 - sweeper.first_batch)
+
+    for n in range(12):
+        _say(saver, f"u{n}")
+    sizes.clear()
+    # Any batch is quick enough: the policy's batch size is the limit.
+    sweeper.hold_s = 1000.0
+    assert sweeper.sweep().threads == 12
+    assert sizes == [4, 5, 3]
+
+
+def test_a_sweep_copies_the_wal_into_the_file_as_it_goes(db_path, monkeypatch):
+    """Chat turns would otherwise pay for copying the sweep's pages (SQLite's
+    automatic checkpoint runs in whichever commit finds the WAL long)."""
+
+    def sweep_wal_bytes(checkpoints: bool) -> int:
+        path = db_path.with_name(f"{checkpoints}.db")
+        with open_saver(f"sqlite:///{path}") as saver:
+            for n in range(60):
+                _say(saver, f"t{n}", "a few words " * 20)
+            saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            saver.conn.execute("PRAGMA wal_autocheckpoint = 0")  # only the sweeper's checkpoints count
+            sweeper = Sweeper(saver, RetentionPolicy(days=30, batch_size=5), clock=_clock_at(
+                datetime.now(timezone.utc) + timedelta(days=31)), pause_s=0)
+            sweeper.wait_for_wal = False
+            if not checkpoints:
+                monkeypatch.setattr(sweeper, "_checkpoint_wal", lambda: None)
+            assert sweeper.sweep().threads == 60
+            return Path(f"{path}-wal").stat().st_size
+
+    with_checkpoints, without = sweep_wal_bytes(True), sweep_wal_bytes(False)
+    assert with_checkpoints * 3 < without, (with_checkpoints, without)
+
+
+def test_deleting_threads_forgets_what_the_saver_cached_of_them_only(saver):
+    for name in ("gone", "kept"):
+        _say(saver, name)
+        _say(saver, name)
+    keys = {name: saver._thread_key(saver.conn, name) for name in ("gone", "kept")}
+    assert all(keys[n] in saver._lists._by_thread and n in saver._thread_states for n in keys)
+    saver.delete_threads(["gone"])
+    assert keys["gone"] not in saver._lists._by_thread and keys["gone"] not in saver._lists._latest
+    assert "gone" not in saver._thread_states
+    assert keys["kept"] in saver._lists._by_thread and "kept" in saver._thread_states
+    _say(saver, "gone")  # a new thread under the old id starts from nothing
+    assert len(echo_graph(saver).get_state({"configurable": {"thread_id": "gone"}}).values["messages"]) == 2
