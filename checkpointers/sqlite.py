@@ -302,8 +302,9 @@ class _DeferredWrites:
 
 @dataclass(slots=True, eq=False)
 class _DeferredPut:
-    """One `put`, serialised ahead of its transaction; a run's input checkpoint waits in
-    `ThreadSaver._deferred` for the transaction that carries it."""
+    """One `put`, serialised ahead of its transaction; a run's input checkpoint, and a
+    step's checkpoint the run goes on from, wait in `ThreadSaver._deferred` for the
+    transaction that carries them."""
 
     thread_id: str
     user_id: str | None
@@ -890,7 +891,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 time.sleep(period)
 
     def flush(self) -> None:
-        """Write every deferred input checkpoint and task write now (reads and other writes do this first anyway)."""
+        """Write every deferred checkpoint and task write now (reads and other writes do this first anyway)."""
         with self._lock:
             if self._deferred:
                 with self._write():
@@ -1238,28 +1239,32 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     ) -> tuple[list[int], dict[int, BaseMessage], str, str, int]:
         """The message numbers of a stored list, walking its delta chain to a cached or full list."""
         steps: list[tuple[int, bytes, int | None, int | None, int]] = []
-        start: _StoredList | None = None
-        cursor: int | None = value_no
+        start = self._lists.get(thread_key, value_no)
         ns = channel = ""
-        while cursor is not None:
-            start = self._lists.get(thread_key, cursor)
-            if start is not None:
-                break
-            row = conn.execute(
-                "SELECT value, base_no, keep, depth, checkpoint_ns, channel FROM channel_values "
-                "WHERE thread_key = ? AND value_no = ?",
-                (thread_key, cursor),
-            ).fetchone()
-            if row is None:
+        if start is None:
+            # The whole chain in one statement (a cold read walks up to MAX_CHAIN_DEPTH
+            # links); it stops at the first link this saver has cached.
+            cursor: int | None = value_no
+            for link, value, base_no, keep, depth, ns, channel in conn.execute(_LIST_CHAIN_SQL, (thread_key, value_no)):
+                if link != cursor:
+                    break
+                if link != value_no and (start := self._lists.get(thread_key, link)) is not None:
+                    break
+                steps.append((link, value, base_no, keep, depth))
+                cursor = base_no
+                if cursor is None:
+                    break
+            if start is None and cursor is not None:
                 raise RuntimeError(f"thread {thread_key}: message list {cursor} is missing")
-            steps.append((cursor, row[0], row[1], row[2], row[3]))
-            ns, channel = row[4], row[5]
-            cursor = row[1]
         nos = list(start.nos) if start else []
         known = dict(zip(start.nos, start.objs)) if start else {}
         for _, blob, _base, keep, _depth in reversed(steps):
             tail = codec.unpack_numbers(blob)
-            nos = (nos[:keep] if keep is not None else []) + tail
+            if keep is None:
+                nos = tail
+            else:  # in place: a link changes the end of the list, not the thousands before it
+                del nos[keep:]
+                nos.extend(tail)
         return nos, known, ns, channel, steps[0][4] if steps else start.depth
 
     def read_messages(
@@ -2227,6 +2232,20 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+_LIST_CHAIN_SQL = f"""
+WITH RECURSIVE chain (value_no, value, base_no, keep, depth, checkpoint_ns, channel) AS (
+    SELECT value_no, value, base_no, keep, depth, checkpoint_ns, channel FROM channel_values
+    WHERE thread_key = ?1 AND value_no = ?2
+    UNION ALL
+    SELECT c.value_no, c.value, c.base_no, c.keep, c.depth, c.checkpoint_ns, c.channel
+    FROM chain JOIN channel_values AS c ON c.thread_key = ?1 AND c.value_no = chain.base_no
+    LIMIT {MAX_CHAIN_DEPTH + 2}
+)
+SELECT * FROM chain
+"""
+"""A stored message list and the lists it is a delta of, newest first, down to a full list."""
 
 
 def _more_steps_follow(checkpoint: Checkpoint) -> bool:

@@ -46,6 +46,29 @@ def test_a_page_of_a_1000_turn_thread_loads_only_that_page(db_path: Path):
     saver.close()
 
 
+def test_a_cold_page_of_a_long_thread_costs_a_handful_of_statements(db_path: Path):
+    """The stored list is a chain of deltas (up to MAX_CHAIN_DEPTH links); it is
+    read in one statement, not one per link."""
+    everything = long_thread(db_path, 300)
+    saver = ThreadSaver(db_path)
+    with saver._read() as conn:
+        key = saver._thread_key(conn, "long")
+        links = conn.execute(
+            "WITH RECURSIVE c(no, base) AS (SELECT value_no, base_no FROM channel_values WHERE thread_key = ?1 "
+            "AND value_no = (SELECT max(value_no) FROM channel_values WHERE thread_key = ?1 AND channel = 'messages') "
+            "UNION ALL SELECT v.value_no, v.base_no FROM c JOIN channel_values v ON v.thread_key = ?1 AND v.value_no = c.base) "
+            "SELECT count(*) FROM c",
+            (key,),
+        ).fetchone()[0]
+    statements: list[str] = []
+    saver.conn.set_trace_callback(statements.append)
+    page = saver.read_messages("long", user_id="alice", limit=50)
+    saver.conn.set_trace_callback(None)
+    assert page.messages == everything[-50:]
+    assert links > 5 and len(statements) <= 9, (links, statements)
+    saver.close()
+
+
 def test_another_users_thread_is_not_found(db_path: Path):
     long_thread(db_path, 2)
     saver = ThreadSaver(db_path)
