@@ -820,13 +820,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             and not any(channel in WRITES_IDX_MAP for channel in channels)
         )
 
-    def _defer(self, entry: _DeferredWrites | _DeferredPut) -> None:
+    def _defer(self, entry: _DeferredWrites | _DeferredPut, may: Callable[[], bool] | None = None) -> bool:
+        """Queue `entry` for the transaction that carries it; with `may`, only if it says so.
+
+        `may` is asked under the same lock that `put` holds to record a thread's
+        newest checkpoint, which it does before it takes what waits for the
+        thread: so writes either wait and are carried by that checkpoint, or
+        (the checkpoint came first) are written at once, never left behind."""
         with self._deferred_cond:
             if self._closing:
                 raise StoreUnavailableError(f"{self.path}: the saver is closed")
+            if may is not None and not may():
+                return False
             self._deferred.append(entry)
             self._deferred_total += 1
             self._wake_flusher()
+            return True
 
     def _backlog_grew(self) -> None:
         """A message's words went to the search backlog; past `BACKLOG_MERGE_AT`, have the flusher merge it."""
@@ -1536,9 +1545,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             updated_at=utc_now(),
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        latest = self._latest_put.get((thread_id, ns))
-        if latest is None or checkpoint["id"] > latest:
-            _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
+        with self._deferred_cond:  # see `_defer`
+            latest = self._latest_put.get((thread_id, ns))
+            if latest is None or checkpoint["id"] > latest:
+                _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
         if self._defer_writes and (
             full_metadata.get("source") == "input"
             or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
@@ -1675,8 +1685,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             ],
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        if self._may_defer(thread_id, ns, checkpoint_id, task_id, task_path, channels):
-            self._defer(entry)
+        if self._defer(entry, lambda: self._may_defer(thread_id, ns, checkpoint_id, task_id, task_path, channels)):
             return
 
         def write(txn: _ThreadTxn) -> _ThreadState:
