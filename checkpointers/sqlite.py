@@ -193,6 +193,16 @@ def _is_message_list(value: Any) -> bool:
     return all(issubclass(t, BaseMessage) for t in set(map(type, value)))
 
 
+def _holds_messages(value: Any) -> bool:
+    """A message, or a list of them."""
+    return isinstance(value, BaseMessage) or _is_message_list(value)
+
+
+def _is_message_dict(value: Any) -> bool:
+    """A dict with messages among its values: a graph's input, e.g. {"messages": [HumanMessage(...)]}."""
+    return type(value) is dict and any(map(_holds_messages, value.values()))
+
+
 @dataclass
 class _StoredList:
     """A message list as stored (`nos`) and as Python objects (`objs`)."""
@@ -1093,27 +1103,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         entry = _StoredList(value_no, nos, list(messages), base.depth + 1)
         return entry, codec.pack_numbers(nos[keep:]), base.value_no, keep
 
-    def _encode_value(self, txn: _ThreadTxn, value: Any) -> tuple[int, str | None, bytes | None]:
-        """Encode a write or a channel value; messages inside go to `messages` once."""
-        return self._apply_encoded(txn, self._pre_encode(value, words=False))
-
     def _pre_encode(self, value: Any, *, words: bool = True) -> _PreValue:
-        """The part of `_encode_value` that needs no transaction: serialising
-        (`words`: and splitting messages into search words, see `_store_message`)."""
+        """A write or a channel value encoded as far as it can be without a transaction:
+        serialised (`words`: and its messages split into search words, see
+        `_store_message`); `_apply_encoded` stores its new messages and gives its row."""
         if _is_message_list(value):
             return _PreValue(KIND_MESSAGE_LIST, messages=[self._pre_message(m, words=words) for m in value])
         if isinstance(value, BaseMessage):
             return _PreValue(KIND_MESSAGE, messages=[self._pre_message(value, words=words)])
-        if type(value) is dict and any(
-            isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()
-        ):
-            # A graph's input, e.g. {"messages": [HumanMessage(...)]}, as it sits in
-            # the __start__ channel: store its messages by number like the rest.
-            parts = {
-                key: self._pre_encode(item, words=words)
-                for key, item in value.items()
-                if isinstance(item, BaseMessage) or _is_message_list(item)
-            }
+        if _is_message_dict(value):
+            # A graph's input as it sits in the __start__ channel: store its
+            # messages by number like the rest.
+            parts = {key: self._pre_encode(item, words=words) for key, item in value.items() if _holds_messages(item)}
             rest = {key: item for key, item in value.items() if key not in parts}
             return _PreValue(KIND_MESSAGE_DICT, parts=parts, rest=rest, order=list(value))
         type_, blob = self._dump(value)
@@ -1602,7 +1603,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 captured[channel] = list(value)
             elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
                 captured[channel] = _DeltaSnapshot(list(value.value))
-            elif type(value) is dict and any(isinstance(v, BaseMessage) or _is_message_list(v) for v in value.values()):
+            elif _is_message_dict(value):
                 captured[channel] = {k: list(v) if _is_message_list(v) else v for k, v in value.items()}
             else:
                 captured[channel] = self._pre_encode(value, words=False)
@@ -1625,11 +1626,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             key = txn.thread_key
             txn.lists[(ns, channel)] = entry
             txn.after_commit.append(lambda: self._lists.add(key, ns, channel, entry))
-        elif type(value) is _PreValue:
-            kind, type_, blob = self._apply_encoded(txn, value)
-            value_no = txn.value_no()
         else:
-            kind, type_, blob = self._encode_value(txn, value)
+            pre = value if type(value) is _PreValue else self._pre_encode(value, words=False)
+            kind, type_, blob = self._apply_encoded(txn, pre)
             value_no = txn.value_no()
         return (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth)
 
