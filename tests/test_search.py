@@ -165,7 +165,10 @@ FOLDING_QUERIES = [
 
 
 def _backlog_rows(saver) -> int:
-    return saver.conn.execute("SELECT count(*) FROM search_backlog").fetchone()[0]
+    # Under the saver's lock: the flusher writes on the same connection, and a
+    # read between its statements would see its transaction half done.
+    with saver._lock:
+        return saver.conn.execute("SELECT count(*) FROM search_backlog").fetchone()[0]
 
 
 def _search_everything(saver) -> dict[str, list[str]]:
@@ -209,7 +212,8 @@ def test_the_flusher_merges_the_backlog_once_it_is_long_and_close_merges_the_res
     saver = ThreadSaver(db_path)
 
     def indexed() -> int:
-        return saver.conn.execute("SELECT count(*) FROM message_search_docsize").fetchone()[0]
+        with saver._lock:
+            return saver.conn.execute("SELECT count(*) FROM message_search_docsize").fetchone()[0]
 
     try:
         for n in range(3):

@@ -1,0 +1,212 @@
+"""A compact, exact encoding of a checkpoint's bookkeeping (everything but its values).
+
+What a checkpoint row stores is small and regular: a format number, a time
+stamp, and which version of which channel each node has seen. Most of its bytes
+are the versions themselves: this saver's versions are floats with a random
+fraction (see `ThreadSaver.get_next_version`), eight bytes of noise each, and a
+checkpoint names the same few versions several times. Encoded generically
+(msgpack) such a dict is about 240 bytes, and deflate with a preset dictionary
+takes it to about 85, at a cost of tens of microseconds per checkpoint on the
+path every chat turn waits for.
+
+This encoding writes each distinct version once, names the usual channels and
+nodes by a one-byte code, and the time stamp as an integer of microseconds.
+It needs no compression and decodes to a dict equal to the one encoded.
+`encode` returns None for any dict it cannot reproduce exactly (other keys,
+versions that are not floats, names that are not strings): the caller stores
+those the generic way.
+
+Layout: msgpack `[v, ts, versions, indexes, shape]`.
+
+* `ts`: microseconds since the epoch when the stamp is LangGraph's usual UTC
+  ISO form (checked by formatting it back), else the string itself.
+* `versions`: the distinct versions as little-endian doubles, one bytes value;
+  `indexes`: for each version of `channel_versions` and then of `versions_seen`,
+  in order, its place in `versions`.
+* `shape`: the names, msgpack `[extra_names, channels, seen, updated]`. It is the
+  same for most checkpoints of a graph, so it is encoded once per process and kept.
+  A name is a code: `0 <= c < len(NAMES)` is `NAMES[c]`, `c >= len(NAMES)` is
+  `extra_names[c - len(NAMES)]`, and a negative code `-1 - c` is `"branch:to:"`
+  followed by the name of code `c` (LangGraph's edge channels). `channels` are
+  the codes of `channel_versions`' keys; `seen` is flat: for each node its code,
+  how many channels it has seen, and their codes. `updated` is the list of codes
+  of `updated_channels`, None when that was None, False when it was absent.
+
+`NAMES` is part of the stored format: never change it; add a new type tag.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import ormsgpack
+
+TYPE = "tk.cp1"
+"""The `checkpoints.type` of a row in this encoding."""
+
+NAMES = (
+    "__start__",
+    "__input__",
+    "__interrupt__",
+    "__pregel_tasks",
+    "__root__",
+    "messages",
+    "model",
+    "tools",
+    "agent",
+    "trim",
+)
+_CODES = {name: code for code, name in enumerate(NAMES)}
+_BRANCH = "branch:to:"
+_KEYS = ("v", "ts", "channel_versions", "versions_seen", "updated_channels")
+_KEY_SET = frozenset(_KEYS)
+_REQUIRED = frozenset(_KEYS[:4])
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+_SECOND = timedelta(seconds=1)
+
+
+def _ts_micros(ts: Any) -> int | str | None:
+    """A time stamp as microseconds if `_ts_text` gives it back exactly, else as it is."""
+    if type(ts) is not str:
+        return None
+    if len(ts) != 32 or ts[19] != "." or not ts.endswith("+00:00") or not (ts.isascii() and ts[20:26].isdigit()):
+        return ts
+    seconds = _SECONDS.get(ts[:19])
+    if seconds is None:
+        try:
+            at = datetime.fromisoformat(ts)
+        except ValueError:
+            return ts
+        if at.isoformat() != ts:
+            return ts
+        seconds = (at.replace(microsecond=0) - _EPOCH) // _SECOND
+        if len(_SECONDS) >= 64:
+            _SECONDS.clear()
+        _SECONDS[ts[:19]] = seconds
+    fraction = int(ts[20:26])
+    if fraction == 0:  # isoformat() leaves out a zero fraction
+        return ts
+    return seconds * 1_000_000 + fraction
+
+
+_SECONDS: dict[str, int] = {}
+"""Recent whole seconds of time stamps: a turn's checkpoints share theirs."""
+
+
+def _ts_text(micros: int) -> str:
+    return (_EPOCH + timedelta(microseconds=micros)).isoformat()
+
+
+def _shape(
+    channels: tuple[str, ...], nodes: tuple[str, ...], seen: tuple[tuple[str, ...], ...], updated: Any
+) -> list | None:
+    """The names part of an encoding: `[extra_names, channel codes, versions_seen layout, updated]`."""
+    extra: list[str] = []
+    codes = dict(_CODES)
+
+    def code(name: Any) -> int:
+        found = codes.get(name)
+        if found is None:
+            if type(name) is not str:
+                raise TypeError(name)
+            target = code(name[len(_BRANCH) :]) if name.startswith(_BRANCH) and len(name) > len(_BRANCH) else -1
+            if target >= 0:
+                found = -1 - target
+            else:
+                found = len(NAMES) + len(extra)
+                extra.append(name)
+            codes[name] = found
+        return found
+
+    try:
+        channel_codes = [code(channel) for channel in channels]
+        layout: list[int] = []
+        for node, node_channels in zip(nodes, seen):
+            layout += (code(node), len(node_channels), *map(code, node_channels))
+        if updated is not None and updated is not False:
+            updated = [code(channel) for channel in updated]
+    except TypeError:
+        return None
+    return [extra, channel_codes, layout, updated]
+
+
+_SHAPES: dict[tuple, bytes | None] = {}
+_SHAPES_KEPT = 512
+
+
+def encode(stored: dict[str, Any]) -> bytes | None:
+    """The encoding of a checkpoint dict without its id and values; None if it does not fit."""
+    if not (_REQUIRED <= stored.keys() <= _KEY_SET):
+        return None
+    v, ts = stored["v"], _ts_micros(stored["ts"])
+    channel_versions, versions_seen = stored["channel_versions"], stored["versions_seen"]
+    updated = stored.get("updated_channels", False)
+    if type(v) is not int or ts is None or type(channel_versions) is not dict or type(versions_seen) is not dict:
+        return None
+    if updated is not None and updated is not False and type(updated) is not list:
+        return None
+    seen = tuple(map(dict.keys, versions_seen.values())) if all(map(_is_dict, versions_seen.values())) else None
+    if seen is None:
+        return None
+    key = (
+        tuple(channel_versions),
+        tuple(versions_seen),
+        tuple(map(tuple, seen)),
+        updated if updated is None or updated is False else tuple(updated),
+    )
+    shape = _SHAPES.get(key, _MISSING)
+    if shape is _MISSING:
+        if len(_SHAPES) >= _SHAPES_KEPT:
+            _SHAPES.clear()
+        shape = _SHAPES[key] = _shape(key[0], key[1], key[2], updated)
+        if shape is not None:
+            shape = _SHAPES[key] = ormsgpack.packb(shape)
+    if shape is None:
+        return None
+    values = [*channel_versions.values()]
+    for node_versions in versions_seen.values():
+        values += node_versions.values()
+    distinct = dict.fromkeys(values)
+    # 0.0 and -0.0 are equal keys, so they would come back as one of them.
+    if not all(type(value) is float for value in distinct) or 0.0 in distinct:
+        return None
+    index = {value: i for i, value in enumerate(distinct)}
+    return ormsgpack.packb([v, ts, struct.pack(f"<{len(index)}d", *index), [index[x] for x in values], shape])
+
+
+def _is_dict(value: Any) -> bool:
+    return type(value) is dict
+
+
+_MISSING = object()
+
+
+def decode(blob: bytes) -> dict[str, Any]:
+    """The checkpoint dict `encode` was given."""
+    v, ts, packed_versions, indexes, shape = ormsgpack.unpackb(blob)
+    extra, channel_codes, layout, updated = ormsgpack.unpackb(shape)
+    versions = struct.unpack(f"<{len(packed_versions) // 8}d", packed_versions)
+    names = NAMES + tuple(extra)
+
+    def name(code: int) -> str:
+        return names[code] if code >= 0 else _BRANCH + names[-1 - code]
+
+    values = iter([versions[i] for i in indexes])
+    checkpoint: dict[str, Any] = {
+        "v": v,
+        "ts": ts if type(ts) is str else _ts_text(ts),
+        "channel_versions": {name(code): next(values) for code in channel_codes},
+    }
+    seen: dict[str, dict[str, float]] = {}
+    i = 0
+    while i < len(layout):
+        count = layout[i + 1]
+        seen[name(layout[i])] = {name(code): next(values) for code in layout[i + 2 : i + 2 + count]}
+        i += 2 + count
+    checkpoint["versions_seen"] = seen
+    if updated is not False:
+        checkpoint["updated_channels"] = None if updated is None else [name(code) for code in updated]
+    return checkpoint
