@@ -332,6 +332,21 @@ class _DeferredPut:
     due: float
 
 
+@dataclass(slots=True, eq=False)
+class _KeptTuple:
+    """A thread's newest checkpoint as the `put` that wrote it had it, for `get_tuple`.
+
+    Served only while this connection has written nothing since (`total_changes`)
+    and no other connection has committed since the read that found its chain's
+    first checkpoint (`data_version`, SQLite's count of other connections' commits)."""
+
+    entry: _DeferredPut
+    values: dict[str, Any]
+    """Its channel values: message lists only (see `ThreadSaver._keep_tuple`)."""
+    total_changes: int
+    data_version: int
+
+
 @dataclass
 class _ThreadState:
     """What a write needs to know about a thread's row, kept between writes.
@@ -613,6 +628,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._deferred: list[_DeferredWrites | _DeferredPut] = []
         self._deferred_cond = threading.Condition(threading.Lock())
         self._latest_put: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._newest: OrderedDict[tuple[str, str], tuple[str | None, int]] = OrderedDict()
+        """(checkpoint id, data_version) by (thread, ns): the newest checkpoint as of a
+        read at that data_version, followed along the puts whose parent it is."""
+        self._kept: OrderedDict[tuple[str, str], _KeptTuple] = OrderedDict()
         self._flusher: threading.Thread | None = None
         self._flusher_armed = False
         self._deferred_total = 0
@@ -1477,16 +1496,55 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
-        with self._read() as conn:
-            thread_key = self._thread_key(conn, thread_id)
-            if thread_key is None:
-                return None
-            row = self._checkpoint_row(
-                conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
-            )
-            if row is None:
-                return None
-            return self._tuple(conn, thread_key, thread_id, ns, *row)
+        checkpoint_id = get_checkpoint_id(config)
+        with self._lock:
+            kept = self._kept_tuple(thread_id, ns, checkpoint_id)
+            if kept is not None:
+                return kept
+            with self._read() as conn:
+                (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+                thread_key = self._thread_key(conn, thread_id)
+                row = thread_key and self._checkpoint_row(
+                    conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
+                )
+                found = self._tuple(conn, thread_key, thread_id, ns, *row) if row else None
+            if checkpoint_id is None:
+                # A new thread's first put follows "no checkpoint" (parent None).
+                newest = (found and found.checkpoint["id"], data_version)
+                with self._deferred_cond:
+                    _remember(self._newest, (thread_id, ns), newest, 10_000)
+            return found
+
+    def _kept_tuple(self, thread_id: str, ns: str, checkpoint_id: str | None) -> CheckpointTuple | None:
+        """The thread's newest checkpoint as `_keep_tuple` kept it, if nothing can have changed it
+        since (call holding `_lock`); else None, and the caller reads it."""
+        kept = self._kept.get((thread_id, ns))
+        if (
+            kept is None
+            or self._deferred
+            or kept.total_changes != self.conn.total_changes
+            or (checkpoint_id is not None and checkpoint_id != kept.entry.checkpoint_id)
+            or self.conn.execute("PRAGMA data_version").fetchone()[0] != kept.data_version
+        ):
+            return None
+        entry = kept.entry
+        checkpoint = self._load(entry.type_, entry.blob)
+        checkpoint["id"] = entry.checkpoint_id
+        checkpoint["channel_values"] = {
+            channel: _DeltaSnapshot(list(value.value)) if isinstance(value, _DeltaSnapshot) else list(value)
+            for channel, value in kept.values.items()
+        }
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": entry.checkpoint_id}},
+            checkpoint=checkpoint,
+            metadata=json.loads(entry.metadata_json),
+            parent_config=(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": entry.parent_id}}
+                if entry.parent_id
+                else None
+            ),
+            pending_writes=[],
+        )
 
     def list(
         self,
@@ -1582,6 +1640,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             latest = self._latest_put.get((thread_id, ns))
             if latest is None or checkpoint["id"] > latest:
                 _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
+            self._follow_newest(thread_id, ns, entry)
         if self._defer_writes and (
             full_metadata.get("source") == "input"
             or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
@@ -1592,10 +1651,39 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
             def write(txn: _ThreadTxn) -> _ThreadState:
                 self._insert_checkpoint(txn, entry)
+                txn.after_commit.append(lambda: self._keep_tuple(entry))
                 return txn.close()
 
             self._write_thread(thread_id, entry.user_id, write)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    def _follow_newest(self, thread_id: str, ns: str, entry: _DeferredPut) -> None:
+        """A put makes the thread's known newest checkpoint its own if it follows it, else unknown
+        (call holding `_deferred_cond`). What `get_tuple` kept of the thread is stale either way."""
+        key = (thread_id, ns)
+        self._kept.pop(key, None)
+        newest = self._newest.pop(key, None)
+        if newest is not None and newest[0] == entry.parent_id:
+            self._newest[key] = (entry.checkpoint_id, newest[1])
+
+    def _keep_tuple(self, entry: _DeferredPut) -> None:
+        """After the commit that wrote `entry` (holding `_lock`): keep it for `get_tuple` if it is the
+        thread's newest checkpoint and its values are message lists, which `get_tuple` hands out
+        as new lists of the same messages, as it does from the list cache."""
+        key = (entry.thread_id, entry.ns)
+        values: dict[str, Any] = {}
+        for channel, value in entry.values.items():
+            if _is_message_list(value):
+                values[channel] = list(value)
+            elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
+                values[channel] = _DeltaSnapshot(list(value.value))
+            else:
+                return
+        with self._deferred_cond:
+            newest = self._newest.get(key)
+            if newest is not None and newest[0] == entry.checkpoint_id:
+                kept = _KeptTuple(entry, values, self.conn.total_changes, newest[1])
+                _remember(self._kept, key, kept, 1_000)
 
     def _insert_checkpoint(self, txn: _ThreadTxn, entry: _DeferredPut) -> None:
         """The rows of one checkpoint: its new channel values and itself; and its mark on the thread row."""

@@ -1,0 +1,96 @@
+"""get_tuple answers a thread's newest checkpoint from what its put kept, only while nothing can have changed it."""
+
+import random
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from checkpointers import open_saver
+
+
+def chat(saver):
+    def model(state: MessagesState) -> dict:
+        return {"messages": [AIMessage(f"reply {len(state['messages'])}")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", model)
+    builder.add_edge(START, "model")
+    builder.add_edge("model", END)
+    return builder.compile(checkpointer=saver)
+
+
+def as_plain(found):
+    """A CheckpointTuple as comparable data (messages by their fields)."""
+    checkpoint = dict(found.checkpoint)
+    checkpoint["channel_values"] = {
+        channel: [m.model_dump() for m in value] if isinstance(value, list) else value
+        for channel, value in checkpoint["channel_values"].items()
+    }
+    return (found.config, checkpoint, found.metadata, found.parent_config, found.pending_writes)
+
+
+def statements(saver, action):
+    seen = []
+    saver.conn.set_trace_callback(seen.append)
+    try:
+        result = action()
+    finally:
+        saver.conn.set_trace_callback(None)
+    return result, seen
+
+
+def test_the_kept_newest_checkpoint_equals_what_a_read_of_the_file_returns(db_path):
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    rng = random.Random(3)
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        app = chat(saver)
+        for n in range(6):
+            app.invoke({"messages": [HumanMessage(f"hello {rng.random()}")]}, config)
+            kept, seen = statements(saver, lambda: saver.get_tuple(config))
+            assert seen == ["PRAGMA data_version"]
+            with open_saver(f"sqlite:///{db_path}") as other:
+                read = other.get_tuple(config)
+            assert as_plain(kept) == as_plain(read)
+            assert kept.checkpoint["channel_values"]["messages"] is not read.checkpoint["channel_values"]["messages"]
+
+
+def test_a_checkpoint_another_connection_wrote_is_read_not_the_kept_one(db_path):
+    config = {"configurable": {"thread_id": "t"}}
+    with open_saver(f"sqlite:///{db_path}") as saver, open_saver(f"sqlite:///{db_path}") as other:
+        chat(saver).invoke({"messages": [HumanMessage("from the first process")]}, config)
+        chat(other).invoke({"messages": [HumanMessage("from the second process")]}, config)
+        found = saver.get_tuple(config)
+        assert [m.content for m in found.checkpoint["channel_values"]["messages"]][-2:] == [
+            "from the second process",
+            "reply 3",
+        ]
+        assert found.checkpoint["id"] == other.get_tuple(config).checkpoint["id"]
+
+
+def test_changes_made_through_the_same_saver_are_seen(db_path):
+    config = {"configurable": {"thread_id": "t"}}
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        app = chat(saver)
+        app.invoke({"messages": [HumanMessage("hello")]}, config)
+        app.update_state(config, {"messages": [HumanMessage("edited in")]})
+        assert saver.get_tuple(config).checkpoint["channel_values"]["messages"][-1].content == "edited in"
+        app.invoke({"messages": [HumanMessage("again")]}, config)
+        saver.delete_thread("t")
+        assert saver.get_tuple(config) is None
+        app.invoke({"messages": [HumanMessage("new start")]}, config)
+        assert [m.content for m in saver.get_tuple(config).checkpoint["channel_values"]["messages"]] == [
+            "new start",
+            "reply 1",
+        ]
+
+
+def test_an_older_checkpoint_asked_by_id_is_read(db_path):
+    config = {"configurable": {"thread_id": "t"}}
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        app = chat(saver)
+        app.invoke({"messages": [HumanMessage("one")]}, config)
+        first = saver.get_tuple(config).config
+        app.invoke({"messages": [HumanMessage("two")]}, config)
+        older, seen = statements(saver, lambda: saver.get_tuple(first))
+        assert len(older.checkpoint["channel_values"]["messages"]) == 2
+        assert any(sql.startswith("SELECT checkpoint_id") for sql in seen)
