@@ -110,16 +110,16 @@ def decompress_blob(type_: str, data: bytes) -> tuple[str, bytes]:
 # text order of lowercase hex, so ORDER BY still sorts them as the text would.
 # Any other string is stored as it is.
 
-_HEX = frozenset("0123456789abcdef")
-
-
 def db_id(value: str) -> str | bytes:
-    if (
-        len(value) == 36
-        and value[8] == value[13] == value[18] == value[23] == "-"
-        and _HEX.issuperset(value.replace("-", ""))
-    ):
-        return bytes.fromhex(value.replace("-", ""))
+    if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        digits = value.replace("-", "")
+        if len(digits) == 32 and digits == digits.lower():
+            try:
+                raw = bytes.fromhex(digits)
+            except ValueError:
+                return value
+            if len(raw) == 16:  # fromhex skips spaces between pairs: fewer bytes
+                return raw
     return value
 
 

@@ -4,11 +4,11 @@ import random
 import sqlite3
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
 
 from checkpointers import checkpoint_codec, open_saver
+from tests.chat import echo_graph as graph
 
 
 def chat_checkpoint(**changes):
@@ -107,17 +107,6 @@ def test_random_checkpoints_come_back_exactly():
             updated_channels=rng.sample(names, rng.randint(0, 3)),
         )
         round_trip(checkpoint)
-
-
-def graph(saver):
-    def model(state: MessagesState) -> dict:
-        return {"messages": [AIMessage(f"reply {len(state['messages'])}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("model", model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    return builder.compile(checkpointer=saver)
 
 
 def history(app, config):

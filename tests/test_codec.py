@@ -45,3 +45,26 @@ def test_threads_compressing_at_once_each_get_their_own_result():
     for t in threads:
         t.join()
     assert all(codec.inflate(results[n]) == blobs[n] for n in range(len(blobs)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1F1E579D-660C-6B12-8010-9927C34D3B3D",
+        "12345678-1234-1234-1234-12345678-abc",
+        "12345678-1234-1234-1234-1234567 9abc",
+        "12345678-1234-1234-1234-12345678 9ab",
+        "x" * 36,
+        "",
+        "٠" * 8 + "-1234-1234-1234-123456789abc",
+    ],
+)
+def test_an_id_that_is_not_a_lowercase_uuid_is_stored_as_it_is(text):
+    assert codec.db_id(text) == text
+    assert codec.py_id(codec.db_id(text)) == text
+
+
+def test_a_lowercase_uuid_is_stored_as_its_sixteen_bytes():
+    text = "1f1e579d-660c-6b12-8010-9927c34d3b3d"
+    assert codec.db_id(text) == bytes.fromhex(text.replace("-", ""))
+    assert codec.py_id(codec.db_id(text)) == text

@@ -2,21 +2,10 @@
 
 import random
 
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langchain_core.messages import HumanMessage
 
 from checkpointers import open_saver
-
-
-def chat(saver):
-    def model(state: MessagesState) -> dict:
-        return {"messages": [AIMessage(f"reply {len(state['messages'])}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("model", model)
-    builder.add_edge(START, "model")
-    builder.add_edge("model", END)
-    return builder.compile(checkpointer=saver)
+from tests.chat import echo_graph as chat
 
 
 def as_plain(found):
@@ -62,7 +51,7 @@ def test_a_checkpoint_another_connection_wrote_is_read_not_the_kept_one(db_path)
         found = saver.get_tuple(config)
         assert [m.content for m in found.checkpoint["channel_values"]["messages"]][-2:] == [
             "from the second process",
-            "reply 3",
+            "you said: from the second process",
         ]
         assert found.checkpoint["id"] == other.get_tuple(config).checkpoint["id"]
 
@@ -80,7 +69,7 @@ def test_changes_made_through_the_same_saver_are_seen(db_path):
         app.invoke({"messages": [HumanMessage("new start")]}, config)
         assert [m.content for m in saver.get_tuple(config).checkpoint["channel_values"]["messages"]] == [
             "new start",
-            "reply 1",
+            "you said: new start",
         ]
 
 
@@ -94,3 +83,10 @@ def test_an_older_checkpoint_asked_by_id_is_read(db_path):
         older, seen = statements(saver, lambda: saver.get_tuple(first))
         assert len(older.checkpoint["channel_values"]["messages"]) == 2
         assert any(sql.startswith("SELECT checkpoint_id") for sql in seen)
+
+
+def test_a_checkpoint_id_shaped_almost_like_a_uuid_finds_nothing(db_path):
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        chat(saver).invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "t"}})
+        odd = {"configurable": {"thread_id": "t", "checkpoint_id": "12345678-1234-1234-1234-12345678-abc"}}
+        assert saver.get_tuple(odd) is None
