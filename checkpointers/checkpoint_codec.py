@@ -64,7 +64,6 @@ _KEYS = ("v", "ts", "channel_versions", "versions_seen", "updated_channels")
 _KEY_SET = frozenset(_KEYS)
 _REQUIRED = frozenset(_KEYS[:4])
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 _SECOND = timedelta(seconds=1)
 
 
@@ -135,6 +134,7 @@ def _shape(
 
 _SHAPES: dict[tuple, bytes | None] = {}
 _SHAPES_KEPT = 512
+_MISSING = object()
 
 
 def encode(stored: dict[str, Any]) -> bytes | None:
@@ -148,9 +148,9 @@ def encode(stored: dict[str, Any]) -> bytes | None:
         return None
     if updated is not None and updated is not False and type(updated) is not list:
         return None
-    seen = tuple(map(dict.keys, versions_seen.values())) if all(map(_is_dict, versions_seen.values())) else None
-    if seen is None:
+    if not all(type(seen) is dict for seen in versions_seen.values()):
         return None
+    seen = tuple(map(dict.keys, versions_seen.values()))
     key = (
         tuple(channel_versions),
         tuple(versions_seen),
@@ -175,13 +175,6 @@ def encode(stored: dict[str, Any]) -> bytes | None:
         return None
     index = {value: i for i, value in enumerate(distinct)}
     return ormsgpack.packb([v, ts, struct.pack(f"<{len(index)}d", *index), [index[x] for x in values], shape])
-
-
-def _is_dict(value: Any) -> bool:
-    return type(value) is dict
-
-
-_MISSING = object()
 
 
 def decode(blob: bytes) -> dict[str, Any]:

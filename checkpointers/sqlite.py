@@ -193,6 +193,15 @@ def _is_message_list(value: Any) -> bool:
     return all(issubclass(t, BaseMessage) for t in set(map(type, value)))
 
 
+def _copy_message_list(value: Any) -> Any:
+    """A new list of the same messages (in a `_DeltaSnapshot` if it was one); None if `value` is not one."""
+    if _is_message_list(value):
+        return list(value)
+    if isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
+        return _DeltaSnapshot(list(value.value))
+    return None
+
+
 def _holds_messages(value: Any) -> bool:
     """A message, or a list of them."""
     return isinstance(value, BaseMessage) or _is_message_list(value)
@@ -1462,17 +1471,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         checkpoint = self._load(type_, blob)
         checkpoint["id"] = checkpoint_id
         checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"])
-        return CheckpointTuple(
-            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
-            checkpoint=checkpoint,
-            metadata=json.loads(metadata),
-            parent_config=(
-                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
-                if parent_id
-                else None
-            ),
-            pending_writes=self._pending_writes(conn, thread_key, ns, checkpoint_id),
-        )
+        pending_writes = self._pending_writes(conn, thread_key, ns, checkpoint_id)
+        return _checkpoint_tuple(thread_id, ns, checkpoint, metadata, parent_id, pending_writes)
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
 
@@ -1530,21 +1530,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         entry = kept.entry
         checkpoint = self._load(entry.type_, entry.blob)
         checkpoint["id"] = entry.checkpoint_id
-        checkpoint["channel_values"] = {
-            channel: _DeltaSnapshot(list(value.value)) if isinstance(value, _DeltaSnapshot) else list(value)
-            for channel, value in kept.values.items()
-        }
-        return CheckpointTuple(
-            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": entry.checkpoint_id}},
-            checkpoint=checkpoint,
-            metadata=json.loads(entry.metadata_json),
-            parent_config=(
-                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": entry.parent_id}}
-                if entry.parent_id
-                else None
-            ),
-            pending_writes=[],
-        )
+        checkpoint["channel_values"] = {channel: _copy_message_list(value) for channel, value in kept.values.items()}
+        return _checkpoint_tuple(thread_id, ns, checkpoint, entry.metadata_json, entry.parent_id, [])
 
     def list(
         self,
@@ -1671,14 +1658,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         thread's newest checkpoint and its values are message lists, which `get_tuple` hands out
         as new lists of the same messages, as it does from the list cache."""
         key = (entry.thread_id, entry.ns)
-        values: dict[str, Any] = {}
-        for channel, value in entry.values.items():
-            if _is_message_list(value):
-                values[channel] = list(value)
-            elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
-                values[channel] = _DeltaSnapshot(list(value.value))
-            else:
-                return
+        values = {channel: _copy_message_list(value) for channel, value in entry.values.items()}
+        if None in values.values():
+            return
         with self._deferred_cond:
             newest = self._newest.get(key)
             if newest is not None and newest[0] == entry.checkpoint_id:
@@ -1719,10 +1701,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             value = values.get(channel, _MISSING)
             if value is _MISSING:
                 continue
-            if _is_message_list(value):
-                captured[channel] = list(value)
-            elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
-                captured[channel] = _DeltaSnapshot(list(value.value))
+            copied = _copy_message_list(value)
+            if copied is not None:
+                captured[channel] = copied
             elif _is_message_dict(value):
                 captured[channel] = {k: list(v) if _is_message_list(v) else v for k, v in value.items()}
             else:
@@ -2374,6 +2355,21 @@ WITH RECURSIVE chain (value_no, value, base_no, keep, depth, checkpoint_ns, chan
 SELECT * FROM chain
 """
 """A stored message list and the lists it is a delta of, newest first, down to a full list."""
+
+
+def _checkpoint_tuple(
+    thread_id: str, ns: str, checkpoint: Checkpoint, metadata_json: str, parent_id: str | None, pending_writes: list
+) -> CheckpointTuple:
+    def config(checkpoint_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
+
+    return CheckpointTuple(
+        config=config(checkpoint["id"]),
+        checkpoint=checkpoint,
+        metadata=json.loads(metadata_json),
+        parent_config=config(parent_id) if parent_id else None,
+        pending_writes=pending_writes,
+    )
 
 
 def _more_steps_follow(checkpoint: Checkpoint) -> bool:
