@@ -318,8 +318,10 @@ class AttachmentStore:
 
     def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
         """The thread's attachment, or None. Raises ThreadNotFoundError for a foreign thread."""
-        thread_id = str(thread_id)
-        with self._saver._read() as conn:
+        return self._get(str(thread_id), user_id, flush=True)
+
+    def _get(self, thread_id: str, user_id: str | None, *, flush: bool) -> Attachment | None:
+        with self._saver._read(flush=flush) as conn:
             row = conn.execute(
                 "SELECT t.user_id, a.name, a.file, a.bytes, a.tables, a.attached_at FROM threads t "
                 "LEFT JOIN attachments a ON a.thread_key = t.thread_key WHERE t.thread_id = ?",
@@ -337,8 +339,12 @@ class AttachmentStore:
         return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
 
     def path(self, thread_id: str) -> Path | None:
-        """Where the thread's database file is, or None (the file is encrypted when the store is)."""
-        found = self.get(thread_id)
+        """Where the thread's database file is, or None (the file is encrypted when the store is).
+
+        The agent asks this at every step of a turn. An attachment is written at
+        once, never deferred, so this read does not write the turn's deferred
+        checkpoints first: they stay in the one commit that ends the turn."""
+        found = self._get(str(thread_id), ANY_USER, flush=False)
         return found.path if found else None
 
     def database(self, thread_id: str) -> Path | bytes | None:

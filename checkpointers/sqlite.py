@@ -725,10 +725,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     # -- transactions ------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every statement inside sees one snapshot."""
+    def _read(self, *, flush: bool = True) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees one snapshot.
+
+        Deferred writes are written first, so this process reads what it was
+        given; `flush=False` is for a read they cannot change (they hold
+        checkpoints, task writes, messages and the thread rows those touch)."""
         with self._lock:
-            if self._deferred:
+            if flush and self._deferred:
                 self.flush()
             self.conn.execute("BEGIN")
             try:

@@ -61,6 +61,35 @@ def test_a_thread_resumes_with_its_history_from_a_new_saver(db_path: Path):
     assert state["messages"][-1].content == "reply 3: three"
 
 
+def wal_commits(db_path: Path, since: int = 32) -> tuple[int, int]:
+    """Commits in the -wal file from byte `since` (its header ends at 32) on, and where it ends."""
+    wal = Path(f"{db_path}-wal").read_bytes()
+    page_size = int.from_bytes(wal[8:12], "big")
+    commits, at = 0, since
+    while at + 24 + page_size <= len(wal):
+        commits += int.from_bytes(wal[at + 4 : at + 8], "big") != 0  # a commit frame gives the file's size
+        at += 24 + page_size
+    return commits, at
+
+
+def test_a_turn_commits_once_although_every_step_looks_for_an_attachment(db_path: Path, monkeypatch):
+    # The flusher would write a slow turn's deferred checkpoints after 10 ms; give it no reason to.
+    monkeypatch.setattr("checkpointers.sqlite.DEFERRED_WRITES_FLUSH_AFTER", 60.0)
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as saver:
+        looked = []
+        find = saver.attachment_database
+        monkeypatch.setattr(saver, "attachment_database", lambda thread_id: looked.append(thread_id) or find(thread_id))
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=OFFLINE)
+        app.invoke({"messages": [HumanMessage("one")]}, config("t1"), durability="sync")
+        _, end = wal_commits(db_path)
+        app.invoke({"messages": [HumanMessage("two")]}, config("t1"), durability="sync")
+        commits, _ = wal_commits(db_path, end)
+        assert len(looked) == 4  # trim and model, on each of the two turns
+        assert commits == 1
+        messages = saver.get_tuple(config("t1")).checkpoint["channel_values"]["messages"]
+        assert [m.content for m in messages] == ["one", "reply 1: one", "two", "reply 2: two"]
+
+
 def make_sales_db(path: Path) -> Path:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL)")
