@@ -1209,9 +1209,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return {}
         lo, hi = min(wanted), max(wanted)
         found: dict[int, BaseMessage] = {}
-        for first, nos_blob, value in conn.execute(
-            "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ? AND first_no <= ? "
-            "AND last_no >= ? ORDER BY first_no",
+        # Segments do not overlap, so the first one needed is the last to start by `lo`
+        # (found in the index alone). Bounding the range with it makes a page of a
+        # long thread's newest messages read one or two segment rows: with only
+        # `last_no >= lo`, every earlier segment's row is read to be refused.
+        for nos_blob, value in conn.execute(
+            "SELECT nos, value FROM message_segments WHERE thread_key = ?1 AND first_no <= ?2 "
+            "AND first_no >= coalesce((SELECT max(first_no) FROM message_segments "
+            "WHERE thread_key = ?1 AND first_no <= ?3), 0) AND last_no >= ?3 ORDER BY first_no",
             (thread_key, hi, lo),
         ):
             segment_nos = codec.unpack_numbers(nos_blob)

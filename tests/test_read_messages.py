@@ -34,6 +34,24 @@ def test_pages_of_the_newest_messages_match_the_state(db_path: Path):
     saver.close()
 
 
+def segment_steps(saver: ThreadSaver, thread_id: str) -> int:
+    """SQLite VM steps the statement reading sealed segments takes in `read_messages`."""
+    steps = {"current": "", "segments": 0}
+
+    def step() -> int:
+        steps["segments"] += "FROM message_segments" in steps["current"]
+        return 0
+
+    saver.conn.set_trace_callback(lambda sql: steps.__setitem__("current", sql))
+    saver.conn.set_progress_handler(step, 1)
+    try:
+        saver.read_messages(thread_id, user_id="alice", limit=50)
+    finally:
+        saver.conn.set_progress_handler(None, 1)
+        saver.conn.set_trace_callback(None)
+    return steps["segments"]
+
+
 def test_a_page_of_a_1000_turn_thread_loads_only_that_page(db_path: Path):
     long_thread(db_path, 1000)
     saver = ThreadSaver(db_path)
@@ -43,7 +61,15 @@ def test_a_page_of_a_1000_turn_thread_loads_only_that_page(db_path: Path):
     page = saver.read_messages("long", user_id="alice", limit=50)
     assert len(page.messages) == 50 and page.total == 2000
     assert len(loaded) <= 50 + 2 * 64  # the page, plus the rest of the segments it starts and ends in
+    graph = chat_graph(saver)
+    for n in range(130):
+        graph.invoke({"messages": [human(n)]}, {"configurable": {"thread_id": "shorter", "user_id": "alice"}})
     saver.close()
+    # The newest page reads the segments it needs, not every earlier one: the same
+    # work with 31 sealed segments as with 4 (in a cold store each row is a page read).
+    with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as cold:
+        long_steps, shorter_steps = segment_steps(cold, "long"), segment_steps(cold, "shorter")
+    assert 0 < long_steps <= shorter_steps + 10, (long_steps, shorter_steps)
 
 
 def test_a_cold_page_of_a_long_thread_costs_a_handful_of_statements(db_path: Path):
