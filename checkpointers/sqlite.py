@@ -286,6 +286,11 @@ class _PreMessage:
     words: str | None
     message: BaseMessage | None = None
     """Set instead of `words` when they are left to be worked out if the message is new."""
+    unnamed: BaseMessage | None = None
+    """The message, if it had no id when serialised: LangGraph's reducer gives a new
+    message its id in place, and may do so after a task's writes were encoded on
+    another thread. `_store_message` encodes it again if it has one by then, so the
+    write and the history hold one row, as when the write waits for nothing."""
 
 
 @dataclass(slots=True)
@@ -1092,9 +1097,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """A message serialised, digested and (with `words`) split into search words, outside any transaction."""
         type_, blob = self._dump_message(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
+        unnamed = message if message.id is None else None
         if words:
-            return _PreMessage(type_, blob, digest, self._search_words(message))
-        return _PreMessage(type_, blob, digest, None, message)
+            return _PreMessage(type_, blob, digest, self._search_words(message), unnamed=unnamed)
+        return _PreMessage(type_, blob, digest, None, message, unnamed)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage | _PreMessage) -> int:
         """The number of a message in this thread, storing it if it is new.
@@ -1102,6 +1108,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         Search words are worked out here, for a new message only, unless the
         message was pre-encoded with them (a deferred write)."""
         pre = message if type(message) is _PreMessage else self._pre_message(message, words=False)
+        if pre.unnamed is not None and pre.unnamed.id is not None:
+            pre = self._pre_message(pre.unnamed, words=pre.message is None)
         known = txn.new_digests.get(pre.digest)
         if known is not None:
             return known

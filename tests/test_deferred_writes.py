@@ -9,6 +9,7 @@ import uuid
 from typing import Annotated
 
 import pytest
+from langchain_core.messages import HumanMessage
 from langgraph.channels import Topic
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
@@ -284,5 +285,30 @@ def test_a_waiting_step_checkpoint_keeps_its_values_as_they_were_at_put(db_path)
         assert history(ours) == history(memory)
         by_step = {s.metadata["step"]: s.values.get("seen") for s in ours.get_state_history(config)}
         assert by_step[1] == ["start", "a-1"] and by_step[2] == ["start", "a-1", "b-2"]
+    finally:
+        saver.close()
+
+
+def test_a_message_given_its_id_after_its_write_was_encoded_is_stored_once(db_path):
+    """LangGraph's reducer gives a new message its id in place, and a task's writes are
+    encoded on another thread, so a write may be encoded before the id is set. The
+    checkpoint's history then holds the message with its id; both are one stored row."""
+    saver = ThreadSaver(db_path)
+    try:
+        config = _checkpoint(saver, "t", "loop")
+        message = HumanMessage("a message with no id yet")
+        saver.put_writes(config, [("messages", [message])], str(uuid.uuid4()), "~__pregel_pull, model")
+        assert len(saver._deferred) == 1
+        message.id = "given-by-the-reducer"
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = {"messages": [message]}
+        checkpoint["channel_versions"] = {"messages": 2.0}
+        saver.put(config, checkpoint, {"source": "loop", "step": 0}, {"messages": 2.0})
+        with saver._read() as conn:
+            stored = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            backlog = conn.execute("SELECT count(*) FROM search_backlog").fetchone()[0]
+        assert (stored, backlog) == (1, 1)
+        history = saver.get_tuple({"configurable": {"thread_id": "t"}}).checkpoint["channel_values"]["messages"]
+        assert [(m.id, m.content) for m in history] == [("given-by-the-reducer", message.content)]
     finally:
         saver.close()
