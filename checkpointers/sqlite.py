@@ -1932,6 +1932,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 (target, now, now, src),
             ).lastrowid
             for table, columns in _THREAD_TABLE_COLUMNS.items():
+                if table == "message_times":
+                    # The trigger on `messages` dated the rows just copied now; they keep the source's times.
+                    self.conn.execute("DELETE FROM message_times WHERE thread_key = ?", (dst,))
                 self.conn.execute(
                     f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
                     (dst, src),
@@ -2319,7 +2322,10 @@ _THREAD_TABLE_COLUMNS = {
     "messages": "message_no, type, value",
     "message_segments": "first_no, last_no, nos, value",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
+    "message_times": "message_no, created_at",
+    "message_metadata": "message_id, created_at, metadata",
 }
+"""What `copy_thread` copies of each table (the thread row and attachment are copied on their own)."""
 
 
 _KEY_STATE_SQL = (

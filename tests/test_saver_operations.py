@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
+from datetime import datetime, timezone
 
 import pytest
+from langchain_core.messages import HumanMessage
 
 from checkpointers import ThreadExistsError, ThreadNotFoundError, ThreadSaver
 from tests.chat import chat_graph, human
@@ -226,3 +229,20 @@ def test_reading_a_long_thread_runs_no_garbage_collection_and_leaves_the_collect
         finally:
             gc.callbacks.remove(count)
             gc.enable()
+
+
+def test_a_copied_thread_keeps_its_messages_times_and_metadata(saver):
+    saver.sessions.put_session("u", "src")
+    given = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
+    saver.sessions.put_message("src", HumanMessage("dated and tagged", id="m-1"), user_id="u",
+                               metadata={"lang": "en", "n": 3}, created_at=given)
+    _chat(saver, "src", 70)  # enough to seal a segment, each turn dated when it was stored
+    time.sleep(0.01)
+    saver.copy_thread("src", "dst")
+    original = saver.sessions.list_messages("src", user_id="u")
+    copied = saver.sessions.list_messages("dst", user_id="u")
+    assert len(copied) == 141
+    assert [(m.message_id, m.created_at, m.metadata) for m in copied] == [
+        (m.message_id, m.created_at, m.metadata) for m in original
+    ]
+    assert copied[0].created_at == given and copied[0].metadata == {"lang": "en", "n": 3}
