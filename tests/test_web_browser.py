@@ -178,7 +178,24 @@ def test_another_visitor_sees_none_of_it_and_cannot_open_it_by_id(browser, serve
     second.close()
 
 
-def test_rename_pin_search_export_and_delete(browser, server: Server, model_server: FakeOpenAI, tmp_path: Path):
+def files_holding(folder: Path, text: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_rename_pin_search_export_and_delete(browser, model_server: FakeOpenAI, tmp_path: Path):
+    temp = tmp_path / "server-temp"  # the server's temporary directory: its exports and Gradio's copies
+    temp.mkdir()
+    server = Server(
+        tmp_path, OPENAI_BASE_URL=model_server.base_url, OPENAI_API_KEY="k", THREADKEEPER_MODEL="fake-model",
+        THREADKEEPER_MODEL_RETRIES="0", THREADKEEPER_EXPORT_KEEP_S="3", TMPDIR=str(temp),
+    ).start()
+    try:
+        rename_pin_search_export_and_delete(browser, server, temp)
+    finally:
+        server.stop()
+
+
+def rename_pin_search_export_and_delete(browser, server: Server, temp: Path) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     page = context.new_page()
     open_app(page, server.url)
@@ -221,11 +238,18 @@ def test_rename_pin_search_export_and_delete(browser, server: Server, model_serv
         link.click()
     exported = json.loads(Path(download.value.path()).read_text())
     assert exported["title"] == "Trains" and exported["messages"][0]["content"] == "train times to Lyon"
+    assert files_holding(temp, "train times to Lyon")  # the export sits in the server's temporary files ...
 
     page.locator("#delete").click()
     page.locator("#delete-yes").click()
     expect(page.locator("#thread-list label")).to_have_count(1)
     expect(page.locator("#thread-list")).not_to_contain_text("Trains")
+    # ... until THREADKEEPER_EXPORT_KEEP_S (3 s here) has passed: then no copy is left, and the link is dead.
+    deadline = time.monotonic() + 30
+    while files_holding(temp, "train times to Lyon") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert files_holding(temp, "train times to Lyon") == []
+    assert page.request.get(link.get_attribute("href")).status >= 400
     context.close()
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -42,6 +45,20 @@ LIST_SIZE = 30
 MAX_QUERY_CHARS = 200
 MAX_MESSAGE_CHARS = 100_000
 NOT_FOUND = "That thread does not exist (or is not yours)."
+EXPORT_KEEP_S = 600
+"""Default seconds an export stays downloadable (`THREADKEEPER_EXPORT_KEEP_S`)."""
+
+
+def export_keep_s(environ: dict[str, str] | None = None) -> int:
+    """How long exports are kept, from `THREADKEEPER_EXPORT_KEEP_S`; one clear error if it is not a positive integer."""
+    raw = (os.environ if environ is None else environ).get("THREADKEEPER_EXPORT_KEEP_S", str(EXPORT_KEEP_S))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"THREADKEEPER_EXPORT_KEEP_S must be a whole number of seconds, at least 1, not {raw!r}")
+    return value
 
 # On a phone the open sidebar covers the chat: start with it closed there, and
 # close it again once a thread is picked.
@@ -129,6 +146,8 @@ class WebChat:
         self.graph = build_graph(checkpointer=saver, model=model, settings=self.settings)
         self.identity = identity or Identity(load_secret(saver.path.parent), load_users())
         self.exports = Path(tempfile.mkdtemp(prefix="threadkeeper-export-"))
+        self.export_keep_s = export_keep_s()
+        self._pruner: threading.Thread | None = None
 
     # -- identity and ownership ---------------------------------------------
 
@@ -406,6 +425,31 @@ class WebChat:
             path.write_text("\n".join(lines))
         return str(path)
 
+    def prune_exports(self) -> int:
+        """Remove this server's own copies of exports once Gradio has served them; returns how many.
+
+        Gradio copies a returned file into its cache, and `blocks()` has it delete
+        those copies `export_keep_s` seconds after they were made; ours are not
+        needed after the copy (a minute at most, or `export_keep_s` if shorter)."""
+        cutoff = time.time() - min(60, self.export_keep_s)
+        removed = 0
+        for folder in list(self.exports.iterdir()):
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def _prune_exports_forever(self, every_s: float) -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                self.prune_exports()
+            except OSError:
+                log.exception("could not remove old exports from %s", self.exports)
+
     def export_markdown(self, thread_id: str | None, token: str | None, request: gr.Request):
         return gr.File(self.export(thread_id, "md", token, request), visible=True)
 
@@ -439,7 +483,10 @@ class WebChat:
 
     def blocks(self) -> gr.Blocks:
         offline = not self.settings.model_connected
-        with gr.Blocks(title="threadkeeper") as demo:
+        # Exports leave the server after export_keep_s: a deleted or swept thread's
+        # downloads do not outlive it by more than that (see README, Retention).
+        every = max(1, min(60, self.export_keep_s // 2))
+        with gr.Blocks(title="threadkeeper", delete_cache=(every, self.export_keep_s)) as demo:
             token = gr.BrowserState(None, storage_key="threadkeeper-identity", secret=self.identity.browser_secret)
             thread = gr.State(None)
             start = gr.State(0)
@@ -532,6 +579,10 @@ class WebChat:
 
     def launch(self, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
         demo = self.blocks()
+        if self._pruner is None:
+            every = max(1, min(60, self.export_keep_s // 2))
+            self._pruner = threading.Thread(target=self._prune_exports_forever, args=(every,), name="threadkeeper-exports", daemon=True)
+            self._pruner.start()
         auth = self.identity.check_password if self.identity.sign_in else None
         return demo.queue(default_concurrency_limit=8).launch(
             server_name=host,
