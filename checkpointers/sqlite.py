@@ -346,6 +346,15 @@ class _DeferredPut:
     due: float
 
 
+@dataclass(frozen=True, slots=True)
+class _KeptValue:
+    """A kept channel value that is not a message list, as the serializer wrote it:
+    each `get_tuple` answered from memory decodes a new object, as a read would."""
+
+    type_: str
+    blob: bytes
+
+
 @dataclass(slots=True, eq=False)
 class _KeptTuple:
     """A thread's newest checkpoint as the `put` that wrote it had it, for `get_tuple`.
@@ -356,7 +365,7 @@ class _KeptTuple:
 
     entry: _DeferredPut
     values: dict[str, Any]
-    """Its channel values: message lists only (see `ThreadSaver._keep_tuple`)."""
+    """Its channel values: message lists, and anything else serialised (see `ThreadSaver._keep_tuple`)."""
     total_changes: int
     data_version: int
 
@@ -1547,7 +1556,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         entry = kept.entry
         checkpoint = self._load(entry.type_, entry.blob)
         checkpoint["id"] = entry.checkpoint_id
-        checkpoint["channel_values"] = {channel: _copy_message_list(value) for channel, value in kept.values.items()}
+        checkpoint["channel_values"] = {
+            channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else _copy_message_list(value)
+            for channel, value in kept.values.items()
+        }
         return _checkpoint_tuple(thread_id, ns, checkpoint, entry.metadata_json, entry.parent_id, [])
 
     def list(
@@ -1672,12 +1684,18 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _keep_tuple(self, entry: _DeferredPut) -> None:
         """After the commit that wrote `entry` (holding `_lock`): keep it for `get_tuple` if it is the
-        thread's newest checkpoint and its values are message lists, which `get_tuple` hands out
-        as new lists of the same messages, as it does from the list cache."""
+        thread's newest checkpoint. Message lists are handed out as new lists of the same
+        messages, as from the list cache; any other value is kept serialised and decoded anew."""
         key = (entry.thread_id, entry.ns)
-        values = {channel: _copy_message_list(value) for channel, value in entry.values.items()}
-        if None in values.values():
-            return
+        values: dict[str, Any] = {}
+        for channel, value in entry.values.items():
+            kept = _copy_message_list(value)
+            if kept is None:
+                try:
+                    kept = _KeptValue(*self.serde.dumps_typed(value))
+                except Exception:  # the serializer refuses it: get_tuple reads the stored row instead
+                    return
+            values[channel] = kept
         with self._deferred_cond:
             newest = self._newest.get(key)
             if newest is not None and newest[0] == entry.checkpoint_id:

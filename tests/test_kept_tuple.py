@@ -5,7 +5,9 @@ import random
 from langchain_core.messages import HumanMessage
 
 from checkpointers import open_saver
+from graph import Settings, build_graph
 from tests.chat import echo_graph as chat
+from tests.scripted import ScriptedChatModel, echo
 
 
 def as_plain(found):
@@ -44,6 +46,25 @@ def test_the_kept_newest_checkpoint_equals_what_a_read_of_the_file_returns(db_pa
                 read = other.get_tuple(config)
             assert as_plain(kept) == as_plain(read)
             assert kept.checkpoint["channel_values"]["messages"] is not read.checkpoint["channel_values"]["messages"]
+
+
+def test_the_agents_checkpoint_with_its_window_is_kept_and_each_read_gets_its_own_copy(db_path):
+    """The agent's state holds more than messages (the trimming node's `window`):
+    it is kept serialised, and every get_tuple decodes a new object, as a read would."""
+    config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    with open_saver(f"sqlite:///{db_path}") as saver:
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+        for n in range(4):
+            app.invoke({"messages": [HumanMessage(f"question {n}")]}, config, durability="sync")
+            kept, seen = statements(saver, lambda: saver.get_tuple(config))
+            assert seen == ["PRAGMA data_version"]
+            assert set(kept.checkpoint["channel_values"]) >= {"messages", "window"}
+            with open_saver(f"sqlite:///{db_path}") as other:
+                read = other.get_tuple(config)
+            assert as_plain(kept) == as_plain(read)
+            kept.checkpoint["channel_values"]["window"]["start"] = -1  # a caller may change what it got
+            again = saver.get_tuple(config)
+            assert again.checkpoint["channel_values"]["window"] == read.checkpoint["channel_values"]["window"]
 
 
 def test_a_checkpoint_another_connection_wrote_is_read_not_the_kept_one(db_path):
