@@ -104,6 +104,7 @@ def open_app(page: Page, url: str) -> None:
     page.goto(url)
     expect(page.locator("#banner")).to_be_visible(timeout=30_000)
     expect(page.locator("#who")).not_to_be_empty(timeout=30_000)
+    expect(page.locator("#send")).to_be_enabled(timeout=30_000)  # the page has its identity
 
 
 def send(page: Page, text: str) -> None:

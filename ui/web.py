@@ -532,8 +532,9 @@ class WebChat:
             earlier = gr.Button("Load earlier messages", visible=False, size="sm", elem_id="earlier")
             chat = gr.Chatbot(elem_id="chat", height=520, buttons=["copy"], show_label=False, render_markdown=True)
             with gr.Row():
-                box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", max_lines=8)
-                send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                # Enabled once the page has its identity (see `demo.load` below).
+                box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", max_lines=8, interactive=False)
+                send = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=False)
                 stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
             with gr.Row():
                 again = gr.Button("Regenerate", size="sm", elem_id="regenerate")
@@ -542,7 +543,11 @@ class WebChat:
 
             view = [thread, chat, earlier, start, title, attachment, detach]
             private = {"api_visibility": "private"}
-            demo.load(self.on_load, [token], [token, threads, more, who, *view], **private)
+            # The chat box opens only after the identity is in the browser: a message sent
+            # while the page still loads would reach the server without one and be refused.
+            demo.load(self.on_load, [token], [token, threads, more, who, *view], **private).then(
+                lambda: (gr.Textbox(interactive=True), gr.Button(interactive=True)), None, [box, send], **private
+            )
             threads.select(self.open_thread, [threads, token], view, api_name="open_thread", js=CLOSE_SIDEBAR_ON_PHONE)
             earlier.click(self.load_earlier, [thread, start, chat, token], [chat, earlier, start], api_name="load_earlier")
             new.click(self.new_chat, [token, limit], [threads, more, *view], api_name="new_chat")
