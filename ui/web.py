@@ -147,6 +147,8 @@ class WebChat:
         self.identity = identity or Identity(load_secret(saver.path.parent), load_users())
         self.exports = Path(tempfile.mkdtemp(prefix="threadkeeper-export-"))
         self.export_keep_s = export_keep_s()
+        self.export_check_s = max(1, min(60, self.export_keep_s // 2))
+        """How often Gradio's cache and `exports` are looked through for exports to delete."""
         self._pruner: threading.Thread | None = None
 
     # -- identity and ownership ---------------------------------------------
@@ -442,9 +444,9 @@ class WebChat:
                 continue
         return removed
 
-    def _prune_exports_forever(self, every_s: float) -> None:
+    def _prune_exports_forever(self) -> None:
         while True:
-            time.sleep(every_s)
+            time.sleep(self.export_check_s)
             try:
                 self.prune_exports()
             except OSError:
@@ -485,8 +487,7 @@ class WebChat:
         offline = not self.settings.model_connected
         # Exports leave the server after export_keep_s: a deleted or swept thread's
         # downloads do not outlive it by more than that (see README, Retention).
-        every = max(1, min(60, self.export_keep_s // 2))
-        with gr.Blocks(title="threadkeeper", delete_cache=(every, self.export_keep_s)) as demo:
+        with gr.Blocks(title="threadkeeper", delete_cache=(self.export_check_s, self.export_keep_s)) as demo:
             token = gr.BrowserState(None, storage_key="threadkeeper-identity", secret=self.identity.browser_secret)
             thread = gr.State(None)
             start = gr.State(0)
@@ -585,8 +586,7 @@ class WebChat:
     def launch(self, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
         demo = self.blocks()
         if self._pruner is None:
-            every = max(1, min(60, self.export_keep_s // 2))
-            self._pruner = threading.Thread(target=self._prune_exports_forever, args=(every,), name="threadkeeper-exports", daemon=True)
+            self._pruner = threading.Thread(target=self._prune_exports_forever, name="threadkeeper-exports", daemon=True)
             self._pruner.start()
         auth = self.identity.check_password if self.identity.sign_in else None
         return demo.queue(default_concurrency_limit=8).launch(
