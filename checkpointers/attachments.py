@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checkpointers.encryption import attachment_place
 from checkpointers.errors import StoreError, ThreadNotFoundError
+from checkpointers.storable import check_id, storable_text
 from checkpointers.threads import ANY_USER
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+MAX_CSV_COLUMNS = 2000
+"""SQLite's limit on the columns of a table (SQLITE_MAX_COLUMN as built by default)."""
 CSV_SUFFIXES = {".csv"}
 SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3", ".db3"}
 ENCRYPTED_FILE_NAME = "attachment.enc"
@@ -71,9 +75,30 @@ def max_attachment_bytes() -> int:
 
 
 def _thread_dir_name(thread_id: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", thread_id) and thread_id not in (".", ".."):
-        return thread_id
+    """The folder of a thread's attachments: a hash of its id, never the id itself
+    (no path is built from what a user sent). Older stores keep their folders:
+    the `attachments` row holds each file's path."""
     return "t-" + uuid.uuid5(uuid.NAMESPACE_URL, thread_id).hex
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file at `path`, which may have any name.
+
+    SQLite reads `mode=ro` only from a `file:` URI, and decodes `%XX`, `?` and `#`
+    in one: an upload named `..%2F..%2Fdata%2Fthreadkeeper.db` once opened the
+    server's own database. The URI is built from the resolved path with every
+    such character escaped (`Path.as_uri`), and the file SQLite opened is
+    checked to be `path` itself before anything is read from it."""
+    path = Path(path).resolve()
+    conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+    try:
+        opened = conn.execute("PRAGMA database_list").fetchone()[2]
+        if not opened or not os.path.samefile(opened, path):
+            raise AttachmentError(f"{path.name} could not be opened as itself")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _safe_name(name: str) -> str:
@@ -86,11 +111,19 @@ def _table_name(name: str) -> str:
     return stem if not stem[0].isdigit() else f"t_{stem}"
 
 
+def _sqlite_int(text: str) -> int:
+    """`int(text)` if SQLite can hold it (64 bits); ValueError otherwise, so the column is REAL or TEXT."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(text)
+    return value
+
+
 def _column_type(values: list[str]) -> str:
     present = [v for v in values if v != ""]
     if not present:
         return "TEXT"
-    for kind, convert in (("INTEGER", int), ("REAL", float)):
+    for kind, convert in (("INTEGER", _sqlite_int), ("REAL", float)):
         try:
             for v in present:
                 convert(v)
@@ -113,6 +146,10 @@ def import_csv(source: Path, target: Path | sqlite3.Connection, display_name: st
     if not rows:
         raise AttachmentError(f"{display_name} is empty: a CSV file needs a header row")
     header = [re.sub(r"\s+", " ", h).strip() or f"column_{i + 1}" for i, h in enumerate(rows[0])]
+    if len(header) > MAX_CSV_COLUMNS:
+        raise AttachmentError(
+            f"{display_name} has {len(header):,} columns; a table can have at most {MAX_CSV_COLUMNS:,}"
+        )
     if len(set(h.lower() for h in header)) != len(header):
         raise AttachmentError(f"{display_name} has repeated column names in its header row")
     body = rows[1:]
@@ -127,27 +164,36 @@ def import_csv(source: Path, target: Path | sqlite3.Connection, display_name: st
     columns = ", ".join(f'"{h.replace(chr(34), chr(34) * 2)}" {t}' for h, t in zip(header, types))
     conn = target if isinstance(target, sqlite3.Connection) else sqlite3.connect(target)
     try:
-        conn.execute(f'CREATE TABLE "{table}" ({columns})')
-        marks = ", ".join("?" for _ in header)
-
-        def typed(row: list[str]) -> list[Any]:
-            out: list[Any] = []
-            for value, kind in zip(row, types):
-                if value == "":
-                    out.append(None)
-                elif kind == "INTEGER":
-                    out.append(int(value))
-                elif kind == "REAL":
-                    out.append(float(value))
-                else:
-                    out.append(value)
-            return out
-
-        conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', (typed(r) for r in body))
-        conn.commit()
+        _fill_table(conn, table, columns, header, types, body)
+    except (sqlite3.Error, OverflowError) as exc:
+        raise AttachmentError(f"{display_name} cannot be turned into a table ({exc})") from None
     finally:
         if conn is not target:
             conn.close()
+
+
+def _fill_table(
+    conn: sqlite3.Connection, table: str, columns: str, header: list[str], types: list[str], body: list[list[str]]
+) -> None:
+    """Create the CSV's table and insert its rows, each value as its column's type."""
+    conn.execute(f'CREATE TABLE "{table}" ({columns})')
+    marks = ", ".join("?" for _ in header)
+
+    def typed(row: list[str]) -> list[Any]:
+        out: list[Any] = []
+        for value, kind in zip(row, types):
+            if value == "":
+                out.append(None)
+            elif kind == "INTEGER":
+                out.append(int(value))
+            elif kind == "REAL":
+                out.append(float(value))
+            else:
+                out.append(value)
+        return out
+
+    conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', (typed(r) for r in body))
+    conn.commit()
 
 
 def copy_sqlite(source: Path, target: Path | sqlite3.Connection, display_name: str) -> None:
@@ -157,8 +203,8 @@ def copy_sqlite(source: Path, target: Path | sqlite3.Connection, display_name: s
     if header != SQLITE_HEADER:
         raise AttachmentError(f"{display_name} is not a SQLite database")
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
+        src = open_read_only(source)
+    except (sqlite3.Error, OSError) as exc:
         raise AttachmentError(f"{display_name} cannot be opened as a SQLite database: {exc}") from None
     try:
         dst = target if isinstance(target, sqlite3.Connection) else sqlite3.connect(target)
@@ -178,7 +224,7 @@ def copy_sqlite(source: Path, target: Path | sqlite3.Connection, display_name: s
 
 
 def list_tables(path: Path | sqlite3.Connection) -> list[str]:
-    conn = path if isinstance(path, sqlite3.Connection) else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = path if isinstance(path, sqlite3.Connection) else open_read_only(path)
     try:
         return [
             name
@@ -239,9 +285,13 @@ class AttachmentStore:
         """
         from checkpointers.sqlite import utc_now
 
-        thread_id = str(thread_id)
+        thread_id = check_id(thread_id)
+        if isinstance(user_id, str):
+            check_id(user_id, "user id")
         source = Path(source)
         display = name or source.name
+        if not display.isascii() and not storable_text(display):
+            raise AttachmentError("The file's name is not valid Unicode; rename the file and try again")
         suffix = Path(display).suffix.lower()
         if suffix not in CSV_SUFFIXES | SQLITE_SUFFIXES:
             raise AttachmentError(
@@ -269,7 +319,7 @@ class AttachmentStore:
         try:
             if cipher is not None:
                 image, tables = database_image(source, display, from_csv=suffix in CSV_SUFFIXES)
-                staging.write_bytes(cipher.seal(image))
+                staging.write_bytes(cipher.seal(image, attachment_place(thread_id, "file")))
                 del image
             else:
                 if suffix in CSV_SUFFIXES:
@@ -300,10 +350,10 @@ class AttachmentStore:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         thread_key,
-                        self._seal_text(display),
+                        self._seal_text(display, thread_id, "name"),
                         relative.as_posix(),
                         stored_bytes,
-                        self._seal_text(json.dumps(tables)),
+                        self._seal_text(json.dumps(tables), thread_id, "tables"),
                         now,
                     ),
                 )
@@ -318,7 +368,7 @@ class AttachmentStore:
 
     def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
         """The thread's attachment, or None. Raises ThreadNotFoundError for a foreign thread."""
-        return self._get(str(thread_id), user_id, flush=True)
+        return self._get(check_id(thread_id), user_id, flush=True)
 
     def _get(self, thread_id: str, user_id: str | None, *, flush: bool) -> Attachment | None:
         with self._saver._read(flush=flush) as conn:
@@ -335,7 +385,7 @@ class AttachmentStore:
             raise ThreadNotFoundError(thread_id)
         if row[1] is None:
             return None
-        name, tables = self._open_text(row[1]), json.loads(self._open_text(row[4]))
+        name, tables = self._open_text(row[1], thread_id, "name"), json.loads(self._open_text(row[4], thread_id, "tables"))
         return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
 
     def path(self, thread_id: str) -> Path | None:
@@ -362,21 +412,22 @@ class AttachmentStore:
         opened = self._opened
         if opened is not None and opened[0] == key:
             return opened[1]
-        data = cipher.open(path.read_bytes())
+        data = cipher.open(path.read_bytes(), attachment_place(str(thread_id), "file"))
         self._opened = (key, data)
         return data
 
-    def _seal_text(self, text: str) -> str:
+    def _seal_text(self, text: str, thread_id: str, part: str) -> str:
+        """The attachment's `part` ("name", "tables") as stored: sealed to the thread when the store is encrypted."""
         cipher = self._saver._cipher
-        return text if cipher is None else cipher.seal_text(text)
+        return text if cipher is None else cipher.seal_text(text, attachment_place(thread_id, part))
 
-    def _open_text(self, text: str) -> str:
+    def _open_text(self, text: str, thread_id: str, part: str) -> str:
         cipher = self._saver._cipher
-        return text if cipher is None else cipher.open_text(text)
+        return text if cipher is None else cipher.open_text(text, attachment_place(thread_id, part))
 
     def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
         """Detach and delete the thread's database; True if there was one."""
-        thread_id = str(thread_id)
+        thread_id = check_id(thread_id)
         with self._saver._write() as after_commit:
             row = self._owner_row(thread_id)
             if row is None or (user_id is not ANY_USER and row[1] != user_id):
@@ -409,7 +460,19 @@ class AttachmentStore:
         name, file, size, tables, attached_at = row
         relative = Path(_thread_dir_name(target_thread_id)) / f"{uuid.uuid4().hex[:8]}-{Path(file).name.split('-', 1)[-1]}"
         (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.root / file, self.root / relative)
+        cipher = self._saver._cipher
+        if cipher is None:
+            shutil.copyfile(self.root / file, self.root / relative)
+        else:  # sealed to the source thread: the copy is sealed to its own
+            source_thread_id = self._saver.conn.execute(
+                "SELECT thread_id FROM threads WHERE thread_key = ?", (source_key,)
+            ).fetchone()[0]
+            name = self._seal_text(self._open_text(name, source_thread_id, "name"), target_thread_id, "name")
+            tables = self._seal_text(self._open_text(tables, source_thread_id, "tables"), target_thread_id, "tables")
+            data = cipher.open((self.root / file).read_bytes(), attachment_place(source_thread_id, "file"))
+            (self.root / relative).write_bytes(cipher.seal(data, attachment_place(target_thread_id, "file")))
+            del data
+            size = (self.root / relative).stat().st_size
         self._saver.conn.execute(
             "INSERT INTO attachments (thread_key, name, file, bytes, tables, attached_at) VALUES (?, ?, ?, ?, ?, ?)",
             (target_key, name, relative.as_posix(), size, tables, attached_at),

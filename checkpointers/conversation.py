@@ -111,11 +111,11 @@ def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | Non
             return None
         thread_key, owner, created_at = row
         latest = conn.execute(
-            "SELECT type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
+            "SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
             "ORDER BY checkpoint_id DESC LIMIT 1",
             (thread_key,),
         ).fetchone()
-        version = saver._load(*latest)["channel_versions"].get("messages") if latest else None
+        version = saver._load_checkpoint(thread_key, "", *latest)["channel_versions"].get("messages") if latest else None
         found = saver._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
         if found is None:
             return Conversation(thread_key, owner, created_at, [], [])
@@ -206,7 +206,7 @@ def restore(
                 + ("" if title is DERIVED else ", title = ?")
                 + " WHERE thread_id = ?",
                 (user_id, created_at, updated_at, int(pinned), metadata_json)
-                + (() if title is DERIVED else (saver._seal_title(title),))
+                + (() if title is DERIVED else (saver._seal_title(title, thread_id),))
                 + (thread_id,),
             )
         stored = load(saver, thread_id, ANY_USER)

@@ -6,31 +6,78 @@ messages (loose and sealed in segments), thread titles, attachment files and
 the attachment's name and table list. The full-text index holds keyed hashes
 of words instead of words (see `checkpointers.search`).
 
-What stays in clear, on purpose: thread ids, user ids, times, counts, pins,
-message types and sizes, the packed lists of message numbers, and metadata
-(checkpoint metadata and thread metadata JSON), because those are filtered in
-SQL. LangGraph's own `EncryptedSerializer` leaves checkpoint metadata in clear
-for the same reason. Do not put secrets in metadata.
+What it protects against, for someone who gets the file (a stolen disk, a
+backup, a copy) but not the key: reading any of that content; forging a
+value; and, for someone who can also write the file, changing a sealed
+value, moving it to another thread or another row (a title to another
+thread, one message's blob over another's, a checkpoint blob to another
+checkpoint), putting a value from another store there, or replacing a sealed
+title with plain text. Each of those is refused with an `EncryptionKeyError`
+when the value is read, instead of the wrong content being returned.
+
+What it does not protect against:
+
+* What stays in clear, on purpose: thread ids, user ids, times, counts, pins,
+  message types and sizes, which rows exist, the packed lists of message
+  numbers (which messages a checkpoint holds, in what order), and metadata
+  (checkpoint metadata and thread metadata JSON), because those are filtered
+  in SQL. LangGraph's own `EncryptedSerializer` leaves checkpoint metadata in
+  clear for the same reason. Do not put secrets in metadata. Someone who can
+  write the file can change any of these (reassign a thread to another user,
+  drop or repeat message numbers in a list) without breaking a seal.
+* Removal and rollback: deleting whole rows (a message, a checkpoint, a
+  thread), or putting back an older copy of the whole file, or an older
+  sealed value in the same place, opens without complaint: a seal says where
+  a value belongs, not that it is the newest.
+* Anyone holding the key, or able to read the memory of a running
+  threadkeeper process (which holds the key and decrypted conversations).
 
 Keys. The key string is stretched with scrypt (n=2**14, r=8, p=1) and a random
 16-byte salt kept in `store_meta` (key `encryption`, a JSON record with the
-KDF parameters and a check value). Separate subkeys are derived from it with
-HMAC-SHA256 and a label each: one for values (AES-256-GCM), one for the check
-value that tells a wrong key on open, one for hashing search words, and a
-4-byte key id.
+KDF parameters, a check value and the value format version). Separate subkeys
+are derived from it with HMAC-SHA256 and a label each: one for values
+(AES-256-GCM), one for the check value that tells a wrong key on open, one
+for hashing search words, and a 4-byte key id.
 
-Format of an encrypted value: `b"\\xe1"` (magic and format version), the
+Format of an encrypted value: `b"\\xe2"` (magic and format version 2), the
 4-byte key id, a random 12-byte nonce, then the AES-GCM ciphertext and tag
-(33 bytes over the plaintext). The first five bytes are authenticated as
-associated data. Texts (titles, attachment names) are stored as
-`enc1:` + base64 of the same bytes, so the columns stay TEXT.
-Each value's integrity is checked, not its position: whoever can write the
-file can swap two encrypted values, but cannot read or forge one.
+(33 bytes over the plaintext). Texts (titles, attachment names) are stored as
+`enc2:` + base64 of the same bytes, so the columns stay TEXT.
+
+Every value is sealed to its place. The associated data AES-GCM
+authenticates is the 5-byte header followed by the msgpack array
+`[table, thread, row key...]` built by the `*_place` functions below:
+
+    checkpoints          ["checkpoints", thread_key, checkpoint_ns, checkpoint_id]
+    channel_values       ["channel_values", thread_key, value_no]
+    writes               ["writes", thread_key, checkpoint_ns, checkpoint_id, task_id, idx]
+    messages             ["messages", thread_key, message_no]
+    message_segments     ["message_segments", thread_key, nos]    (the row's packed message numbers)
+    threads.title        ["threads.title", thread_id]
+    attachments (name, tables, the file)
+                         ["attachments.name" | "attachments.tables" | "attachments.file", thread_id]
+
+Ids are as stored (`codec.db_id`: 16 bytes for a UUID). Rows of the
+per-thread tables are bound to the thread's `thread_key`, the number they are
+found by, which is never reused; the title and the attachment are found by
+thread id, and the attachment file is sealed before a new thread has a row,
+so they are bound to the id. `copy_thread` re-seals what it copies under the
+new thread. The store is bound by the key itself: each store has its own
+salt, so its own subkeys and key id, and the key id is in the authenticated
+header.
+
+Format 1 (`b"\\xe1"`, `enc1:`, key record version 1), written before values
+were bound, authenticated the header only. A store in format 1 is upgraded
+when a saver first opens it with its key (`checkpointers.reseal.upgrade`), or
+by `threadkeeper rotate-key`: every value is re-sealed in place, resumably,
+and the key record then says version 2. From then on a format-1 value is
+refused like any other value that does not belong where it is found.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -39,6 +86,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import ormsgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -49,12 +97,18 @@ KEY_VARIABLE = "THREADKEEPER_ENCRYPTION_KEY"
 NEW_KEY_VARIABLE = "THREADKEEPER_NEW_ENCRYPTION_KEY"
 MIN_KEY_LENGTH = 16
 
-MAGIC = b"\xe1"
+MAGIC = b"\xe2"
+"""First byte of a sealed value: format 2, bound to its place."""
+UNBOUND_MAGIC = b"\xe1"
+"""First byte of a format-1 value (not bound to its place), read only while its store is upgraded."""
 KEY_ID_BYTES = 4
 NONCE_BYTES = 12
 HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES
 OVERHEAD = HEADER_BYTES + NONCE_BYTES + 16
-TEXT_PREFIX = "enc1:"
+TEXT_PREFIX = "enc2:"
+UNBOUND_TEXT_PREFIX = "enc1:"
+RECORD_VERSION = 2
+"""Version of the key record, which is also the format of the store's values."""
 SEARCH_TOKEN_CHARS = 10
 
 META_KEY = "encryption"
@@ -86,11 +140,13 @@ class KeyRecord:
     n: int = _SCRYPT["n"]
     r: int = _SCRYPT["r"]
     p: int = _SCRYPT["p"]
+    version: int = RECORD_VERSION
+    """1: the store's values are in format 1, not yet bound to their place (see the module docstring)."""
 
     def to_json(self) -> str:
         return json.dumps(
             {
-                "version": 1,
+                "version": self.version,
                 "kdf": "scrypt",
                 "n": self.n,
                 "r": self.r,
@@ -104,17 +160,36 @@ class KeyRecord:
     @classmethod
     def from_json(cls, text: str) -> KeyRecord:
         raw = json.loads(text)
-        if raw.get("version") != 1 or raw.get("kdf") != "scrypt":
+        if raw.get("version") not in (1, RECORD_VERSION) or raw.get("kdf") != "scrypt":
             raise EncryptionKeyError("the store's key record is of a newer format; upgrade threadkeeper to open it")
         return cls(
-            base64.b64decode(raw["salt"]), base64.b64decode(raw["check"]), int(raw["n"]), int(raw["r"]), int(raw["p"])
+            base64.b64decode(raw["salt"]),
+            base64.b64decode(raw["check"]),
+            int(raw["n"]),
+            int(raw["r"]),
+            int(raw["p"]),
+            raw["version"],
         )
 
 
 class Cipher:
-    """Encrypts and decrypts a store's values under one key (see the module docstring)."""
+    """Encrypts and decrypts a store's values under one key (see the module docstring).
 
-    def __init__(self, key: str, salt: bytes, *, n: int = _SCRYPT["n"], r: int = _SCRYPT["r"], p: int = _SCRYPT["p"]):
+    Values are always sealed in the current format, bound to the place given.
+    `reads_unbound`: format-1 values open too (without a place); only while a
+    store in format 1 is upgraded, or re-encrypted by `threadkeeper rotate-key`.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        salt: bytes,
+        *,
+        n: int = _SCRYPT["n"],
+        r: int = _SCRYPT["r"],
+        p: int = _SCRYPT["p"],
+        reads_unbound: bool = False,
+    ):
         master = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(key.encode("utf-8"))
         self.salt = salt
         self._params = (n, r, p)
@@ -124,6 +199,8 @@ class Cipher:
         self._tokens: dict[str, str] = {}
         self.key_id = _subkey(master, b"key id")[:KEY_ID_BYTES]
         self._header = MAGIC + self.key_id
+        self._unbound_header = UNBOUND_MAGIC + self.key_id
+        self.reads_unbound = reads_unbound
 
     @classmethod
     def new(cls, key: str) -> Cipher:
@@ -132,9 +209,10 @@ class Cipher:
 
     @classmethod
     def for_record(cls, key: str, record: KeyRecord) -> Cipher:
-        return cls(key, record.salt, n=record.n, r=record.r, p=record.p)
+        return cls(key, record.salt, n=record.n, r=record.r, p=record.p, reads_unbound=record.version == 1)
 
     def record(self) -> KeyRecord:
+        """The key record of this key, for a store whose values are all in the current format."""
         n, r, p = self._params
         return KeyRecord(self.salt, hmac.new(self._check_key, _CHECK_MESSAGE, hashlib.sha256).digest(), n, r, p)
 
@@ -144,32 +222,64 @@ class Cipher:
 
     # -- values -------------------------------------------------------------
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes, place: bytes) -> bytes:
+        """`data` encrypted and bound to `place` (one of the `*_place` functions)."""
         nonce = os.urandom(NONCE_BYTES)
-        return self._header + nonce + self._aead.encrypt(nonce, data, self._header)
+        header = self._header
+        return header + nonce + self._aead.encrypt(nonce, data, header + place)
 
-    def open(self, data: bytes) -> bytes:
+    def open(self, data: bytes, place: bytes) -> bytes:
+        """What `seal(..., place)` sealed; EncryptionKeyError, in one sentence, for
+        anything else: changed, sealed for another place or store, plain, or (once
+        the store is upgraded) in format 1."""
         header = data[:HEADER_BYTES]
-        if header != self._header:
-            if header[:1] != MAGIC:
-                raise EncryptionKeyError("stored data is not encrypted although the store is: it was written without the key")
+        if header == self._header:
+            associated = header + place
+        elif header == self._unbound_header and self.reads_unbound:
+            associated = header
+        else:
+            raise self._refusal(header, place)
+        try:
+            return self._aead.decrypt(data[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES], data[HEADER_BYTES + NONCE_BYTES :], associated)
+        except InvalidTag:
             raise EncryptionKeyError(
-                f"stored data was encrypted with another key than this process's {KEY_VARIABLE}: "
-                "if `threadkeeper rotate-key` ran since it started, restart it with the new key"
+                f"stored data ({describe(place)}) failed its integrity check: it was changed, or moved there "
+                "from another place, outside threadkeeper"
+            ) from None
+
+    def _refusal(self, header: bytes, place: bytes) -> EncryptionKeyError:
+        if header[:1] not in (MAGIC, UNBOUND_MAGIC):
+            return EncryptionKeyError(
+                f"stored data ({describe(place)}) is not encrypted although the store is: it was written without the key"
+            )
+        if header == self._unbound_header:
+            return EncryptionKeyError(
+                f"stored data ({describe(place)}) is in the old format, not bound to its place, in a store that "
+                "was upgraded: it was put back from an older copy of the file"
+            )
+        return EncryptionKeyError(
+            f"stored data ({describe(place)}) was encrypted with another key than this process's {KEY_VARIABLE}: "
+            "if `threadkeeper rotate-key` ran since it started, restart it with the new key"
+        )
+
+    def seal_text(self, text: str, place: bytes) -> str:
+        return TEXT_PREFIX + base64.b64encode(self.seal(text.encode("utf-8"), place)).decode("ascii")
+
+    def open_text(self, text: str, place: bytes) -> str:
+        """What `seal_text(..., place)` sealed. A text stored in clear is refused
+        like any other value that does not belong there: in an encrypted store
+        every title and attachment name is sealed, so a plain one was put there
+        from outside."""
+        if not text.startswith((TEXT_PREFIX, UNBOUND_TEXT_PREFIX)):
+            raise EncryptionKeyError(
+                f"stored text ({describe(place)}) is in clear although the store is encrypted: "
+                "it was written outside threadkeeper"
             )
         try:
-            return self._aead.decrypt(data[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES], data[HEADER_BYTES + NONCE_BYTES :], header)
-        except InvalidTag:
-            raise EncryptionKeyError("stored data failed its integrity check: it was changed outside threadkeeper") from None
-
-    def seal_text(self, text: str) -> str:
-        return TEXT_PREFIX + base64.b64encode(self.seal(text.encode("utf-8"))).decode("ascii")
-
-    def open_text(self, text: str) -> str:
-        """The text; a text without the prefix is returned as it is (written by code that did not encrypt it)."""
-        if not text.startswith(TEXT_PREFIX):
-            return text
-        return self.open(base64.b64decode(text[len(TEXT_PREFIX) :])).decode("utf-8")
+            data = base64.b64decode(text[len(TEXT_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            data = b""
+        return self.open(data, place).decode("utf-8")
 
     # -- search ---------------------------------------------------------------
 
@@ -188,6 +298,49 @@ class Cipher:
 
 def _subkey(master: bytes, label: bytes) -> bytes:
     return hmac.new(master, b"threadkeeper v1 " + label, hashlib.sha256).digest()
+
+
+# -- places: what each value is bound to (see the module docstring) -------------
+
+_pack = ormsgpack.packb
+
+
+def checkpoint_place(thread_key: int, ns: str, checkpoint_id: str | bytes) -> bytes:
+    return _pack(("checkpoints", thread_key, ns, checkpoint_id))
+
+
+def value_place(thread_key: int, value_no: int) -> bytes:
+    return _pack(("channel_values", thread_key, value_no))
+
+
+def write_place(thread_key: int, ns: str, checkpoint_id: str | bytes, task_id: str | bytes, idx: int) -> bytes:
+    return _pack(("writes", thread_key, ns, checkpoint_id, task_id, idx))
+
+
+def message_place(thread_key: int, message_no: int) -> bytes:
+    return _pack(("messages", thread_key, message_no))
+
+
+def segment_place(thread_key: int, nos: bytes) -> bytes:
+    """A segment is bound to its packed message numbers: which messages it holds, in which order."""
+    return _pack(("message_segments", thread_key, nos))
+
+
+def title_place(thread_id: str) -> bytes:
+    return _pack(("threads.title", thread_id))
+
+
+def attachment_place(thread_id: str, part: str) -> bytes:
+    """`part`: "name", "tables" or "file"."""
+    return _pack((f"attachments.{part}", thread_id))
+
+
+def describe(place: bytes) -> str:
+    """A place for an error message: `messages of thread_key 12 at 5`, `threads.title of 't1'`."""
+    table, thread, *key = ormsgpack.unpackb(place)
+    where = f"{table} of thread_key {thread}" if isinstance(thread, int) else f"{table} of {thread!r}"
+    shown = [k.hex() if isinstance(k, bytes) else repr(k) if isinstance(k, str) else str(k) for k in key]
+    return where + (f" at {', '.join(shown)}" if shown else "")
 
 
 # -- the store's key ------------------------------------------------------------
@@ -209,16 +362,27 @@ def rotation_unfinished(path: Path | str) -> EncryptionKeyError:
     )
 
 
+def is_upgrade(rotation: str | None) -> bool:
+    """Whether an unfinished rotation record is the upgrade to bound values (same key, see `reseal.upgrade`)."""
+    return rotation is not None and bool(json.loads(rotation).get("upgrade"))
+
+
 def unlock(conn: sqlite3.Connection, path: Path | str, key: str | None) -> tuple[Cipher | None, str | None]:
     """Check `key` against the store; returns its cipher (None: not encrypted) and key record.
 
     Refuses, changing nothing, an encrypted store without the key or with
     another key, a store in the middle of a key rotation, and a key on a
     store that already holds unencrypted conversations. A key on a store with
-    no threads yet makes it encrypted from now on.
+    no threads yet makes it encrypted from now on. The cipher of a store in
+    format 1, or in the middle of its upgrade, `reads_unbound`: the caller
+    upgrades the store (`reseal.upgrade`) before using it.
     """
     record, rotation = read_records(conn)
     if rotation is not None:
+        if record is not None and is_upgrade(rotation):
+            if key is None:
+                raise EncryptionKeyError(f"{path} is encrypted: set {KEY_VARIABLE} to its key")
+            return _cipher_for(key, record, path), record
         raise rotation_unfinished(path)
     if record is not None:
         if key is None:
@@ -232,7 +396,7 @@ def unlock(conn: sqlite3.Connection, path: Path | str, key: str | None) -> tuple
     conn.execute("BEGIN IMMEDIATE")
     try:
         record, rotation = read_records(conn)  # another process may have got here first
-        if rotation is not None:
+        if rotation is not None and not (record is not None and is_upgrade(rotation)):
             raise rotation_unfinished(path)
         if record is None:
             if _holds_threads(conn):

@@ -24,7 +24,8 @@ class StoreUnavailableError(StoreError):
 
 
 class EncryptionKeyError(StoreError):
-    """The encryption key is missing, wrong, or does not fit the store's state."""
+    """The encryption key is missing, wrong, or does not fit the store's state; or
+    a sealed value does not open where it was found (changed, moved, or in clear)."""
 
 
 class ThreadNotFoundError(StoreError, KeyError):
@@ -44,3 +45,11 @@ class ThreadExistsError(StoreError):
 
 class InvalidCursorError(StoreError, ValueError):
     """A listing cursor that this store did not hand out."""
+
+
+class UnstorableInputError(StoreError, ValueError):
+    """An id or a text the store cannot keep exactly (NUL in an id, a lone surrogate in text)."""
+
+
+class StoreFullError(StoreUnavailableError):
+    """The disk holding the database is full: nothing more can be written until space is freed."""

@@ -26,11 +26,17 @@ How it stays resumable and loses nothing:
 * The last transaction merges the index, replaces the key record and removes
   the rotation record. The WAL is then checkpointed and truncated, and with
   `secure_delete` on, no value under the old key (or plain) is left in the file.
+
+Values are written in the current format, bound to their place, whatever the
+format they were read in: rotating a store in format 1 upgrades it too (an
+unfinished upgrade, see `checkpointers.reseal`, is finished first). The
+rewriting itself is `checkpointers.reseal.Resealer`, shared with that upgrade
+and with `copy_thread`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -41,8 +47,7 @@ from pathlib import Path
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from checkpointers import codec, encryption, search
-from checkpointers.attachments import CSV_SUFFIXES, ENCRYPTED_FILE_NAME, _safe_name
+from checkpointers import codec, encryption, reseal, search
 from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.errors import EncryptionKeyError, StoreUnavailableError
 from checkpointers.schema import migrate
@@ -97,6 +102,9 @@ def rotate_key(
     try:
         migrate(conn, str(path))
         record, rotation = encryption.read_records(conn)
+        if encryption.is_upgrade(rotation):  # an interrupted upgrade to bound values: finish it first
+            reseal.upgrade(conn, path, _current_cipher(path, record, current_key), batch_rows=batch_rows)
+            record, rotation = encryption.read_records(conn)
         old = _current_cipher(path, record, current_key)
         resumed = rotation is not None
         if rotation is None:
@@ -110,26 +118,18 @@ def rotate_key(
             state = json.loads(rotation)
             new = _new_cipher(path, state, new_key)
         total = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
-        rewriter = _Rewriter(conn, path.parent / "attachments", old, new, serde)
+        rewriter = _Rotation(conn, path.parent / "attachments", old, new, serde)
         rewriter.unlink(state["unlink"])
         done = conn.execute("SELECT count(*) FROM threads WHERE thread_key <= ?", (state["done_upto"],)).fetchone()[0]
         if progress is not None and resumed:
             progress(done, total)
-        while True:
-            keys = [
-                k
-                for (k,) in conn.execute(
-                    "SELECT thread_key FROM threads WHERE thread_key > ? ORDER BY thread_key LIMIT 500",
-                    (state["done_upto"],),
-                )
-            ]
-            if not keys:
-                break
-            done += rewriter.batch(state, keys, batch_rows)
-            rewriter.unlink(state["unlink"])
+        while (threads := rewriter.batch(batch_rows)) is not None:
+            done += threads
             if progress is not None:
                 progress(done, total)
-        _finish(conn, new)
+        # A rotation that a release before bound values started wrote format 1 under
+        # the new key: the record says so, and the next saver to open the store upgrades it.
+        _finish(conn, new, KeyRecord.from_json(state["key"]).version if state["key"] else encryption.RECORD_VERSION)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return RotationSummary(
             threads=done,
@@ -202,7 +202,7 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher
     return state
 
 
-def _finish(conn: sqlite3.Connection, new: Cipher | None) -> None:
+def _finish(conn: sqlite3.Connection, new: Cipher | None, version: int) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         search.purge(conn)  # merge the new index fully
@@ -212,7 +212,7 @@ def _finish(conn: sqlite3.Connection, new: Cipher | None) -> None:
         else:
             conn.execute(
                 "INSERT OR REPLACE INTO store_meta (key, value) VALUES (?, ?)",
-                (encryption.META_KEY, new.record().to_json()),
+                (encryption.META_KEY, dataclasses.replace(new.record(), version=version).to_json()),
             )
         conn.execute("DELETE FROM store_meta WHERE key = ?", (encryption.ROTATION_META_KEY,))
         conn.execute("COMMIT")
@@ -221,104 +221,22 @@ def _finish(conn: sqlite3.Connection, new: Cipher | None) -> None:
         raise
 
 
-def write_file(target: Path, data: bytes) -> None:
-    """Write `data` to `target` atomically: a `.part` file beside it, flushed, then renamed."""
-    staging = target.with_name(target.name + ".part")
-    with open(staging, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staging, target)
-
-
-class _Rewriter:
-    """Moves rows and files from the old key (or none) to the new one (or none)."""
+class _Rotation(reseal.Resealer):
+    """The rewriting of a key rotation: each thread's messages are re-indexed under the new key too."""
 
     def __init__(
         self, conn: sqlite3.Connection, root: Path, old: Cipher | None, new: Cipher | None, serde: SerializerProtocol
     ) -> None:
-        self.conn = conn
-        self.root = root
-        self.old = old
-        self.new = new
+        super().__init__(conn, root, old, new)
         self.serde = serde
-        self.values = 0
-        self.attachments = 0
 
-    def blob(self, data: bytes) -> bytes:
-        plain = data if self.old is None else self.old.open(data)
-        return plain if self.new is None else self.new.seal(plain)
-
-    def text(self, text: str) -> str:
-        plain = text if self.old is None else self.old.open_text(text)
-        return plain if self.new is None else self.new.seal_text(plain)
-
-    def batch(self, state: dict, keys: list[int], batch_rows: int) -> int:
-        """Rewrite threads from `keys` until about `batch_rows` rows are done, in one
-        transaction that records the progress; returns how many threads it did."""
-        conn = self.conn
-        unlink: list[str] = []
-        done = rows = 0
-        values, attachments = self.values, self.attachments
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for thread_key in keys:
-                rows += self.thread(thread_key, unlink)
-                done += 1
-                state["done_upto"] = thread_key
-                if rows >= batch_rows:
-                    break
-            state["unlink"] = unlink
-            conn.execute(
-                "UPDATE store_meta SET value = ? WHERE key = ?", (json.dumps(state), encryption.ROTATION_META_KEY)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            self.values, self.attachments = values, attachments
-            raise
-        return done
-
-    def thread(self, thread_key: int, unlink: list[str]) -> int:
-        """Rewrite one thread's encrypted values, re-index its messages; returns rows rewritten."""
-        conn, blob = self.conn, self.blob
-        rows = 0
-        for table, keys, column, which in _BLOB_COLUMNS:
-            found = conn.execute(
-                f"SELECT {', '.join(keys)}, {column} FROM {table} WHERE thread_key = ?{which}", (thread_key,)
-            ).fetchall()
-            conn.executemany(
-                f"UPDATE {table} SET {column} = ? WHERE thread_key = ? AND " + " AND ".join(f"{k} = ?" for k in keys),
-                [(blob(r[-1]), thread_key, *r[:-1]) for r in found],
-            )
-            rows += len(found)
-        plain = []
-        found = conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)).fetchall()
-        for no, type_, value in found:
-            plain.append((no, type_, value if self.old is None else self.old.open(value)))
-        conn.executemany(
-            "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?",
-            [(blob(value), thread_key, no) for no, _, value in found],
-        )
-        rows += len(found)
-        found = conn.execute(
-            "SELECT first_no, nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
-        ).fetchall()
-        for _, nos, value in found:
-            plain += _segment_rows(codec.unpack_numbers(nos), value if self.old is None else self.old.open(value))
-        conn.executemany(
-            "UPDATE message_segments SET value = ? WHERE thread_key = ? AND first_no = ?",
-            [(blob(value), thread_key, first) for first, _, value in found],
-        )
-        rows += len(found)
+    def messages_read(
+        self, thread_key: int, loose: list[tuple[int, str, bytes]], segments: list[tuple[bytes, bytes]]
+    ) -> None:
+        plain = list(loose)
+        for nos, value in segments:
+            plain += _segment_rows(codec.unpack_numbers(nos), value)
         self.index(plain, thread_key)
-        (title,) = conn.execute("SELECT title FROM threads WHERE thread_key = ?", (thread_key,)).fetchone()
-        if title is not None:
-            conn.execute("UPDATE threads SET title = ? WHERE thread_key = ?", (self.text(title), thread_key))
-            rows += 1
-        rows += self.attachment(thread_key, unlink)
-        self.values += rows
-        return rows
 
     def index(self, messages: list[tuple[int, str, bytes]], thread_key: int) -> None:
         """Add plain message rows to the (emptied) search index under the new key."""
@@ -330,62 +248,3 @@ class _Rewriter:
             if words:
                 entries.append((search.rowid(thread_key, no), words))
         search.add(self.conn, entries)
-
-    def attachment(self, thread_key: int, unlink: list[str]) -> int:
-        row = self.conn.execute(
-            "SELECT name, file, tables FROM attachments WHERE thread_key = ?", (thread_key,)
-        ).fetchone()
-        if row is None:
-            return 0
-        name, file, tables = row
-        old_path = self.root / file
-        if not old_path.is_file():  # lost outside threadkeeper: keep the row readable, nothing to rewrite
-            self.conn.execute(
-                "UPDATE attachments SET name = ?, tables = ? WHERE thread_key = ?",
-                (self.text(name), self.text(tables), thread_key),
-            )
-            return 2
-        plain_name = name if self.old is None else self.old.open_text(name)
-        if self.new is not None:
-            stored_name = ENCRYPTED_FILE_NAME
-        else:
-            stored_name = Path(plain_name).stem + ".db" if Path(plain_name).suffix.lower() in CSV_SUFFIXES else plain_name
-        tag = "plain" if self.new is None else self.new.key_id.hex()
-        prefix = hashlib.sha256(f"{file}\0{tag}".encode()).hexdigest()[:8]
-        relative = (Path(file).parent / f"{prefix}-{_safe_name(stored_name)}").as_posix()
-        data = old_path.read_bytes()
-        write_file(self.root / relative, self.blob(data))
-        del data
-        self.conn.execute(
-            "UPDATE attachments SET name = ?, file = ?, bytes = ?, tables = ? WHERE thread_key = ?",
-            (self.text(name), relative, (self.root / relative).stat().st_size, self.text(tables), thread_key),
-        )
-        if relative != file:
-            unlink.append(file)
-        self.attachments += 1
-        return 2
-
-    def unlink(self, files: list[str]) -> None:
-        for file in files:
-            (self.root / file).unlink(missing_ok=True)
-
-
-# Tables whose rows hold serialised values: (table, key columns after
-# thread_key, the encrypted column, which rows). Lists of message numbers
-# (the other kinds) are not encrypted. Messages and segments are done apart:
-# their plain text is re-indexed too.
-_BLOB_COLUMNS = (
-    ("checkpoints", ("checkpoint_ns", "checkpoint_id"), "checkpoint", ""),
-    (
-        "channel_values",
-        ("value_no",),
-        "value",
-        f" AND kind IN ({codec.KIND_SERDE}, {codec.KIND_MESSAGE_DICT}) AND value IS NOT NULL",
-    ),
-    (
-        "writes",
-        ("checkpoint_ns", "checkpoint_id", "task_id", "idx"),
-        "value",
-        f" AND kind IN ({codec.KIND_SERDE}, {codec.KIND_MESSAGE_DICT}) AND value IS NOT NULL",
-    ),
-)

@@ -40,6 +40,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from checkpointers.storable import check_text
+
 MetadataValue = str | int | float | bool | bytes
 MetadataFilter = Mapping[str, Any]
 
@@ -108,7 +110,7 @@ def encode(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 def dumps(metadata: Mapping[str, Any] | None) -> str:
     # Non-ASCII is written as is: SQLite before 3.45 matches JSON path labels
     # against the text as written, escapes included.
-    return json.dumps(encode(metadata), ensure_ascii=False, separators=(",", ":"))
+    return check_text(json.dumps(encode(metadata), ensure_ascii=False, separators=(",", ":")), "metadata")
 
 
 def decode_value(value: Any) -> Any:

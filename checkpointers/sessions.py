@@ -48,7 +48,8 @@ from checkpointers import conversation, metadata as md
 from checkpointers.conversation import Conversation, as_message, from_micros, iso, to_micros
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.metadata import MetadataFilter
-from checkpointers.threads import ANY_USER, MAX_TITLE_LENGTH
+from checkpointers.storable import check_id, check_text
+from checkpointers.threads import ANY_USER, MAX_TITLE_LENGTH, checked_user
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -112,7 +113,7 @@ def _check_count(max_count: int | None) -> None:
 def _clean_title(title: str | None) -> str | None:
     if title is None:
         return None
-    clean = " ".join(str(title).split())
+    clean = check_text(" ".join(str(title).split()), "title")
     if not clean:
         raise ValueError("a session title cannot be empty")
     if len(clean) > MAX_TITLE_LENGTH:
@@ -130,7 +131,7 @@ def _sessions_sql(
 ) -> tuple[str, list[Any]]:
     """The query behind the session listings: the user's index range, newest first."""
     sql = f"SELECT {_SESSION_COLUMNS} FROM threads WHERE user_id IS ?"
-    params: list[Any] = [user_id]
+    params: list[Any] = [checked_user(user_id)]
     if updated_before is not None:
         sql += " AND updated_at < ?"
         params.append(iso(updated_before))
@@ -180,7 +181,7 @@ class SessionStore:
     def _session(self, row: tuple) -> Session:
         """A row of `_SESSION_COLUMNS` as a Session (its title decrypted in an encrypted store)."""
         return Session(
-            row[0], row[1], self._saver._open_title(row[2]), md.loads(row[3]),
+            row[0], row[1], self._saver._open_title(row[2], row[0]), md.loads(row[3]),
             datetime.fromisoformat(row[4]), datetime.fromisoformat(row[5]), row[6], bool(row[7]),
         )
 
@@ -197,7 +198,8 @@ class SessionStore:
         """Create a session (a new id unless one is given), or replace an existing
         session's metadata (and title, if given). Raises ThreadNotFoundError if the
         id belongs to another user's session."""
-        session_id = str(session_id) if session_id is not None else str(uuid.uuid4())
+        session_id = check_id(session_id, "session id") if session_id is not None else str(uuid.uuid4())
+        user_id = checked_user(user_id)
         stored = md.dumps(metadata)
         title = _clean_title(title)
         from checkpointers.sqlite import utc_now
@@ -210,14 +212,17 @@ class SessionStore:
                 conn.execute(
                     "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, metadata) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (session_id, None if user_id is ANY_USER else user_id, self._saver._seal_title(title), now, now, stored),
+                    (
+                        session_id, None if user_id is ANY_USER else user_id, self._saver._seal_title(title, session_id),
+                        now, now, stored,
+                    ),
                 )
             elif user_id is not ANY_USER and row[0] != user_id:
                 raise ThreadNotFoundError(session_id)
             else:
                 conn.execute(
                     "UPDATE threads SET metadata = ?, title = coalesce(?, title), updated_at = ? WHERE thread_id = ?",
-                    (stored, self._saver._seal_title(title), now, session_id),
+                    (stored, self._saver._seal_title(title, session_id), now, session_id),
                 )
         return self._get(session_id)
 
@@ -231,7 +236,7 @@ class SessionStore:
     ) -> Session:
         """Merge `metadata` into the session's (a key set to None is removed) and
         set the title if given. Raises ThreadNotFoundError for an unknown session."""
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         changes = dict(metadata or {})
         removed = [k for k, v in changes.items() if v is None]
         md.encode({k: v for k, v in changes.items() if v is not None})  # one clear error before writing
@@ -249,13 +254,13 @@ class SessionStore:
                 merged.pop(key, None)
             conn.execute(
                 "UPDATE threads SET metadata = ?, title = coalesce(?, title), updated_at = ? WHERE thread_id = ?",
-                (md.dumps(merged), self._saver._seal_title(title), utc_now(), session_id),
+                (md.dumps(merged), self._saver._seal_title(title, session_id), utc_now(), session_id),
             )
         return self._get(session_id)
 
     def get_session(self, session_id: str, *, user_id: str | None) -> Session | None:
         """The session, or None if there is none with that id for this user."""
-        session = self._get(str(session_id))
+        session = self._get(check_id(session_id, "session id"))
         if session is None or (user_id is not ANY_USER and session.user_id != user_id):
             return None
         return session
@@ -268,7 +273,7 @@ class SessionStore:
     def delete_session(self, session_id: str, *, user_id: str | None) -> bool:
         """Delete the session and everything of it (messages, history, attachment).
         False if there was no such session for this user."""
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         with self._saver._lock:
             exists, owner = conversation.owner_of(self._saver, session_id)
             if not exists or (user_id is not ANY_USER and owner != user_id):
@@ -423,7 +428,7 @@ class SessionStore:
     ) -> Iterator[SessionMessage]:
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         where, params = self._message_where(created_after, created_before, metadata_filter)
         conv = self._conversation(session_id, user_id)
         positions = list(range(len(conv.messages)))
@@ -473,7 +478,7 @@ class SessionStore:
     def get_message(self, session_id: str, message_id: str, *, user_id: str | None) -> SessionMessage | None:
         """The message, or None if the session has no message with that id.
         Raises ThreadNotFoundError for an unknown session."""
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         conv = self._conversation(session_id, user_id)
         position = _position(conv, message_id)
         if position is None:
@@ -494,7 +499,7 @@ class SessionStore:
         `created_at` is given). The message is any `langchain_core` message, a
         `messages_to_dict` dict, a role dict or a (role, text) pair; one without an
         id gets a new one. Raises ThreadNotFoundError for an unknown session."""
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         message = as_message(message)
         if isinstance(message, RemoveMessage):
             raise ValueError("put_message takes a message to store; use delete_message to remove one")
@@ -523,7 +528,7 @@ class SessionStore:
         which keeps this id) and/or merge `metadata` into its metadata (a key set
         to None is removed). Its position and creation time stay. Raises
         ThreadNotFoundError or MessageNotFoundError."""
-        session_id, message_id = str(session_id), str(message_id)
+        session_id, message_id = check_id(session_id, "session id"), check_id(message_id, "message id")
         changes = dict(metadata or {})
         md.encode({k: v for k, v in changes.items() if v is not None})
         with self._saver._lock:
@@ -597,7 +602,7 @@ class SessionStore:
         "keep_latest"), so time travel on this thread starts again from here.
         False if the session has no such message; ThreadNotFoundError for an
         unknown session."""
-        session_id, message_id = str(session_id), str(message_id)
+        session_id, message_id = check_id(session_id, "session id"), check_id(message_id, "message id")
         with self._saver._lock:
             conv = self._conversation(session_id, user_id)
             if _position(conv, message_id) is None:
@@ -615,7 +620,7 @@ class SessionStore:
         session stays, with its metadata, pin and attachment. Its title, usually
         the start of the first message, is cleared; the next message sets a new
         one. Returns how many messages there were."""
-        session_id = str(session_id)
+        session_id = check_id(session_id, "session id")
         with self._saver._lock:
             conv = self._conversation(session_id, user_id)
             self._saver.prune([session_id], strategy="delete")

@@ -24,11 +24,14 @@ worker thread. One connection per saver, guarded by a lock; several processes
 share the file through WAL and a busy timeout.
 
 With an encryption key (`THREADKEEPER_ENCRYPTION_KEY`), every blob that holds
-content is encrypted at the few places where blobs meet the database:
-`_dump`/`_load` (checkpoints, serialised values and writes), `_store_message`
-and `_open_rows` (loose messages), `_write_segment`/`_segment_rows` (sealed
-segments), `_seal_title`/`_open_title` (titles) and `_search_words` (hashed
-search words). See `checkpointers.encryption`.
+content is encrypted at the few places where blobs meet the database, bound
+to its place (table, thread, row key; see `checkpointers.encryption`):
+`_insert_checkpoint`/`_load_checkpoint` (checkpoints), `_apply_encoded`/`_load`
+(serialised values and writes), `_store_message` and `_open_rows` (loose
+messages), `_write_segment`/`_segment_rows` (sealed segments),
+`_seal_title`/`_open_title` (titles) and `_search_words` (hashed search
+words). Values are serialised ahead of their transaction (`_pre_encode`) and
+sealed in it, where the thread's key and the row's number are known.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import logging
 import operator
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -81,7 +85,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
-from checkpointers import checkpoint_codec, codec, encryption, search
+from checkpointers import checkpoint_codec, codec, encryption, reseal, search
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -92,14 +96,18 @@ from checkpointers.codec import (
     py_id,
 )
 from checkpointers.attachments import AttachmentStore
+from checkpointers.encryption import checkpoint_place, message_place, segment_place, title_place, value_place, write_place
 from checkpointers.errors import (
     EncryptionKeyError,
     NotADatabaseError,
+    StoreFullError,
     StoreUnavailableError,
     ThreadExistsError,
     ThreadNotFoundError,
+    UnstorableInputError,
 )
 from checkpointers.schema import migrate
+from checkpointers.storable import check_id, check_text, check_value
 from checkpointers.sessions import SessionStore
 from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
@@ -149,6 +157,8 @@ MESSAGES_CHANNEL = "messages"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 DEFERRED_WRITES_FLUSH_AFTER = 0.01
+FLUSH_RETRY_MAX_S = 5.0
+"""The longest the flusher waits before trying a failed write again."""
 """Seconds a deferred `put_writes` may wait for a checkpoint to carry it (see `ThreadSaver.put_writes`)."""
 
 NULL_TASK_ID = "00000000-0000-0000-0000-000000000000"
@@ -173,6 +183,25 @@ class MessagePage:
     messages: list[BaseMessage]
     total: int
     start: int
+
+
+_PLAIN_KEY = re.compile(r'[ !#-\[\]-~]*')
+"""Metadata keys a JSON path names exactly across SQLite versions (printable ASCII,
+no `"` or `\\`); `list` filters on any other key in Python."""
+
+
+def _retry_may_help(exc: BaseException) -> bool:
+    """Whether a failed write may succeed later: the database was busy, full or
+    unreachable (or its key changed), as opposed to rows it can never hold."""
+    return isinstance(
+        exc, (sqlite3.OperationalError, OSError, StoreUnavailableError, EncryptionKeyError, _StaleThreadState)
+    )
+
+
+def _checked_owner(*candidates: Any) -> str | None:
+    """`_owner`, refused if the store cannot keep it exactly."""
+    owner = _owner(*candidates)
+    return owner if owner is None else check_id(owner, "user id")
 
 
 def _owner(*candidates: Any) -> str | None:
@@ -338,6 +367,7 @@ class _DeferredPut:
     run_id: str | None
     type_: str
     blob: bytes
+    """The checkpoint serialised (`_dump_checkpoint`), not yet sealed."""
     metadata_json: str
     new_versions: ChannelVersions
     values: dict[str, Any]
@@ -683,6 +713,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
                 raise
             self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
+            if self._cipher is not None and self._cipher.reads_unbound:
+                # Values in format 1, not bound to their place: re-seal them all once,
+                # then open it again strict (see `checkpointers.reseal.upgrade`).
+                reseal.upgrade(self.conn, self.path, self._cipher)
+                self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
             self.conn.executescript(WRITE_ROWS_SQL)
             self._index_old_messages()
 
@@ -747,7 +782,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         checkpoints, task writes, messages and the thread rows those touch)."""
         with self._lock:
             if flush and self._deferred:
-                self.flush()
+                try:
+                    self.flush()
+                except StoreUnavailableError:
+                    pass  # a full disk: what is committed can still be read (the flusher logs it)
             self.conn.execute("BEGIN")
             try:
                 yield self.conn
@@ -764,18 +802,35 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """
         with self._lock:
             after_commit: list = []
-            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self._check_key_unchanged()
-                if self._deferred:
-                    self._write_deferred(after_commit, skip_thread=carried_by)
-                yield after_commit
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._check_key_unchanged()
+                    if self._deferred:
+                        self._write_deferred(after_commit, skip_thread=carried_by)
+                    yield after_commit
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise self._unwritable(exc) from exc
             for callback in after_commit:
                 callback()
+
+    def _unwritable(self, exc: sqlite3.OperationalError) -> Exception:
+        """The store's one-sentence error for a write SQLite refused for want of space
+        or a failing disk; `exc` itself for anything else (a locked database...)."""
+        text = str(exc)
+        if "full" in text:
+            return StoreFullError(
+                f"The disk holding the database {self.path.name} is full, so nothing was saved; "
+                "free some space and try again."
+            )
+        if "disk I/O error" in text or "readonly" in text:
+            return StoreUnavailableError(f"The database {self.path.name} cannot be written ({text}).")
+        return exc
 
     def _check_key_unchanged(self) -> None:
         """Refuse to write if the store's key changed since this saver opened it.
@@ -804,7 +859,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         A thread this saver wrote before is written by one statement (see
         `WRITE_ROWS_SQL`) when nothing needs a transaction around it; otherwise,
         and after any refusal of that statement, under `BEGIN IMMEDIATE`.
-        """
+
+        A write that fails for a reason that retrying cannot change (see
+        `_retry_may_help`) also drops the thread's deferred writes it carried:
+        left queued, they would fail every later write of every thread."""
+        try:
+            self._write_thread_now(thread_id, user_id, body)
+        except Exception as exc:
+            if not _retry_may_help(exc):
+                with self._deferred_cond:
+                    mine = [e for e in self._deferred if e.thread_id == thread_id]
+                if mine:
+                    self._drop_deferred(mine, exc)
+            raise
+
+    def _write_thread_now(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
         with self._lock:
             if self._write_thread_at_once(thread_id, body):
                 return
@@ -842,6 +911,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             txn.write_rows()
         except _NeedsTransaction:
             return False
+        except sqlite3.OperationalError as exc:
+            raise self._unwritable(exc) from exc
         except sqlite3.IntegrityError:
             # A changed thread row (another writer, a collection, a key rotation),
             # or numbers that collided with another writer's: the statement wrote
@@ -947,6 +1018,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         period = DEFERRED_WRITES_FLUSH_AFTER
         seen_total = -1
         armed_until = 0.0
+        backoff = 0.0
+        logged: tuple[str, float] = ("", 0.0)
         while True:
             with self._deferred_cond:
                 if self._closing:
@@ -972,9 +1045,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     self.merge_search_backlog()
                 else:
                     self.flush()
-            except Exception:
-                logger.exception("could not write deferred checkpoint writes to %s; retrying", self.path)
-                time.sleep(period)
+                backoff = 0.0
+            except Exception as exc:
+                # A full disk, a lock held too long: it may clear, so wait longer each
+                # time (up to FLUSH_RETRY_MAX_S), and log a failure once a minute at most.
+                backoff = min(FLUSH_RETRY_MAX_S, max(0.05, backoff * 2))
+                text = f"{type(exc).__name__}: {exc}"
+                if text != logged[0] or time.monotonic() - logged[1] > 60:
+                    logger.warning("could not write deferred checkpoint writes to %s (%s); retrying", self.path, text)
+                    logged = (text, time.monotonic())
+                time.sleep(backoff)
 
     def flush(self) -> None:
         """Write every deferred checkpoint and task write now (reads and other writes do this first anyway)."""
@@ -1015,21 +1095,48 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         by_thread: dict[str, list[_DeferredWrites | _DeferredPut]] = {}
         for entry in entries:
             by_thread.setdefault(entry.thread_id, []).append(entry)
+        written: list[_DeferredWrites | _DeferredPut] = []
         for thread_id, group in by_thread.items():
-            # Read the row afresh: no cached numbers, so nothing can be stale.
-            txn = _ThreadTxn(self.conn, thread_id, self._read_thread_state(thread_id, group[0].user_id), after_commit)
-            for entry in group:
-                self._apply_deferred(txn, entry)
-            state = txn.close()
+            # Each thread's writes under a savepoint: one that can never be written
+            # is dropped alone instead of failing this transaction (and every later one).
+            mark = len(after_commit)
+            self.conn.execute("SAVEPOINT deferred_thread")
+            try:
+                # Read the row afresh: no cached numbers, so nothing can be stale.
+                txn = _ThreadTxn(self.conn, thread_id, self._read_thread_state(thread_id, group[0].user_id), after_commit)
+                for entry in group:
+                    self._apply_deferred(txn, entry)
+                state = txn.close()
+            except Exception as exc:
+                if _retry_may_help(exc):
+                    raise
+                self.conn.execute("ROLLBACK TO deferred_thread")
+                self.conn.execute("RELEASE deferred_thread")
+                del after_commit[mark:]
+                self._drop_deferred(group, exc)
+                continue
+            self.conn.execute("RELEASE deferred_thread")
+            written.extend(group)
             after_commit.append(lambda t=thread_id, s=state: _remember(self._thread_states, t, s, 10_000))
-        if entries:
-            after_commit.append(lambda: self._forget_deferred(entries))
+        if written:
+            after_commit.append(lambda: self._forget_deferred(written))
 
     def _apply_deferred(self, txn: _ThreadTxn, entry: _DeferredWrites | _DeferredPut) -> None:
         if type(entry) is _DeferredPut:
             self._insert_checkpoint(txn, entry)
         else:
             self._insert_writes(txn, entry)
+
+    def _drop_deferred(self, entries: list[_DeferredWrites | _DeferredPut], exc: BaseException) -> None:
+        """Give up deferred writes that cannot be written, with one log line for the operator."""
+        self._forget_deferred(entries)
+        self._drop_cached_thread(entries[0].thread_id)
+        # Input refused at the door is the user's mistake (a warning); anything else is the store's (an error).
+        level = logging.WARNING if isinstance(exc, UnstorableInputError) else logging.ERROR
+        logger.log(
+            level, "dropped %d unwritable checkpoint writes of thread %r in %s: %s: %s",
+            len(entries), entries[0].thread_id, self.path, type(exc).__name__, exc,
+        )
 
     def _forget_deferred(self, written: list[_DeferredWrites | _DeferredPut]) -> None:
         with self._deferred_cond:
@@ -1039,25 +1146,32 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     # -- encoding values ---------------------------------------------------
 
     def _dump(self, value: Any) -> tuple[str, bytes]:
-        type_, blob = codec.compress_blob(*self.serde.dumps_typed(value))
-        if self._cipher is not None:
-            blob = self._cipher.seal(blob)
-        return type_, blob
+        """A value serialised and compressed; sealed where its row is written (`_apply_encoded`, `_insert_checkpoint`)."""
+        return codec.compress_blob(*self.serde.dumps_typed(value))
 
-    def _load(self, type_: str, blob: bytes) -> Any:
+    def _load(self, type_: str, blob: bytes, place: bytes) -> Any:
+        """A value stored at `place` (one of `checkpointers.encryption`'s `*_place`)."""
         if self._cipher is not None:
-            blob = self._cipher.open(blob)
+            blob = self._cipher.open(blob, place)
+        return self._decode(type_, blob)
+
+    def _decode(self, type_: str, blob: bytes) -> Any:
+        """A value from its plain (decrypted) serialised form."""
         if type_ == checkpoint_codec.TYPE:
             return checkpoint_codec.decode(blob)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
+    def _load_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str | bytes, type_: str, blob: bytes) -> Any:
+        """A stored checkpoint (`checkpoint_id` as stored)."""
+        if self._cipher is not None:
+            blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
+        return self._decode(type_, blob)
+
     def _dump_checkpoint(self, stored: dict[str, Any]) -> tuple[str, bytes]:
-        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding where it fits."""
+        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding where it fits; not yet sealed."""
         blob = checkpoint_codec.encode(stored)
         if blob is None:
             return self._dump(stored)
-        if self._cipher is not None:
-            blob = self._cipher.seal(blob)
         return checkpoint_codec.TYPE, blob
 
     def _dump_message(self, message: BaseMessage) -> tuple[str, bytes]:
@@ -1071,17 +1185,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """A message from its plain (decrypted) blob."""
         return load_message(self.serde, type_, blob)
 
-    def _open_rows(self, rows: Any) -> Any:
-        """Rows `(message_no, type, value)` of the `messages` table with their values decrypted."""
+    def _open_rows(self, thread_key: int, rows: Any) -> Any:
+        """Rows `(message_no, type, value)` of a thread's `messages` with their values decrypted."""
         cipher = self._cipher
         if cipher is None:
             return rows
-        return [(no, type_, cipher.open(blob)) for no, type_, blob in rows]
+        return [(no, type_, cipher.open(blob, message_place(thread_key, no))) for no, type_, blob in rows]
 
-    def _segment_rows(self, nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
-        """The plain `(message_no, type, blob)` rows of one stored segment value."""
+    def _segment_rows(self, thread_key: int, nos_blob: bytes, nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
+        """The plain `(message_no, type, blob)` rows of one stored segment (`nos`: `nos_blob` unpacked)."""
         if self._cipher is not None:
-            value = self._cipher.open(value)
+            value = self._cipher.open(value, segment_place(thread_key, nos_blob))
         return _segment_rows(nos, value)
 
     def _search_words(self, message: BaseMessage) -> str | None:
@@ -1091,19 +1205,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return words
         return search.hashed_words(words, self._cipher.search_token)
 
-    def _seal_title(self, title: str | None) -> str | None:
-        """A thread title as stored (encrypted when the store is)."""
+    def _seal_title(self, title: str | None, thread_id: str) -> str | None:
+        """A thread's title as stored (encrypted when the store is, bound to the thread)."""
         if title is None or self._cipher is None:
             return title
-        return self._cipher.seal_text(title)
+        return self._cipher.seal_text(title, title_place(thread_id))
 
-    def _open_title(self, stored: str | None) -> str | None:
+    def _open_title(self, stored: str | None, thread_id: str) -> str | None:
         if stored is None or self._cipher is None:
             return stored
-        return self._cipher.open_text(stored)
+        return self._cipher.open_text(stored, title_place(thread_id))
 
     def _pre_message(self, message: BaseMessage, *, words: bool = True) -> _PreMessage:
         """A message serialised, digested and (with `words`) split into search words, outside any transaction."""
+        check_value(message)
         type_, blob = self._dump_message(message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
         unnamed = message if message.id is None else None
@@ -1128,7 +1243,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if known is not None:
             return known
         no = txn.message_no()
-        blob = pre.blob if self._cipher is None else self._cipher.seal(pre.blob)
+        blob = pre.blob if self._cipher is None else self._cipher.seal(pre.blob, message_place(txn.thread_key, no))
         txn.add_row(ROW_MESSAGE, txn.thread_key, no, pre.type_, blob)
         txn.stored_messages += 1
         words = pre.words if pre.message is None else self._search_words(pre.message)
@@ -1198,18 +1313,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             parts = {key: self._pre_encode(item, words=words) for key, item in value.items() if _holds_messages(item)}
             rest = {key: item for key, item in value.items() if key not in parts}
             return _PreValue(KIND_MESSAGE_DICT, parts=parts, rest=rest, order=list(value))
+        check_value(value, "input")
         type_, blob = self._dump(value)
         return _PreValue(KIND_SERDE, type_=type_, blob=blob)
 
-    def _apply_encoded(self, txn: _ThreadTxn, pre: _PreValue) -> tuple[int, str | None, bytes | None]:
-        """The (kind, type, value) columns of a pre-encoded value, storing its new messages."""
+    def _apply_encoded(self, txn: _ThreadTxn, pre: _PreValue, place: bytes | None) -> tuple[int, str | None, bytes | None]:
+        """The (kind, type, value) columns of a pre-encoded value, storing its new messages;
+        a serialised value is sealed to `place` (None: the store is not encrypted)."""
         if pre.messages is not None:
             return pre.kind, None, codec.pack_numbers([self._store_message(txn, m) for m in pre.messages])
         if pre.parts is not None:
-            refs = {key: self._apply_encoded(txn, part)[::2] for key, part in pre.parts.items()}
+            refs = {key: self._apply_encoded(txn, part, None)[::2] for key, part in pre.parts.items()}
             type_, blob = self._dump({"order": pre.order, "refs": refs, "rest": pre.rest})
-            return KIND_MESSAGE_DICT, type_, blob
-        return pre.kind, pre.type_, pre.blob
+            return KIND_MESSAGE_DICT, type_, blob if place is None else self._cipher.seal(blob, place)
+        return pre.kind, pre.type_, pre.blob if place is None else self._cipher.seal(pre.blob, place)
 
     # -- decoding values ---------------------------------------------------
 
@@ -1239,7 +1356,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             segment_nos = codec.unpack_numbers(nos_blob)
             if wanted.isdisjoint(segment_nos):
                 continue
-            for no, type_, blob in self._segment_rows(segment_nos, value):
+            for no, type_, blob in self._segment_rows(thread_key, nos_blob, segment_nos, value):
                 if no in wanted:
                     found[no] = self._load_message(type_, blob)
         if len(found) < len(wanted):
@@ -1250,7 +1367,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 "AND message_no IN (SELECT value FROM json_each(?))",
                 (thread_key, lo, hi) if hi - lo < 2 * len(wanted) else (thread_key, json.dumps(sorted(wanted))),
             )
-            for no, type_, blob in self._open_rows(rows):
+            for no, type_, blob in self._open_rows(thread_key, rows):
                 if no in wanted:
                     found[no] = self._load_message(type_, blob)
         if len(found) != len(wanted):
@@ -1261,12 +1378,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _stored_message_rows(self, thread_key: int) -> list[tuple[int, str, bytes]]:
         """Every stored message of a thread as (message_no, type, plain blob), loose or sealed."""
         rows = self._open_rows(
-            self.conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)).fetchall()
+            thread_key,
+            self.conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,)).fetchall(),
         )
         for nos_blob, value in self.conn.execute(
             "SELECT nos, value FROM message_segments WHERE thread_key = ?", (thread_key,)
         ).fetchall():
-            rows += self._segment_rows(codec.unpack_numbers(nos_blob), value)
+            rows += self._segment_rows(thread_key, nos_blob, codec.unpack_numbers(nos_blob), value)
         return rows
 
     def _thread_search_rows(self, thread_key: int) -> list[tuple[int, str]]:
@@ -1299,10 +1417,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             txn.sealed_upto = (first or txn.next_message_no) - 1
             return
         rows = self._open_rows(
+            txn.thread_key,
             txn.conn.execute(
                 "SELECT message_no, type, value FROM messages WHERE thread_key = ? ORDER BY message_no",
                 (txn.thread_key,),
-            ).fetchall()
+            ).fetchall(),
         )
         self._write_segment(txn.conn, txn.thread_key, rows)
         txn.conn.execute("DELETE FROM messages WHERE thread_key = ?", (txn.thread_key,))
@@ -1311,11 +1430,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _write_segment(self, conn: sqlite3.Connection, thread_key: int, rows: list[tuple[int, str, bytes]]) -> None:
         """Seal plain message rows into one segment (compressed, then encrypted when the store is)."""
         value = codec.deflate(ormsgpack.packb([[type_, blob] for _, type_, blob in rows]))
+        nos = codec.pack_numbers([r[0] for r in rows])
         if self._cipher is not None:
-            value = self._cipher.seal(value)
+            value = self._cipher.seal(value, segment_place(thread_key, nos))
         conn.execute(
             "INSERT INTO message_segments (thread_key, first_no, last_no, nos, value) VALUES (?, ?, ?, ?, ?)",
-            (thread_key, rows[0][0], rows[-1][0], codec.pack_numbers([r[0] for r in rows]), value),
+            (thread_key, rows[0][0], rows[-1][0], nos, value),
         )
 
     def _load_list(self, conn: sqlite3.Connection, thread_key: int, value_no: int) -> _StoredList:
@@ -1375,18 +1495,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, not {limit}")
-        thread_id = str(thread_id)
+        thread_id = check_id(thread_id)
         with self._read() as conn:
             row = conn.execute("SELECT thread_key, user_id FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
             if row is None or (user_id is not ANY_USER and row[1] != user_id):
                 raise ThreadNotFoundError(thread_id)
             thread_key = row[0]
             latest = conn.execute(
-                "SELECT type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
+                "SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
                 "ORDER BY checkpoint_id DESC LIMIT 1",
                 (thread_key,),
             ).fetchone()
-            version = self._load(*latest)["channel_versions"].get("messages") if latest else None
+            version = (
+                self._load_checkpoint(thread_key, "", *latest)["channel_versions"].get("messages") if latest else None
+            )
             found = self._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
             if found is None:
                 return MessagePage([], 0, 0)
@@ -1420,16 +1542,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return list(self._load_list(conn, thread_key, value_no).objs)
         if kind == KIND_DELTA_SNAPSHOT:
             return _DeltaSnapshot(list(self._load_list(conn, thread_key, value_no).objs))
-        return self._decode_write(conn, thread_key, kind, type_, blob)
+        place = value_place(thread_key, value_no) if self._cipher is not None and kind in _SEALED_KINDS else None
+        return self._decode_write(conn, thread_key, kind, type_, blob, place)
 
-    def _decode_write(self, conn: sqlite3.Connection, thread_key: int, kind: int, type_: str | None, blob: bytes | None) -> Any:
+    def _decode_write(
+        self, conn: sqlite3.Connection, thread_key: int, kind: int, type_: str | None, blob: bytes | None, place: bytes | None
+    ) -> Any:
+        """A stored value or write; `place`: where a serialised one is sealed (None: not encrypted)."""
         if kind == KIND_SERDE:
-            return self._load(type_, blob)
+            return self._load(type_, blob, place)
         if kind == KIND_MESSAGE_DICT:
-            parts = self._load(type_, blob)
+            parts = self._load(type_, blob, place)
             rest = parts["rest"]
             for key, (ref_kind, ref_blob) in parts["refs"].items():
-                rest[key] = self._decode_write(conn, thread_key, ref_kind, None, ref_blob)
+                rest[key] = self._decode_write(conn, thread_key, ref_kind, None, ref_blob, None)
             return {key: rest[key] for key in parts["order"]}
         if kind not in (KIND_MESSAGE, KIND_MESSAGE_LIST):
             raise RuntimeError(f"unknown stored value kind {kind}")
@@ -1469,16 +1595,25 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return {channel: self._decode_value(conn, thread_key, *rest) for channel, *rest in rows}
 
     def _pending_writes(self, conn: sqlite3.Connection, thread_key: int, ns: str, checkpoint_id: str) -> list[PendingWrite]:
+        stored_id = db_id(checkpoint_id)
         rows = conn.execute(
             "SELECT task_path, task_id, idx, channel, kind, type, value FROM writes WHERE thread_key = ? "
             "AND checkpoint_ns = ? AND checkpoint_id = ?",
-            (thread_key, ns, db_id(checkpoint_id)),
+            (thread_key, ns, stored_id),
         ).fetchall()
-        rows = [(path, py_id(task), *rest) for path, task, *rest in rows]
-        rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
+        rows = [(path, py_id(task), task, *rest) for path, task, *rest in rows]
+        rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[3]))
+        sealed = self._cipher is not None
         return [
-            (task_id, channel, self._decode_write(conn, thread_key, kind, t, v))
-            for _path, task_id, _idx, channel, kind, t, v in rows
+            (
+                task_id,
+                channel,
+                self._decode_write(
+                    conn, thread_key, kind, t, v,
+                    write_place(thread_key, ns, stored_id, stored_task, idx) if sealed and kind in _SEALED_KINDS else None,
+                ),
+            )
+            for _path, task_id, stored_task, idx, channel, kind, t, v in rows
         ]
 
     def _tuple(
@@ -1493,8 +1628,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         blob: bytes,
         metadata: str,
     ) -> CheckpointTuple:
+        checkpoint = self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)
         checkpoint_id, parent_id = py_id(checkpoint_id), py_id(parent_id)
-        checkpoint = self._load(type_, blob)
         checkpoint["id"] = checkpoint_id
         checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"])
         pending_writes = self._pending_writes(conn, thread_key, ns, checkpoint_id)
@@ -1520,7 +1655,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
-        thread_id = str(configurable["thread_id"])
+        thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
         with self._lock:
@@ -1554,7 +1689,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ):
             return None
         entry = kept.entry
-        checkpoint = self._load(entry.type_, entry.blob)
+        checkpoint = self._decode(entry.type_, entry.blob)
         checkpoint["id"] = entry.checkpoint_id
         checkpoint["channel_values"] = {
             channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else _copy_message_list(value)
@@ -1575,7 +1710,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         configurable = (config or {}).get("configurable", {})
         if "thread_id" in configurable and configurable["thread_id"] is not None:
             where.append("t.thread_id = ?")
-            params.append(str(configurable["thread_id"]))
+            params.append(check_id(configurable["thread_id"]))
         if configurable.get("checkpoint_ns") is not None:
             where.append("c.checkpoint_ns = ?")
             params.append(configurable["checkpoint_ns"])
@@ -1587,9 +1722,15 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             params.append(db_id(before_id))
         python_filter: dict[str, Any] = {}
         for key, value in (filter or {}).items():
-            if value is None or isinstance(value, (str, int, float)):
-                where.append(f"json_extract(c.metadata, {_json_path(key)}) IS ?")
-                params.append(value)
+            key = check_text(str(key), "filter")
+            if isinstance(value, str):
+                check_text(value, "filter")
+            if _PLAIN_KEY.fullmatch(key) and (value is None or isinstance(value, (str, float)) or (
+                isinstance(value, int) and -(2**63) <= value < 2**63
+            )):
+                # The path is a bound value too: nothing of a filter becomes SQL text.
+                where.append("json_extract(c.metadata, ?) IS ?")
+                params += [f'$."{key}"', value]
             else:
                 python_filter[key] = value
         sql = (
@@ -1630,7 +1771,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         turn commits once, with the checkpoint that ends it.
         """
         configurable = config["configurable"]
-        thread_id = str(configurable["thread_id"])
+        thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
         # The id lives in its own column; the values in channel_values.
@@ -1639,14 +1780,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         run_id = full_metadata.get("run_id")
         entry = _DeferredPut(
             thread_id=thread_id,
-            user_id=_owner(full_metadata.get("user_id"), configurable.get("user_id")),
+            user_id=_checked_owner(full_metadata.get("user_id"), configurable.get("user_id")),
             ns=ns,
             checkpoint_id=checkpoint["id"],
             parent_id=configurable.get("checkpoint_id"),
             run_id=None if run_id is None else str(run_id),
             type_=type_,
             blob=blob,
-            metadata_json=json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr),
+            metadata_json=check_text(
+                json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
+            ),
             new_versions=new_versions,
             values=checkpoint["channel_values"],
             updated_at=utc_now(),
@@ -1708,15 +1851,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         for channel, version in entry.new_versions.items():
             if row := self._value_row(txn, ns, channel, version, values.get(channel, _MISSING)):
                 txn.add_row(ROW_CHANNEL_VALUE, *row)
+        checkpoint_id = db_id(entry.checkpoint_id)
         txn.add_row(
             ROW_CHECKPOINT,
             txn.thread_key,
             ns,
-            db_id(entry.checkpoint_id),
+            checkpoint_id,
             None if entry.parent_id is None else db_id(entry.parent_id),
             None if entry.run_id is None else db_id(entry.run_id),
             entry.type_,
-            entry.blob,
+            entry.blob if self._cipher is None
+            else self._cipher.seal(entry.blob, checkpoint_place(txn.thread_key, ns, checkpoint_id)),
             entry.metadata_json,
         )
         if txn.stored_messages:
@@ -1764,8 +1909,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             txn.after_commit.append(lambda: self._lists.add(key, ns, channel, entry))
         else:
             pre = value if type(value) is _PreValue else self._pre_encode(value, words=False)
-            kind, type_, blob = self._apply_encoded(txn, pre)
             value_no = txn.value_no()
+            place = value_place(txn.thread_key, value_no) if self._cipher is not None else None
+            kind, type_, blob = self._apply_encoded(txn, pre, place)
         return (txn.thread_key, value_no, ns, channel, version, kind, type_, blob, base_no, keep, depth)
 
     def _touch_thread(self, txn: _ThreadTxn, entry: _DeferredPut) -> None:
@@ -1779,7 +1925,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 count = len(messages)
                 if txn.title is None:
                     title = title_from_messages(messages)
-        txn.touch(entry.updated_at, count, title, self._seal_title(title), entry.user_id)
+        txn.touch(entry.updated_at, count, title, self._seal_title(title, txn.thread_id), entry.user_id)
 
     def put_writes(
         self,
@@ -1802,13 +1948,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if not writes:
             return
         configurable = config["configurable"]
-        thread_id = str(configurable["thread_id"])
+        thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
         channels = [channel for channel, _ in writes]
         entry = _DeferredWrites(
             thread_id=thread_id,
-            user_id=_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id")),
+            user_id=_checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id")),
             ns=ns,
             checkpoint_id=checkpoint_id,
             task_id=task_id,
@@ -1831,10 +1977,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _insert_writes(self, txn: _ThreadTxn, entry: _DeferredWrites) -> None:
         row_kind = ROW_WRITE_REPLACE if entry.replace else ROW_WRITE_IGNORE
+        checkpoint_id, task_id = db_id(entry.checkpoint_id), db_id(entry.task_id)
         for idx, channel, value in entry.values:
-            kind, type_, blob = self._apply_encoded(txn, value)
+            place = (
+                None if self._cipher is None else write_place(txn.thread_key, entry.ns, checkpoint_id, task_id, idx)
+            )
+            kind, type_, blob = self._apply_encoded(txn, value, place)
             txn.add_row(
-                row_kind, txn.thread_key, entry.ns, db_id(entry.checkpoint_id), db_id(entry.task_id), idx,
+                row_kind, txn.thread_key, entry.ns, checkpoint_id, task_id, idx,
                 entry.task_path, channel, kind, type_, blob,
             )
 
@@ -1866,7 +2016,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         deleted messages out of the search index to the caller (`purge_search_index`),
         for callers that delete in many batches.
         """
-        ids = [str(t) for t in thread_ids]
+        ids = [check_id(t) for t in thread_ids]
         if not ids:
             return 0
         with self._write() as after_commit:
@@ -1917,7 +2067,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a thread with its whole history under a new id (which must be unused)."""
-        source, target = str(source_thread_id), str(target_thread_id)
+        source, target = check_id(source_thread_id), check_id(target_thread_id)
         txn_failed: list = []
         try:
             self._copy_thread(source, target, txn_failed)
@@ -1956,6 +2106,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 self.conn.execute(
                     f"INSERT INTO {table} (thread_key, {columns}) SELECT ?, {columns} FROM {table} WHERE thread_key = ?",
                     (dst, src),
+                )
+            if self._cipher is not None:  # sealed values are bound to their thread: seal the copies to theirs
+                reseal.Resealer(self.conn, self.attachments.root, self._cipher, self._cipher).thread(
+                    dst, copied_from=(src, source)
                 )
             search.add(self.conn, self._thread_search_rows(dst))
             copied = self.attachments.copy_row(src, dst, target)
@@ -2003,7 +2157,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
-        ids = [str(t) for t in thread_ids]
+        ids = [check_id(t) for t in thread_ids]
         if not ids:
             return
         with self._write() as after_commit:
@@ -2050,7 +2204,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
             (thread_key, ns, checkpoint_id),
         ).fetchone()
-        versions = self._load(row[1], row[2])["channel_versions"]
+        versions = self._load_checkpoint(thread_key, ns, checkpoint_id, row[1], row[2])["channel_versions"]
         delta_channels = json.loads(row[3]).get("counters_since_delta_snapshot") or {}
         unseeded = {
             ch for ch in delta_channels
@@ -2066,7 +2220,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if row is None:
                 break
             kept.append(parent)
-            versions = self._load(row[1], row[2])["channel_versions"]
+            versions = self._load_checkpoint(thread_key, ns, parent, row[1], row[2])["channel_versions"]
             for ch in list(unseeded):
                 if ch in versions and self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]):
                     unseeded.discard(ch)
@@ -2079,10 +2233,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         # Savers (in any process) that remember this thread's rows must reread it.
         conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1 WHERE thread_key = ?", (thread_key,))
         live: set[int] = set()
-        for ns, type_, blob in conn.execute(
-            "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = ?", (thread_key,)
+        for ns, checkpoint_id, type_, blob in conn.execute(
+            "SELECT checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ?", (thread_key,)
         ).fetchall():
-            for channel, version in self._load(type_, blob)["channel_versions"].items():
+            for channel, version in self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)["channel_versions"].items():
                 found = self._lookup_value(conn, thread_key, ns, channel, version)
                 if found is not None:
                     live.add(found[0])
@@ -2100,14 +2254,19 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 pending.append(base)
         dead_values = [no for no in rows if no not in live]
         live_messages: set[int] = set()
+        sealed = self._cipher is not None
         for no in live:
             kind, type_, value, _ = rows[no]
-            live_messages.update(self._message_refs(kind, type_, value))
-        for kind, type_, value in conn.execute(
-            "SELECT kind, type, value FROM writes WHERE thread_key = ? AND kind != ?", (thread_key, KIND_SERDE)
+            place = value_place(thread_key, no) if sealed and kind == KIND_MESSAGE_DICT else None
+            live_messages.update(self._message_refs(kind, type_, value, place))
+        for ns, checkpoint_id, task_id, idx, kind, type_, value in conn.execute(
+            "SELECT checkpoint_ns, checkpoint_id, task_id, idx, kind, type, value FROM writes "
+            "WHERE thread_key = ? AND kind != ?",
+            (thread_key, KIND_SERDE),
         ):
-            live_messages.update(self._message_refs(kind, type_, value))
-        dead_rows = self._open_rows([
+            place = write_place(thread_key, ns, checkpoint_id, task_id, idx) if sealed and kind == KIND_MESSAGE_DICT else None
+            live_messages.update(self._message_refs(kind, type_, value, place))
+        dead_rows = self._open_rows(thread_key, [
             row for row in conn.execute("SELECT message_no, type, value FROM messages WHERE thread_key = ?", (thread_key,))
             if row[0] not in live_messages
         ])
@@ -2119,7 +2278,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if live_messages.issuperset(segment_nos):
                 continue
             conn.execute("DELETE FROM message_segments WHERE thread_key = ? AND first_no = ?", (thread_key, first))
-            rows = self._segment_rows(segment_nos, value)
+            rows = self._segment_rows(thread_key, nos_blob, segment_nos, value)
             kept = [row for row in rows if row[0] in live_messages]
             dead_rows += [row for row in rows if row[0] not in live_messages]
             if kept:
@@ -2134,12 +2293,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             (thread_key, json.dumps(dead_messages)),
         )
 
-    def _message_refs(self, kind: int, type_: str | None, value: bytes | None) -> list[int]:
-        """The message numbers a stored value or write refers to."""
+    def _message_refs(self, kind: int, type_: str | None, value: bytes | None, place: bytes | None) -> list[int]:
+        """The message numbers a stored value or write (sealed at `place`) refers to."""
         if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
             return codec.unpack_numbers(value)
         if kind == KIND_MESSAGE_DICT:
-            return [n for _, blob in self._load(type_, value)["refs"].values() for n in codec.unpack_numbers(blob)]
+            refs = self._load(type_, value, place)["refs"]
+            return [n for _, blob in refs.values() for n in codec.unpack_numbers(blob)]
         return []
 
     def get_delta_channel_history(
@@ -2179,7 +2339,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 for write in reversed(writes):
                     if write[1] in remaining:
                         collected[write[1]].append(write)
-                versions = self._load(row[1], row[2])["channel_versions"]
+                versions = self._load_checkpoint(thread_key, ns, cursor, row[1], row[2])["channel_versions"]
                 for ch in list(remaining):
                     if ch not in versions:
                         continue
@@ -2329,6 +2489,9 @@ def _flush_open_savers() -> None:
         except Exception:  # closed already, or the store is gone: nothing left to do
             logger.debug("flush at exit failed for %s", saver.path, exc_info=True)
 
+_SEALED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
+"""Kinds of stored values that are serialised (and sealed in an encrypted store); the others are message numbers."""
+
 _THREAD_TABLES = (
     "checkpoints", "channel_values", "messages", "message_segments", "writes", "attachments",
     "message_times", "message_metadata",
@@ -2430,6 +2593,3 @@ def _segment_rows(nos: list[int], value: bytes) -> list[tuple[int, str, bytes]]:
     return [(no, type_, blob) for no, (type_, blob) in zip(nos, ormsgpack.unpackb(codec.inflate(value)))]
 
 
-def _json_path(key: str) -> str:
-    """A SQL literal for the JSON path of one top-level metadata key."""
-    return "'$.\"" + key.replace("'", "''").replace('"', '\\"') + "\"'"

@@ -23,6 +23,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from checkpointers import search
 from checkpointers.errors import InvalidCursorError, ThreadNotFoundError
 from checkpointers.search import message_text
+from checkpointers.storable import check_id, check_text
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -102,10 +103,20 @@ def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
             raise ValueError(
                 f"metadata filter for {key!r} must be a string, number, boolean or null"
             )
+        if '"' in key or "\\" in key or (isinstance(value, int) and not -(2**63) <= value < 2**63):
+            raise ValueError(f"metadata filter for {key!r} cannot be matched: keys without quotes or backslashes, whole numbers of 64 bits")
+        check_text(key, "filter")
+        if isinstance(value, str):
+            check_text(value, "filter")
         path = "$." + json.dumps(key)
         sql.append("json_extract(metadata, ?) IS ?")
         params.extend([path, value])
     return " AND " + " AND ".join(sql), params
+
+
+def checked_user(user_id: Any) -> Any:
+    """A user id as the store keeps it: None and `ANY_USER` as they are, others checked."""
+    return user_id if user_id is None or user_id is ANY_USER else check_id(user_id, "user id")
 
 
 def _user_rows(user_id: str | None, cursor: str | None) -> tuple[str, list[Any]]:
@@ -129,8 +140,9 @@ def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None)
     like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     probe = search.words_probe(text)
     sql, params = _user_rows(user_id, cursor)
-    sql += " AND (title LIKE ? ESCAPE '\\'"
-    params.append(like)
+    # A query longer than any title cannot be in one (and SQLite refuses very long patterns).
+    sql += " AND (title LIKE ? ESCAPE '\\'" if len(text) <= MAX_TITLE_LENGTH else " AND (0"
+    params += [like] if len(text) <= MAX_TITLE_LENGTH else []
     if probe is not None:
         sql += f" OR {probe[0]}"
         params += probe[1]
@@ -168,7 +180,7 @@ class ThreadIndex:
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
-        sql, params = _user_rows(user_id, cursor)
+        sql, params = _user_rows(checked_user(user_id), cursor)
         if pinned is not None:
             sql += " AND pinned = ?"
             params.append(int(pinned))
@@ -187,7 +199,7 @@ class ThreadIndex:
         info = _info(row)
         if self._saver._cipher is None or info.title is None:
             return info
-        return dataclasses.replace(info, title=self._saver._open_title(info.title))
+        return dataclasses.replace(info, title=self._saver._open_title(info.title, info.thread_id))
 
     def search(
         self,
@@ -210,6 +222,7 @@ class ThreadIndex:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
         if not " ".join(str(query).split()):
             return self.list(user_id, limit=limit, cursor=cursor)
+        user_id, query = checked_user(user_id), check_text(str(query), "search")
         if self._saver._cipher is not None:
             return self._search_encrypted(user_id, query, limit, cursor)
         sql, params = _search_sql(user_id, query, limit, cursor)
@@ -257,7 +270,7 @@ class ThreadIndex:
     def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """One thread's row; `ThreadNotFoundError` if unknown or not the user's."""
         with self._saver._read() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = ?", (str(thread_id),)).fetchone()
+            row = conn.execute(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = ?", (check_id(thread_id),)).fetchone()
         if row is None or (user_id is not ANY_USER and row[1] != user_id):
             raise ThreadNotFoundError(str(thread_id))
         return self._info(row)
@@ -265,7 +278,7 @@ class ThreadIndex:
     def count(self, user_id: str | None) -> int:
         """How many threads the user has."""
         with self._saver._read() as conn:
-            (n,) = conn.execute("SELECT count(*) FROM threads WHERE user_id IS ?", (user_id,)).fetchone()
+            (n,) = conn.execute("SELECT count(*) FROM threads WHERE user_id IS ?", (checked_user(user_id),)).fetchone()
         return n
 
     def explain_list(self, user_id: str | None) -> list[str]:
@@ -281,6 +294,7 @@ class ThreadIndex:
     # -- edits --------------------------------------------------------------
 
     def _update(self, thread_id: str, user_id: Any, assignments: str, params: list[Any]) -> ThreadInfo:
+        thread_id = check_id(thread_id)
         with self._saver._write():
             row = self._saver.conn.execute(
                 "SELECT user_id FROM threads WHERE thread_id = ?", (str(thread_id),)
@@ -294,12 +308,12 @@ class ThreadIndex:
 
     def rename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Give the thread a new title (one line, at most 200 characters)."""
-        clean = " ".join(str(title).split())
+        clean = check_text(" ".join(str(title).split()), "title")
         if not clean:
             raise ValueError("a thread title cannot be empty")
         if len(clean) > MAX_TITLE_LENGTH:
             raise ValueError(f"a thread title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
-        return self._update(thread_id, user_id, "title = ?", [self._saver._seal_title(clean)])
+        return self._update(thread_id, user_id, "title = ?", [self._saver._seal_title(clean, str(thread_id))])
 
     def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Pin (or with `pinned=False`, unpin) a thread."""

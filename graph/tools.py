@@ -56,7 +56,8 @@ def open_read_only(path: Database, timeout_s: float) -> sqlite3.Connection:
         conn.deserialize(path)
         conn.execute("PRAGMA query_only = ON")
     else:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # Every character SQLite would decode in a URI (`%XX`, `?`, `#`) is escaped.
+        conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
     conn.set_authorizer(_authorizer)
     deadline = [time.monotonic() + timeout_s]
 
@@ -122,11 +123,15 @@ def describe(path: Database, table: str, timeout_s: float = 5.0) -> str:
         real = names.get(table.strip().strip('"').lower())
         if real is None:
             return f"There is no table named {table!r}; the tables are: {', '.join(sorted(names.values())) or 'none'}."
-        columns = conn.execute("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?)", (real,)).fetchall()
-        (count,) = conn.execute(f'SELECT count(*) FROM "{real.replace(chr(34), chr(34) * 2)}"').fetchone()
+        # `real` is a name the database itself holds, quoted as an identifier. The
+        # table-valued `pragma_table_info(?)` would read better, but SQLite asks the
+        # authorizer to update sqlite_master for it, which a read-only sandbox refuses.
+        quoted = '"' + real.replace('"', '""') + '"'
+        columns = conn.execute(f"PRAGMA table_info({quoted})").fetchall()
+        (count,) = conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()
     described = ", ".join(
         f"{name} {kind or 'ANY'}{' PRIMARY KEY' if pk else ''}{' NOT NULL' if notnull else ''}"
-        for name, kind, notnull, pk in columns
+        for _, name, kind, notnull, _, pk in columns
     )
     return f"Table {real} ({count:,} rows): {described}"
 

@@ -22,7 +22,7 @@ def sqlite_file(path: Path) -> Path:
 def test_a_sqlite_file_is_copied_whole_and_the_original_is_left_alone(saver: ThreadSaver, tmp_path: Path):
     source = sqlite_file(tmp_path / "shop.db")
     attached = saver.attachments.attach("t1", source, user_id="alice")
-    assert attached.tables == ["items"] and attached.path.parent.name == "t1"
+    assert attached.tables == ["items"] and attached.path.parent.parent == saver.attachments.root
     conn = sqlite3.connect(f"file:{attached.path}?mode=ro", uri=True)
     assert conn.execute("SELECT * FROM items").fetchall() == [("apple", 3)]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
@@ -98,4 +98,52 @@ def test_deleting_threads_deletes_their_files(saver: ThreadSaver, tmp_path: Path
     paths = [saver.attachments.attach(f"t{i}", sqlite_file(tmp_path / f"s{i}.db")).path for i in range(3)]
     assert saver.delete_threads(["t0", "t1"]) == 2
     assert [p.exists() for p in paths] == [False, False, True]
-    assert sorted(d.name for d in saver.attachments.root.iterdir()) == ["t2"]
+    assert [d for d in saver.attachments.root.iterdir()] == [paths[2].parent]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "..%2F..%2F..%2Fthreadkeeper.db",
+        "a?mode=rwc#x.db",
+        "%2e%2e%2fthreadkeeper.db",
+        "b#.db",
+        "c%00d.db",
+    ],
+)
+def test_an_upload_is_opened_by_its_own_name_however_it_is_spelled(saver: ThreadSaver, tmp_path: Path, hostile: str):
+    # The store's own database (beside tmp_path/uploads) is what a decoded name once reached.
+    uploads = tmp_path / "uploads" / "deep" / "deeper"
+    uploads.mkdir(parents=True)
+    source = sqlite_file(uploads / hostile)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    attached = saver.attachments.attach("t1", source, user_id="mallory", name=hostile)
+    assert attached.tables == ["items"]  # the upload's own table, not the store's `threads`, `messages`...
+    with sqlite3.connect(attached.path) as conn:
+        assert conn.execute("SELECT * FROM items").fetchall() == [("apple", 3)]
+    stray = sorted(p.name for p in tmp_path.rglob("*")) 
+    new = {p for p in set(stray) - set(before) if not p.startswith(hostile)}  # the source's own -wal, -shm
+    # Only the stored copy (and its folders) appeared: no file named after part of the upload's name.
+    assert all(p == attached.path.name or p == attached.path.parent.name or p == "attachments" for p in new), new
+
+
+def test_the_attachment_folder_is_never_named_after_the_thread_id(saver: ThreadSaver, tmp_path: Path):
+    source = sqlite_file(tmp_path / "shop.db")
+    for thread_id in ("..", "plain-id", "../../etc"):
+        attached = saver.attachments.attach(thread_id, source, user_id="alice")
+        assert attached.path.resolve().parent.parent == saver.attachments.root.resolve()
+        assert thread_id not in attached.path.parent.name
+
+
+def test_the_database_tools_list_describe_and_query_an_attached_table(saver: ThreadSaver, tmp_path: Path):
+    from graph.tools import database_tools
+
+    source = sqlite_file(tmp_path / "shop.db")
+    saver.attachments.attach("t1", source)
+    tools = {t.name: t for t in database_tools(lambda config: saver.attachment_database("t1"), row_limit=10, timeout_s=5)}
+    config = {"configurable": {"thread_id": "t1"}}
+    assert tools["list_tables"].invoke({}, config) == '["items"]'
+    assert tools["describe_table"].invoke({"table": "items"}, config) == "Table items (1 rows): name TEXT, qty INTEGER"
+    assert tools["describe_table"].invoke({"table": "nope"}, config).startswith("There is no table named 'nope'")
+    assert "apple | 3" in tools["query_database"].invoke({"sql": "SELECT * FROM items"}, config)
+    assert tools["query_database"].invoke({"sql": "DELETE FROM items"}, config).startswith("Refused")

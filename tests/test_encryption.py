@@ -1,24 +1,32 @@
-"""Encryption at rest: THREADKEEPER_ENCRYPTION_KEY, the key checks on open, and rotate-key.
+"""Encryption at rest: THREADKEEPER_ENCRYPTION_KEY, the key checks on open, values bound to
+their place, the upgrade of stores written before they were, and rotate-key.
 
 Real SQLite files in tmp dirs, the real agent graph and saver; only the model is scripted.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import json
+import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 
 from checkpointers import EncryptionKeyError, ThreadSaver, open_async_saver
-from checkpointers import key_rotation
+from checkpointers import reseal
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
@@ -324,7 +332,7 @@ def test_a_rotation_killed_between_writing_an_attachment_and_committing_resumes_
         for thread_id in ("a1", "a2", "a3"):
             chat_with_marker(saver, tmp_path, thread_id)
         written = snapshot(saver)
-    real_write = key_rotation.write_file
+    real_write = reseal.write_file
     calls = []
 
     def write_then_die(target, payload):
@@ -333,10 +341,10 @@ def test_a_rotation_killed_between_writing_an_attachment_and_committing_resumes_
         if len(calls) == 2:
             raise SystemExit("killed")
 
-    monkeypatch.setattr(key_rotation, "write_file", write_then_die)
+    monkeypatch.setattr(reseal, "write_file", write_then_die)
     with pytest.raises(SystemExit):
         rotate_key(db, KEY, NEW_KEY, batch_rows=1)
-    monkeypatch.setattr(key_rotation, "write_file", real_write)
+    monkeypatch.setattr(reseal, "write_file", real_write)
     rotate_key(db, KEY, NEW_KEY, batch_rows=1)
     with open_store(db, NEW_KEY) as saver:
         assert snapshot(saver) == written
@@ -402,6 +410,325 @@ def test_rotate_key_on_the_command_line_takes_keys_from_the_environment(tmp_path
     assert "no longer encrypted" in capsys.readouterr().out
     with open_store(db, None) as saver:
         assert saver.threads.get("t1").title == "hello"
+
+
+# -- values are bound to their place ----------------------------------------------------
+#
+# Someone who can write the file but has no key moves sealed values around with
+# plain SQL. Each read must refuse with one sentence instead of returning
+# another thread's (or another row's) content.
+
+
+def tamper(db: Path, sql: str, params: tuple = ()) -> None:
+    """Change the store's file by hand, as someone without the key could."""
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute(sql, params).rowcount >= 1
+        conn.commit()
+
+
+def value_of(db: Path, sql: str, params: tuple = ()):
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def thread_key(db: Path, thread_id: str) -> int:
+    return value_of(db, "SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
+
+
+def two_threads(db: Path, turns: int = 2) -> None:
+    """Threads "a" and "b" of alice, the same shape (same message numbers), different words."""
+    with open_store(db, KEY) as saver:
+        for thread_id in ("a", "b"):
+            for turn in range(1, turns + 1):
+                echo_graph(saver).invoke({"messages": [HumanMessage(f"{thread_id} says {turn}")]}, config(thread_id))
+
+
+def test_an_encrypted_title_moved_to_another_thread_is_refused(tmp_path: Path):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db)
+    tamper(db, "UPDATE threads SET title = (SELECT title FROM threads WHERE thread_id = 'a') WHERE thread_id = 'b'")
+    with open_store(db, KEY) as saver:
+        assert saver.threads.get("a").title == "a says 1"
+        with pytest.raises(EncryptionKeyError) as refused:
+            saver.threads.get("b")
+        assert str(refused.value) == (
+            "stored data (threads.title of 'b') failed its integrity check: it was changed, or moved there "
+            "from another place, outside threadkeeper"
+        )
+        with pytest.raises(EncryptionKeyError, match="integrity check"):
+            saver.threads.list("alice")
+
+
+def test_a_sealed_title_replaced_by_plain_text_is_refused(tmp_path: Path):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db)
+    tamper(db, "UPDATE threads SET title = 'Wire the money today' WHERE thread_id = 'a'")
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError) as refused:
+            saver.threads.get("a")
+        assert str(refused.value) == (
+            "stored text (threads.title of 'a') is in clear although the store is encrypted: "
+            "it was written outside threadkeeper"
+        )
+        with pytest.raises(EncryptionKeyError, match="in clear"):
+            saver.sessions.get_session("a", user_id="alice")
+
+
+def test_two_messages_of_a_thread_swapped_are_refused(tmp_path: Path):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db)
+    key = thread_key(db, "a")
+    with closing(sqlite3.connect(db)) as conn:  # the thread's first two human messages, blobs swapped
+        (n1, v1), (n2, v2) = conn.execute(
+            "SELECT message_no, value FROM messages WHERE thread_key = ? AND type LIKE 'lc.human%' "
+            "ORDER BY message_no LIMIT 2",
+            (key,),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?", [(v2, key, n1), (v1, key, n2)]
+        )
+        conn.commit()
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(messages of thread_key {key} at {n1}\) failed"):
+            saver.read_messages("a")
+        with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
+            echo_graph(saver).get_state(config("a"))
+        assert [m.content for m in saver.read_messages("b").messages][::2] == ["b says 1", "b says 2"]
+
+
+@pytest.mark.parametrize("table", ["messages", "message_segments"])
+def test_a_message_blob_moved_to_another_thread_is_refused(tmp_path: Path, table: str):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db, turns=2 if table == "messages" else 40)  # 80 messages: the first 64 sealed in a segment
+    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+    column = "message_no" if table == "messages" else "first_no"
+    tamper(
+        db,
+        f"UPDATE {table} SET value = (SELECT value FROM {table} b WHERE b.thread_key = ?2 AND b.{column} = {table}.{column}) "
+        f"WHERE thread_key = ?1 AND {column} = (SELECT min({column}) FROM {table} WHERE thread_key = ?1)",
+        (key_a, key_b),
+    )
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"\({table} of thread_key {key_a} at .*\) failed its integrity check"):
+            echo_graph(saver).get_state(config("a"))
+        assert saver.read_messages("b", limit=1).messages[0].content.startswith("you said: b says")
+
+
+def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(tmp_path: Path):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db)
+    key = thread_key(db, "a")
+    # The newest checkpoint of "a" given the blob of its first: the thread "rolled back" two turns.
+    tamper(
+        db,
+        "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ?1 "
+        "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ?1 AND checkpoint_id = "
+        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?1)",
+        (key,),
+    )
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(checkpoints of thread_key {key} at '', "):
+            echo_graph(saver).get_state(config("a"))
+        with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
+            saver.read_messages("a")
+        assert len(echo_graph(saver).get_state(config("b")).values["messages"]) == 4
+
+
+def test_a_serialised_value_moved_to_another_thread_is_refused(tmp_path: Path):
+    db = tmp_path / "threadkeeper.db"
+    two_threads(db)
+    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+    # Values the serializer wrote (not lists of message numbers): same value_no in both threads.
+    tamper(
+        db,
+        "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ?2 "
+        "AND b.value_no = channel_values.value_no) WHERE thread_key = ?1 AND kind IN (0, 3) AND value IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ?2 AND b.value_no = channel_values.value_no "
+        "AND b.kind = channel_values.kind)",
+        (key_a, key_b),
+    )
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"\(channel_values of thread_key {key_a} at \d+\) failed"):
+            list(saver.list(config("a")))
+
+
+def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(tmp_path: Path):
+    data = tmp_path / "data"
+    db = data / "threadkeeper.db"
+    with open_store(db, KEY) as saver:
+        written = chat_with_marker(saver, tmp_path, "src")["messages"]
+        saver.copy_thread("src", "dst")
+        saver.delete_thread("src")
+    with open_store(db, KEY) as saver:
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=ask_the_database), settings=OFFLINE)
+        assert app.get_state(config("dst")).values["messages"] == written
+        assert saver.threads.get("dst").title == f"Plans for {MARKER} week"
+        copied = saver.attachments.get("dst")
+        assert (copied.name, copied.tables) == (f"{MARKER}.db", ["notes"])
+        assert MARKER.encode() in saver.attachments.database("dst")
+        assert searched(saver, "database says") == ["dst"]
+    assert MARKER.encode() not in everything_on_disk(data)
+
+
+def test_an_attachment_file_moved_to_another_thread_is_refused(tmp_path: Path):
+    db = tmp_path / "data" / "threadkeeper.db"
+    with open_store(db, KEY) as saver:
+        chat_with_marker(saver, tmp_path, "a")
+        chat_with_marker(saver, tmp_path, "b")
+    tamper(
+        db,
+        "UPDATE attachments SET file = (SELECT file FROM attachments WHERE thread_key = ?2) WHERE thread_key = ?1",
+        (thread_key(db, "b"), thread_key(db, "a")),
+    )
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=r"\(attachments.file of 'b'\) failed its integrity check"):
+            saver.attachments.database("b")
+        assert MARKER.encode() in saver.attachments.database("a")
+
+
+# -- stores written before values were bound (format 1) are upgraded ----------------------
+
+
+class FormatOneSealer:
+    """Seals values as threadkeeper did before they were bound to their place (format 1):
+    `\\xe1`, the 4-byte key id, a 12-byte nonce, AES-256-GCM authenticating those 5
+    header bytes only; texts as `enc1:` + base64. Written here from that format's
+    description (and its key derivation), not with the code under test."""
+
+    def __init__(self, key: str, record: dict) -> None:
+        master = Scrypt(
+            salt=base64.b64decode(record["salt"]), length=32, n=record["n"], r=record["r"], p=record["p"]
+        ).derive(key.encode("utf-8"))
+
+        def subkey(label: bytes) -> bytes:
+            return hmac.new(master, b"threadkeeper v1 " + label, hashlib.sha256).digest()
+
+        self._aead = AESGCM(subkey(b"values"))
+        self.key_id = subkey(b"key id")[:4]
+
+    def seal(self, data: bytes, place: bytes) -> bytes:  # the place is ignored: format 1 had none
+        header, nonce = b"\xe1" + self.key_id, os.urandom(12)
+        return header + nonce + self._aead.encrypt(nonce, data, header)
+
+    def seal_text(self, text: str, place: bytes) -> str:
+        return "enc1:" + base64.b64encode(self.seal(text.encode("utf-8"), place)).decode("ascii")
+
+
+def make_format_one(db: Path, key: str) -> None:
+    """Turn an encrypted store into what the release before bound values wrote: every
+    sealed value (and the attachment files) in format 1, and a key record of version 1."""
+    with open_store(db, key) as saver:
+        cipher = saver._cipher
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        record = json.loads(conn.execute("SELECT value FROM store_meta WHERE key = 'encryption'").fetchone()[0])
+        assert record["version"] == 2
+        resealer = reseal.Resealer(conn, db.parent / "attachments", cipher, FormatOneSealer(key, record))
+        unlink: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for (key_no,) in conn.execute("SELECT thread_key FROM threads").fetchall():
+            resealer.thread(key_no)
+            resealer.attachment(key_no, unlink)
+        record["version"] = 1
+        conn.execute("UPDATE store_meta SET value = ? WHERE key = 'encryption'", (json.dumps(record),))
+        conn.execute("COMMIT")
+        resealer.unlink(unlink)
+
+
+def sealed_formats(directory: Path, db: Path, key: str = KEY) -> Counter:
+    """How many sealed values of each format the store holds: every column of every
+    table (whatever the code thinks is sealed), and every attachment file."""
+    found: Counter = Counter()
+    with closing(sqlite3.connect(db)) as conn:
+        record = json.loads(conn.execute("SELECT value FROM store_meta WHERE key = 'encryption'").fetchone()[0])
+        key_id = FormatOneSealer(key, record).key_id
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    if isinstance(value, str) and value[:5] in ("enc1:", "enc2:"):
+                        found[value[:5]] += 1
+                    elif isinstance(value, bytes) and value[:1] in (b"\xe1", b"\xe2") and value[1:5] == key_id:
+                        found[value[:1]] += 1
+    for path in (directory / "attachments").rglob("*"):
+        if path.is_file():
+            found["file " + repr(path.read_bytes()[:1])] += 1
+    return found
+
+
+def test_a_store_from_before_bound_values_is_upgraded_when_opened_losing_no_thread(tmp_path: Path):
+    data = tmp_path / "data"
+    db = data / "threadkeeper.db"
+    written = fill(db, tmp_path, KEY)
+    bound = sealed_formats(data, db)
+    make_format_one(db, KEY)
+    old = sealed_formats(data, db)
+    assert old[b"\xe1"] == bound[b"\xe2"] > 100 and old["enc1:"] == bound["enc2:"] >= 9 and old["file b'\\xe1'"] == 1
+    assert not old[b"\xe2"] and not old["enc2:"]
+    old_title = value_of(db, "SELECT title FROM threads WHERE thread_id = 't1'")
+
+    with open_store(db, KEY) as saver:  # the upgrade runs here, once
+        assert snapshot(saver) == written
+        assert MARKER.encode() in saver.attachments.database("t-attached")
+        chat_graph(saver, seed=1).invoke({"messages": [human(9)]}, config("t1"))  # and it goes on as usual
+    upgraded = sealed_formats(data, db)
+    assert upgraded[b"\xe2"] >= bound[b"\xe2"] and upgraded["enc2:"] == bound["enc2:"]
+    assert not upgraded[b"\xe1"] and not upgraded["enc1:"] and upgraded["file b'\\xe2'"] == 1
+    assert json.loads(value_of(db, "SELECT value FROM store_meta WHERE key = 'encryption'"))["version"] == 2
+    assert value_of(db, "SELECT count(*) FROM store_meta WHERE key = 'encryption_rotation'") == 0
+
+    # A format-1 value put back where it was (from an older copy of the file) is refused now.
+    tamper(db, "UPDATE threads SET title = ? WHERE thread_id = 't1'", (old_title,))
+    with open_store(db, KEY) as saver:
+        with pytest.raises(EncryptionKeyError) as refused:
+            saver.threads.get("t1")
+    assert str(refused.value) == (
+        "stored data (threads.title of 't1') is in the old format, not bound to its place, in a store that "
+        "was upgraded: it was put back from an older copy of the file"
+    )
+
+
+def test_an_interrupted_upgrade_is_finished_by_the_next_saver_that_opens_the_store(tmp_path: Path, monkeypatch):
+    data = tmp_path / "data"
+    db = data / "threadkeeper.db"
+    written = fill(db, tmp_path, KEY, threads=8)
+    make_format_one(db, KEY)
+    real_batch = reseal.Resealer.batch
+    batches = []
+
+    def two_batches_then_die(self, batch_rows):
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        batches.append(real_batch(self, batch_rows))
+        return batches[-1]
+
+    monkeypatch.setattr(reseal.Resealer, "batch", two_batches_then_die)
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        record = value_of(db, "SELECT value FROM store_meta WHERE key = 'encryption'")
+        cipher = reseal.Cipher.for_record(KEY, reseal.encryption.KeyRecord.from_json(record))
+        with pytest.raises(KeyboardInterrupt):
+            reseal.upgrade(conn, db, cipher, batch_rows=10)
+    monkeypatch.setattr(reseal.Resealer, "batch", real_batch)
+    half = sealed_formats(data, db)
+    assert half[b"\xe1"] and half[b"\xe2"]  # some threads done, some not
+    with pytest.raises(EncryptionKeyError, match="is encrypted: set THREADKEEPER_ENCRYPTION_KEY"):
+        ThreadSaver(db, encryption_key=None)
+
+    with open_store(db, KEY) as saver:
+        assert snapshot(saver) == written
+    done = sealed_formats(data, db)
+    assert not done[b"\xe1"] and not done["enc1:"]
+
+
+def test_rotate_key_moves_a_store_from_before_bound_values_to_the_new_format(tmp_path: Path):
+    data = tmp_path / "data"
+    db = data / "threadkeeper.db"
+    written = fill(db, tmp_path, KEY, threads=3)
+    make_format_one(db, KEY)
+    rotate_key(db, KEY, NEW_KEY)
+    with open_store(db, NEW_KEY) as saver:
+        assert snapshot(saver) == written
+    after = sealed_formats(data, db, NEW_KEY)
+    assert after[b"\xe2"] > 100 and not after[b"\xe1"] and not after["enc1:"] and after["file b'\\xe2'"] == 1
 
 
 # -- LangGraph's conformance suite, encrypted -----------------------------------------

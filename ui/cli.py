@@ -26,7 +26,9 @@ import uuid
 
 from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, open_saver
 from checkpointers.retention import RetentionPolicy, Sweeper, SweepLoop, delete_user, recent_sweeps
+from checkpointers.errors import StoreUnavailableError
 from checkpointers.schema import current_version
+from checkpointers.storable import storable_text
 from checkpointers.threads import message_text
 
 
@@ -225,11 +227,14 @@ def _chat(args: argparse.Namespace) -> int:
             if text == "/retry" and not pending:
                 print("nothing to retry")
                 continue
+            if not storable_text(text):
+                print("error: that message holds a character that is not valid Unicode; it was not sent")
+                continue
             turn_input = None if text == "/retry" else {"messages": [{"role": "user", "content": text}]}
             try:
                 _stream_reply(app, turn_input, _config(thread_id, user))
                 pending = False
-            except ModelError as exc:
+            except (ModelError, StoreUnavailableError) as exc:
                 print(f"\nerror: {exc} (type /retry)")
                 pending = True
 
@@ -428,12 +433,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shell_argument(arg: str) -> bool:
+    """Whether `arg` is something a shell can pass: no NUL, and encodable as a file name.
+    A program calling `main()` can pass anything; refuse the rest in one line."""
+    try:
+        os.fsencode(arg)
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in arg
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not all(_shell_argument(arg) for arg in (sys.argv[1:] if argv is None else argv)):
+        print("threadkeeper: an argument holds a NUL character or text that is not valid Unicode", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (StoreError, ValueError) as exc:
-        print(f"threadkeeper: {exc}", file=sys.stderr)
+        # One line, whatever the message quotes (a file name may hold a newline).
+        print(f"threadkeeper: {exc}".replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

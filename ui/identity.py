@@ -19,6 +19,8 @@ import secrets
 from pathlib import Path
 
 SECRET_FILE = ".threadkeeper-web-secret"
+MAX_TOKEN_CHARS = 200
+"""A token this server issues is 62 characters; anything much longer is not one."""
 
 
 class IdentityError(Exception):
@@ -82,8 +84,13 @@ class Identity:
         return bool(self.users)
 
     def check_password(self, name: str, password: str) -> bool:
+        if not isinstance(name, str) or not isinstance(password, str):
+            return False
         expected = self.users.get(name)
-        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+        # "surrogatepass": a crafted login form may hold text that is not valid Unicode.
+        return expected is not None and hmac.compare_digest(
+            expected.encode(), password.encode("utf-8", "surrogatepass")
+        )
 
     def _sign(self, user_id: str) -> str:
         return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -98,7 +105,10 @@ class Identity:
             if not username or username not in self.users:
                 raise IdentityError("Please sign in again.")
             return username
-        user_id, _, signature = (token or "").rpartition(".")
+        # The token arrives from the browser (or a crafted request) as any JSON value.
+        if not isinstance(token, str) or not token.isascii() or len(token) > MAX_TOKEN_CHARS:
+            token = ""
+        user_id, _, signature = token.rpartition(".")
         if not user_id or not hmac.compare_digest(signature, self._sign(user_id)):
             raise IdentityError("This browser's identity was not issued by this server; reload the page.")
         return user_id

@@ -10,6 +10,7 @@ that does not exist, whether it comes from the page or a crafted API request.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder, is_in_or_equal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage, ToolMessage
 
 from checkpointers import (
@@ -34,6 +36,7 @@ from checkpointers import (
     ThreadSaver,
 )
 from checkpointers.retention import delete_user
+from checkpointers.storable import check_text
 from checkpointers.threads import message_text
 from graph import ModelError, Settings, build_graph
 from ui.identity import Identity, IdentityError, load_secret, load_users
@@ -133,6 +136,23 @@ def to_chat(messages: list[BaseMessage]) -> list[dict]:
     return shown
 
 
+def user_errors(handler):
+    """A handler whose store and input errors reach the user as one sentence (a toast)
+    and the operator as one log line, never a traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(*args: Any, **kwargs: Any):
+        try:
+            return handler(*args, **kwargs)
+        except ThreadNotFoundError:
+            raise gr.Error(NOT_FOUND) from None
+        except (StoreError, ValueError) as exc:
+            log.warning("%s refused: %s: %s", handler.__name__, type(exc).__name__, exc)
+            raise gr.Error(str(exc)) from None
+
+    return wrapped
+
+
 def error_bubble(text: str) -> dict:
     return {"role": "assistant", "content": text, "metadata": {"title": "⚠ Not answered"}}
 
@@ -228,6 +248,7 @@ class WebChat:
 
     # -- handlers ---------------------------------------------------------------
 
+    @user_errors
     def on_load(self, token: str | None, request: gr.Request):
         if not self.identity.sign_in:
             try:
@@ -247,6 +268,7 @@ class WebChat:
         earlier = gr.Button(f"Load earlier messages ({page.start} more)", visible=page.start > 0)
         return thread_id, to_chat(page.messages), earlier, page.start, *self.header(thread_id, user_id)
 
+    @user_errors
     def open_thread(self, thread_id: str | None, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         try:
@@ -254,6 +276,7 @@ class WebChat:
         except ThreadNotFoundError:
             raise gr.Error(NOT_FOUND) from None
 
+    @user_errors
     def load_earlier(self, thread_id: str | None, start: int, chat: list, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -261,21 +284,25 @@ class WebChat:
         earlier = gr.Button(f"Load earlier messages ({page.start} more)", visible=page.start > 0)
         return to_chat(page.messages) + list(chat or []), earlier, page.start
 
+    @user_errors
     def new_chat(self, token: str | None, limit: int, request: gr.Request):
         user_id = self.user(token, request)
         radio, more = self.sidebar(user_id, limit, None)
         return radio, more, *self.open_view(None, user_id)
 
+    @user_errors
     def more_threads(self, token: str | None, limit: int, selected: str | None, query: str, request: gr.Request):
         user_id = self.user(token, request)
         limit = int(limit or LIST_SIZE) + LIST_SIZE
         radio, more = self.sidebar(user_id, limit, selected, query)
         return limit, radio, more
 
+    @user_errors
     def search(self, query: str, token: str | None, limit: int, selected: str | None, request: gr.Request):
         user_id = self.user(token, request)
         return self.sidebar(user_id, int(limit or LIST_SIZE), selected, query)
 
+    @user_errors
     def accept(self, text: str, thread_id: str | None, chat: list, editing: bool, token: str | None, request: gr.Request):
         """Check the message and show it at once; the reply streams in `respond`."""
         user_id = self.user(token, request)
@@ -284,6 +311,7 @@ class WebChat:
             raise gr.Error("Type a message first.")
         if len(text) > MAX_MESSAGE_CHARS:
             raise gr.Error(f"That message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
+        check_text(text)
         if thread_id and not self.claimable(thread_id, user_id):
             raise gr.Error(NOT_FOUND)
         thread_id = thread_id or str(uuid.uuid4())
@@ -292,7 +320,7 @@ class WebChat:
             self._drop_last_turn(thread_id, user_id)
             chat = to_chat(self.saver.read_messages(thread_id, user_id=user_id, limit=PAGE_SIZE).messages)
         chat.append({"role": "user", "content": text})
-        return "", thread_id, chat, {"text": text}, False
+        return "", thread_id, chat, {"text": text, "user": user_id}, False
 
     def _drop_last_turn(self, thread_id: str, user_id: str) -> str | None:
         """Remove the newest human message and everything after it; returns its text."""
@@ -309,6 +337,11 @@ class WebChat:
         user_id = self.user(token, request)
         if not pending or not thread_id:
             return
+        # A private event, yet callable by anyone who names it (`fn_index`) with any
+        # session: the turn must be this caller's, on a thread this caller may write.
+        if pending.get("user") != user_id or not self.claimable(thread_id, user_id):
+            log.warning("respond refused: thread %r is not the caller's", thread_id)
+            raise gr.Error(NOT_FOUND)
         turn_input = None if pending.get("retry") else {"messages": [HumanMessage(pending["text"])]}
         chat = list(chat or [])
         chat.append({"role": "assistant", "content": ""})
@@ -332,14 +365,16 @@ class WebChat:
             chat = to_chat(self.saver.read_messages(thread_id, user_id=user_id, limit=PAGE_SIZE).messages)
         yield chat
 
+    @user_errors
     def retry(self, thread_id: str | None, chat: list, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
         if self.graph.get_state(self.config(thread_id, user_id)).next != ("model",):
             raise gr.Error("There is nothing to retry: the last message was answered.")
         chat = [m for m in (chat or []) if (m.get("metadata") or {}).get("title") != "⚠ Not answered"]
-        return chat, {"retry": True}
+        return chat, {"retry": True, "user": user_id}
 
+    @user_errors
     def regenerate(self, thread_id: str | None, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -347,8 +382,9 @@ class WebChat:
         if text is None:
             raise gr.Error("There is no reply to regenerate yet.")
         chat = to_chat(self.saver.read_messages(thread_id, user_id=user_id, limit=PAGE_SIZE).messages)
-        return chat + [{"role": "user", "content": text}], {"text": text}
+        return chat + [{"role": "user", "content": text}], {"text": text, "user": user_id}
 
+    @user_errors
     def edit_last(self, thread_id: str | None, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -359,11 +395,13 @@ class WebChat:
         gr.Info("Edit your last message and press Send; the old one and its reply will be replaced.")
         return message_text(humans[-1]), True
 
+    @user_errors
     def refresh(self, thread_id: str | None, token: str | None, limit: int, query: str, request: gr.Request):
         user_id = self.user(token, request)
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), thread_id, query)
         return radio, more, *self.header(thread_id, user_id)
 
+    @user_errors
     def rename(self, title: str, thread_id: str | None, token: str | None, limit: int, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -374,6 +412,7 @@ class WebChat:
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), thread_id)
         return "", radio, more, *self.header(thread_id, user_id)
 
+    @user_errors
     def toggle_pin(self, thread_id: str | None, token: str | None, limit: int, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -382,6 +421,7 @@ class WebChat:
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), thread_id)
         return radio, more, *self.header(thread_id, user_id)
 
+    @user_errors
     def delete(self, thread_id: str | None, token: str | None, limit: int, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
@@ -390,6 +430,7 @@ class WebChat:
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), None)
         return radio, more, gr.Row(visible=False), *self.open_view(None, user_id)
 
+    @user_errors
     def delete_everything(self, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         delete_user(self.saver, user_id)
@@ -452,28 +493,31 @@ class WebChat:
             except OSError:
                 log.exception("could not remove old exports from %s", self.exports)
 
+    @user_errors
     def export_markdown(self, thread_id: str | None, token: str | None, request: gr.Request):
         return gr.File(self.export(thread_id, "md", token, request), visible=True)
 
+    @user_errors
     def export_json(self, thread_id: str | None, token: str | None, request: gr.Request):
         return gr.File(self.export(thread_id, "json", token, request), visible=True)
 
+    @user_errors
     def upload(self, file: str | None, thread_id: str | None, token: str | None, limit: int, request: gr.Request):
         user_id = self.user(token, request)
-        if not file:
+        if not file or not is_in_or_equal(str(file), get_upload_folder()):
+            if file:  # a crafted request naming a file on the server
+                log.warning("upload refused: %r is not an uploaded file", str(file)[:200])
             raise gr.Error("No file arrived.")
         if thread_id and not self.claimable(thread_id, user_id):
             raise gr.Error(NOT_FOUND)
         thread_id = thread_id or str(uuid.uuid4())
         name = Path(str(file)).name
-        try:
-            attached = self.saver.attachments.attach(thread_id, str(file), user_id=user_id, name=name)
-        except (AttachmentError, ThreadNotFoundError) as exc:
-            raise gr.Error(str(exc) if isinstance(exc, AttachmentError) else NOT_FOUND) from None
+        attached = self.saver.attachments.attach(thread_id, str(file), user_id=user_id, name=name)
         gr.Info(f"{attached.name} is attached; ask about its data.")
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), thread_id)
         return thread_id, radio, more, *self.header(thread_id, user_id)
 
+    @user_errors
     def detach(self, thread_id: str | None, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
