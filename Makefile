@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) -m bench.retention
 	$(PY) -m bench.sessions
 	$(PY) -m bench.crash
+	$(PY) -m bench.hostile
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -123,12 +123,13 @@ class Resealer:
             found = conn.execute(
                 f"SELECT {', '.join(keys)}, {column} FROM {table} WHERE thread_key = ?{which}", (thread_key,)
             ).fetchall()
+            updates = []
+            for *key, value in found:
+                plain = self._open(value, place(from_key, *key))
+                updates.append((self._seal(plain, place(thread_key, *key)), thread_key, *key))
             conn.executemany(
                 f"UPDATE {table} SET {column} = ? WHERE thread_key = ? AND " + " AND ".join(f"{k} = ?" for k in keys),
-                [
-                    (self._seal(self._open(r[-1], place(from_key, *r[:-1])), place(thread_key, *r[:-1])), thread_key, *r[:-1])
-                    for r in found
-                ],
+                updates,
             )
             rows += len(found)
         loose = [

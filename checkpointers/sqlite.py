@@ -860,17 +860,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         `WRITE_ROWS_SQL`) when nothing needs a transaction around it; otherwise,
         and after any refusal of that statement, under `BEGIN IMMEDIATE`.
 
-        A write that fails for a reason that retrying cannot change (see
-        `_retry_may_help`) also drops the thread's deferred writes it carried:
-        left queued, they would fail every later write of every thread."""
+        A write that fails also drops the thread's deferred writes it carried:
+        the run they belong to fails with it, so what the caller is told ("nothing
+        was saved") stays true; and one that can never be written (see
+        `_retry_may_help`), left queued, would fail every later write of every thread."""
         try:
             self._write_thread_now(thread_id, user_id, body)
         except Exception as exc:
-            if not _retry_may_help(exc):
-                with self._deferred_cond:
-                    mine = [e for e in self._deferred if e.thread_id == thread_id]
-                if mine:
-                    self._drop_deferred(mine, exc)
+            with self._deferred_cond:
+                mine = [e for e in self._deferred if e.thread_id == thread_id]
+            if mine:
+                self._drop_deferred(mine, exc, log=not _retry_may_help(exc))
             raise
 
     def _write_thread_now(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
@@ -1127,10 +1127,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         else:
             self._insert_writes(txn, entry)
 
-    def _drop_deferred(self, entries: list[_DeferredWrites | _DeferredPut], exc: BaseException) -> None:
-        """Give up deferred writes that cannot be written, with one log line for the operator."""
+    def _drop_deferred(self, entries: list[_DeferredWrites | _DeferredPut], exc: BaseException, *, log: bool = True) -> None:
+        """Give up deferred writes that cannot be written, with one log line for the operator
+        (`log=False`: the caller of the failed write is told, and the operator by it)."""
         self._forget_deferred(entries)
         self._drop_cached_thread(entries[0].thread_id)
+        if not log:
+            return
         # Input refused at the door is the user's mistake (a warning); anything else is the store's (an error).
         level = logging.WARNING if isinstance(exc, UnstorableInputError) else logging.ERROR
         logger.log(
@@ -2356,14 +2359,19 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             result[ch] = entry
         return result
 
-    def get_next_version(self, current: Any, channel: None = None) -> float:
-        """Integer part counts updates; a random fraction keeps forked branches apart."""
+    def get_next_version(self, current: Any, channel: None = None) -> float | str:
+        """Integer part counts updates; a random fraction keeps forked branches apart.
+
+        A number, except after a version string: LangGraph's stock savers (and the
+        `langgraph dev` runtime, which wraps this saver) write `"<32 digits>.<fraction>"`,
+        and the next version must compare with the thread's others. LangGraph passes
+        the checkpoint's highest version as `current`, so one thread keeps one kind."""
         if current is None:
             whole = 0
         elif isinstance(current, (int, float)):
             whole = int(current)
         else:
-            whole = int(str(current).split(".")[0])
+            return f"{int(str(current).split('.')[0]) + 1:032}.{random.random():.16f}"
         return whole + 1 + random.random() * 0.999
 
     # -- storage maintenance -------------------------------------------------

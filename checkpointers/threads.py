@@ -326,10 +326,18 @@ class ThreadIndex:
         if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
             raise ValueError("thread metadata must be a dict with string keys")
         try:
-            patch = json.dumps(changes)
+            patch = json.dumps(changes, allow_nan=False)  # SQLite's JSON has no NaN or Infinity
         except (TypeError, ValueError) as exc:
             raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
         return self._update(thread_id, user_id, "metadata = json_patch(metadata, ?)", [patch])
+
+    def set_origin(self, thread_id: str, *, user_id: str | None, created_at: str, updated_at: str) -> ThreadInfo:
+        """Give a thread brought in from elsewhere its owner and its times there (ISO
+        8601 with a zone), instead of the importing process and the time of the import."""
+        return self._update(
+            thread_id, ANY_USER, "user_id = ?, created_at = ?, updated_at = ?",
+            [checked_user(user_id), created_at, updated_at],
+        )
 
     # -- async twins --------------------------------------------------------
 

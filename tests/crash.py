@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zlib
@@ -223,6 +224,8 @@ class KillRun:
     lost: list[str] = field(default_factory=list)
     reopened: int = 0
     reopen_failures: list[str] = field(default_factory=list)
+    acks_awaited: int = 0
+    """Acknowledgements the harness waited for before a kill's random delay began."""
     in_flight_kept: set[str] = field(default_factory=set)
     """Turns never acknowledged whose message is stored anyway: kills that landed inside a turn."""
 
@@ -257,8 +260,10 @@ class _Lines:
 
 
 def kill_library_writers(db_path: Path, kills: int, *, rng: random.Random, max_delay: float = 0.25, log: Path | None = None) -> KillRun:
-    """Start a writer, SIGKILL it after a random delay (0 to `max_delay` s), check the
-    file, start the next one; `kills` times. Then check every acknowledged turn."""
+    """Start a writer, let it acknowledge 0 to 3 turns, SIGKILL it after a further random
+    delay (0 to `max_delay` s), check the file, start the next one; `kills` times.
+    Then check every acknowledged turn. (Counting turns first keeps each life doing
+    work however slow the machine is; the delay makes the moment random.)"""
     run = KillRun("library")
     stderr = open(log or os.devnull, "w")
     proc = subprocess.Popen(
@@ -267,28 +272,38 @@ def kill_library_writers(db_path: Path, kills: int, *, rng: random.Random, max_d
     )
     out = _Lines(proc.stdout)
 
+    def take() -> str:
+        line = out.next()
+        if line.startswith("acked "):
+            _, thread_id, checksum, turn = line.split(" ", 3)
+            run.acked[thread_id].append(AckedTurn(turn, int(checksum), turn))
+        elif line.startswith("error "):
+            run.errors.append(line)
+        return line
+
     def until(prefix: str) -> str:
-        while True:
-            line = out.next()
-            if line.startswith("acked "):
-                _, thread_id, checksum, turn = line.split(" ", 3)
-                run.acked[thread_id].append(AckedTurn(turn, int(checksum), turn))
-            elif line.startswith("error "):
-                run.errors.append(line)
-            elif line.startswith(prefix):
-                return line
+        while not (line := take()).startswith(prefix):
+            pass
+        return line
+
+    def send(command: str) -> None:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
 
     try:
         until("ready")
         for k in range(kills):
             label = f"w{k}"
-            proc.stdin.write(f"go {label}\n")
-            proc.stdin.flush()
+            send(f"go {label}")
             pid = int(until(f"pid {label} ").split()[2])
+            wait_for = rng.choice((0, 1, 1, 2, 3))
+            run.acks_awaited += wait_for
+            target = run.acked_turns + wait_for
+            while run.acked_turns < target and not run.errors:
+                take()
             time.sleep(rng.uniform(0, max_delay))
             os.kill(pid, signal.SIGKILL)
-            proc.stdin.write("reap\n")
-            proc.stdin.flush()
+            send("reap")
             status = int(until(f"exit {label} ").split()[2])
             if status == -signal.SIGKILL:
                 run.kills += 1
@@ -416,6 +431,8 @@ class WebVisitor:
                         if not message.get("success"):
                             raise EventFailed(str(message.get("output", {}).get("error")))
                         return message["output"]["data"]
+        except urllib.error.HTTPError as exc:  # the server is up and refused the request
+            raise EventFailed(f"HTTP {exc.code} for {event}") from None
         except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
             raise ServerGone(repr(exc)) from None
         raise ServerGone("the event stream ended before the event completed")
@@ -571,8 +588,11 @@ class SmallDisk:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-        self.kind = "tmpfs" if mounted.returncode == 0 else "file-size limit"
+        try:
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+        except OSError:  # no mount(8) here
+            mounted = False
+        self.kind = "tmpfs" if mounted else "file-size limit"
         self.size = size
         self._limit = resource.getrlimit(resource.RLIMIT_FSIZE)
         self._xfsz = None

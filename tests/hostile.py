@@ -10,13 +10,16 @@ store still works for everyone else.
 `bench/hostile.py` prints (and what the test session writes to
 `$THREADKEEPER_HOSTILE_COUNTS`, if set). The Hypothesis profile is chosen by
 `$THREADKEEPER_HOSTILE_PROFILE`: `default` keeps `make test` quick on two
-cores, `bench` tries many more inputs.
+cores, `bench` tries many more inputs (`$THREADKEEPER_HOSTILE_EXAMPLES` per property).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,18 +33,24 @@ from checkpointers import StoreError
 # -- Hypothesis profiles -------------------------------------------------------
 
 _QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
-# No example database: a run leaves nothing behind in the project directory.
-# `make test` draws the same inputs every run (a failure there is never luck); the bench draws new ones.
-settings.register_profile("hostile", max_examples=30, deadline=None, suppress_health_check=_QUIET, database=None, derandomize=True)
-settings.register_profile("hostile-bench", max_examples=400, deadline=None, suppress_health_check=_QUIET, database=None)
+DEFAULT_EXAMPLES = 30
+BENCH_EXAMPLES = int(os.environ.get("THREADKEEPER_HOSTILE_EXAMPLES") or 300)
+# No example database: a run leaves nothing behind in the project directory. `make test`
+# draws the same inputs every run (a failure there is never luck); the bench draws new ones.
+settings.register_profile("hostile", max_examples=DEFAULT_EXAMPLES, deadline=None, suppress_health_check=_QUIET,
+                          database=None, derandomize=True)
+settings.register_profile("hostile-bench", max_examples=BENCH_EXAMPLES, deadline=None, suppress_health_check=_QUIET,
+                          database=None)
 PROFILE = "bench" if os.environ.get("THREADKEEPER_HOSTILE_PROFILE") == "bench" else "default"
 HOSTILE = settings.get_profile("hostile-bench" if PROFILE == "bench" else "hostile")
 """Use as `@HOSTILE` on a property test."""
 
 
 def scaled(examples: int) -> settings:
-    """A property's own example count (for the slow ones), times 10 in the bench profile."""
-    return settings(HOSTILE, max_examples=examples * (10 if PROFILE == "bench" else 1))
+    """A slow property's own example count, scaled up in the bench profile as the others are."""
+    if PROFILE == "bench":
+        examples = max(examples, examples * BENCH_EXAMPLES // DEFAULT_EXAMPLES)
+    return settings(HOSTILE, max_examples=examples)
 
 
 # -- what to send ---------------------------------------------------------------
@@ -141,7 +150,7 @@ def tokens() -> st.SearchStrategy[Any]:
 RAW_PHRASES = (
     "surrogates not allowed", "codec can't", "embedded null", "null character", "Traceback", "sqlite3.",
     "OperationalError", "too many columns", "database or disk is full", "disk I/O error",
-    "object has no attribute", "not subscriptable", "unhashable type", "NoneType",
+    "object has no attribute", "not subscriptable", "unhashable type", "'NoneType' object",
 )
 """Phrases that mean a library's raw error reached the caller instead of our sentence."""
 
@@ -160,7 +169,9 @@ def documented(exc: BaseException) -> bool:
 def sentence_problem(message: str, echoed: tuple = ()) -> str | None:
     """Why `message` is not one clear sentence, or None. What the caller sent may be quoted in it."""
     rest = message
-    for value in sorted((v for v in echoed if isinstance(v, str) and v), key=len, reverse=True):
+    quoted = {v for v in echoed if isinstance(v, str) and v}
+    quoted |= {os.path.basename(v) for v in quoted if os.path.basename(v)}  # a file named by its path
+    for value in sorted(quoted, key=len, reverse=True):
         rest = rest.replace(repr(value), "«»").replace(value, "«»")
     if not message.strip():
         return "the message is empty"
@@ -188,6 +199,13 @@ class Counts:
     """Attempts that got something of the other user's (must stay 0)."""
     cross_user_writes: Counter = field(default_factory=Counter)
     """Attempts that changed the other user's thread (must stay 0)."""
+    problems: Counter = field(default_factory=Counter)
+    """Each distinct way the rule was broken (surface, exception, message), with how often it was met."""
+
+    def broke(self, surface: str, what: str) -> None:
+        """Count one call that broke the rule (Hypothesis replays a failing input while it shrinks it)."""
+        self.tracebacks[surface] += 1
+        self.problems[f"{surface}: {what[:120]}"] += 1
 
     def as_dict(self) -> dict:
         return {
@@ -198,6 +216,7 @@ class Counts:
             "cross_user_attempts": dict(self.cross_user_attempts),
             "cross_user_reads": dict(self.cross_user_reads),
             "cross_user_writes": dict(self.cross_user_writes),
+            "problems": dict(self.problems),
         }
 
     def save(self) -> None:
@@ -277,11 +296,29 @@ def attempt(surface: str, fn, *args: Any, echoed: tuple = (), **kwargs: Any) -> 
         raise
     except BaseException as exc:
         if not documented(exc):
-            COUNTS.tracebacks[surface] += 1
+            COUNTS.broke(surface, f"{type(exc).__name__}: {exc}")
             raise AssertionError(f"{surface}: {type(exc).__name__} reached the caller: {str(exc)[:300]}") from exc
         problem = sentence_problem(str(exc), echoed + args + tuple(kwargs.values()))
         if problem:
-            COUNTS.tracebacks[surface] += 1
+            COUNTS.broke(surface, f"{type(exc).__name__}: {problem}")
             raise AssertionError(f"{surface}: {type(exc).__name__}: {problem}: {str(exc)[:300]!r}") from exc
         COUNTS.refused[surface] += 1
         return Refused(exc)
+
+
+def run_cli(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
+    """`threadkeeper ARGV` in this process: (exit status, stdout, stderr). An exception is a traceback to the user."""
+    from ui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    real_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(argv)
+            except SystemExit as exc:  # argparse
+                status = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        sys.stdin = real_stdin
+    return status, out.getvalue(), err.getvalue()

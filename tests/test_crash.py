@@ -34,7 +34,7 @@ def test_a_library_writer_killed_50_times_at_random_moments_keeps_every_acknowle
     assert run.errors == [], context
     assert run.kills == 50
     assert run.integrity_checks == 50 and run.integrity_failures == [], context
-    assert run.acked_turns >= 50  # the writers got real work done between kills
+    assert run.acked_turns >= run.acks_awaited > 0  # the writers got work done between kills
     assert run.lost == [], context
 
 

@@ -27,6 +27,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 
 from checkpointers import EncryptionKeyError, ThreadSaver, open_async_saver
 from checkpointers import reseal
+from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
@@ -687,7 +688,8 @@ def test_a_store_from_before_bound_values_is_upgraded_when_opened_losing_no_thre
     )
 
 
-def test_an_interrupted_upgrade_is_finished_by_the_next_saver_that_opens_the_store(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("finisher", ["the next saver", "rotate-key"])
+def test_an_interrupted_upgrade_is_finished_by_the_next_saver_or_rotate_key(tmp_path: Path, monkeypatch, finisher):
     data = tmp_path / "data"
     db = data / "threadkeeper.db"
     written = fill(db, tmp_path, KEY, threads=8)
@@ -704,7 +706,7 @@ def test_an_interrupted_upgrade_is_finished_by_the_next_saver_that_opens_the_sto
     monkeypatch.setattr(reseal.Resealer, "batch", two_batches_then_die)
     with closing(sqlite3.connect(db, isolation_level=None)) as conn:
         record = value_of(db, "SELECT value FROM store_meta WHERE key = 'encryption'")
-        cipher = reseal.Cipher.for_record(KEY, reseal.encryption.KeyRecord.from_json(record))
+        cipher = Cipher.for_record(KEY, KeyRecord.from_json(record))
         with pytest.raises(KeyboardInterrupt):
             reseal.upgrade(conn, db, cipher, batch_rows=10)
     monkeypatch.setattr(reseal.Resealer, "batch", real_batch)
@@ -713,10 +715,14 @@ def test_an_interrupted_upgrade_is_finished_by_the_next_saver_that_opens_the_sto
     with pytest.raises(EncryptionKeyError, match="is encrypted: set THREADKEEPER_ENCRYPTION_KEY"):
         ThreadSaver(db, encryption_key=None)
 
-    with open_store(db, KEY) as saver:
+    key = KEY
+    if finisher == "rotate-key":  # finishes the upgrade, then rotates
+        rotate_key(db, KEY, NEW_KEY, batch_rows=10)
+        key = NEW_KEY
+    with open_store(db, key) as saver:
         assert snapshot(saver) == written
-    done = sealed_formats(data, db)
-    assert not done[b"\xe1"] and not done["enc1:"]
+    done = sealed_formats(data, db, key)
+    assert done[b"\xe2"] > 100 and not done[b"\xe1"] and not done["enc1:"] and done["file b'\\xe2'"] == 1
 
 
 def test_rotate_key_moves_a_store_from_before_bound_values_to_the_new_format(tmp_path: Path):

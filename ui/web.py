@@ -369,7 +369,11 @@ class WebChat:
     def retry(self, thread_id: str | None, chat: list, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
-        if self.graph.get_state(self.config(thread_id, user_id)).next != ("model",):
+        state = self.graph.get_state(self.config(thread_id, user_id))
+        newest = self.saver.read_messages(thread_id, user_id=user_id, limit=1).messages
+        # Unfinished: the model's step is next, or (a process killed between a step's
+        # result and its checkpoint) the newest stored message still has no reply.
+        if not state.next and not (newest and isinstance(newest[-1], HumanMessage)):
             raise gr.Error("There is nothing to retry: the last message was answered.")
         chat = [m for m in (chat or []) if (m.get("metadata") or {}).get("title") != "⚠ Not answered"]
         return chat, {"retry": True, "user": user_id}
