@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m bench.web
 	$(PY) -m bench.retention
 	$(PY) -m bench.sessions
+	$(PY) -m bench.import_stock
 	$(PY) -m bench.crash
 	$(PY) -m bench.hostile
 

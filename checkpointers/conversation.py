@@ -22,7 +22,7 @@ the same one, the later wins (as with any LangGraph checkpointer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,7 @@ def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | Non
         value_no, kind, type_, blob = found
         if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
             stored = saver._load_list(conn, thread_key, value_no)
-            return Conversation(thread_key, owner, created_at, list(stored.objs), list(stored.nos))
+            return Conversation(thread_key, owner, created_at, stored.hand_out(), list(stored.nos))
         value = saver._decode_value(conn, thread_key, value_no, kind, type_, blob)
     value = getattr(value, "value", value)
     messages = list(value) if isinstance(value, list) else []
@@ -214,6 +214,25 @@ def restore(
             return
         with saver._write():
             _date_messages(saver.conn, stored, message_times, message_metadata or {})
+
+
+def date_messages(saver: ThreadSaver, thread_id: str, times: Mapping[str, int]) -> None:
+    """Date the thread's current messages by message id (microseconds since the epoch,
+    whole milliseconds), instead of when the store wrote them: an import writes
+    messages long after they were said. A message missing from `times` takes the
+    time of the one before it (the first, the earliest time given)."""
+    if not times:
+        return
+    with saver._lock:
+        stored = load(saver, thread_id, ANY_USER)
+        if stored is None or not stored.numbers:
+            return
+        dated, last = [], min(times.values())
+        for message in stored.messages:
+            last = times.get(message.id, last) if message.id is not None else last
+            dated.append(last)
+        with saver._write():
+            _date_messages(saver.conn, stored, dated, {})
 
 
 def _date_messages(conn, stored: Conversation, times: Sequence[int] | None, metadata: dict[str, str]) -> None:

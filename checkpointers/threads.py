@@ -120,9 +120,9 @@ def checked_user(user_id: Any) -> Any:
 
 
 def _user_rows(user_id: str | None, cursor: str | None) -> tuple[str, list[Any]]:
-    """The start of every listing: the user's rows, after the cursor if there is one."""
-    sql = f"SELECT {_COLUMNS} FROM threads WHERE user_id IS ?"
-    params: list[Any] = [user_id]
+    """The start of every listing: the user's rows (every row for `ANY_USER`), after the cursor if there is one."""
+    sql = f"SELECT {_COLUMNS} FROM threads WHERE " + ("1" if user_id is ANY_USER else "user_id IS ?")
+    params: list[Any] = [] if user_id is ANY_USER else [user_id]
     if cursor is not None:
         sql += " AND (updated_at, thread_id) < (?, ?)"
         params.extend(_decode_cursor(cursor))
@@ -173,7 +173,8 @@ class ThreadIndex:
         metadata: dict[str, Any] | None = None,
         pinned: bool | None = None,
     ) -> ThreadPage:
-        """The user's threads, most recently updated first.
+        """The user's threads, most recently updated first; with `ANY_USER`, every
+        user's (for operators: that reads the whole index, not one user's range of it).
 
         `metadata` keeps threads whose metadata has each given key equal to the
         given value; `pinned` keeps only pinned (True) or unpinned (False) ones.

@@ -468,28 +468,36 @@ def test_the_cli_treats_another_users_thread_as_not_found(tmp_path: Path, monkey
 
 # -- 4. the LangGraph server ---------------------------------------------------------------------
 
+API_TOKENS = {VICTIM: "alice-api-token-0123456789", ATTACKER: "mallory-api-token-0123456789"}
+
 
 @pytest.fixture(scope="module")
 def langgraph(tmp_path_factory):
     from tests.test_langgraph_server import LangGraphDev
 
     workdir = tmp_path_factory.mktemp("langgraph")
-    server = LangGraphDev(workdir, workdir / "threadkeeper.db").start()
+    server = LangGraphDev(workdir, workdir / "threadkeeper.db")
+    server.env["THREADKEEPER_API_TOKENS"] = ",".join(f"{user}:{token}" for user, token in API_TOKENS.items())
+    server.start()
     yield server, workdir / "threadkeeper.db"
     server.stop()
 
 
-def test_a_langgraph_server_thread_belongs_to_the_user_in_its_metadata_and_no_one_else(langgraph, tmp_path: Path):
-    """The promise at this door (README): a thread created with `metadata={"user_id": ...}`
-    is that user's in the web chat. The server itself checks no one: whoever reaches it
-    is trusted like an operator, so it is for the operator to keep it private."""
+def api(server, who: str):
+    """A LangGraph SDK client that signs in as `who` with their API token."""
     from langgraph_sdk import get_client
 
+    return get_client(url=server.url, headers={"Authorization": f"Bearer {API_TOKENS[who]}"})
+
+
+def test_a_langgraph_server_thread_belongs_to_the_caller_and_no_one_else(langgraph, tmp_path: Path):
+    """The promise at this door (README): the API token names the user; a thread Alice
+    creates through the server is hers in the web chat too, and no one else's."""
     server, db = langgraph
 
     async def create() -> str:
-        client = get_client(url=server.url)
-        made = await client.threads.create(metadata={"user_id": VICTIM})
+        client = api(server, VICTIM)
+        made = await client.threads.create(metadata={"user_id": ATTACKER})  # the server names the caller instead
         await client.runs.wait(made["thread_id"], "threadkeeper", input={"messages": [{"role": "user", "content": f"my code is {SECRET} {TELL}"}]})
         return made["thread_id"]
 
@@ -516,22 +524,11 @@ def test_a_langgraph_server_thread_belongs_to_the_user_in_its_metadata_and_no_on
         saver.close()
 
 
-def test_a_langgraph_server_client_never_takes_over_a_web_thread(langgraph):
-    """What a LangGraph API client can do with the id of a thread made in the web chat.
-
-    Found (langgraph-api 0.16): the server's own registry does not know the
-    thread, so `threads.get` and `get_state` answer 404; but
-    `threads.create(thread_id=...)` with another user in its metadata succeeds
-    (the registry does not look at the store), and once a run has been tried
-    on it, `get_state` returns the whole conversation to whoever asked. That
-    run fails (`'float' object has no attribute 'split'`: the server's adapter
-    wants string channel versions), so nothing is written. The LangGraph server
-    checks no user at all: reaching it is reaching every thread whose id one
-    knows, so it must not be reachable by users. What this test holds the
-    store to: the owner of the thread does not change, and its messages are
-    never replaced (counted, not asserted: what the server showed)."""
-    from langgraph_sdk import get_client
-
+def test_a_langgraph_server_client_never_reaches_another_persons_web_thread(langgraph):
+    """What Mallory, with her own API token, can do with the id of a thread Alice made in
+    the web chat: nothing. The store says whose a thread is, so the server answers as if
+    it did not exist (404, or 409 to creating one with its id), and its state never
+    reaches her, even after her attempts to create, run or update it."""
     server, db = langgraph
     saver = ThreadSaver(db, encryption_key=None)
     from graph import build_graph
@@ -540,37 +537,50 @@ def test_a_langgraph_server_client_never_takes_over_a_web_thread(langgraph):
     build_graph(checkpointer=saver, model=model(Recall()), settings=Settings()).invoke(
         {"messages": [("user", f"my code is {SECRET} {TELL}")]}, {"configurable": {"thread_id": thread, "user_id": VICTIM}}
     )
+    saver.flush()
     before = snapshot(saver, thread)
     saver.close()
 
     async def take_over() -> list[str]:
-        client = get_client(url=server.url)
+        client = api(server, ATTACKER)
         seen = []
         for call in (
-            lambda: client.threads.get(thread),
-            lambda: client.threads.get_state(thread),
             lambda: client.threads.create(thread_id=thread, if_exists="do_nothing", metadata={"user_id": ATTACKER}),
+            lambda: client.threads.get(thread),
             lambda: client.threads.get_state(thread),
             lambda: client.threads.get_history(thread),
             lambda: client.runs.wait(thread, "threadkeeper", input={"messages": [{"role": "user", "content": "what is my code?"}]},
-                                     metadata={"user_id": ATTACKER}),
+                                     metadata={"user_id": ATTACKER}, if_not_exists="create"),
             lambda: client.threads.update(thread, metadata={"user_id": ATTACKER}),
+            lambda: client.threads.update_state(thread, {"messages": [{"role": "user", "content": "mallory was here"}]}),
+            lambda: client.threads.search(metadata={"user_id": VICTIM}),
+            lambda: client.threads.search(limit=100),
             lambda: client.threads.get_state(thread),
+            lambda: client.threads.delete(thread),
         ):
             try:
                 seen.append(json.dumps(await call(), default=str))
             except Exception as exc:  # the server's answer, whatever it is
-                seen.append(f"{type(exc).__name__}: {exc}")
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                seen.append(f"HTTP {status} {type(exc).__name__}: {exc}")
         return seen
 
     seen = asyncio.run(take_over())
-    COUNTS.cross_user_attempts["langgraph server (no per-user check: not promised)"] += len(seen)
-    COUNTS.cross_user_reads["langgraph server (no per-user check: not promised)"] += sum(TELL in s for s in seen)
+    COUNTS.cross_user_attempts["langgraph server (API tokens)"] += len(seen)
+    COUNTS.cross_user_reads["langgraph server (API tokens)"] += sum(TELL in s for s in seen)
     saver = ThreadSaver(db, encryption_key=None)
     try:
+        assert not [s for s in seen if TELL in s], "Mallory saw Alice's thread through the LangGraph server"
+        assert all(s.startswith(("HTTP 404", "HTTP 409")) for s in seen[:7] + seen[9:]), seen
         after = snapshot(saver, thread)
-        assert after[0] == VICTIM, f"the thread changed owner: {after[0]!r}"
-        assert after[5][: len(before[5])] == before[5], "Alice's messages changed"
+        if after != before:
+            COUNTS.cross_user_writes["langgraph server (API tokens)"] += 1
+        assert after == before, "Alice's thread changed"
         assert thread not in [t.thread_id for t in saver.threads.list(ATTACKER).threads]
     finally:
         saver.close()
+
+    async def alice_reads() -> dict:
+        return await api(server, VICTIM).threads.get_state(thread)
+
+    assert TELL in json.dumps(asyncio.run(alice_reads()))  # and she reads it through the server herself

@@ -40,7 +40,7 @@ class LangGraphDev:
 
     def __init__(self, workdir: Path, db: Path) -> None:
         self.workdir, self.port, self.proc = workdir, free_port(), None
-        for name in ("graph", "checkpointers", "langgraph.json"):
+        for name in ("graph", "checkpointers", "ui", "langgraph.json"):
             target = workdir / name
             if not target.exists():
                 target.symlink_to(ROOT / name)

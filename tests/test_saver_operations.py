@@ -190,8 +190,11 @@ def test_a_closed_saver_lets_go_of_the_messages_it_cached_at_once(db_path):
         reader = ThreadSaver(db_path)
         messages = chat_graph(reader).get_state({"configurable": {"thread_id": "t"}}).values["messages"]
         assert len(messages) == 600
-        first = weakref.ref(messages[0])
         del messages
+        # `get_state` hands out copies; the cache keeps its own objects.
+        (cached,) = reader._lists._entries.values()
+        first = weakref.ref(cached.objs[0])
+        del cached
         assert first() is not None  # the reader's cache holds the thread
         reader.close()
         assert first() is None

@@ -2,17 +2,21 @@
 
     threadkeeper serve                           the web chat on http://127.0.0.1:7860
     threadkeeper chat --user alice               a new conversation, streamed
-    threadkeeper chat --thread ID --user alice   resume one
-    threadkeeper threads --user alice            alice's threads, newest first
+    threadkeeper chat --thread ID --user alice   resume one (an unknown id is an error; --new starts one)
+    threadkeeper threads [--user alice]          every user's threads (or alice's), newest first
     threadkeeper show THREAD_ID                  one thread's transcript
     threadkeeper attach THREAD_ID sales.db       give a thread a database to query
     threadkeeper status                          where the database is, what it holds
+
+Commands that read or change what is stored never create a store: with no
+file where the URL points they say so, instead of answering from an empty one.
     threadkeeper sweep [--dry-run]               apply the retention policy now (for cron)
     threadkeeper delete-user alice               delete every thread of a user, leaving no trace
     threadkeeper rotate-key                      re-encrypt the store under a new key (keys from the environment)
     threadkeeper import-json DIR --user alice    import <session-uuid>.json chat histories as threads
     threadkeeper export --user alice -o a.json   a user's threads as one JSON document
     threadkeeper import a.json                   read such a document back
+    threadkeeper import-checkpoints old.sqlite   copy the threads of a LangGraph SqliteSaver/PostgresSaver database
 """
 
 from __future__ import annotations
@@ -23,17 +27,38 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, open_saver
+from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, ThreadSaver, open_saver
 from checkpointers.retention import RetentionPolicy, Sweeper, SweepLoop, delete_user, recent_sweeps
-from checkpointers.errors import StoreUnavailableError
+from checkpointers.errors import ThreadExistsError, StoreUnavailableError
 from checkpointers.schema import current_version
 from checkpointers.storable import storable_text
 from checkpointers.threads import message_text
+from checkpointers.url import ENV_VAR, resolve_url, sqlite_path
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    """The absolute path of the store `--db` (or the environment, or the default) names."""
+    return sqlite_path(resolve_url(args.db)).resolve()
+
+
+@contextmanager
+def _existing_store(args: argparse.Namespace) -> Iterator[ThreadSaver]:
+    """The store, for a command that needs what it holds: one is never created
+    here, so a command run from another directory does not answer "no threads"
+    from a new empty file."""
+    path = _store_path(args)
+    if not path.exists():
+        raise StoreUnavailableError(f"no store at {path} (set {ENV_VAR} or --db)")
+    with open_saver(args.db) as saver:
+        yield saver
 
 
 def _status(args: argparse.Namespace) -> int:
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         conn = saver.conn
         print(f"database       {saver.path.resolve()}")
         print(f"schema version {current_version(conn)}")
@@ -55,7 +80,7 @@ def _sweep(args: argparse.Namespace) -> int:
     policy = RetentionPolicy.from_env()
     if args.days is not None:
         policy = dataclasses.replace(policy, days=args.days)
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         print(policy.describe())
         report = Sweeper(saver, policy).sweep(dry_run=args.dry_run)
     print(report.describe())
@@ -67,7 +92,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _delete_user(args: argparse.Namespace) -> int:
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         count = saver.threads.count(args.user)
         if count and not args.yes:
             answer = input(f"delete {count:,} threads of {args.user!r} and their attachments for good? [y/N] ")
@@ -80,22 +105,30 @@ def _delete_user(args: argparse.Namespace) -> int:
 
 
 def _threads(args: argparse.Namespace) -> int:
-    with open_saver(args.db) as saver:
-        page = saver.threads.list(args.user, limit=args.limit)
+    everyone = args.user is None
+    with _existing_store(args) as saver:
+        page = saver.threads.list(ANY_USER if everyone else args.user, limit=args.limit)
+        print(f"store: {saver.path.resolve()}")
     if not page.threads:
-        print(f"no threads for user {args.user!r}" if args.user else "no threads without a user")
+        print("no threads" if everyone else f"no threads for user {args.user!r}")
         return 0
-    print(f"{'THREAD':<38} {'UPDATED (UTC)':<19} {'MSGS':>5}  TITLE")
+    owner = f"{'OWNER':<16} " if everyone else ""
+    print(f"{'THREAD':<38} {owner}{'UPDATED (UTC)':<19} {'MSGS':>5}  TITLE")
     for t in page.threads:
         pin = "* " if t.pinned else ""
-        print(f"{t.thread_id:<38} {t.updated_at[:19].replace('T', ' '):<19} {t.message_count:>5}  {pin}{t.title or '(untitled)'}")
+        owner = f"{t.user_id or '-':<16} " if everyone else ""
+        print(
+            f"{t.thread_id:<38} {owner}{t.updated_at[:19].replace('T', ' '):<19} {t.message_count:>5}  "
+            f"{pin}{t.title or '(untitled)'}"
+        )
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         info = saver.threads.get(args.thread_id, user_id=ANY_USER if args.user is None else args.user)
         checkpoint = saver.get_tuple({"configurable": {"thread_id": args.thread_id}})
+        print(f"store: {saver.path.resolve()}")
     print(f"# {info.title or '(untitled)'}  ({info.message_count} messages, user {info.user_id or '-'})")
     messages = (checkpoint.checkpoint["channel_values"].get("messages") if checkpoint else None) or []
     for message in messages:
@@ -125,8 +158,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _attach(args: argparse.Namespace) -> int:
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         user = ANY_USER if args.user is None else args.user
+        saver.threads.get(args.thread_id, user_id=user)  # a mistyped id is an error, not a new thread
         attached = saver.attachments.attach(args.thread_id, args.file, user_id=user)
     tables = ", ".join(attached.tables) or "no tables"
     print(f"attached {attached.name} to thread {args.thread_id} ({attached.bytes:,} bytes; tables: {tables})")
@@ -137,7 +171,6 @@ def _rotate_key(args: argparse.Namespace) -> int:
     from checkpointers.encryption import KEY_VARIABLE, NEW_KEY_VARIABLE
     from checkpointers.errors import EncryptionKeyError
     from checkpointers.key_rotation import rotate_key
-    from checkpointers.url import resolve_url, sqlite_path
 
     current = os.environ.get(KEY_VARIABLE) or None
     new = os.environ.get(NEW_KEY_VARIABLE) or None
@@ -146,6 +179,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
     if not args.decrypt and new is None:
         raise EncryptionKeyError(f"set {NEW_KEY_VARIABLE} to the new key (or pass --decrypt to remove encryption)")
     path = sqlite_path(resolve_url(args.db))
+    if not path.exists():
+        raise StoreUnavailableError(f"no store at {path.resolve()} (set {ENV_VAR} or --db)")
     before = "unencrypted" if current is None else "encrypted"
     after = "unencrypted" if new is None else "encrypted with the new key"
     print(f"rotating the key of {path.resolve()}: {before} -> {after}", flush=True)
@@ -177,26 +212,26 @@ def _chat(args: argparse.Namespace) -> int:
     from graph import ModelError, Settings, build_graph
 
     settings = Settings.from_env()
-    with open_saver(args.db) as saver:
-        app = build_graph(checkpointer=saver, settings=settings)
+    resuming = args.thread is not None and not args.new
+    with _existing_store(args) if resuming else open_saver(args.db) as saver:
         thread_id = args.thread or str(uuid.uuid4())
         user = args.user
-        print(settings.describe_model())
-        if args.thread:
+        if resuming:
+            saver.threads.get(thread_id, user_id=user)  # unknown (a typo?) or someone else's: not found
+        elif args.thread is not None:
             try:
-                saver.threads.get(thread_id, user_id=user)
+                saver.threads.get(thread_id)
             except ThreadNotFoundError:
-                try:
-                    saver.threads.get(thread_id)
-                except ThreadNotFoundError:
-                    print(f"new thread {thread_id}")
-                else:
-                    raise ThreadNotFoundError(thread_id) from None  # someone else's: not found
+                pass
             else:
-                history = app.get_state(_config(thread_id, user)).values.get("messages", [])
-                print(f"resuming thread {thread_id} ({len(history)} messages)")
-                for message in history[-6:]:
-                    _print_message(message)
+                raise ThreadExistsError(f"a thread with id {thread_id!r} exists already: leave out --new to resume it")
+        app = build_graph(checkpointer=saver, settings=settings)
+        print(settings.describe_model())
+        if resuming:
+            history = app.get_state(_config(thread_id, user)).values.get("messages", [])
+            print(f"resuming thread {thread_id} ({len(history)} messages)")
+            for message in history[-6:]:
+                _print_message(message)
         else:
             print(f"new thread {thread_id}")
         print(HELP_IN_CHAT)
@@ -274,6 +309,38 @@ def _import_json(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _import_checkpoints(args: argparse.Namespace) -> int:
+    from checkpointers.stock_import import CACHE_MESSAGES, import_checkpoints, metadata_path, open_stock_source
+
+    metadata_path(args.user_key)  # a bad key is refused before anything is opened
+    since = _since(args.since) if args.since else None
+    with open_stock_source(args.source) as source, open_saver(args.db, cache_messages=CACHE_MESSAGES) as saver:
+        total = source.count_threads()
+        print(f"importing {total:,} threads from the {source.description} into {saver.path.resolve()}", flush=True)
+        last = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            if done < total and time.monotonic() - last[0] >= 1.0:  # a line a second at most
+                last[0] = time.monotonic()
+                print(f"  {done:,} of {total:,} threads", flush=True)
+
+        summary = import_checkpoints(
+            saver, source, user_key=args.user_key, since=since, report=print, progress=progress
+        )
+    print(summary.describe())
+    return 1 if summary.failed else 0
+
+
+def _since(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r} is not a date: write it as 2026-01-31 or 2026-01-31T09:00") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def _export(args: argparse.Namespace) -> int:
     import json
 
@@ -281,7 +348,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if not args.user:
         raise ValueError("export needs --user: whose threads to export")
-    with open_saver(args.db) as saver:
+    with _existing_store(args) as saver:
         document = export_user(saver, args.user)
     text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
     counts = summarize(document)
@@ -329,7 +396,11 @@ def _import(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadkeeper", description="LangGraph chat threads that persist.")
-    parser.add_argument("--db", metavar="URL", help="sqlite:///path/to/file.db (default $THREADKEEPER_DATABASE_URL or sqlite:///data/threadkeeper.db)")
+    parser.add_argument(
+        "--db", metavar="URL",
+        help="sqlite:///path/to/file.db (default $THREADKEEPER_DATABASE_URL, else sqlite:///data/threadkeeper.db "
+        "in the current directory); only chat, serve and the imports create it",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     user_default = os.environ.get("THREADKEEPER_USER")
     p = sub.add_parser(
@@ -337,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat in the terminal; replies stream, threads persist",
         epilog="example: threadkeeper chat --user alice   (then: threadkeeper chat --thread <id> --user alice)",
     )
-    p.add_argument("--thread", metavar="ID", help="resume this thread (or start one with this id)")
+    p.add_argument("--thread", metavar="ID", help="resume this thread; an id that is not in the store is an error")
+    p.add_argument("--new", action="store_true", help="start a new thread (the default without --thread; with it, under that id)")
     p.add_argument("--user", default=user_default, help="whose thread (default $THREADKEEPER_USER, else none)")
     p.set_defaults(run=_chat)
     p = sub.add_parser(
@@ -359,8 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_attach)
     p = sub.add_parser("status", help="show the database and what it holds", epilog="example: threadkeeper status")
     p.set_defaults(run=_status)
-    p = sub.add_parser("threads", help="list a user's threads, newest first", epilog="example: threadkeeper threads --user alice")
-    p.add_argument("--user", help="whose threads (default: threads without a user)")
+    p = sub.add_parser(
+        "threads",
+        help="list threads, newest first: every user's, or one user's",
+        description="Lists the threads of the store, most recently updated first. Without --user it lists every "
+        "user's, with an OWNER column ('-' for a thread without one), as show and attach act on any user's thread.",
+        epilog="example: threadkeeper threads --user alice   (everyone's: threadkeeper threads)",
+    )
+    p.add_argument("--user", help="only this user's threads (default: every user's)")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.set_defaults(run=_threads)
     p = sub.add_parser(
@@ -410,6 +488,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="the folder holding the .json (and .db) files")
     p.add_argument("--user", default=user_default, help="who owns the imported threads (default $THREADKEEPER_USER, else none)")
     p.set_defaults(run=_import_json)
+    p = sub.add_parser(
+        "import-checkpoints",
+        help="copy every thread of a LangGraph SqliteSaver or PostgresSaver database into the store",
+        description="Copies every thread of a database written by LangGraph's stock SqliteSaver or PostgresSaver: "
+        "every checkpoint, pending write and metadata, so history and time travel work as before and each "
+        "thread carries on here. Each thread is listed for its owner (a metadata key of its checkpoints), "
+        "titled by its first human message and dated by its checkpoints. The source is read through "
+        "langgraph-checkpoint-sqlite / -postgres on a read-only connection and never changed. Running it "
+        "again adds nothing; an interrupted run is finished by the next one.",
+        epilog="example: threadkeeper import-checkpoints sqlite:///old/checkpoints.sqlite --since 2026-01-01   "
+        "(or: postgresql://app@db.internal/langgraph --user-key metadata.owner)",
+    )
+    p.add_argument("source", metavar="URL", help="sqlite:///path/to/checkpoints.sqlite (or a path), or postgresql://...")
+    p.add_argument(
+        "--user-key", default="metadata.user_id", metavar="KEY",
+        help="the checkpoint metadata key that names each thread's owner (default metadata.user_id); "
+        "threads whose checkpoints lack it have no owner",
+    )
+    p.add_argument("--since", metavar="DATE", help="only threads last updated at or after DATE (UTC unless it says)")
+    p.set_defaults(run=_import_checkpoints)
     p = sub.add_parser(
         "export",
         help="write every thread of a user (messages, titles, metadata, attachments) as one JSON document",

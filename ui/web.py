@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -166,6 +167,8 @@ class WebChat:
         self.graph = build_graph(checkpointer=saver, model=model, settings=self.settings)
         self.identity = identity or Identity(load_secret(saver.path.parent), load_users())
         self.exports = Path(tempfile.mkdtemp(prefix="threadkeeper-export-"))
+        # Gone with the app (or the process): a server's exports never pile up in /tmp.
+        weakref.finalize(self, shutil.rmtree, self.exports, ignore_errors=True)
         self.export_keep_s = export_keep_s()
         self.export_check_s = max(1, min(60, self.export_keep_s // 2))
         """How often Gradio's cache and `exports` are looked through for exports to delete."""
