@@ -320,7 +320,7 @@ def _import_checkpoints(args: argparse.Namespace) -> int:
         last = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
-            if done < total and time.monotonic() - last[0] >= 1.0:  # a line a second at most
+            if done < total and time.monotonic() - last[0] >= 5.0:  # a line every 5 seconds at most
                 last[0] = time.monotonic()
                 print(f"  {done:,} of {total:,} threads", flush=True)
 
