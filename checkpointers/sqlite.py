@@ -263,13 +263,17 @@ class _StoredList:
     """A message list as stored (`nos`), as Python objects (`objs`), and the
     fields each object had when it was stored (`snaps`, see `_snapshot`).
 
-    The objects are handed out and come back in later puts, so a caller may
-    change one in place (edit a tool call's arguments, then `update_state`).
-    The snapshots are never handed out: an object whose fields no longer equal
-    its snapshot has been changed since, which `hand_out` repairs and
-    `_encode_list` stores as a new message. Comparing every object's fields
-    with its snapshot is one C-level list comparison (0.13 ms for 1,000
-    messages here), against 1-2 us per message to copy them at each hand-out."""
+    The objects go to the LangGraph run that starts from the list, and from it
+    to whoever called `invoke`, who may change one in place. The snapshots are
+    never handed out: an object whose fields no longer equal its snapshot has
+    been changed since, and `hand_out` puts back a new one rebuilt from the
+    snapshot. Comparing every object's fields with its snapshot is one C-level
+    list comparison (0.13 ms for 1,000 messages here), against 1-2 us per
+    message to copy them at each hand-out. A copy that comes back changed (the
+    human-in-the-loop edit of what `get_state` returned, then `update_state`)
+    is stored as a new message by `_encode_list`; the same object changed in
+    place by a node while its run holds it is not stored (nodes return
+    updates), and the next read gives the stored version."""
 
     value_no: int
     nos: list[int]
@@ -841,6 +845,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 # each other, so it is freed by a garbage collection, not at once;
                 # what it cached (whole threads' messages) is let go now.
                 self._lists = _ListCache(0)
+                self._kept.clear()
                 self._digests.clear()
                 self._thread_states.clear()
 
@@ -1370,7 +1375,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             # The base's messages, unchanged since stored (see `_StoredList`): the same
             # objects, or others with the same class and fields (a copy, a cold read).
             prefix_same = len(messages) >= n_base and (
-                (all(map(operator.is_, messages, base.objs)) and base.intact())
+                all(map(operator.is_, messages, base.objs))
                 or (
                     list(map(_FIELDS, messages[:n_base])) == base.snaps
                     and all(map(operator.is_, map(type, messages[:n_base]), map(type, base.objs)))
@@ -1558,6 +1563,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._lists.add(thread_key, ns, channel, entry)
         return entry
 
+    def _own_list(self, conn: sqlite3.Connection, thread_key: int, value_no: int) -> list[BaseMessage]:
+        """A stored list as new message objects: copies of what the cache holds, the rest
+        decoded. A cold read for a caller (`get_state`) neither copies nor snapshots them."""
+        cached = self._lists.get(thread_key, value_no)
+        if cached is not None:
+            return [_restored(obj, snap) for obj, snap in zip(cached.hand_out(), cached.snaps)]
+        nos, known, *_ = self._list_numbers(conn, thread_key, value_no)
+        loaded = self._load_messages(conn, thread_key, [n for n in nos if n not in known])
+        return [_restored(*known[n]) if n in known else loaded[n] for n in nos]
+
     def _list_numbers(
         self, conn: sqlite3.Connection, thread_key: int, value_no: int
     ) -> tuple[list[int], dict[int, tuple[BaseMessage, dict]], str, str, int]:
@@ -1647,13 +1662,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return await asyncio.to_thread(lambda: self.read_messages(thread_id, **kwargs))
 
     def _decode_value(
-        self, conn: sqlite3.Connection, thread_key: int, value_no: int, kind: int, type_: str | None, blob: bytes | None
+        self, conn: sqlite3.Connection, thread_key: int, value_no: int, kind: int, type_: str | None, blob: bytes | None,
+        *, own: bool = False,
     ) -> Any:
-        """A channel value; message lists come from (and go to) the list cache."""
-        if kind == KIND_MESSAGE_LIST:
-            return self._load_list(conn, thread_key, value_no).hand_out()
-        if kind == KIND_DELTA_SNAPSHOT:
-            return _DeltaSnapshot(self._load_list(conn, thread_key, value_no).hand_out())
+        """A channel value; message lists come from (and go to) the list cache, or with
+        `own`, as new objects (read from the cache without adding to it)."""
+        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+            messages = self._own_list(conn, thread_key, value_no) if own else self._load_list(conn, thread_key, value_no).hand_out()
+            return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
         place = value_place(thread_key, value_no) if self._cipher is not None and kind in _SEALED_KINDS else None
         return self._decode_write(conn, thread_key, kind, type_, blob, place)
 
@@ -1689,7 +1705,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             (thread_key, ns, channel, version),
         ).fetchone()
 
-    def _channel_values(self, conn: sqlite3.Connection, thread_key: int, ns: str, versions: ChannelVersions) -> dict[str, Any]:
+    def _channel_values(
+        self, conn: sqlite3.Connection, thread_key: int, ns: str, versions: ChannelVersions, *, own: bool = False
+    ) -> dict[str, Any]:
         """Every channel's value at its version, found with one statement."""
         if not versions:
             return {}
@@ -1704,7 +1722,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         for channel, version in versions.items():
             params += [channel, thread_key, ns, channel, version]
         rows = conn.execute(" UNION ALL ".join([branch] * len(versions)), params).fetchall()
-        return {channel: self._decode_value(conn, thread_key, *rest) for channel, *rest in rows}
+        return {channel: self._decode_value(conn, thread_key, *rest, own=own) for channel, *rest in rows}
 
     def _pending_writes(self, conn: sqlite3.Connection, thread_key: int, ns: str, checkpoint_id: str) -> list[PendingWrite]:
         stored_id = db_id(checkpoint_id)
@@ -1739,11 +1757,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         type_: str,
         blob: bytes,
         metadata: str,
+        *,
+        own: bool = False,
     ) -> CheckpointTuple:
+        """A stored checkpoint; `own`: its messages new objects (see `_IN_A_RUN`)."""
         checkpoint = self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)
         checkpoint_id, parent_id = py_id(checkpoint_id), py_id(parent_id)
         checkpoint["id"] = checkpoint_id
-        checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"])
+        checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"], own=own)
         pending_writes = self._pending_writes(conn, thread_key, ns, checkpoint_id)
         return _checkpoint_tuple(thread_id, ns, checkpoint, metadata, parent_id, pending_writes)
 
@@ -1780,13 +1801,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 row = thread_key and self._checkpoint_row(
                     conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
                 )
-                found = self._tuple(conn, thread_key, thread_id, ns, *row) if row else None
+                own = _IN_A_RUN not in configurable
+                found = self._tuple(conn, thread_key, thread_id, ns, *row, own=own) if row else None
             if checkpoint_id is None:
                 # A new thread's first put follows "no checkpoint" (parent None).
                 newest = (found and found.checkpoint["id"], data_version)
                 with self._deferred_cond:
                     _remember(self._newest, (thread_id, ns), newest, 10_000)
-            return found if found is None or _IN_A_RUN in configurable else _own_messages(found)
+            return found
 
     def _kept_tuple(self, thread_id: str, ns: str, checkpoint_id: str | None) -> CheckpointTuple | None:
         """The thread's newest checkpoint as `_keep_tuple` kept it, if nothing can have changed it
@@ -1860,7 +1882,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 metadata = json.loads(row[7])
                 if any(metadata.get(k) != v for k, v in python_filter.items()):
                     continue
-                results.append(_own_messages(self._tuple(conn, *row)))
+                results.append(self._tuple(conn, *row, own=True))
                 if limit is not None and len(results) >= limit:
                     break
         yield from results
