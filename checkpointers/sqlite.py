@@ -1967,10 +1967,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         key = (entry.thread_id, entry.ns)
         values: dict[str, Any] = {}
         for channel, value in entry.values.items():
-            messages = _copy_message_list(value)
-            if messages is not None:
-                delta = isinstance(messages, _DeltaSnapshot)
-                messages = messages.value if delta else messages
+            delta = isinstance(value, _DeltaSnapshot)
+            messages = value.value if delta else value
+            if _is_message_list(messages):
                 stored = lists.get((entry.ns, channel)) or self._lists.latest(thread_key, entry.ns, channel)
                 if stored is None or len(stored.objs) != len(messages) or not all(map(operator.is_, messages, stored.objs)):
                     return  # not the list the store holds: get_tuple reads it instead
