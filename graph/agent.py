@@ -13,17 +13,18 @@ the database tools for threads with a database attached.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from graph.model import invoke_model, make_model
+from graph.model import ainvoke_model, invoke_model, make_model
 from graph.settings import Settings
 from graph.state import ChatState
 from graph.tokens import TokenCounter, make_counter
@@ -90,22 +91,36 @@ def build_graph(
         window = choose_window(state["messages"], counter, settings.max_input_tokens, counter.count_text(prompt) + 4, previous)
         return {"window": window.as_state()}
 
-    def call_model(state: ChatState, config: RunnableConfig) -> dict:
+    def model_call(state: ChatState, config: RunnableConfig) -> tuple[Any, list, Window]:
+        """What the model node sends, and to which binding: shared by its sync and async twins."""
         prompt, with_tools = system_prompt(config)
         window = Window.from_state(state.get("window")) or Window(start=0, tokens=0)
-        sent = model_input(prompt, state["messages"], window)
-        reply = invoke_model(model_with_tools if with_tools else model, sent, config, settings)
+        return model_with_tools if with_tools else model, model_input(prompt, state["messages"], window), window
+
+    def model_update(reply: AIMessage, window: Window) -> dict:
         if window.note:
             reply = reply.model_copy(update={"response_metadata": {**reply.response_metadata, "input_note": window.note}})
         return {"messages": [reply]}
 
+    def call_model(state: ChatState, config: RunnableConfig) -> dict:
+        chosen, sent, window = model_call(state, config)
+        return model_update(invoke_model(chosen, sent, config, settings), window)
+
+    async def acall_model(state: ChatState, config: RunnableConfig) -> dict:
+        # `graph.astream` awaits this one: cancelling the run (the web chat's Stop)
+        # cancels the model's request instead of leaving it running on a thread.
+        # Finding the attachment's tables reads files: not on the event loop.
+        chosen, sent, window = await asyncio.to_thread(model_call, state, config)
+        return model_update(await ainvoke_model(chosen, sent, config, settings), window)
+
     def route_model_output(state: ChatState) -> Literal["tools", "__end__"]:
-        last = state["messages"][-1]
+        # No messages at all after an edit or a regenerate removed a thread's only turn.
+        last = state["messages"][-1] if state["messages"] else None
         return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
 
     builder = StateGraph(ChatState)
     builder.add_node("trim", trim)
-    builder.add_node("model", call_model)
+    builder.add_node("model", RunnableLambda(call_model, afunc=acall_model, name="model"))
     builder.add_node("tools", ToolNode(tools, handle_tool_errors=True))
     builder.add_edge(START, "trim")
     builder.add_edge("trim", "model")

@@ -81,11 +81,28 @@ def invoke_model(model: Any, messages: Sequence[BaseMessage], config: Any, setti
     try:
         return model.invoke(list(messages), config)
     except Exception as exc:
-        explained = explain_failure(exc, settings)
+        explained = _logged(explain_failure(exc, settings), exc)
         if explained is None:
             raise
-        log.warning("model call failed: %r", exc)
         raise explained from exc
+
+
+async def ainvoke_model(model: Any, messages: Sequence[BaseMessage], config: Any, settings: Settings) -> AIMessage:
+    """`invoke_model` on the model's async client: cancelling the caller's task
+    (the web chat's Stop) closes the connection to the model's server at once."""
+    try:
+        return await model.ainvoke(list(messages), config)
+    except Exception as exc:
+        explained = _logged(explain_failure(exc, settings), exc)
+        if explained is None:
+            raise
+        raise explained from exc
+
+
+def _logged(explained: ModelError | None, exc: Exception) -> ModelError | None:
+    if explained is not None:
+        log.warning("model call failed: %r", exc)
+    return explained
 
 
 class OfflineChatModel(BaseChatModel):
@@ -93,8 +110,11 @@ class OfflineChatModel(BaseChatModel):
 
     Memory still works in this mode: the reply quotes the message it received
     and counts what the model would have seen, so a person can tell the thread
-    is being kept.
+    is being kept. `setup_hint=False` leaves out how to connect a model, for a
+    door that says it once elsewhere (the web chat's banner).
     """
+
+    setup_hint: bool = True
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> OfflineChatModel:
         return self
@@ -110,8 +130,8 @@ class OfflineChatModel(BaseChatModel):
             said = said[:79] + "…"
         return (
             f"No language model is connected, so this is an automatic reply. "
-            f"Your message \"{said}\" is saved in this thread, with {len(humans)} of your messages in view. "
-            f"{CONNECT_HINT}"
+            f"Your message \"{said}\" is saved in this thread, with {len(humans)} of your messages in view."
+            + (f" {CONNECT_HINT}" if self.setup_hint else "")
         )
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:

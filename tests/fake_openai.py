@@ -3,9 +3,11 @@
 
 `server.plan` is a queue of what to do with the next requests:
 `("reply", text)`, `("status", 429)`, `("sleep", seconds)`, `("tool", (name, args))`
-(a tool call) and `("tool_result", prefix)` (a reply quoting the newest tool
-result). With the queue empty it replies "ok". Requests are recorded in
-`server.requests`.
+(a tool call), `("tool_result", prefix)` (a reply quoting the newest tool
+result) and `("slow", (text, seconds))` (a streamed reply, one word every
+`seconds`). With the queue empty it replies "ok". Requests are recorded in
+`server.requests`; each slow stream in `server.slow_streams` (`SlowStream`:
+how many words it sent, and when it ended and whether the client had gone).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import json
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class SlowStream:
+    words_sent: int = 0
+    ended_at: float | None = None
+    """`time.monotonic()` when the stream ended: all sent, or the client gone."""
+    client_left: bool = False
 
 
 class FakeOpenAI(ThreadingHTTPServer):
@@ -24,6 +35,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.plan: deque[tuple[str, object]] = deque()
         self.requests: list[dict] = []
+        self.slow_streams: list[SlowStream] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -84,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             return
+        if action == "slow":
+            self._slow(*arg, model)  # type: ignore[misc]
+            return
         if action == "tool_result":
             results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
             arg = f"{arg} {results[-1]['content'] if results else '(no tool result)'}"
@@ -106,6 +121,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}}, model)
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def _slow(self, text: str, seconds: float, model: str) -> None:
+        stream = SlowStream()
+        self.server.slow_streams.append(stream)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        words = text.split(" ")
+        try:
+            for i, word in enumerate(words):
+                piece = word if i == len(words) - 1 else word + " "
+                self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}, model)
+                stream.words_sent += 1
+                time.sleep(seconds)
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:  # the client closed the connection
+            stream.client_left = True
+        finally:
+            stream.ended_at = time.monotonic()
 
     def _event(self, chunk: dict, model: str) -> None:
         chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model, **chunk}

@@ -301,7 +301,7 @@ def test_model_errors_are_one_line_and_retry_works(browser, server: Server, mode
     send(page, "are you there?")
     bot_said(page, "The model server failed with HTTP 500. Your message is saved")
     expect(page.locator('#chat [data-testid="user"]').last).to_contain_text("are you there?")
-    page.locator("#retry").click()
+    page.locator('#chat button[aria-label="Retry"]').last.click()  # the retry icon on the unanswered message
     bot_said(page, "answered on retry")
     page.reload()
     open_app(page, server.url)
@@ -338,6 +338,9 @@ def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser,
         expect(page.locator('#chat [data-testid="user"]').last).to_contain_text(human(999).content[:30], timeout=30_000)
         assert page.locator('#chat [data-testid="user"]').count() == 25
         expect(page.locator("#earlier")).to_contain_text("1950 more")
+        for control in ("#message", "#send"):  # on screen without scrolling, under the offline banner
+            box = page.locator(control).bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 844, (control, box)
         page.locator("#earlier").click()
         expect(page.locator('#chat [data-testid="user"]')).to_have_count(50)
         shot(page, "long-thread-phone")
