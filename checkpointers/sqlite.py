@@ -308,10 +308,13 @@ def _copy_fields(value: Any) -> Any:
     a message's fields hold JSON-like data, and strings and numbers cannot change)."""
     kind = value.__class__
     if kind is dict:
-        return {k: _copy_fields(v) for k, v in value.items()}
+        return {k: _copy_fields(v) if v.__class__ in _CONTAINERS else v for k, v in value.items()}
     if kind is list:
-        return [_copy_fields(v) for v in value]
+        return [_copy_fields(v) if v.__class__ in _CONTAINERS else v for v in value]
     return value
+
+
+_CONTAINERS = frozenset((dict, list))
 
 
 def _snapshot(message: BaseMessage) -> dict:
@@ -321,12 +324,16 @@ def _snapshot(message: BaseMessage) -> dict:
 
 def _restored(message: BaseMessage, snap: dict) -> BaseMessage:
     """A new message of the same class whose fields are (a copy of) `snap`."""
-    restored = object.__new__(message.__class__)
-    object.__setattr__(restored, "__dict__", _copy_fields(snap))
-    object.__setattr__(restored, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
-    object.__setattr__(restored, "__pydantic_extra__", _copy_fields(message.__pydantic_extra__))
-    object.__setattr__(restored, "__pydantic_private__", _copy_fields(message.__pydantic_private__))
+    restored = _new_object(message.__class__)
+    _set_attribute(restored, "__dict__", _copy_fields(snap))
+    _set_attribute(restored, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
+    extra, private = message.__pydantic_extra__, message.__pydantic_private__
+    _set_attribute(restored, "__pydantic_extra__", None if extra is None else _copy_fields(extra))
+    _set_attribute(restored, "__pydantic_private__", None if private is None else _copy_fields(private))
     return restored
+
+
+_new_object, _set_attribute = object.__new__, object.__setattr__
 
 
 class _ListCache:
