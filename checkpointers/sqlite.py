@@ -196,17 +196,6 @@ message objects, checked against their snapshots (see `_StoredList`); every othe
 (`get_state`, history, `list`) gets its own copies, as from a stock saver."""
 
 
-def _own_messages(found: CheckpointTuple) -> CheckpointTuple:
-    """`found` with every message in its channel values and pending writes a new object."""
-    values = found.checkpoint["channel_values"]
-    for channel, value in values.items():
-        if type(value) is list and value and all(isinstance(m, BaseMessage) for m in value):
-            values[channel] = [_restored(m, m.__dict__) for m in value]
-        elif isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
-            values[channel] = _DeltaSnapshot([_restored(m, m.__dict__) for m in value.value])
-    return found
-
-
 def _retry_may_help(exc: BaseException) -> bool:
     """Whether a failed write may succeed later: the database was busy, full or
     unreachable (or its key changed), as opposed to rows it can never hold."""
@@ -294,6 +283,11 @@ class _StoredList:
                 if obj.__dict__ != snap:
                     objs[i] = _restored(obj, snap)
         return list(objs)
+
+    def copies(self) -> list[BaseMessage]:
+        """New objects of the messages as stored (rebuilt from the snapshots, so nothing
+        a caller did to the kept objects shows)."""
+        return [_restored(obj, snap) for obj, snap in zip(self.objs, self.snaps)]
 
     def known(self) -> dict[int, tuple[BaseMessage, dict]]:
         """Message number -> (object as stored, snapshot)."""
@@ -476,8 +470,9 @@ class _KeptList(NamedTuple):
     stored: _StoredList
     delta: bool
 
-    def hand_out(self) -> Any:
-        messages = self.stored.hand_out()
+    def hand_out(self, own: bool) -> Any:
+        """The list for a run (the kept objects, checked), or with `own` new objects."""
+        messages = self.stored.copies() if own else self.stored.hand_out()
         return _DeltaSnapshot(messages) if self.delta else messages
 
 
@@ -1575,7 +1570,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         decoded. A cold read for a caller (`get_state`) neither copies nor snapshots them."""
         cached = self._lists.get(thread_key, value_no)
         if cached is not None:
-            return [_restored(obj, snap) for obj, snap in zip(cached.hand_out(), cached.snaps)]
+            return cached.copies()
         nos, known, *_ = self._list_numbers(conn, thread_key, value_no)
         loaded = self._load_messages(conn, thread_key, [n for n in nos if n not in known])
         return [_restored(*known[n]) if n in known else loaded[n] for n in nos]
@@ -1799,16 +1794,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = get_checkpoint_id(config)
         with self._lock:
-            found = self._kept_tuple(thread_id, ns, checkpoint_id)
+            own = _IN_A_RUN not in configurable
+            found = self._kept_tuple(thread_id, ns, checkpoint_id, own=own)
             if found is not None:
-                return found if _IN_A_RUN in configurable else _own_messages(found)
+                return found
             with self._read() as conn:
                 (data_version,) = conn.execute("PRAGMA data_version").fetchone()
                 thread_key = self._thread_key(conn, thread_id)
                 row = thread_key and self._checkpoint_row(
                     conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
                 )
-                own = _IN_A_RUN not in configurable
                 found = self._tuple(conn, thread_key, thread_id, ns, *row, own=own) if row else None
             if checkpoint_id is None:
                 # A new thread's first put follows "no checkpoint" (parent None).
@@ -1817,9 +1812,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     _remember(self._newest, (thread_id, ns), newest, 10_000)
             return found
 
-    def _kept_tuple(self, thread_id: str, ns: str, checkpoint_id: str | None) -> CheckpointTuple | None:
+    def _kept_tuple(self, thread_id: str, ns: str, checkpoint_id: str | None, *, own: bool) -> CheckpointTuple | None:
         """The thread's newest checkpoint as `_keep_tuple` kept it, if nothing can have changed it
-        since (call holding `_lock`); else None, and the caller reads it."""
+        since (call holding `_lock`); else None, and the caller reads it. `own`: see `_tuple`."""
         kept = self._kept.get((thread_id, ns))
         if (
             kept is None
@@ -1833,7 +1828,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         checkpoint = self._decode(entry.type_, entry.blob)
         checkpoint["id"] = entry.checkpoint_id
         checkpoint["channel_values"] = {
-            channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else value.hand_out()
+            channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else value.hand_out(own)
             for channel, value in kept.values.items()
         }
         return _checkpoint_tuple(thread_id, ns, checkpoint, entry.metadata_json, entry.parent_id, [])

@@ -193,6 +193,13 @@ class Refusal(gr.Error):
         super().__init__(message, print_exception=False)
 
 
+def check_message(text: str) -> None:
+    """Refuse a message the chat does not send: too long, or text the store cannot keep."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise Refusal(f"That message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
+    check_text(text)
+
+
 def user_errors(handler):
     """A handler whose store and input errors (a `StoreError` or `ValueError` with one
     sentence) are refusals: `Refusal`, never a traceback."""
@@ -482,9 +489,7 @@ class WebChat:
         text = (text or "").strip()
         if not text:  # Send on an empty box sends nothing, and there is nothing to say about it
             return gr.skip(), thread_id, gr.skip(), None, gr.skip()
-        if len(text) > MAX_MESSAGE_CHARS:
-            raise Refusal(f"That message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
-        check_text(text)
+        check_message(text)
         if thread_id and not self.claimable(thread_id, user_id):
             raise Refusal(NOT_FOUND)
         thread_id = thread_id or str(uuid.uuid4())
@@ -634,9 +639,7 @@ class WebChat:
         text = str(edited.value or "").strip()
         if not text:
             raise Refusal("An edited message needs some words; it was left as it was.")
-        if len(text) > MAX_MESSAGE_CHARS:
-            raise Refusal(f"That message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}.")
-        check_text(text)
+        check_message(text)
         index = edited.index if isinstance(edited.index, int) else edited.index[0]
         chat = list(chat or [])[: max(0, int(index))]
         # The page shows the thread from message `start` on, one bubble per message of mine.
