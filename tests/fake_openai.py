@@ -4,8 +4,11 @@
 `server.plan` is a queue of what to do with the next requests:
 `("reply", text)`, `("status", 429)`, `("sleep", seconds)`, `("tool", (name, args))`
 (a tool call), `("tool_result", prefix)` (a reply quoting the newest tool
-result) and `("slow", (text, seconds))` (a streamed reply, one word every
-`seconds`). With the queue empty it replies "ok". Requests are recorded in
+result), `("slow", (text, seconds))` (a streamed reply, one word every
+`seconds`) and `("paced", (tokens, seconds))` (a streamed reply of `tokens`
+tokens spread evenly over `seconds`, the first one "Re: <the newest user
+message>", as a load test wants). With the queue empty it does `default`
+(by default it replies "ok"). Requests are recorded in
 `server.requests`; each slow stream in `server.slow_streams` (`SlowStream`:
 how many words it sent, and when it ended and whether the client had gone).
 """
@@ -30,9 +33,11 @@ class SlowStream:
 
 class FakeOpenAI(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # a load test opens hundreds of streams at once
 
-    def __init__(self) -> None:
+    def __init__(self, default: tuple[str, object] = ("reply", "ok")) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.default = default
         self.plan: deque[tuple[str, object]] = deque()
         self.requests: list[dict] = []
         self.slow_streams: list[SlowStream] = []
@@ -70,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.server.requests.append(body)
-        action, arg = self.server.plan.popleft() if self.server.plan else ("reply", "ok")
+        action, arg = self.server.plan.popleft() if self.server.plan else self.server.default
         if action == "sleep":
             time.sleep(float(arg))  # longer than the client's time-out
             action, arg = "reply", "too late"
@@ -98,6 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if action == "slow":
             self._slow(*arg, model)  # type: ignore[misc]
+            return
+        if action == "paced":
+            tokens, seconds = arg  # type: ignore[misc]
+            asked = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+            self._paced([f"Re: {asked}", *(f" w{i}" for i in range(1, tokens))], seconds, model)
             return
         if action == "tool_result":
             results = [m for m in body.get("messages", []) if m.get("role") == "tool"]
@@ -142,6 +152,21 @@ class _Handler(BaseHTTPRequestHandler):
             stream.client_left = True
         finally:
             stream.ended_at = time.monotonic()
+
+    def _paced(self, pieces: list[str], seconds: float, model: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        start = time.monotonic()
+        try:
+            for i, piece in enumerate(pieces, 1):
+                time.sleep(max(0.0, start + seconds * i / len(pieces) - time.monotonic()))
+                self._event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}]}, model)
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, model)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:  # the client closed the connection
+            pass
 
     def _event(self, chunk: dict, model: str) -> None:
         chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model, **chunk}

@@ -9,67 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.fake_openai import FakeOpenAI
+from tests.serve import ROOT, Server
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`threadkeeper serve` in a subprocess; `restart()` keeps its port and data."""
-
-    def __init__(self, data: Path, **env: str) -> None:
-        self.data, self.port, self.proc = data, free_port(), None
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "THREADKEEPER_"))}
-        self.env.update({"GRADIO_ANALYTICS_ENABLED": "False", "THREADKEEPER_DATABASE_URL": f"sqlite:///{data / 'threadkeeper.db'}", **env})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self) -> Server:
-        log = open(self.data / f"server-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ui.cli", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url, timeout=2)
-                return self
-            except Exception:
-                time.sleep(0.3)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="module")
@@ -208,11 +159,18 @@ def rename_pin_search_export_and_delete(browser, server: Server, temp: Path) -> 
     send(page, "and a seat reservation for the Épernay connection")
     expect(page.locator("#chat")).to_contain_text("Épernay")
     expect(page.locator('#chat [data-testid="bot"]')).to_have_count(2, timeout=30_000)
-    page.locator("#thread-actions").click()
-    page.locator("#rename-box textarea, #rename-box input").first.fill("Trains")
+    # The thread's actions sit under its title; rename starts from the current title.
     page.locator("#rename").click()
+    box = page.locator("#rename-box textarea, #rename-box input").first
+    expect(box).to_have_value("train times to Lyon")
+    shot(page, "thread-actions-rename")
+    box.fill("Trains")
+    page.locator("#rename-save").click()
     expect(page.locator("#thread-title")).to_contain_text("Trains")
+    expect(page.locator("#rename-row")).to_be_hidden()
+    expect(page.locator("#pin")).to_have_text("☆ Pin")
     page.locator("#pin").click()
+    expect(page.locator("#pin")).to_have_text("★ Pinned")  # the button shows the thread's state
     expect(page.locator("#thread-list label").first).to_contain_text("★ Trains")
 
     page.locator("#search textarea, #search input").first.fill("leek")
@@ -222,6 +180,11 @@ def rename_pin_search_export_and_delete(browser, server: Server, temp: Path) -> 
     search.fill("epernay RESERVATION")  # words of a later message, not of a title
     expect(page.locator("#thread-list label")).to_have_count(1)
     expect(page.locator("#thread-list")).to_contain_text("Trains")
+    # The result shows the message's words in context, the searched ones marked.
+    expect(page.locator("#thread-list")).to_contain_text("a seat reservation for the Épernay connection")
+    marked = "() => [...(CSS.highlights.get('search-words') || [])].map((r) => r.toString())"
+    page.wait_for_function(f"({marked})().length >= 2")
+    assert sorted(page.evaluate(marked)) == ["reservation", "Épernay"]
     shot(page, "search-by-message-text")
     search.fill("no such words anywhere")
     expect(page.locator("#thread-list")).to_contain_text("No threads match “no such words anywhere”")
@@ -289,7 +252,8 @@ def test_an_uploaded_database_answers_questions(browser, server: Server, model_s
     page.locator("#thread-list label").first.click()
     expect(page.locator("#attachment")).to_contain_text("sales.db")  # comes back with the thread
     page.locator("#detach").click()
-    expect(page.locator("#attachment")).to_contain_text("No database attached")
+    expect(page.locator("#attachment")).not_to_contain_text("sales.db")
+    expect(page.locator("#detach")).to_be_hidden()
     context.close()
 
 
@@ -325,6 +289,7 @@ def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser,
         context = browser.new_context(viewport={"width": 390, "height": 844})
         page = context.new_page()
         page.goto(server.url)
+        expect(page.get_by_role("heading", name="threadkeeper")).to_be_visible()  # the product's own name, not a bare "Login"
         shot(page, "login-phone")
         page.get_by_label("username").fill("alice")
         page.get_by_label("password").fill("wonderland")
@@ -353,6 +318,11 @@ def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser,
         page.get_by_role("button", name="Login").click()
         expect(page.locator("#who")).to_contain_text("Signed in as bob", timeout=30_000)
         expect(page.locator("#thread-list label")).to_have_count(0)
+        page.locator("#sign-out").click()  # a visible way out: back at the sign-in form, and signed out
+        expect(page.get_by_label("username")).to_be_visible(timeout=15_000)
+        page.goto(server.url)
+        expect(page.get_by_label("username")).to_be_visible(timeout=15_000)
+        assert page.locator("#who").count() == 0
         bob.close()
     finally:
         server.stop()

@@ -23,11 +23,11 @@ def test_a_bad_export_lifetime_is_one_clear_error(raw):
 def test_the_servers_own_copies_of_exports_go_once_they_are_old(saver, monkeypatch):
     monkeypatch.setenv("THREADKEEPER_EXPORT_KEEP_S", "20")
     chat = WebChat(saver, settings=Settings.from_env({}), identity=Identity(b"test-secret" * 4, {}))
-    old, new = chat.exports / "old", chat.exports / "new"
+    old, new = chat.exports.folder / "old", chat.exports.folder / "new"
     for folder in (old, new):
         folder.mkdir()
         (folder / "thread.json").write_text("{}")
     past = time.time() - 21
     os.utime(old, (past, past))
-    assert chat.prune_exports() == 1
-    assert sorted(p.name for p in chat.exports.iterdir()) == ["new"]
+    assert chat.exports.prune() == 1
+    assert sorted(p.name for p in chat.exports.folder.iterdir()) == ["new"]

@@ -35,9 +35,9 @@ from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, ThreadSaver
 from checkpointers.retention import RetentionPolicy, Sweeper, SweepLoop, delete_user, recent_sweeps
 from checkpointers.errors import ThreadExistsError, StoreUnavailableError
 from checkpointers.schema import current_version
-from checkpointers.storable import storable_text
 from checkpointers.threads import message_text
 from checkpointers.url import ENV_VAR, resolve_url, sqlite_path
+from ui.turns import ToolResult, TurnRefused, Turns, check_message
 
 
 def _store_path(args: argparse.Namespace) -> Path:
@@ -226,16 +226,16 @@ def _chat(args: argparse.Namespace) -> int:
             else:
                 raise ThreadExistsError(f"a thread with id {thread_id!r} exists already: leave out --new to resume it")
         app = build_graph(checkpointer=saver, settings=settings)
+        turns = Turns(saver, app)
         print(settings.describe_model())
         if resuming:
-            history = app.get_state(_config(thread_id, user)).values.get("messages", [])
+            history = turns.messages(thread_id, user)
             print(f"resuming thread {thread_id} ({len(history)} messages)")
             for message in history[-6:]:
                 _print_message(message)
         else:
             print(f"new thread {thread_id}")
         print(HELP_IN_CHAT)
-        pending = app.get_state(_config(thread_id, user)).next == ("model",)
         while True:
             try:
                 line = input("\nyou> ")
@@ -259,39 +259,32 @@ def _chat(args: argparse.Namespace) -> int:
                 else:
                     print(f"attached {attached.name} (tables: {', '.join(attached.tables) or 'none'})")
                 continue
-            if text == "/retry" and not pending:
-                print("nothing to retry")
-                continue
-            if not storable_text(text):
-                print("error: that message holds a character that is not valid Unicode; it was not sent")
-                continue
-            turn_input = None if text == "/retry" else {"messages": [{"role": "user", "content": text}]}
             try:
-                _stream_reply(app, turn_input, _config(thread_id, user))
-                pending = False
+                if text == "/retry":
+                    turns.check_retry(thread_id, user)
+                else:
+                    check_message(text)
+                    turns.claim(thread_id, user)
+            except (TurnRefused, StoreError) as exc:
+                print(f"error: {exc}")
+                continue
+            turn_input = turns.input(None if text == "/retry" else text)
+            try:
+                _stream_reply(turns.reply_sync(turn_input, turns.config(thread_id, user)))
             except (ModelError, StoreUnavailableError) as exc:
                 print(f"\nerror: {exc} (type /retry)")
-                pending = True
 
 
-def _config(thread_id: str, user: str | None) -> dict:
-    configurable = {"thread_id": thread_id}
-    if user is not None:
-        configurable["user_id"] = user
-    return {"configurable": configurable}
-
-
-def _stream_reply(app, turn_input, config: dict) -> None:
+def _stream_reply(parts) -> None:
     started = False
-    for chunk, meta in app.stream(turn_input, config, stream_mode="messages"):
-        if meta.get("langgraph_node") != "model" or not isinstance(chunk.content, str):
-            if meta.get("langgraph_node") == "tools":
-                print(f"\n  [{chunk.name}] {chunk.content[:200]}", flush=True)
+    for part in parts:
+        if isinstance(part, ToolResult):
+            print(f"\n  [{part.message.name}] {message_text(part.message)[:200]}", flush=True)
             continue
         if not started:
             print("\nassistant> ", end="", flush=True)
             started = True
-        print(chunk.content, end="", flush=True)
+        print(part.text, end="", flush=True)
     print()
 
 
