@@ -5,8 +5,9 @@
 
 Each person is driven over HTTP exactly as the page drives the server, through
 Gradio's queue protocol (`tests.gradio_api`): load the page (`on_load`: their
-identity), then for each message `send` (the message is shown), `respond` (the
-reply streams) and `refresh` (the thread list and header), in their own session.
+identity), then for each message `send` (the message and the title are shown),
+`respond` (the reply streams) and `refresh` (the thread list, the header and the
+page's address), in their own session: the events the page runs for a turn.
 Everyone starts at once. The model is the loopback OpenAI-compatible server
 streaming 20 tokens evenly over 2 s (its first token after 0.1 s), so the real
 `ChatOpenAI` client streams every reply.
@@ -24,9 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import secrets
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,7 +46,8 @@ from tests.fake_openai import FakeOpenAI
 from tests.gradio_api import API_PREFIX, Event, GradioAPI, _apply_diff
 from tests.serve import Server
 
-TOKENS = 20
+TOKENS = int(os.environ.get("BENCH_LOAD_TOKENS", "20"))
+"""Tokens of each reply (20; `BENCH_LOAD_TOKENS` to see what one token costs the server)."""
 MODEL_SECONDS = 2.0
 
 
@@ -164,6 +171,12 @@ def memory_kb(pid: int) -> dict[str, int]:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def checked_store(path: Path, people: list[Person], messages: int, others: set[str]) -> list[str]:
     """What the store holds, read directly: one thread per person, with 2 × `messages` messages in order
     (and the `others`, threads of no one measured)."""
@@ -200,6 +213,8 @@ class LoadReport:
     errors: list[str]
     rss_before_kb: int
     peak_kb: int
+    cpu_s: float
+    """The server's CPU time for the whole load."""
 
     def percentile(self, values: list[float], q: float) -> float:
         ordered = sorted(values)
@@ -217,12 +232,21 @@ class LoadReport:
             f"worst {max(first):.2f} s   (model's own {MODEL_SECONDS / TOKENS:.2f} s: p99 over it {self.percentile(first, 0.99) - MODEL_SECONDS / TOKENS:+.2f} s)",
             f"  time to last token   p50 {statistics.median(last):.2f} s  p99 {self.percentile(last, 0.99):.2f} s  "
             f"worst {max(last):.2f} s   (model's own {MODEL_SECONDS:.2f} s: p99 over it {self.percentile(last, 0.99) - MODEL_SECONDS:+.2f} s)",
+            f"  server CPU: {self.cpu_s * 1000 / max(1, len(last)):.0f} ms per reply "
+            f"(on this machine's {os.cpu_count()} cores: at most {os.cpu_count() / (self.cpu_s / max(1, len(last))) * MODEL_SECONDS:.0f} replies streaming at once)",
             f"  server memory: {self.rss_before_kb / 1024:.0f} MiB before, peak {self.peak_kb / 1024:.0f} MiB, "
             f"{per_stream:.0f} KiB per reply streaming at once",
         ]
 
 
-def run_load(users: int, messages: int = 3, data: Path | None = None, **env: str) -> LoadReport:
+def profiling(pid: int, path: Path) -> subprocess.Popen:
+    """py-spy sampling the server into `path` (its raw format) until it is sent SIGINT."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(path), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_load(users: int, messages: int = 3, data: Path | None = None, profile: Path | None = None, **env: str) -> LoadReport:
     """Start a server and the loopback model, chat as `users` people at once, and check the outcome."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * users + 256)), hard))
@@ -246,9 +270,15 @@ def run_load(users: int, messages: int = 3, data: Path | None = None, **env: str
                         raise RuntimeError(f"the server could not answer one person: {warm.errors}")
                     others.add(warm.thread_id)
                     before[0] = memory_kb(server.proc.pid)["VmRSS"]
+                    cpu[0] = cpu_seconds(server.proc.pid)
+                    spy = profiling(server.proc.pid, profile) if profile else None
                     await asyncio.gather(*(chat_as(p, http, events, messages) for p in people))
+                    cpu[0] = cpu_seconds(server.proc.pid) - cpu[0]
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(60)
 
-            before = [0]
+            before, cpu = [0], [0.0]
             others: set[str] = set()
             asyncio.run(everyone())
             peak = memory_kb(server.proc.pid)["VmHWM"]
@@ -259,7 +289,7 @@ def run_load(users: int, messages: int = 3, data: Path | None = None, **env: str
         return LoadReport(
             users, messages,
             [s for p in people for s in p.first_token_s], [s for p in people for s in p.last_token_s],
-            errors, before[0], peak,
+            errors, before[0], peak, cpu[0],
         )
 
 
@@ -267,8 +297,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--messages", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="sample the server with py-spy during the load, into this file")
     args = parser.parse_args()
-    report = run_load(args.users, args.messages)
+    report = run_load(args.users, args.messages, profile=args.profile)
     print("\n".join(report.lines()))
     for error in report.errors[:20]:
         print("  error:", error)

@@ -781,7 +781,7 @@ def web_full_disk_cycle(disk: SmallDisk, *, wait_while_full: float = 1.0) -> Web
         rng = random.Random(3)
 
         def send(thread_id: str | None, text: str) -> tuple[str, list]:
-            _, thread_id, chat, pending, _ = web.accept(text, thread_id, [], False, token, None)
+            _, thread_id, chat, pending, *_ = web.accept(text, thread_id, [], False, token, None)
             for chat in web.respond(pending, thread_id, chat, token, None):
                 pass
             return thread_id, chat

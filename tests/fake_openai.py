@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,6 +39,8 @@ class FakeOpenAI(ThreadingHTTPServer):
     def __init__(self, default: tuple[str, object] = ("reply", "ok")) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.default = default
+        self.on_stream: Callable[[int], None] | None = None
+        """Called with +1 as a paced reply starts and -1 as it ends (a load test counts them)."""
         self.plan: deque[tuple[str, object]] = deque()
         self.requests: list[dict] = []
         self.slow_streams: list[SlowStream] = []
@@ -154,6 +157,15 @@ class _Handler(BaseHTTPRequestHandler):
             stream.ended_at = time.monotonic()
 
     def _paced(self, pieces: list[str], seconds: float, model: str) -> None:
+        if self.server.on_stream is not None:
+            self.server.on_stream(+1)
+        try:
+            self._paced_stream(pieces, seconds, model)
+        finally:
+            if self.server.on_stream is not None:
+                self.server.on_stream(-1)
+
+    def _paced_stream(self, pieces: list[str], seconds: float, model: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()

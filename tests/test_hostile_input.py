@@ -763,7 +763,7 @@ def test_the_web_handlers_answer_any_input_with_a_result_or_one_sentence(web: We
     told_before = len(web.told.messages)
     accepted = web_attempt("web: message", web.accept, text, None, [], False, mine, None, echoed=(text,))
     if not isinstance(accepted, Refused) and isinstance(accepted, tuple) and accepted[1]:
-        _, thread, chat, pending, _ = accepted
+        _, thread, chat, pending, *_ = accepted
         shown = web_attempt("web: message respond", web.respond, pending, thread, chat, mine, None, echoed=(text,))
         try:
             stored = store.saver.read_messages(thread, user_id=user).messages

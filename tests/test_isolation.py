@@ -170,7 +170,7 @@ class TwoPeople:
         return Person(self.web.user(token, None), token, None)
 
     def say(self, who: Person, text: str, thread: str | None = None) -> tuple[str, dict]:
-        _, thread, chat, pending, _ = self.web.accept(text, thread, [], False, who.token, who.request)
+        _, thread, chat, pending, *_ = self.web.accept(text, thread, [], False, who.token, who.request)
         list(self.web.respond(pending, thread, chat, who.token, who.request))
         return thread, pending
 

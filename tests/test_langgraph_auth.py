@@ -98,7 +98,7 @@ class WebChatDoor:
         self.request = gr.Request(username=user)
 
     def say(self, text: str, thread: str | None = None) -> str:
-        _, thread, chat, pending, _ = self.web.accept(text, thread, [], False, None, self.request)
+        _, thread, chat, pending, *_ = self.web.accept(text, thread, [], False, None, self.request)
         list(self.web.respond(pending, thread, chat, None, self.request))
         self.saver.flush()
         return thread

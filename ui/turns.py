@@ -226,6 +226,11 @@ class Turns:
 
     # -- a reply ---------------------------------------------------------------
 
+    @property
+    def streaming(self) -> int:
+        """Replies in flight in this process, everyone's."""
+        return sum(self._in_flight.values())
+
     def busy(self, user_id: str) -> bool:
         """Whether one more turn of this person's would be refused by `slot`."""
         return self._in_flight[user_id] >= self.limits.per_user

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from checkpointers.threads import message_text, title_from_messages
 from graph import ModelError, Settings, build_graph
 from graph.model import OfflineChatModel
 from ui.identity import Identity, IdentityError, load_secret, load_users
-from ui.turns import NOT_FOUND, STOPPED, Limits, TurnRefused, Turns, check_message
+from ui.turns import NOT_FOUND, STOPPED, Limits, ToolResult, TurnRefused, Turns, check_message
 from ui.web.events import Refusal, user_errors
 from ui.web.exports import Exports
 from ui.web.view import MODEL_TROUBLE, NOT_ANSWERED, StreamedReply, ago, holds_words, snippet, to_chat
@@ -36,6 +37,10 @@ SNIPPETS = 10
 """Search results that show the matching words of a message (the newest first)."""
 SNIPPET_DEPTH = 100
 """How many of a thread's newest messages are looked through for a result's snippet."""
+STREAM_UPDATE_S = 0.05
+"""Least time between two updates of a streaming reply: 20 a second, smooth to the eye."""
+STREAM_UPDATES_PER_S = 200
+"""Updates a second the server sends across all streaming replies, once that asks for more than `STREAM_UPDATE_S`."""
 
 
 class WebChat:
@@ -241,11 +246,12 @@ class WebChat:
 
     @user_errors
     def accept(self, text: str, thread_id: str | None, chat: list, editing: bool, token: str | None, request: gr.Request):
-        """Check the message and show it at once; the reply streams in `respond`."""
+        """Check the message and show it at once, with the thread's title (a new thread's
+        is the one the store will give it); the reply streams in `respond`."""
         user_id = self.user(token, request)
         text = (text or "").strip()
         if not text:  # Send on an empty box sends nothing, and there is nothing to say about it
-            return gr.skip(), thread_id, gr.skip(), None, gr.skip()
+            return gr.skip(), thread_id, gr.skip(), None, gr.skip(), gr.skip()
         check_message(text)
         self._check_room(user_id)
         thread_id = self.turns.claim(thread_id or None, user_id)
@@ -254,7 +260,7 @@ class WebChat:
             self.turns.drop_last_turn(thread_id, user_id)
             chat = to_chat(self.saver.read_messages(thread_id, user_id=user_id, limit=PAGE_SIZE).messages)
         chat.append({"role": "user", "content": text})
-        return "", thread_id, chat, {"text": text, "user": user_id}, False
+        return "", thread_id, chat, {"text": text, "user": user_id}, False, self._title(thread_id, user_id, text)
 
     def _check_room(self, user_id: str) -> None:
         """Refuse at once, before the message is shown, what `respond` would refuse for the per-person limit."""
@@ -262,19 +268,15 @@ class WebChat:
             with self.turns.slot(user_id):  # raises TurnRefused with the sentence, and logs it
                 pass
 
-    @user_errors
-    def title_now(self, pending: dict | None, thread_id: str | None, token: str | None, request: gr.Request):
-        """The thread's title as soon as its first message is sent (the store sets the same
-        one when it keeps the message), not after the reply."""
-        user_id = self.user(token, request)
-        if not pending or pending.get("user") != user_id or not thread_id or not self.turns.claimable(thread_id, user_id):
-            return gr.skip()
+    def _title(self, thread_id: str, user_id: str, text: str) -> str:
+        """The thread's title as its first message is sent (the store sets the same one
+        when it keeps the message), not after the reply."""
         try:
             if self.saver.threads.get(thread_id, user_id=user_id).title:
                 return self.header(thread_id, user_id)[0]
         except ThreadNotFoundError:
             pass
-        return f"### {title_from_messages([HumanMessage(pending['text'])]) or 'New chat'}"
+        return f"### {title_from_messages([HumanMessage(text)]) or 'New chat'}"
 
     def _turn(self, pending: dict | None, thread_id: str | None, token: str | None, request: gr.Request | None) -> tuple[str, dict | None] | None:
         """(user id, the graph's input) of the turn `pending` asks for; None if there is none."""
@@ -315,15 +317,27 @@ class WebChat:
             return
         user_id, turn_input = turn
         reply = StreamedReply(chat)
+        shown_at = 0.0
         with self.turns.slot(user_id):
             try:
                 async with contextlib.aclosing(self.turns.reply(turn_input, self.turns.config(thread_id, user_id))) as parts:
                     async for part in parts:
-                        yield reply.add(part)
+                        reply.add(part)
+                        now = time.monotonic()
+                        if now - shown_at >= self._update_every() or isinstance(part, ToolResult):
+                            shown_at = now
+                            yield reply.chat
             except (ModelError, StoreError) as exc:
                 yield self._failed(reply, thread_id, exc)
                 return
         yield self._answered(reply, thread_id, user_id)
+
+    def _update_every(self) -> float:
+        """Seconds between two updates of a streaming reply on the page. Each update costs
+        the server about a millisecond of CPU in Gradio's queue whatever it holds (see
+        `bench.load`), so with many replies streaming at once the words of each arrive in
+        fewer, larger updates, and the server's updates stay near `STREAM_UPDATES_PER_S`."""
+        return max(STREAM_UPDATE_S, self.turns.streaming / STREAM_UPDATES_PER_S)
 
     def _failed(self, reply: StreamedReply, thread_id: str, exc: Exception) -> list:
         log.warning("turn failed in thread %s: %r", thread_id, exc)
@@ -396,10 +410,11 @@ class WebChat:
 
     @user_errors
     def refresh(self, thread_id: str | None, token: str | None, limit: int, query: str, request: gr.Request, chat: list | None = None):
-        """After a turn: the list, the header, the banner, and a stopped reply's mark."""
+        """After a turn: the list, the header, the banner, a stopped reply's mark, and the page's address."""
         user_id = self.user(token, request)
         radio, more = self.sidebar(user_id, int(limit or LIST_SIZE), thread_id, query)
-        return radio, more, *self.header(thread_id, user_id), self.stopped_tail(thread_id, user_id, chat), self.banner()
+        address = self.address(thread_id, token, request)  # a new thread is stored now: the page's address names it
+        return radio, more, *self.header(thread_id, user_id), self.stopped_tail(thread_id, user_id, chat), self.banner(), address
 
     def stopped_tail(self, thread_id: str | None, user_id: str, chat: list | None) -> Any:
         """The chat with its last bubble as stored if the newest reply was stopped (what was

@@ -3,6 +3,9 @@ the parts that run in the browser (its address, the phone layout, search marks).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -117,8 +120,19 @@ body:not(.replying) #stop, body.replying #send { display: none !important; }
 """
 
 
+def spare_the_server() -> None:
+    """Leave out two things Gradio does for every event that cost a busy chat server
+    about 15% of its CPU (py-spy on `bench.load`, 50 people): recomputing its
+    analytics summary (a pandas group-by over the last 10,000 events) after each
+    event, and trying to import matplotlib, when it is not installed, twice per event."""
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
+        sys.modules["matplotlib"] = None  # `import matplotlib` fails at once, as it would after the search
+
+
 def page(chat: WebChat) -> gr.Blocks:
     """The web chat's page, every event wired; `chat` answers them."""
+    spare_the_server()
     # Exports leave the server after their time (see ui.web.exports).
     with gr.Blocks(title="threadkeeper", delete_cache=(chat.exports.check_s, chat.exports.keep_s)) as demo:
         token = gr.BrowserState(None, storage_key="threadkeeper-identity", secret=chat.identity.browser_secret)
@@ -217,18 +231,17 @@ def page(chat: WebChat) -> gr.Blocks:
         # (respond_live, which Stop cancels), then bring the list, the header and the
         # banner up to date. A refused first step leaves no turn pending (None), so a
         # pending turn from before is never sent again.
-        no_turn = {"accept": (gr.skip(), gr.skip(), gr.skip(), None, gr.skip()), "other": (gr.skip(), None)}
+        no_turn = {"accept": (gr.skip(), gr.skip(), gr.skip(), None, gr.skip(), gr.skip()), "other": (gr.skip(), None)}
         # As many replies stream at once as the global cap allows (`Limits.streams`);
         # more wait in the queue. Each person's own limit is kept by `Turns.slot`.
         reply = (on_page(chat.respond_live), [pending, thread, chatbot, token], [chatbot])
         streams = {"concurrency_limit": chat.turns.limits.streams, "concurrency_id": "replies"}
-        refresh = (on_page(chat.refresh), [thread, token, limit, query, chatbot], [threads, more, *head, chatbot, banner])
+        refresh = (on_page(chat.refresh), [thread, token, limit, query, chatbot], [threads, more, *head, chatbot, banner, address])
         replies = []
         sent = gr.on(
             [send.click, box.submit], on_page(chat.accept, no_turn["accept"]), [box, thread, chatbot, editing, token],
-            [box, thread, chatbot, pending, editing], api_name="send",
+            [box, thread, chatbot, pending, editing, title], api_name="send",
         )
-        sent.success(on_page(chat.title_now), [pending, thread, token], [title], **private)
         for first in (
             sent,
             chatbot.edit(on_page(chat.edit_message, no_turn["other"]), [thread, start, chatbot, token], [chatbot, pending], api_name="edit_message"),
@@ -236,7 +249,7 @@ def page(chat: WebChat) -> gr.Blocks:
         ):
             streaming = first.success(*reply, api_name="respond", **streams, **private)
             first.success(None, None, None, js=SHOW_STOP)
-            address_follows(streaming.then(None, None, None, js=SHOW_SEND).then(*refresh, **private))  # a new thread is stored now
+            streaming.then(None, None, None, js=SHOW_SEND).then(*refresh, **private).then(None, [address], None, js=SHOW_ADDRESS)
             replies.append(streaming)
         stop.click(None, None, None, cancels=replies)
 
