@@ -77,7 +77,7 @@ def build_graph(
         model_writer(summary_model) if summary_model is not None else extractive_writer(counter),
         counter,
         budget=settings.summary_budget,
-        timeout_s=settings.timeout_s,
+        timeout_s=settings.timeout_s * (settings.max_retries + 1),
         chunk_tokens=settings.max_input_tokens - settings.summary_budget,
     )
     locate = _attachment_locator(checkpointer)

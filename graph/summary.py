@@ -274,6 +274,7 @@ class Summarizer:
         self.budget = budget
         """Tokens the memory block may take (`Settings.summary_budget`)."""
         self.timeout_s = timeout_s
+        """Seconds one summary call may take, its retries included; a job of several parts gets as many."""
         self.chunk_tokens = max(200, chunk_tokens)
         """Tokens of new messages sent in one summary call; more are folded in several calls."""
         self.calls = 0
@@ -339,7 +340,7 @@ class Summarizer:
         facts_tokens = self.counter.count_text(memory_block("", state.get("facts") or []))
         text_budget = max(20, self.budget - facts_tokens - self.counter.count_text(SUMMARY_HEADING) - 4)
         parts = self._parts(messages, summary.count, end)
-        job = _Job(base=summary, deadline=time.monotonic() + self.timeout_s * len(parts) + 1)
+        job = _Job(base=summary, deadline=time.monotonic() + self.timeout_s * len(parts))
         worker = threading.Thread(
             target=self._run, args=(key, job, messages, parts, text_budget), name="threadkeeper-summary", daemon=True
         )
