@@ -339,10 +339,11 @@ class Summarizer:
             return
         facts_tokens = self.counter.count_text(memory_block("", state.get("facts") or []))
         text_budget = max(20, self.budget - facts_tokens - self.counter.count_text(SUMMARY_HEADING) - 4)
-        parts = self._parts(messages, summary.count, end)
+        folding = messages[summary.count : end]  # the job's own list: the run goes on with the state's
+        parts = self._parts(folding)
         job = _Job(base=summary, deadline=time.monotonic() + self.timeout_s * len(parts))
         worker = threading.Thread(
-            target=self._run, args=(key, job, messages, parts, text_budget), name="threadkeeper-summary", daemon=True
+            target=self._run, args=(key, job, folding, parts, text_budget), name="threadkeeper-summary", daemon=True
         )
         with self._lock:
             self._jobs[key] = job
@@ -352,26 +353,28 @@ class Summarizer:
 
     # -- the background job ----------------------------------------------------
 
-    def _parts(self, messages: Sequence[BaseMessage], start: int, end: int) -> list[tuple[int, int]]:
-        """[start, end) cut into runs of whole turns of about `chunk_tokens` each."""
-        parts, begin, used = [], start, 0
-        for i in range(start, end):
-            if isinstance(messages[i], HumanMessage) and i > begin and used >= self.chunk_tokens:
+    def _parts(self, folding: Sequence[BaseMessage]) -> list[tuple[int, int]]:
+        """`folding` cut into runs of whole turns of about `chunk_tokens` each."""
+        parts, begin, used = [], 0, 0
+        for i, message in enumerate(folding):
+            if isinstance(message, HumanMessage) and i > begin and used >= self.chunk_tokens:
                 parts.append((begin, i))
                 begin, used = i, 0
-            used += self.counter.count(messages[i])
-        parts.append((begin, end))
+            used += self.counter.count(message)
+        parts.append((begin, len(folding)))
         return parts
 
-    def _run(self, key: tuple, job: _Job, messages: Sequence[BaseMessage], parts: list, text_budget: int) -> None:
+    def _run(self, key: tuple, job: _Job, folding: list[BaseMessage], parts: list, text_budget: int) -> None:
         summary = job.base
         try:
             for begin, end in parts:
-                self.calls += 1
-                text = (self.write(summary.text, messages[begin:end], text_budget) or "").strip()
+                with self._lock:
+                    self.calls += 1
+                text = (self.write(summary.text, folding[begin:end], text_budget) or "").strip()
                 if not text:
                     raise _EmptySummary
-                summary = RunningSummary(cut_to_tokens(text, self.counter, text_budget), end, messages[end - 1].id)
+                covered = job.base.count + end
+                summary = RunningSummary(cut_to_tokens(text, self.counter, text_budget), covered, folding[end - 1].id)
                 job.result = summary
         except Exception as exc:
             job.failed = True
