@@ -112,7 +112,7 @@ def build_graph(
         memory = summarizer.refresh(state, config) if settings.summary else {}
         prompt = with_memory(system_prompt(config)[0], {**state, **memory})
         previous = Window.from_state(state.get("window"))
-        window = choose_window(state["messages"], counter, settings.max_input_tokens, counter.count_text(prompt) + 4, previous)
+        window = choose_window(state["messages"], counter, settings.max_input_tokens, summarizer.tokens(prompt) + 4, previous)
         return {"window": window.as_state(), **memory}
 
     def model_call(state: ChatState, config: RunnableConfig) -> tuple[Any, list, Window]:

@@ -117,7 +117,7 @@ def extract_fact(text: str) -> str | None:
     Only a sentence that starts with it counts, and not a question: "do you
     remember what I said?" keeps nothing.
     """
-    found = _REMEMBER.search(text)
+    found = _REMEMBER.search(text) if "emember" in text or "EMEMBER" in text else None
     if found is None:
         return None
     fact = found.group("fact").strip()
@@ -280,6 +280,7 @@ class Summarizer:
         self.calls = 0
         """Summary calls made (the bench counts them)."""
         self._jobs: dict[tuple, _Job] = {}
+        self._sizes: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -311,7 +312,7 @@ class Summarizer:
         summary = RunningSummary.from_state(state.get("summary")).text
         facts = state.get("facts") or []
         block = memory_block(summary, facts)
-        if not block or self.counter.count_text(block) <= self.budget:
+        if not block or self.tokens(block) <= self.budget:
             return block
         room = self.budget - self.counter.count_text(memory_block("", facts) + "\n\n" + SUMMARY_HEADING) - 2
         return memory_block(cut_to_tokens(summary, self.counter, max(0, room)), facts)
@@ -350,6 +351,15 @@ class Summarizer:
             self._evict()
             self._threads = [t for t in self._threads if t.is_alive()] + [worker]
         worker.start()
+
+    def tokens(self, text: str) -> int:
+        """`counter.count_text`, remembered: the same block and prompt are counted at every step."""
+        found = self._sizes.get(text)
+        if found is None:
+            if len(self._sizes) >= 256:
+                self._sizes.clear()
+            found = self._sizes[text] = self.counter.count_text(text)
+        return found
 
     # -- the background job ----------------------------------------------------
 
