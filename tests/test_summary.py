@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from checkpointers import ThreadSaver
@@ -222,6 +222,7 @@ turns = st.lists(
 
 @hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=turns)
+@example(script=[(60, 2)] * 30)
 def test_no_model_input_holds_an_orphaned_tool_message_or_lacks_the_newest_human_message(tmp_path_factory, script):
     """Turns of varied sizes, some with one or two tool calls; a summary model that
     records what it folds."""
@@ -251,6 +252,8 @@ def test_no_model_input_holds_an_orphaned_tool_message_or_lacks_the_newest_human
         folded = new_messages(call)
         assert folded.count("Assistant used the tool") == folded.count("Tool result:")  # together or not at all
         assert folded.startswith("User: ")
+    if len(script) >= 30 and all(tools for _, tools in script):
+        assert any("Assistant used the tool" in new_messages(call) for call in summariser.inputs)  # the check above bit
 
 
 @hypothesis_settings(max_examples=300, deadline=None)
