@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.storage
 	$(PY) -m bench.agent
+	$(PY) -m bench.summary
 	$(PY) -m bench.web
 	$(PY) -m bench.retention
 	$(PY) -m bench.sessions

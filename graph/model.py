@@ -17,6 +17,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from graph.settings import CONNECT_HINT, Settings
+from graph.summary import SUMMARY_HEADING
 from graph.trimming import message_text
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,24 @@ def make_model(settings: Settings) -> BaseChatModel:
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,  # the OpenAI client backs off on 408/409/429/5xx
         stream_usage=True,
+    )
+
+
+def make_summary_model(settings: Settings) -> BaseChatModel | None:
+    """ChatOpenAI for summaries (`THREADKEEPER_SUMMARY_MODEL`, else the chat model), or
+    None when no model is connected (summaries are then extractive)."""
+    if not settings.model_connected:
+        return None
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=settings.summary_model or settings.model,
+        api_key=settings.api_key or "not-needed",
+        base_url=settings.base_url,
+        temperature=0,
+        timeout=settings.timeout_s,
+        max_retries=settings.max_retries,
+        max_tokens=settings.summary_budget,
     )
 
 
@@ -128,9 +147,11 @@ class OfflineChatModel(BaseChatModel):
         said = " ".join(message_text(humans[-1]).split()) if humans else ""
         if len(said) > 80:
             said = said[:79] + "…"
+        summarised = bool(messages) and SUMMARY_HEADING in message_text(messages[0])
         return (
             f"No language model is connected, so this is an automatic reply. "
-            f"Your message \"{said}\" is saved in this thread, with {len(humans)} of your messages in view."
+            f"Your message \"{said}\" is saved in this thread, with {len(humans)} of your messages in view"
+            + (" and a summary of the earlier ones." if summarised else ".")
             + (f" {CONNECT_HINT}" if self.setup_hint else "")
         )
 

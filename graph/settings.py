@@ -53,6 +53,24 @@ class Settings:
     query_timeout_s: float = 5.0
     """`THREADKEEPER_QUERY_TIMEOUT`: seconds a database-tool query may run."""
 
+    summary: bool = True
+    """`THREADKEEPER_SUMMARY`: `on` (default) or `off`. On, what trimming leaves out of
+    the model's input is folded into a running summary kept in the thread's state
+    (`graph/summary.py`), and "remember that ..." facts are kept verbatim beside it."""
+
+    summary_max_tokens: int = 600
+    """`THREADKEEPER_SUMMARY_MAX_TOKENS`: the most the summary and kept facts take of the
+    model's input; never more than a quarter of `max_input_tokens` (see `summary_budget`)."""
+
+    summary_model: str | None = None
+    """`THREADKEEPER_SUMMARY_MODEL`: a cheaper model for summaries on the same server;
+    by default `model`. With no model connected, summaries are extractive."""
+
+    @property
+    def summary_budget(self) -> int:
+        """Tokens the summary and kept facts may take: the window keeps at least a quarter."""
+        return min(self.summary_max_tokens, self.max_input_tokens // 4)
+
     @property
     def model_connected(self) -> bool:
         return bool(self.api_key or self.base_url)
@@ -80,19 +98,22 @@ class Settings:
             "tokenizer": "THREADKEEPER_TOKENIZER",
             "query_row_limit": "THREADKEEPER_QUERY_ROW_LIMIT",
             "query_timeout_s": "THREADKEEPER_QUERY_TIMEOUT",
+            "summary": "THREADKEEPER_SUMMARY",
+            "summary_max_tokens": "THREADKEEPER_SUMMARY_MAX_TOKENS",
+            "summary_model": "THREADKEEPER_SUMMARY_MODEL",
         }
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(names[f.name], "").strip()
             if not raw:
                 continue
-            kind = {"float": float, "int": int}.get(str(f.type).split(" ")[0], str)
+            kind = {"float": float, "int": int, "bool": _on_off}.get(str(f.type).split(" ")[0], str)
             try:
                 value = kind(raw)
             except ValueError:
-                noun = {"int": "whole number", "float": "number"}[kind.__name__]
-                raise ValueError(f"{names[f.name]} must be a {noun}, not {raw!r}") from None
-            if kind is not str and value <= 0 and f.name not in ("temperature", "max_retries"):
+                noun = {"int": "a whole number", "float": "a number", "_on_off": "on or off"}[kind.__name__]
+                raise ValueError(f"{names[f.name]} must be {noun}, not {raw!r}") from None
+            if kind in (int, float) and value <= 0 and f.name not in ("temperature", "max_retries"):
                 raise ValueError(f"{names[f.name]} must be positive, not {raw!r}")
             if f.name == "max_retries" and value < 0:
                 raise ValueError(f"{names[f.name]} must be 0 or more, not {raw!r}")
@@ -100,6 +121,15 @@ class Settings:
         if values.get("max_input_tokens", 4000) < 100:  # type: ignore[operator]
             raise ValueError("THREADKEEPER_MAX_INPUT_TOKENS must be at least 100")
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _on_off(raw: str) -> bool:
+    word = raw.lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(raw)
 
 
 CONNECT_HINT = (

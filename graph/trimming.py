@@ -60,7 +60,7 @@ def message_text(message: BaseMessage) -> str:
     )
 
 
-def _last_human(messages: Sequence[BaseMessage]) -> int | None:
+def last_human(messages: Sequence[BaseMessage]) -> int | None:
     for i in range(len(messages) - 1, -1, -1):
         if isinstance(messages[i], HumanMessage):
             return i
@@ -94,18 +94,12 @@ def choose_window(
     """
     available = budget - system_tokens
     n = len(messages)
-    newest = _last_human(messages)
+    newest = last_human(messages)
     if newest is None:
         return Window(start=n, tokens=0, end=n, available=available)
     if _still_valid(previous, messages, available) and previous.start <= newest:
         used = previous.tokens + sum(counter.count(m) for m in messages[previous.end :])
-        start = previous.start
-        while used > available and start < newest:
-            j = start + 1
-            while not isinstance(messages[j], HumanMessage):
-                j += 1
-            used -= sum(counter.count(m) for m in messages[start:j])
-            start = j
+        start, used = drop_oldest_turns(messages, counter, previous.start, used, available, newest)
         if used <= available:
             return _window(messages, start, used, available, previous.recount_in - 1)
     required = sum(counter.count(m) for m in messages[newest:])
@@ -124,6 +118,23 @@ def choose_window(
             break
         used, start = used + block, j
     return _window(messages, start, used, available, RECOUNT_EVERY)
+
+
+def drop_oldest_turns(
+    messages: Sequence[BaseMessage], counter: TokenCounter, start: int, used: int, limit: int, newest: int
+) -> tuple[int, int]:
+    """Drop whole turns from `start` on until `used` tokens fit `limit`, never past `newest`.
+
+    A turn runs from a human message to the next one, so a tool call always
+    goes with its results. Returns the new start and the tokens left.
+    """
+    while used > limit and start < newest:
+        j = start + 1
+        while not isinstance(messages[j], HumanMessage):
+            j += 1
+        used -= sum(counter.count(m) for m in messages[start:j])
+        start = j
+    return start, used
 
 
 def _window(messages: Sequence[BaseMessage], start: int, used: int, available: int, recount_in: int) -> Window:
