@@ -38,6 +38,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checkpointers import stats
+
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
 
@@ -346,6 +348,9 @@ class Sweeper:
                     (report.started_at, report.finished_at, report.strategy, report.cutoff, report.threads,
                      report.bytes, int(report.dry_run), self.owner),
                 )
+                if not report.dry_run:  # usage statistics
+                    stats.sweep_recorded(self.saver.conn, report.threads, self.policy.strategy == "keep_latest",
+                                         stats.sqlite_file_bytes(self.saver.conn))
         return report
 
     # -- one sweeper per database ----------------------------------------------
