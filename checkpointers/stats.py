@@ -37,10 +37,14 @@ UPDATE`, `excluded.`) except `SQLITE_USAGE_TRIGGER`, and the database size
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from checkpointers.sqlite import ThreadSaver
 
 MESSAGE_KINDS = ("human", "ai", "tool", "other")
 """The message columns of `usage_days` are `<kind>_messages`."""
@@ -292,3 +296,47 @@ def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top
             {"user_id": u, "messages": m, "threads_created": t, "active_days": d} for u, m, t, d in users
         ],
     }
+
+
+# -- for the app: one read transaction each ----------------------------------------
+
+
+def disk_bytes(saver: ThreadSaver) -> int:
+    """What the store takes on disk: its file and its WAL."""
+    total = 0
+    for path in (saver.path, saver.path.with_name(saver.path.name + "-wal")):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def usage(saver: ThreadSaver, days: int | None) -> dict[str, Any]:
+    """`read` on the saver's store, in one read transaction."""
+    with saver._read(flush=False) as conn:
+        return read(conn, days, database_bytes=disk_bytes(saver))
+
+
+def store_figures(saver: ThreadSaver) -> dict[str, int]:
+    """The few figures a metrics scrape reads: threads, database bytes, sweeps, swept threads."""
+    with saver._read(flush=False) as conn:
+        threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+        sweeps, swept = conn.execute(
+            "SELECT coalesce(sum(sweeps), 0), coalesce(sum(threads_swept), 0) FROM usage_days"
+        ).fetchone()
+    return {"threads": threads, "database_bytes": disk_bytes(saver), "sweeps": sweeps, "threads_swept": swept}
+
+
+def readiness(saver: ThreadSaver) -> str | None:
+    """None if the store answers and its schema is this release's; else one sentence why not."""
+    from checkpointers.schema import LATEST_VERSION, current_version
+
+    try:
+        with saver._read(flush=False) as conn:
+            version = current_version(conn)
+    except sqlite3.Error as exc:
+        return f"the store does not answer: {type(exc).__name__}"
+    if version != LATEST_VERSION:
+        return f"the store's schema is version {version}, not {LATEST_VERSION}"
+    return None

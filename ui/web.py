@@ -44,6 +44,7 @@ from checkpointers.storable import check_text
 from checkpointers.threads import message_text, title_from_messages
 from graph import ModelError, Settings, build_graph
 from graph.model import OfflineChatModel
+from ui import metrics
 from ui.identity import Identity, IdentityError, load_secret, load_users
 
 log = logging.getLogger("threadkeeper.web")
@@ -547,13 +548,17 @@ class WebChat:
             return
         user_id, turn_input = turn
         reply = StreamedReply(chat)
+        timer = metrics.turn(thread_id)  # ops: the turn's metrics (ui/metrics.py)
         try:
-            for chunk, meta in self.graph.stream(turn_input, self.config(thread_id, user_id), stream_mode="messages"):
+            for chunk, meta in self.graph.stream(turn_input, timer.config(self.config(thread_id, user_id)), stream_mode="messages"):
                 if reply.add(chunk, meta):
                     yield reply.chat
+            timer.answered()  # ops
         except (ModelError, StoreError) as exc:
             yield self._failed(reply, thread_id, exc)
             return
+        finally:
+            timer.end()  # ops
         yield self._answered(reply, thread_id, user_id)
 
     async def respond_live(self, pending: dict | None, thread_id: str, chat: list, token: str | None, request: gr.Request) -> AsyncIterator[list]:
@@ -571,11 +576,13 @@ class WebChat:
         user_id, turn_input = turn
         config = self.config(thread_id, user_id)
         reply = StreamedReply(chat)
+        timer = metrics.turn(thread_id)  # ops: the turn's metrics (ui/metrics.py)
         try:
-            async with contextlib.aclosing(self.graph.astream(turn_input, config, stream_mode="messages")) as stream:
+            async with contextlib.aclosing(self.graph.astream(turn_input, timer.config(config), stream_mode="messages")) as stream:
                 async for chunk, meta in stream:
                     if reply.add(chunk, meta):
                         yield reply.chat
+            timer.answered()  # ops
         except (ModelError, StoreError) as exc:
             yield self._failed(reply, thread_id, exc)
             return
@@ -584,6 +591,8 @@ class WebChat:
             # generator if Stop came between two; the graph's run is closed either way.
             await self._keep_stopped(config, reply.step_text)
             raise
+        finally:
+            timer.end()  # ops
         yield self._answered(reply, thread_id, user_id)
 
     async def _keep_stopped(self, config: dict, shown: str) -> None:
@@ -598,6 +607,7 @@ class WebChat:
 
     def _failed(self, reply: StreamedReply, thread_id: str, exc: Exception) -> list:
         log.warning("turn failed in thread %s: %r", thread_id, exc)
+        metrics.turn_failed(thread_id, exc)  # ops
         if isinstance(exc, ModelError):
             self.model_trouble = exc.reason
         # A model error says how to retry; a store error left nothing of the turn to
