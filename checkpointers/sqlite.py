@@ -399,8 +399,6 @@ class _PreMessage:
     message its id in place, and may do so after a task's writes were encoded on
     another thread. `_store_message` encodes it again if it has one by then, so the
     write and the history hold one row, as when the write waits for nothing."""
-    figures: tuple[int, int, int, int, int] | None = None
-    """`stats.figures` of the message, taken with `words` (the message itself is not kept then)."""
 
 
 @dataclass(slots=True)
@@ -648,8 +646,10 @@ class _ThreadTxn:
     def add_row(self, *row: Any) -> None:
         self.rows.append(row + _PADDING[len(row)])
 
-    def count_message(self, figures: tuple[int, int, int, int, int]) -> None:
+    def count_message(self, figures: tuple[int, int, int, int, int] | None) -> None:
         """Usage statistics: one new message of this write (see `stats.figures`)."""
+        if figures is None:
+            return
         if self.usage is None:
             self.usage = stats.Tally()
         self.usage.add(figures)
@@ -1333,7 +1333,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
         unnamed = message if message.id is None else None
         if words:
-            return _PreMessage(type_, blob, digest, self._search_words(message), unnamed=unnamed, figures=stats.figures(message))
+            return _PreMessage(type_, blob, digest, self._search_words(message), unnamed=unnamed)
         return _PreMessage(type_, blob, digest, None, message, unnamed)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage | _PreMessage) -> int:
@@ -1356,7 +1356,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         blob = pre.blob if self._cipher is None else self._cipher.seal(pre.blob, message_place(txn.thread_key, no))
         txn.add_row(ROW_MESSAGE, txn.thread_key, no, pre.type_, blob)
         txn.stored_messages += 1
-        txn.count_message(pre.figures if pre.message is None else stats.figures(pre.message))  # usage statistics
         words = pre.words if pre.message is None else self._search_words(pre.message)
         if words:
             txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), search.backlog_body(words))
@@ -1404,6 +1403,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 nos = base.nos + [self._store_message(txn, m) for m in fresh]
                 snaps = base.snaps + [_snapshot(m) for m in fresh]
                 keep = n_base
+                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                    for m in fresh:
+                        txn.count_message(stats.figures(m))
             else:
                 intact = {
                     id(o): (n, snap)
@@ -1419,9 +1421,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     snaps.append(found[1] if found else _snapshot(m))
                 while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
                     keep += 1
+                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                    had = set(base.nos)
+                    for m, no in zip(messages, nos):
+                        if no not in had:
+                            txn.count_message(stats.figures(m))
         else:
             nos = [self._store_message(txn, m) for m in messages]
             snaps = [_snapshot(m) for m in messages]
+            if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                for m in messages:
+                    txn.count_message(stats.figures(m))
         value_no = txn.value_no()
         appended = len(nos) - keep
         if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):

@@ -8,10 +8,10 @@ text, titles or thread ids; users appear by id with counts only.
 Counters are kept in the transaction of the write they count, never by
 scanning messages afterwards:
 
-* a new message (one the store writes as a row) is counted by the saver's
-  write path: `figures(message)` when it is serialised, a `Tally` per thread
-  write, and one `usage_days` upsert plus one `usage_user_days` upsert in the
-  same statement as the thread's rows (the SQLite engine sends the tally as a
+* a message is counted when it first appears in a thread's conversation (the
+  `messages` channel of the root namespace, against the list stored before):
+  `figures(message)`, a `Tally` per thread write, and one `usage_days` upsert
+  plus one `usage_user_days` upsert in the same statement as the thread's rows (the SQLite engine sends the tally as a
   row of its `write_rows` view, see `SQLITE_USAGE_TRIGGER`; an engine without
   that view calls `record_tally`);
 * thread creation, deletion, sweeps and attachments call the small functions
@@ -92,11 +92,15 @@ def _text_length(content: Any) -> int:
     return 0
 
 
-def figures(message: Any) -> tuple[int, int, int, int, int]:
+def figures(message: Any) -> tuple[int, int, int, int, int] | None:
     """What one new message adds: (kind index in `MESSAGE_KINDS`, tokens in, tokens out,
-    estimated tokens in, estimated tokens out). A microsecond or so: attribute reads
-    and one `len`."""
-    kind = _KIND_OF_TYPE.get(getattr(message, "type", None), 3)
+    estimated tokens in, estimated tokens out); None for a `RemoveMessage` (an edit's
+    instruction to drop messages, stored with the write that carries it, not a message
+    of the conversation). A microsecond or so: attribute reads and one `len`."""
+    type_ = getattr(message, "type", None)
+    if type_ == "remove":
+        return None
+    kind = _KIND_OF_TYPE.get(type_, 3)
     estimate = -(-_text_length(getattr(message, "content", "")) // CHARS_PER_TOKEN)
     if kind == 1:
         usage = getattr(message, "usage_metadata", None) or {}
