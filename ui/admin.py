@@ -192,7 +192,7 @@ class AdminPage:
                 with gr.Row():
                     tokens = gr.BarPlot(x="day", y="tokens", color="kind", title="Tokens per day", x_title="day (UTC)",
                                         elem_id="plot-tokens")
-                    database = gr.LinePlot(x="day", y="MB", title="Database size", x_title="day (UTC)",
+                    database = gr.BarPlot(x="day", y="MB", title="Database size (at the day's last write)", x_title="day (UTC)",
                                            elem_id="plot-database")
                 sweeps = gr.BarPlot(x="day", y="count", color="kind", title="Sweeps and deletions per day",
                                     x_title="day (UTC)", elem_id="plot-sweeps")
