@@ -26,8 +26,9 @@ Tables a user can query by hand:
 * `sweeps`: one row per retention sweep: when, how many threads, how many bytes.
 * `message_metadata`: typed metadata and given creation times of messages
   written through the sessions API or an import (`saver.sessions`).
-* `usage_days`, `usage_user_days`: usage statistics, one row per UTC day (and
-  per active user and day), kept as the store writes (see `checkpointers/stats.py`).
+* `usage_days`, `usage_user_days`, `usage_users`: usage statistics, one row per
+  UTC day, per active user and day, and per user, kept as the store writes
+  (see `checkpointers/stats.py`).
 """
 
 from __future__ import annotations
@@ -280,6 +281,19 @@ def m007_usage_stats(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """
     )
+    # Each user's figures over all time, so "active in the last N days" and "most active
+    # ever" read one row per user instead of one per user and day.
+    conn.execute(
+        """
+        CREATE TABLE usage_users (
+            user_id TEXT PRIMARY KEY,
+            last_day TEXT NOT NULL,
+            active_days INTEGER NOT NULL DEFAULT 0,
+            messages INTEGER NOT NULL DEFAULT 0,
+            threads_created INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID
+        """
+    )
     conn.execute(
         "INSERT INTO usage_days (day, threads_created) "
         "SELECT substr(created_at, 1, 10), count(*) FROM threads GROUP BY 1"
@@ -287,6 +301,10 @@ def m007_usage_stats(conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT INTO usage_user_days (day, user_id, threads_created) "
         "SELECT substr(created_at, 1, 10), user_id, count(*) FROM threads WHERE user_id IS NOT NULL GROUP BY 1, 2"
+    )
+    conn.execute(
+        "INSERT INTO usage_users (user_id, last_day, active_days, threads_created) "
+        "SELECT user_id, max(day), count(*), sum(threads_created) FROM usage_user_days GROUP BY user_id"
     )
 
 

@@ -18,9 +18,10 @@ scanning messages afterwards:
   below (`thread_created`, `threads_deleted`, `sweep_recorded`,
   `attachment_added`) inside the transaction that does the work.
 
-A year of use is 365 `usage_days` rows, and one `usage_user_days` row per
-user per day they were active, so `read` answers from a few hundred rows
-whatever the store holds (measured: see `bench/ops.py`).
+A year of use is 365 `usage_days` rows, one `usage_user_days` row per user
+per day they were active, and one `usage_users` row per user (their totals
+and last active day), so `read` answers from a few hundred rows plus one per
+user, whatever the store holds (measured: see `bench/ops.py`).
 
 Tokens: `tokens_in`/`tokens_out` are what the model reported for its replies
 (`AIMessage.usage_metadata`), exact where it reports them. Alongside,
@@ -142,6 +143,11 @@ CREATE TEMP TRIGGER IF NOT EXISTS write_rows_usage INSTEAD OF INSERT ON write_ro
         SELECT NEW.a, user_id, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
         WHERE thread_key = NEW.b AND user_id IS NOT NULL
     ON CONFLICT (day, user_id) DO UPDATE SET messages = messages + excluded.messages;
+    INSERT INTO usage_users (user_id, last_day, active_days, messages)
+        SELECT user_id, NEW.a, 1, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
+        WHERE thread_key = NEW.b AND user_id IS NOT NULL
+    ON CONFLICT (user_id) DO UPDATE SET messages = messages + excluded.messages,
+        active_days = active_days + (last_day IS NOT excluded.last_day), last_day = excluded.last_day;
 END;
 """
 """The SQLite engine's hook: a row of kind `kind` in its `write_rows` view is one
@@ -189,11 +195,19 @@ def record_user(conn: Any, day: str | None, user_id: str, **counts: int) -> None
     if unknown or not counts:
         raise ValueError(f"unknown per-user usage counters: {sorted(unknown) or 'none given'}")
     names = list(counts)
+    day = day or today()
     updates = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+    marks = ", ".join("?" * len(names))
     conn.execute(
-        f"INSERT INTO usage_user_days (day, user_id, {', '.join(names)}) VALUES (?, ?, {', '.join('?' * len(names))}) "
+        f"INSERT INTO usage_user_days (day, user_id, {', '.join(names)}) VALUES (?, ?, {marks}) "
         f"ON CONFLICT (day, user_id) DO UPDATE SET {updates}",
-        [day or today(), user_id, *counts.values()],
+        [day, user_id, *counts.values()],
+    )
+    conn.execute(
+        f"INSERT INTO usage_users (user_id, last_day, active_days, {', '.join(names)}) VALUES (?, ?, 1, {marks}) "
+        f"ON CONFLICT (user_id) DO UPDATE SET {updates}, active_days = active_days + (last_day IS NOT excluded.last_day), "
+        "last_day = max(last_day, excluded.last_day)",
+        [user_id, day, *counts.values()],
     )
 
 
@@ -259,19 +273,27 @@ def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top
         row["messages"] = sum(row[f"{k}_messages"] for k in MESSAGE_KINDS)
 
     def distinct_users(first: str | None) -> int:
+        # A period always ends today: a user was active in it if their last active day is in it.
         if first is None:
-            return conn.execute("SELECT count(DISTINCT user_id) FROM usage_user_days").fetchone()[0]
-        return conn.execute("SELECT count(DISTINCT user_id) FROM usage_user_days WHERE day >= ?", (first,)).fetchone()[0]
+            return conn.execute("SELECT count(*) FROM usage_users").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM usage_users WHERE last_day >= ?", (first,)).fetchone()[0]
 
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in DAY_COLUMNS}
     totals["messages"] = sum(totals[f"{k}_messages"] for k in MESSAGE_KINDS)
     threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
     attachments, attachment_bytes = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM attachments").fetchone()
-    users = conn.execute(
-        f"SELECT user_id, sum(messages), sum(threads_created), count(*) FROM usage_user_days{since} "
-        "GROUP BY user_id ORDER BY sum(messages) DESC, user_id LIMIT ?",
-        (*params, top_users),
-    ).fetchall()
+    if start is None:
+        users = conn.execute(
+            "SELECT user_id, messages, threads_created, active_days FROM usage_users "
+            "ORDER BY messages DESC, user_id LIMIT ?",
+            (top_users,),
+        ).fetchall()
+    else:
+        users = conn.execute(
+            "SELECT user_id, sum(messages), sum(threads_created), count(*) FROM usage_user_days WHERE day >= ? "
+            "GROUP BY user_id ORDER BY sum(messages) DESC, user_id LIMIT ?",
+            (start, top_users),
+        ).fetchall()
     last_sweep = conn.execute(
         "SELECT finished_at, strategy, threads, bytes FROM sweeps WHERE dry_run = 0 ORDER BY sweep_no DESC LIMIT 1"
     ).fetchone()
