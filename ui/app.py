@@ -11,12 +11,13 @@
     /admin/             the admin page (`ui/admin.py`), mounted when anyone can be an admin
     /                   the web chat (`ui/web.py`), through `gr.mount_gradio_app`
 
-`threadkeeper serve` runs it with uvicorn (`serve`). On SIGTERM uvicorn stops
-taking connections and waits up to the grace period for those open, so
-streaming replies finish; then `drain` cuts any still running (each keeps the
-person's message and what the reply had shown, as Stop does), the sweeper
-ends after its current batch and lets go of its lease, and the caller closes
-the store, which commits what waits to be written.
+`threadkeeper serve` runs it with uvicorn (`serve`). On SIGTERM it stops
+taking connections and waits up to the grace period for streaming replies to
+finish, their connections still open; then it cuts any still running (each
+keeps the person's message and what the reply had shown, as Stop does),
+uvicorn closes the connections left (pages' heartbeats), the sweeper ends
+after its current batch and lets go of its lease, and the caller closes the
+store, which commits what waits to be written.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ log = logging.getLogger("threadkeeper.app")
 GRACE_VARIABLE = "THREADKEEPER_SHUTDOWN_GRACE_S"
 GRACE_S = 20.0
 """Seconds a shutdown waits for streaming replies before it cuts them."""
+CONNECTIONS_GRACE_S = 2
+"""Seconds uvicorn then gives the connections still open (pages' heartbeat streams)."""
 
 
 def grace_s(environ: dict[str, str] | None = None) -> float:
@@ -71,7 +74,8 @@ class Lifecycle:
         self.draining = False
         self.stopped = threading.Event()
 
-    async def drain(self) -> None:
+    async def drain_turns(self) -> None:
+        """Wait up to the grace period for streaming turns, then cut the rest (as Stop does)."""
         self.draining = True
         deadline = time.monotonic() + self.grace_s
         while metrics.active_turns() and time.monotonic() < deadline:
@@ -83,6 +87,10 @@ class Lifecycle:
                 if not metrics.active_turns():
                     break
                 await asyncio.sleep(0.05)
+
+    async def drain(self) -> None:
+        """At the app's shutdown: no turn left streaming, the sweeper stopped."""
+        await self.drain_turns()
         self.stopped.set()
         for stop in self.on_stop:
             await asyncio.to_thread(stop)
@@ -182,9 +190,22 @@ def serve(app: FastAPI, host: str, port: int, *, grace: float | None = None) -> 
     """Run `app` with uvicorn on one port until SIGTERM or SIGINT, then shut down gracefully."""
     import uvicorn
 
-    wait = app.state.lifecycle.grace_s if grace is None else grace
+    lifecycle: Lifecycle = app.state.lifecycle
+    if grace is not None:
+        lifecycle.grace_s = grace
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list | None = None) -> None:
+            # Streams end (or are cut) while their connections are still open, so
+            # their pages get the end; then uvicorn closes what is left (a page's
+            # heartbeat stream never ends by itself) after CONNECTIONS_GRACE_S.
+            for server in self.servers:
+                server.close()
+            await lifecycle.drain_turns()
+            await super().shutdown(sockets=sockets)
+
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=max(1, int(wait)),
+        app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=CONNECTIONS_GRACE_S,
         lifespan="on",
     )
     # uvicorn hands a SIGTERM it handled back to the handler it found, once it has shut
@@ -192,6 +213,6 @@ def serve(app: FastAPI, host: str, port: int, *, grace: float | None = None) -> 
     # (committing what waits to be written). This one lets the caller finish.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        uvicorn.Server(config).run()
+        Server(config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
