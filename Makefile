@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m bench.import_stock
 	$(PY) -m bench.crash
 	$(PY) -m bench.hostile
+	$(PY) -m bench.ops
 
 clean:
 	rm -rf $(VENV) .pytest_cache

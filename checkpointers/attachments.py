@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checkpointers import stats
 from checkpointers.encryption import attachment_place
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.storable import check_id, storable_text
@@ -340,6 +341,7 @@ class AttachmentStore:
                         "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
                         (thread_id, owner, now, now),
                     ).lastrowid
+                    stats.thread_created(self._saver.conn, owner)  # usage statistics
                 else:
                     thread_key = row[0]
                 old = self._saver.conn.execute(
@@ -357,6 +359,7 @@ class AttachmentStore:
                         now,
                     ),
                 )
+                stats.attachment_added(self._saver.conn)  # usage statistics
                 if old:
                     after_commit.append(lambda: self._unlink([old[0]]))
         except BaseException:

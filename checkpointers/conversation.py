@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
 
+from checkpointers import stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.threads import ANY_USER
@@ -201,6 +202,7 @@ def restore(
                     "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
                     (thread_id, user_id, now, now),
                 )
+                stats.thread_created(conn, user_id)  # usage statistics
             conn.execute(
                 "UPDATE threads SET user_id = ?, created_at = ?, updated_at = ?, pinned = ?, metadata = ? "
                 + ("" if title is DERIVED else ", title = ?")

@@ -38,6 +38,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checkpointers import stats
+
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
 
@@ -201,8 +203,11 @@ class Sweeper:
         clock: Callable[[], datetime] | None = None,
         pause_s: float = 0.001,
         yield_factor: float = 3.0,
+        stop: threading.Event | None = None,
     ) -> None:
+        """`stop`: once set, the sweep ends after its current batch (a server shutting down)."""
         self.saver = saver
+        self.stop = stop
         self.policy = policy
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.pause_s = pause_s
@@ -269,7 +274,7 @@ class Sweeper:
             seen = 0
             size = min(self.first_batch, self.policy.batch_size)
             renewed = time.monotonic()
-            while seen < self.policy.sweep_limit and (
+            while seen < self.policy.sweep_limit and not (self.stop is not None and self.stop.is_set()) and (
                 batch := self.expired(cutoff, min(size, self.policy.sweep_limit - seen), after)
             ):
                 began = time.perf_counter()
@@ -346,6 +351,9 @@ class Sweeper:
                     (report.started_at, report.finished_at, report.strategy, report.cutoff, report.threads,
                      report.bytes, int(report.dry_run), self.owner),
                 )
+                if not report.dry_run:  # usage statistics
+                    stats.sweep_recorded(self.saver.conn, report.threads, self.policy.strategy == "keep_latest",
+                                         stats.sqlite_file_bytes(self.saver.conn))
         return report
 
     # -- one sweeper per database ----------------------------------------------
@@ -436,12 +444,13 @@ class SweepLoop:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the loop; a sweep in progress ends after its current batch and lets go of its lease."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        sweeper = Sweeper(self.saver, self.policy)
+        sweeper = Sweeper(self.saver, self.policy, stop=self._stop)
         sweeper.wait_for_wal = False
         while not self._stop.is_set():
             try:

@@ -26,15 +26,21 @@ Tables a user can query by hand:
 * `sweeps`: one row per retention sweep: when, how many threads, how many bytes.
 * `message_metadata`: typed metadata and given creation times of messages
   written through the sessions API or an import (`saver.sessions`).
+* `usage_days`, `usage_user_days`, `usage_users`: usage statistics, one row per
+  UTC day, per active user and day, and per user, kept as the store writes
+  (see `checkpointers/stats.py`).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timezone
 
 from checkpointers.errors import ForeignDatabaseError, SchemaTooNewError
+
+log = logging.getLogger("threadkeeper.schema")
 
 
 def m001_initial(conn: sqlite3.Connection) -> None:
@@ -254,6 +260,54 @@ def m006_search_backlog(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE search_backlog (message_key INTEGER PRIMARY KEY, body TEXT NOT NULL)")
 
 
+def m007_usage_stats(conn: sqlite3.Connection) -> None:
+    # Counters only ever grow (see checkpointers/stats.py); they start at this
+    # migration, except threads: those already stored are counted on the day
+    # they were created, so `threads_created` agrees with the thread index.
+    counters = ",\n".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in (
+        "threads_created", "threads_deleted", "threads_swept", "sweeps", "human_messages", "ai_messages",
+        "tool_messages", "other_messages", "tokens_in", "tokens_out", "estimated_tokens_in",
+        "estimated_tokens_out", "attachments_added",
+    ))
+    conn.execute(f"CREATE TABLE usage_days (day TEXT PRIMARY KEY, {counters}, database_bytes INTEGER) WITHOUT ROWID")
+    conn.execute(
+        """
+        CREATE TABLE usage_user_days (
+            day TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            messages INTEGER NOT NULL DEFAULT 0,
+            threads_created INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, user_id)
+        ) WITHOUT ROWID
+        """
+    )
+    # Each user's figures over all time, so "active in the last N days" and "most active
+    # ever" read one row per user instead of one per user and day.
+    conn.execute(
+        """
+        CREATE TABLE usage_users (
+            user_id TEXT PRIMARY KEY,
+            last_day TEXT NOT NULL,
+            active_days INTEGER NOT NULL DEFAULT 0,
+            messages INTEGER NOT NULL DEFAULT 0,
+            threads_created INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute(
+        "INSERT INTO usage_days (day, threads_created) "
+        "SELECT substr(created_at, 1, 10), count(*) FROM threads GROUP BY 1"
+    )
+    conn.execute(
+        "INSERT INTO usage_user_days (day, user_id, threads_created) "
+        "SELECT substr(created_at, 1, 10), user_id, count(*) FROM threads WHERE user_id IS NOT NULL GROUP BY 1, 2"
+    )
+    conn.execute(
+        "INSERT INTO usage_users (user_id, last_day, active_days, threads_created) "
+        "SELECT user_id, max(day), count(*), sum(threads_created) FROM usage_user_days GROUP BY user_id"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
     m002_attachments,
@@ -261,6 +315,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m004_session_messages,
     m005_retention,
     m006_search_backlog,
+    m007_usage_stats,
 ]
 LATEST_VERSION = len(MIGRATIONS)
 
@@ -327,3 +382,5 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    if version < LATEST_VERSION:
+        log.info("migrated the schema of %s from version %d to %d", path, version, LATEST_VERSION)

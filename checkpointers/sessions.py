@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import BaseMessage, RemoveMessage
 
-from checkpointers import conversation, metadata as md
+from checkpointers import conversation, metadata as md, stats
 from checkpointers.conversation import Conversation, as_message, from_micros, iso, to_micros
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.metadata import MetadataFilter
@@ -217,6 +217,7 @@ class SessionStore:
                         now, now, stored,
                     ),
                 )
+                stats.thread_created(conn, None if user_id is ANY_USER else user_id)  # usage statistics
             elif user_id is not ANY_USER and row[0] != user_id:
                 raise ThreadNotFoundError(session_id)
             else:

@@ -85,7 +85,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
-from checkpointers import checkpoint_codec, codec, encryption, reseal, search
+from checkpointers import checkpoint_codec, codec, encryption, reseal, search, stats
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -518,7 +518,7 @@ class _NeedsTransaction(Exception):
 
 
 # What each row of the `temp.write_rows` view holds (see `WRITE_ROWS_SQL`).
-ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD = range(1, 8)
+ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD, ROW_USAGE = range(1, 9)
 _ROW_WIDTH = 12
 
 NULL_PARAM = 0.5
@@ -563,7 +563,7 @@ CREATE TEMP TRIGGER IF NOT EXISTS write_rows_thread INSTEAD OF INSERT ON write_r
         title = coalesce(title, nullif(NEW.j, {NULL_PARAM})), user_id = coalesce(user_id, nullif(NEW.k, {NULL_PARAM}))
         WHERE thread_key = NEW.a;
 END;
-"""
+""" + stats.SQLITE_USAGE_TRIGGER.format(kind=ROW_USAGE)
 """One INSERT of rows into this view writes a whole thread write (a trigger per
 kind of row sends it to its table). Outside `BEGIN` that one statement is its own
 transaction: one call into SQLite, so a save running on a LangGraph worker
@@ -610,6 +610,8 @@ class _ThreadTxn:
     title: str | None = None
     sealed_title: str | None = None
     user_id: str | None = None
+    usage: stats.Tally | None = None
+    """The new messages this write stores, for the usage statistics (`checkpointers/stats.py`)."""
 
     def __post_init__(self) -> None:
         self.next_value_no = self.read.next_value_no
@@ -644,6 +646,14 @@ class _ThreadTxn:
     def add_row(self, *row: Any) -> None:
         self.rows.append(row + _PADDING[len(row)])
 
+    def count_message(self, figures: tuple[int, int, int, int, int] | None) -> None:
+        """Usage statistics: one new message of this write (see `stats.figures`)."""
+        if figures is None:
+            return
+        if self.usage is None:
+            self.usage = stats.Tally()
+        self.usage.add(figures)
+
     def write_rows(self) -> None:
         """Write the gathered rows in one statement (None and bytes as `WRITE_ROWS_SQL` says)."""
         if self.rows:
@@ -667,6 +677,10 @@ class _ThreadTxn:
             self.next_value_no, self.next_message_no, self.updated_at, self.message_count, self.sealed_title,
             self.user_id,
         ))
+        # -- usage statistics: the day's counters, in the same statement as the thread's rows
+        if self.usage is not None:
+            self.add_row(*stats.usage_row(ROW_USAGE, (self.updated_at or utc_now())[:10], read.thread_key, self.usage))
+        # --
         if self.in_transaction:
             try:
                 self.write_rows()
@@ -1033,6 +1047,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
                 (thread_id, user_id, now, now),
             )
+            stats.thread_created(self.conn, user_id)  # usage statistics
             row = (cur.lastrowid, 1, 1, 0, None)
         return _ThreadState(*row)
 
@@ -1388,6 +1403,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 nos = base.nos + [self._store_message(txn, m) for m in fresh]
                 snaps = base.snaps + [_snapshot(m) for m in fresh]
                 keep = n_base
+                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                    for m in fresh:
+                        txn.count_message(stats.figures(m))
             else:
                 intact = {
                     id(o): (n, snap)
@@ -1403,9 +1421,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                     snaps.append(found[1] if found else _snapshot(m))
                 while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
                     keep += 1
+                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                    had = set(base.nos)
+                    for m, no in zip(messages, nos):
+                        if no not in had:
+                            txn.count_message(stats.figures(m))
         else:
             nos = [self._store_message(txn, m) for m in messages]
             snaps = [_snapshot(m) for m in messages]
+            if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
+                for m in messages:
+                    txn.count_message(stats.figures(m))
         value_no = txn.value_no()
         appended = len(nos) - keep
         if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):
@@ -2178,6 +2204,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
                 )
+            # usage statistics: with `updated_before` this is the retention sweep's delete
+            stats.threads_deleted(self.conn, len(keys), swept=updated_before is not None)
             after_commit.append(lambda: self._forget(keys, deleted_ids))
             after_commit.append(lambda: self.attachments._unlink(files))
             if keys and purge:
@@ -2241,6 +2269,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 "metadata, next_value_no, next_message_no FROM threads WHERE thread_key = ?",
                 (target, now, now, src),
             ).lastrowid
+            stats.thread_created(self.conn, self.conn.execute(  # usage statistics
+                "SELECT user_id FROM threads WHERE thread_key = ?", (dst,)).fetchone()[0])
             for table, columns in _THREAD_TABLE_COLUMNS.items():
                 if table == "message_times":
                     # The trigger on `messages` dated the rows just copied now; they keep the source's times.

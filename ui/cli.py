@@ -7,6 +7,7 @@
     threadkeeper show THREAD_ID                  one thread's transcript
     threadkeeper attach THREAD_ID sales.db       give a thread a database to query
     threadkeeper status                          where the database is, what it holds
+    threadkeeper stats [--days 7] [--json]       usage statistics (counts only, no text)
 
 Commands that read or change what is stored never create a store: with no
 file where the URL points they say so, instead of answering from an empty one.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -140,20 +142,81 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from graph import Settings
+    from ui import logs
+    from ui.admin import AdminAccess
+    from ui.app import build_app, grace_s, serve
     from ui.web import WebChat
 
+    logs.configure()
     settings = Settings.from_env()
     policy = RetentionPolicy.from_env()
+    grace = grace_s()
     with open_saver(args.db) as saver:
         web = WebChat(saver, settings=settings)
+        access = AdminAccess.from_env(web.identity.sign_in)
         sweeping = SweepLoop(saver, policy).start()
         print(f"threadkeeper web chat on http://{args.host}:{args.port}  (database {saver.path.resolve()})", flush=True)
         print(settings.describe_model(), flush=True)
         print(policy.describe(), flush=True)
+        logging.getLogger("threadkeeper").info(logs.settings_line({
+            "host": args.host, "port": args.port, "database": saver.path.resolve(),
+            "model": settings.model if settings.model_connected else "offline",
+            "sign_in": "on" if web.identity.sign_in else "off",
+            "admin_page": "on" if access.enabled else "off",
+            "retention_days": f"{policy.days:g}", "log_format": logs.log_format(),
+            "shutdown_grace_s": f"{grace:g}",
+        }))
         try:
-            web.launch(args.host, args.port)
+            serve(build_app(web, access=access, on_stop=[sweeping.stop], shutdown_grace_s=grace), args.host, args.port)
         finally:
             sweeping.stop()
+    logging.getLogger("threadkeeper").info("stopped: pending writes committed, store closed")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+
+    from checkpointers import stats
+    from ui.admin import parse_days
+
+    days = parse_days(args.days)
+    with _existing_store(args) as saver:
+        figures = stats.usage(saver, days)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    t, s, period = figures["totals"], figures["store"], figures["period"]
+    print(f"store          {s['threads']:,} threads, {s['database_bytes'] / 1e6:,.2f} MB on disk, "
+          f"{s['attachments']:,} attachments ({s['attachment_bytes'] / 1e6:,.2f} MB)")
+    span = "all days" if period["days"] is None else f"{period['days']} days"
+    print(f"period         {period['first_day'] or '-'} to {period['last_day']} UTC ({span})")
+    print(f"messages       {t['messages']:,} ({t['human_messages']:,} human, {t['ai_messages']:,} AI, "
+          f"{t['tool_messages']:,} tool, {t['other_messages']:,} other)")
+    print(f"threads        {t['threads_created']:,} started, {t['threads_deleted']:,} deleted by users, "
+          f"{t['threads_swept']:,} swept in {t['sweeps']:,} sweeps")
+    print(f"active users   {t['active_users']:,} in the period; {t['active_users_7d']:,} in 7 days, "
+          f"{t['active_users_30d']:,} in 30 days")
+    print(f"tokens         {t['tokens_in']:,} in, {t['tokens_out']:,} out (reported by the model); "
+          f"about {t['estimated_tokens_in']:,} in, {t['estimated_tokens_out']:,} out (estimate)")
+    print(f"attachments    {t['attachments_added']:,} added")
+    if figures["days"]:
+        print()
+        print(f"{'DAY':<11} {'MSGS':>7} {'HUMAN':>7} {'AI':>7} {'TOOL':>6} {'USERS':>6} {'THREADS':>8} "
+              f"{'TOKENS IN':>10} {'OUT':>10} {'DB MB':>9}")
+        for d in figures["days"]:
+            tin = d["tokens_in"] or d["estimated_tokens_in"]
+            tout = d["tokens_out"] or d["estimated_tokens_out"]
+            approx = "" if d["tokens_in"] or d["tokens_out"] else "~"
+            size = "-" if d["database_bytes"] is None else f"{d['database_bytes'] / 1e6:,.2f}"
+            print(f"{d['day']:<11} {d['messages']:>7,} {d['human_messages']:>7,} {d['ai_messages']:>7,} "
+                  f"{d['tool_messages']:>6,} {d['active_users']:>6,} {d['threads_created']:>8,} "
+                  f"{approx + format(tin, ','):>10} {approx + format(tout, ','):>10} {size:>9}")
+    if figures["users"]:
+        print()
+        print(f"{'USER':<24} {'MSGS':>7} {'THREADS':>8} {'DAYS':>5}")
+        for u in figures["users"]:
+            print(f"{u['user_id'][:24]:<24} {u['messages']:>7,} {u['threads_created']:>8,} {u['active_days']:>5,}")
     return 0
 
 
@@ -422,6 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .db/.sqlite/.sqlite3 file or a .csv file")
     p.add_argument("--user", default=user_default, help="the thread's owner (default: any)")
     p.set_defaults(run=_attach)
+    p = sub.add_parser(
+        "stats",
+        help="usage statistics: messages, threads, active users, tokens, sweeps (counts only, no text)",
+        description="Prints the usage figures the store keeps by day (UTC), as the admin page and "
+        "GET /admin/stats show them. Users appear by id, with counts only; no message text or titles.",
+        epilog="example: threadkeeper stats --days 7   (machine-readable: threadkeeper stats --json)",
+    )
+    p.add_argument("--days", metavar="N", help="the last N days, today included (default: all)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (the /admin/stats document)")
+    p.set_defaults(run=_stats)
     p = sub.add_parser("status", help="show the database and what it holds", epilog="example: threadkeeper status")
     p.set_defaults(run=_status)
     p = sub.add_parser(

@@ -231,6 +231,10 @@ class Turns:
         """Replies in flight in this process, everyone's."""
         return sum(self._in_flight.values())
 
+    def replying(self, user_id: str) -> bool:
+        """Whether a reply of this person's is streaming now."""
+        return self._in_flight[user_id] > 0
+
     def busy(self, user_id: str) -> bool:
         """Whether one more turn of this person's would be refused by `slot`."""
         return self._in_flight[user_id] >= self.limits.per_user

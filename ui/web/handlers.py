@@ -22,6 +22,8 @@ from checkpointers.search import words_of
 from checkpointers.threads import message_text, title_from_messages
 from graph import ModelError, Settings, build_graph
 from graph.model import OfflineChatModel
+from graph.summary import ThreadMemory, clear_summary, set_facts, set_summary, summary_of
+from ui import metrics
 from ui.identity import Identity, IdentityError, load_secret, load_users
 from ui.turns import NOT_FOUND, STOPPED, Limits, ToolResult, TurnRefused, Turns, check_message
 from ui.web.events import Refusal, user_errors
@@ -298,12 +300,16 @@ class WebChat:
             return
         user_id, turn_input = turn
         reply = StreamedReply(chat)
+        timer = metrics.turn(thread_id)
         try:
-            for part in self.turns.reply_sync(turn_input, self.turns.config(thread_id, user_id)):
+            for part in self.turns.reply_sync(turn_input, timer.config(self.turns.config(thread_id, user_id))):
                 yield reply.add(part)
+            timer.answered()
         except (ModelError, StoreError) as exc:
             yield self._failed(reply, thread_id, exc)
             return
+        finally:
+            timer.end()
         yield self._answered(reply, thread_id, user_id)
 
     @user_errors
@@ -319,17 +325,21 @@ class WebChat:
         reply = StreamedReply(chat)
         shown_at = 0.0
         with self.turns.slot(user_id):
+            timer = metrics.turn(thread_id)
             try:
-                async with contextlib.aclosing(self.turns.reply(turn_input, self.turns.config(thread_id, user_id))) as parts:
+                async with contextlib.aclosing(self.turns.reply(turn_input, timer.config(self.turns.config(thread_id, user_id)))) as parts:
                     async for part in parts:
                         reply.add(part)
                         now = time.monotonic()
                         if now - shown_at >= self._update_every() or isinstance(part, ToolResult):
                             shown_at = now
                             yield reply.chat
+                timer.answered()
             except (ModelError, StoreError) as exc:
                 yield self._failed(reply, thread_id, exc)
                 return
+            finally:
+                timer.end()
         yield self._answered(reply, thread_id, user_id)
 
     def _update_every(self) -> float:
@@ -341,6 +351,7 @@ class WebChat:
 
     def _failed(self, reply: StreamedReply, thread_id: str, exc: Exception) -> list:
         log.warning("turn failed in thread %s: %r", thread_id, exc)
+        metrics.turn_failed(thread_id, exc)
         if isinstance(exc, ModelError):
             self.model_trouble = exc.reason
         # A model error says how to retry; a store error left nothing of the turn to
@@ -505,6 +516,58 @@ class WebChat:
         self.saver.attachments.remove(thread_id, user_id=user_id)
         gr.Info("The database is removed from this thread.")
         return self.header(thread_id, user_id)
+
+    # -- what a thread remembers beyond its window --------------------------------
+
+    def _memory_view(self, memory: ThreadMemory) -> tuple[str, str, str]:
+        """(caption, summary, kept facts one per line)."""
+        if memory.covered:
+            note = f"The summary covers the first {memory.covered:,} messages; the model gets it with every reply."
+        else:
+            note = "No summary yet: everything said so far still fits in what the model is sent."
+        if memory.pending:
+            note += " A newer summary arrives with the next message."
+        return note, memory.summary, "\n".join(memory.facts)
+
+    def _memory_config(self, thread_id: str | None, token: str | None, request: gr.Request | None) -> dict | None:
+        user_id = self.user(token, request)
+        if not thread_id:
+            return None
+        return self.turns.config(self.owned(thread_id, user_id), user_id)
+
+    @user_errors
+    def show_memory(self, thread_id: str | None, token: str | None, request: gr.Request):
+        config = self._memory_config(thread_id, token, request)
+        if config is None:
+            return "A new chat remembers nothing yet.", "", ""
+        return self._memory_view(summary_of(self.graph, config))
+
+    def _memory_editable(self, config: dict) -> None:
+        # An edit while a reply streams would be written beside the turn's own checkpoints and lost.
+        if self.turns.replying(config["configurable"]["user_id"]):
+            raise Refusal("Wait for the reply to finish, then change what the thread remembers.")
+
+    @user_errors
+    def save_memory(self, summary: str, facts: str, thread_id: str | None, token: str | None, request: gr.Request):
+        """The summary and kept facts as the person edited them; the next reply uses them."""
+        config = self._memory_config(thread_id, token, request)
+        if config is None:
+            raise Refusal("Send a message first: a new chat has nothing to remember yet.")
+        self._memory_editable(config)
+        set_facts(self.graph, config, str(facts or "").splitlines())
+        memory = set_summary(self.graph, config, str(summary or ""))
+        gr.Info("Saved: the next reply uses this.")
+        return self._memory_view(memory)
+
+    @user_errors
+    def clear_memory(self, thread_id: str | None, token: str | None, request: gr.Request):
+        """Forget the summary and kept facts (the messages themselves stay)."""
+        config = self._memory_config(thread_id, token, request)
+        if config is None:
+            return "A new chat remembers nothing yet.", "", ""
+        self._memory_editable(config)
+        gr.Info("The summary and kept facts are cleared; the messages themselves stay.")
+        return self._memory_view(clear_summary(self.graph, config))
 
     # -- the page ---------------------------------------------------------------
 

@@ -175,6 +175,14 @@ def page(chat: WebChat) -> gr.Blocks:
             sure = gr.Button("Yes, delete it", size="sm", variant="stop", elem_id="delete-yes")
             keep = gr.Button("Cancel", size="sm", elem_id="delete-no")
         exported = gr.File(visible=False, show_label=False, elem_id="exported", interactive=False)
+        # What the model is sent beyond its window (graph.summary): shown, edited and cleared here.
+        with gr.Accordion("What this thread remembers", open=False, elem_id="memory") as memory:
+            memory_note = gr.Markdown(elem_id="memory-note")
+            summary_box = gr.Textbox(label="Summary of earlier messages", lines=3, max_lines=12, elem_id="summary-box")
+            facts_box = gr.Textbox(label="Kept facts, one per line (“remember that …”)", lines=2, max_lines=12, elem_id="facts-box")
+            with gr.Row():
+                save_memory = gr.Button("Save", size="sm", variant="primary", elem_id="memory-save")
+                clear_memory = gr.Button("Clear", size="sm", elem_id="memory-clear")
         with gr.Row(elem_id="attachment-row"):
             attachment = gr.Markdown("", elem_id="attachment")
             detach = gr.Button("Remove database", size="sm", visible=False, elem_id="detach", scale=0)
@@ -213,13 +221,15 @@ def page(chat: WebChat) -> gr.Blocks:
         ).then(lambda: (gr.Textbox(interactive=True), gr.Button(interactive=True)), None, [box, send], **private)
         # Back and Forward (see ON_PAGE_LOAD) open the thread of the address they reach;
         # after several quick ones, the last address wins.
-        open_address.click(
+        opened_by_address = open_address.click(
             on_page(chat.open_address), [address, token, limit], [threads, more, *view], js=READ_ADDRESS,
             trigger_mode="always_last", **private,
         )
-        address_follows(threads.select(on_page(chat.open_thread), [threads, token], view, api_name="open_thread", js=CLOSE_SIDEBAR_ON_PHONE))
+        opening = threads.select(on_page(chat.open_thread), [threads, token], view, api_name="open_thread", js=CLOSE_SIDEBAR_ON_PHONE)
+        address_follows(opening)
         earlier.click(on_page(chat.load_earlier), [thread, start, chatbot, token], [chatbot, earlier, start], api_name="load_earlier")
-        address_follows(new.click(on_page(chat.new_chat), [token, limit], [threads, more, *view], api_name="new_chat"))
+        started_new = new.click(on_page(chat.new_chat), [token, limit], [threads, more, *view], api_name="new_chat")
+        address_follows(started_new)
         more.click(on_page(chat.more_threads), [token, limit, thread, query], [limit, threads, more], api_name="more_threads").then(
             None, [query], None, js=MARK_WORDS
         )
@@ -252,6 +262,13 @@ def page(chat: WebChat) -> gr.Blocks:
             streaming.then(None, None, None, js=SHOW_SEND).then(*refresh, **private).then(None, [address], None, js=SHOW_ADDRESS)
             replies.append(streaming)
         stop.click(None, None, None, cancels=replies)
+
+        remembered = [memory_note, summary_box, facts_box]
+        memory.expand(on_page(chat.show_memory), [thread, token], remembered, api_name="show_memory")
+        for opened in (opening, opened_by_address, started_new):
+            opened.then(on_page(chat.show_memory), [thread, token], remembered, **private)
+        save_memory.click(on_page(chat.save_memory), [summary_box, facts_box, thread, token], remembered, api_name="save_memory")
+        clear_memory.click(on_page(chat.clear_memory), [thread, token], remembered, api_name="clear_memory")
 
         rename.click(on_page(chat.start_rename), [thread, token], [title_box, renaming], api_name="start_rename")
         keep_title.click(lambda: gr.Row(visible=False), None, [renaming], **private)

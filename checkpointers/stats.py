@@ -1,0 +1,368 @@
+"""Usage statistics: counters the store keeps as it writes, rolled up by day.
+
+What the people who run threadkeeper see of how it is used, without reading
+anyone's chats: how many threads and messages, how many users were active,
+tokens, database size, attachments, sweeps and deletions. Nothing here holds
+text, titles or thread ids; users appear by id with counts only.
+
+Counters are kept in the transaction of the write they count, never by
+scanning messages afterwards:
+
+* a message is counted when it first appears in a thread's conversation (the
+  `messages` channel of the root namespace, against the list stored before):
+  `figures(message)`, a `Tally` per thread write, and one `usage_days` upsert
+  plus one `usage_user_days` upsert in the same statement as the thread's rows (the SQLite engine sends the tally as a
+  row of its `write_rows` view, see `SQLITE_USAGE_TRIGGER`; an engine without
+  that view calls `record_tally`);
+* thread creation, deletion, sweeps and attachments call the small functions
+  below (`thread_created`, `threads_deleted`, `sweep_recorded`,
+  `attachment_added`) inside the transaction that does the work.
+
+A year of use is 365 `usage_days` rows, one `usage_user_days` row per user
+per day they were active, and one `usage_users` row per user (their totals
+and last active day), so `read` answers from a few hundred rows plus one per
+user, whatever the store holds (measured: see `bench/ops.py`).
+
+Tokens: `tokens_in`/`tokens_out` are what the model reported for its replies
+(`AIMessage.usage_metadata`), exact where it reports them. Alongside,
+`estimated_tokens_in`/`estimated_tokens_out` are the approximate count
+(4 characters a token) of the text of new messages: what users and tools sent
+in, what the model wrote out. They estimate new text only, not the history the
+model re-reads at every turn; they are what there is when the model reports
+no usage (the offline mode, some local servers).
+
+The SQL is plain SQLite and PostgreSQL alike (`INSERT ... ON CONFLICT DO
+UPDATE`, `excluded.`) except `SQLITE_USAGE_TRIGGER`, and the database size
+(`database_bytes`), which each engine measures its own way.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from checkpointers.sqlite import ThreadSaver
+
+MESSAGE_KINDS = ("human", "ai", "tool", "other")
+"""The message columns of `usage_days` are `<kind>_messages`."""
+
+DAY_COLUMNS = (
+    "threads_created",
+    "threads_deleted",
+    "threads_swept",
+    "sweeps",
+    "human_messages",
+    "ai_messages",
+    "tool_messages",
+    "other_messages",
+    "tokens_in",
+    "tokens_out",
+    "estimated_tokens_in",
+    "estimated_tokens_out",
+    "attachments_added",
+)
+"""Counters of `usage_days`: each only ever grows (see `schema.m007_usage_stats`)."""
+
+USER_COLUMNS = ("messages", "threads_created")
+"""Counters of `usage_user_days`."""
+
+CHARS_PER_TOKEN = 4
+"""The approximate count's rule, as LangChain's `count_tokens_approximately` has it."""
+
+_KIND_OF_TYPE = {"human": 0, "ai": 1, "tool": 2}
+
+
+def today() -> str:
+    """The UTC day a counter falls on, `YYYY-MM-DD`."""
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _text_length(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part) if isinstance(part, str) else len(str(part.get("text", "")))
+            for part in content
+            if isinstance(part, str) or (isinstance(part, dict) and part.get("type") == "text")
+        )
+    return 0
+
+
+def figures(message: Any) -> tuple[int, int, int, int, int] | None:
+    """What one new message adds: (kind index in `MESSAGE_KINDS`, tokens in, tokens out,
+    estimated tokens in, estimated tokens out); None for a `RemoveMessage` (an edit's
+    instruction to drop messages, stored with the write that carries it, not a message
+    of the conversation). A microsecond or so: attribute reads and one `len`."""
+    type_ = getattr(message, "type", None)
+    if type_ == "remove":
+        return None
+    kind = _KIND_OF_TYPE.get(type_, 3)
+    estimate = -(-_text_length(getattr(message, "content", "")) // CHARS_PER_TOKEN)
+    if kind == 1:
+        usage = getattr(message, "usage_metadata", None) or {}
+        return kind, int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), 0, estimate
+    return kind, 0, 0, estimate, 0
+
+
+@dataclass(slots=True)
+class Tally:
+    """The new messages of one thread write, summed as they are stored."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * 8)
+    """human, ai, tool, other messages; tokens in, out; estimated in, out."""
+
+    def add(self, figures: tuple[int, int, int, int, int]) -> None:
+        kind, tokens_in, tokens_out, estimated_in, estimated_out = figures
+        c = self.counts
+        c[kind] += 1
+        c[4] += tokens_in
+        c[5] += tokens_out
+        c[6] += estimated_in
+        c[7] += estimated_out
+
+
+SQLITE_USAGE_TRIGGER = """
+CREATE TEMP TRIGGER IF NOT EXISTS write_rows_usage INSTEAD OF INSERT ON write_rows WHEN NEW.kind = {kind} BEGIN
+    INSERT INTO usage_days (day, human_messages, ai_messages, tool_messages, other_messages, tokens_in, tokens_out,
+        estimated_tokens_in, estimated_tokens_out, database_bytes)
+    VALUES (NEW.a, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j,
+        (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()))
+    ON CONFLICT (day) DO UPDATE SET human_messages = human_messages + excluded.human_messages,
+        ai_messages = ai_messages + excluded.ai_messages, tool_messages = tool_messages + excluded.tool_messages,
+        other_messages = other_messages + excluded.other_messages, tokens_in = tokens_in + excluded.tokens_in,
+        tokens_out = tokens_out + excluded.tokens_out,
+        estimated_tokens_in = estimated_tokens_in + excluded.estimated_tokens_in,
+        estimated_tokens_out = estimated_tokens_out + excluded.estimated_tokens_out,
+        database_bytes = excluded.database_bytes;
+    INSERT INTO usage_user_days (day, user_id, messages)
+        SELECT NEW.a, user_id, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
+        WHERE thread_key = NEW.b AND user_id IS NOT NULL
+    ON CONFLICT (day, user_id) DO UPDATE SET messages = messages + excluded.messages;
+    INSERT INTO usage_users (user_id, last_day, active_days, messages)
+        SELECT user_id, NEW.a, 1, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
+        WHERE thread_key = NEW.b AND user_id IS NOT NULL
+    ON CONFLICT (user_id) DO UPDATE SET messages = messages + excluded.messages,
+        active_days = active_days + (last_day IS NOT excluded.last_day), last_day = excluded.last_day;
+END;
+"""
+"""The SQLite engine's hook: a row of kind `kind` in its `write_rows` view is one
+thread write's `Tally` (a = day, b = thread_key, c..j = `Tally.counts`), so the
+counters go to disk in the very statement that writes the messages. The thread's
+owner is read from its row, which that statement has already brought up to date."""
+
+
+def usage_row(kind: int, day: str, thread_key: int, tally: Tally) -> tuple:
+    """The `write_rows` row of `SQLITE_USAGE_TRIGGER` (padded by the caller)."""
+    return (kind, day, thread_key, *tally.counts)
+
+
+def record_tally(conn: Any, day: str, user_id: str | None, tally: Tally, database_bytes: int) -> None:
+    """`SQLITE_USAGE_TRIGGER` as statements, for an engine without the `write_rows` view."""
+    names = ("human_messages", "ai_messages", "tool_messages", "other_messages", "tokens_in", "tokens_out",
+             "estimated_tokens_in", "estimated_tokens_out")
+    record(conn, day, **dict(zip(names, tally.counts)), database_bytes=database_bytes)
+    if user_id is not None:
+        record_user(conn, day, user_id, messages=sum(tally.counts[:4]))
+
+
+def record(conn: Any, day: str | None = None, *, database_bytes: int | None = None, **counts: int) -> None:
+    """Add `counts` (names from `DAY_COLUMNS`) to a day's row, creating it; `database_bytes`
+    replaces the day's figure. Call inside the transaction that does what is counted."""
+    unknown = set(counts) - set(DAY_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown usage counters: {sorted(unknown)}")
+    names = list(counts)
+    values: list[Any] = [day or today(), *counts.values()]
+    updates = [f"{n} = {n} + excluded.{n}" for n in names]
+    if database_bytes is not None:
+        names.append("database_bytes")
+        values.append(database_bytes)
+        updates.append("database_bytes = excluded.database_bytes")
+    columns = ", ".join(["day", *names])
+    marks = ", ".join("?" * len(values))
+    conflict = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+    conn.execute(f"INSERT INTO usage_days ({columns}) VALUES ({marks}) ON CONFLICT (day) {conflict}", values)
+
+
+def record_user(conn: Any, day: str | None, user_id: str, **counts: int) -> None:
+    """Add `counts` (names from `USER_COLUMNS`) to a user's row for a day."""
+    unknown = set(counts) - set(USER_COLUMNS)
+    if unknown or not counts:
+        raise ValueError(f"unknown per-user usage counters: {sorted(unknown) or 'none given'}")
+    names = list(counts)
+    day = day or today()
+    updates = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+    marks = ", ".join("?" * len(names))
+    conn.execute(
+        f"INSERT INTO usage_user_days (day, user_id, {', '.join(names)}) VALUES (?, ?, {marks}) "
+        f"ON CONFLICT (day, user_id) DO UPDATE SET {updates}",
+        [day, user_id, *counts.values()],
+    )
+    conn.execute(
+        f"INSERT INTO usage_users (user_id, last_day, active_days, {', '.join(names)}) VALUES (?, ?, 1, {marks}) "
+        f"ON CONFLICT (user_id) DO UPDATE SET {updates}, active_days = active_days + (last_day IS NOT excluded.last_day), "
+        "last_day = max(last_day, excluded.last_day)",
+        [user_id, day, *counts.values()],
+    )
+
+
+# -- the hooks of the write paths that are not a thread write -----------------
+
+
+def thread_created(conn: Any, user_id: str | None) -> None:
+    """A thread row was inserted (a chat's first write, a session, an attachment on a new
+    thread, a copy, an import)."""
+    day = today()
+    record(conn, day, threads_created=1)
+    if user_id is not None:
+        record_user(conn, day, user_id, threads_created=1)
+
+
+def threads_deleted(conn: Any, count: int, *, swept: bool) -> None:
+    """`count` threads were deleted: by the retention sweep (`swept`), or at a person's
+    or program's request (the web chat, `delete-user`, the API, an import replacing one)."""
+    if count:
+        record(conn, **{"threads_swept" if swept else "threads_deleted": count})
+
+
+def sweep_recorded(conn: Any, pruned_threads: int, keep_latest: bool, database_bytes: int | None = None) -> None:
+    """A retention sweep finished (dry runs are not sweeps). Threads it deleted were
+    counted by `threads_deleted`; those it compacted (`keep_latest`) are counted here."""
+    record(conn, sweeps=1, **({"threads_swept": pruned_threads} if keep_latest and pruned_threads else {}),
+           database_bytes=database_bytes)
+
+
+def attachment_added(conn: Any) -> None:
+    record(conn, attachments_added=1)
+
+
+def sqlite_file_bytes(conn: sqlite3.Connection) -> int:
+    """The size of a SQLite store's main file (pages times page size; the WAL not included)."""
+    return conn.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()").fetchone()[0]
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def first_day(days: int | None, now: date | None = None) -> str | None:
+    """The first day of a period of `days` days ending today (None: all of it)."""
+    if days is None:
+        return None
+    now = now or datetime.now(timezone.utc).date()
+    return (now - timedelta(days=max(1, days) - 1)).isoformat()
+
+
+def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top_users: int = 20) -> dict[str, Any]:
+    """Every figure of a period of `days` days ending today (None: since the store began),
+    as JSON-ready data. Reads `usage_days`, `usage_user_days`, `sweeps` and `attachments`
+    (a row per attached thread) and counts `threads` by its primary key's index."""
+    now = datetime.now(timezone.utc)
+    start = first_day(days, now.date())
+    since = "" if start is None else " WHERE day >= ?"
+    params: tuple = () if start is None else (start,)
+    cursor = conn.execute(f"SELECT day, {', '.join(DAY_COLUMNS)}, database_bytes FROM usage_days{since} ORDER BY day", params)
+    rows = [dict(zip(["day", *DAY_COLUMNS, "database_bytes"], r)) for r in cursor.fetchall()]
+    active = dict(conn.execute(f"SELECT day, count(*) FROM usage_user_days{since} GROUP BY day", params).fetchall())
+    for row in rows:
+        row["active_users"] = active.get(row["day"], 0)
+        row["messages"] = sum(row[f"{k}_messages"] for k in MESSAGE_KINDS)
+
+    def distinct_users(first: str | None) -> int:
+        # A period always ends today: a user was active in it if their last active day is in it.
+        if first is None:
+            return conn.execute("SELECT count(*) FROM usage_users").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM usage_users WHERE last_day >= ?", (first,)).fetchone()[0]
+
+    totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in DAY_COLUMNS}
+    totals["messages"] = sum(totals[f"{k}_messages"] for k in MESSAGE_KINDS)
+    threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+    attachments, attachment_bytes = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM attachments").fetchone()
+    if start is None:
+        users = conn.execute(
+            "SELECT user_id, messages, threads_created, active_days FROM usage_users "
+            "ORDER BY messages DESC, user_id LIMIT ?",
+            (top_users,),
+        ).fetchall()
+    else:
+        users = conn.execute(
+            "SELECT user_id, sum(messages), sum(threads_created), count(*) FROM usage_user_days WHERE day >= ? "
+            "GROUP BY user_id ORDER BY sum(messages) DESC, user_id LIMIT ?",
+            (start, top_users),
+        ).fetchall()
+    last_sweep = conn.execute(
+        "SELECT finished_at, strategy, threads, bytes FROM sweeps WHERE dry_run = 0 ORDER BY sweep_no DESC LIMIT 1"
+    ).fetchone()
+    return {
+        "generated_at": now.isoformat(timespec="seconds"),
+        "period": {"days": days, "first_day": start or (rows[0]["day"] if rows else None), "last_day": now.date().isoformat()},
+        "store": {
+            "threads": threads,
+            "attachments": attachments,
+            "attachment_bytes": attachment_bytes,
+            "database_bytes": database_bytes,
+            "last_sweep": None if last_sweep is None else dict(zip(("finished_at", "strategy", "threads", "bytes"), last_sweep)),
+        },
+        "totals": {
+            **totals,
+            "active_users": distinct_users(start),
+            "active_users_7d": distinct_users(first_day(7, now.date())),
+            "active_users_30d": distinct_users(first_day(30, now.date())),
+        },
+        "tokens_note": (
+            "tokens_in/tokens_out: reported by the model (usage_metadata); estimated_tokens_*: about 4 characters "
+            "a token of the text of new messages (users and tools in, the model out), not the history re-read each turn"
+        ),
+        "days": rows,
+        "users": [
+            {"user_id": u, "messages": m, "threads_created": t, "active_days": d} for u, m, t, d in users
+        ],
+    }
+
+
+# -- for the app: one read transaction each ----------------------------------------
+
+
+def disk_bytes(saver: ThreadSaver) -> int:
+    """What the store takes on disk: its file and its WAL."""
+    total = 0
+    for path in (saver.path, saver.path.with_name(saver.path.name + "-wal")):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def usage(saver: ThreadSaver, days: int | None) -> dict[str, Any]:
+    """`read` on the saver's store, in one read transaction."""
+    with saver._read(flush=False) as conn:
+        return read(conn, days, database_bytes=disk_bytes(saver))
+
+
+def store_figures(saver: ThreadSaver) -> dict[str, int]:
+    """The few figures a metrics scrape reads: threads, database bytes, sweeps, swept threads."""
+    with saver._read(flush=False) as conn:
+        threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+        sweeps, swept = conn.execute(
+            "SELECT coalesce(sum(sweeps), 0), coalesce(sum(threads_swept), 0) FROM usage_days"
+        ).fetchone()
+    return {"threads": threads, "database_bytes": disk_bytes(saver), "sweeps": sweeps, "threads_swept": swept}
+
+
+def readiness(saver: ThreadSaver) -> str | None:
+    """None if the store answers and its schema is this release's; else one sentence why not."""
+    from checkpointers.schema import LATEST_VERSION, current_version
+
+    try:
+        with saver._read(flush=False) as conn:
+            version = current_version(conn)
+    except sqlite3.Error as exc:
+        return f"the store does not answer: {type(exc).__name__}"
+    if version != LATEST_VERSION:
+        return f"the store's schema is version {version}, not {LATEST_VERSION}"
+    return None
