@@ -33,7 +33,8 @@ from checkpointers.errors import (
 from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
 from checkpointers.history import ThreadChatHistory, close_shared_savers
 from checkpointers.sessions import MessageNotFoundError, Session, SessionMessage, SessionStore
-from checkpointers.sqlite import MessagePage, ThreadSaver
+from checkpointers.messages import MessagePage
+from checkpointers.sqlite import ThreadSaver
 from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
 from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
 

@@ -50,6 +50,7 @@ from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.metadata import MetadataFilter
 from checkpointers.storable import check_id, check_text
 from checkpointers.threads import ANY_USER, MAX_TITLE_LENGTH, checked_user
+from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -202,7 +203,6 @@ class SessionStore:
         user_id = checked_user(user_id)
         stored = md.dumps(metadata)
         title = _clean_title(title)
-        from checkpointers.sqlite import utc_now
 
         with self._saver._write():
             conn = self._saver.conn
@@ -241,7 +241,6 @@ class SessionStore:
         removed = [k for k, v in changes.items() if v is None]
         md.encode({k: v for k, v in changes.items() if v is not None})  # one clear error before writing
         title = _clean_title(title)
-        from checkpointers.sqlite import utc_now
 
         with self._saver._write():
             conn = self._saver.conn

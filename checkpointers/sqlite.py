@@ -54,20 +54,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import ormsgpack
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -96,6 +87,22 @@ from checkpointers.codec import (
     py_id,
 )
 from checkpointers.attachments import AttachmentStore
+from checkpointers.messages import (
+    FIELDS as _FIELDS,
+    MessagePage,
+    StoredList as _StoredList,
+    checked_owner as _checked_owner,
+    checkpoint_tuple as _checkpoint_tuple,
+    copy_message_list as _copy_message_list,
+    dump_message,
+    holds_messages as _holds_messages,
+    is_message_dict as _is_message_dict,
+    is_message_list as _is_message_list,
+    load_message,
+    restored as _restored,
+    snapshot as _snapshot,
+    utc_now,
+)
 from checkpointers.encryption import checkpoint_place, message_place, segment_place, title_place, value_place, write_place
 from checkpointers.errors import (
     EncryptionKeyError,
@@ -120,36 +127,6 @@ SEGMENT_SIZE = 64
 """New messages stay in their own rows until this many gather; then they are
 sealed into one compressed `message_segments` row (smaller, and one decompression
 per 64 messages when a thread is read cold)."""
-
-# Messages of these exact classes are stored as their field values and rebuilt
-# by `rebuild_message` (what `model_construct` builds, faster): the fields were validated when the message was made,
-# and skipping a second validation makes reading a long thread twice as fast.
-# Anything else (subclasses, extra fields) goes through the serializer whole.
-_MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
-    "human": HumanMessage,
-    "ai": AIMessage,
-    "system": SystemMessage,
-    "tool": ToolMessage,
-    "function": FunctionMessage,
-    "chat": ChatMessage,
-}
-_MESSAGE_TAGS = {cls: tag for tag, cls in _MESSAGE_CLASSES.items()}
-
-
-def rebuild_message(cls: type[BaseMessage], fields: dict[str, Any]) -> BaseMessage:
-    """What `cls.model_construct(**fields)` builds when `fields` holds every field.
-
-    Pydantic's own model_construct spends most of its time looking for missing
-    fields and defaults; stored messages have none missing. A test checks that
-    the two agree for every class in `_MESSAGE_CLASSES`.
-    """
-    message = cls.__new__(cls)
-    object.__setattr__(message, "__dict__", fields)
-    object.__setattr__(message, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(message, "__pydantic_extra__", {})
-    object.__setattr__(message, "__pydantic_private__", None)
-    return message
-
 
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
@@ -176,15 +153,6 @@ def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
         cache.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class MessagePage:
-    """Some of a thread's messages: `messages` are indexes `start`.. of `total`."""
-
-    messages: list[BaseMessage]
-    total: int
-    start: int
-
-
 _PLAIN_KEY = re.compile(r'[ !#-\[\]-~]*')
 """Metadata keys a JSON path names exactly across SQLite versions (printable ASCII,
 no `"` or `\\`); `list` filters on any other key in Python."""
@@ -202,132 +170,6 @@ def _retry_may_help(exc: BaseException) -> bool:
     return isinstance(
         exc, (sqlite3.OperationalError, OSError, StoreUnavailableError, EncryptionKeyError, _StaleThreadState)
     )
-
-
-def _checked_owner(*candidates: Any) -> str | None:
-    """`_owner`, refused if the store cannot keep it exactly."""
-    owner = _owner(*candidates)
-    return owner if owner is None else check_id(owner, "user id")
-
-
-def _owner(*candidates: Any) -> str | None:
-    """The first non-empty user id (the LangGraph server passes "" when there is none)."""
-    for candidate in candidates:
-        if candidate not in (None, ""):
-            return str(candidate)
-    return None
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _is_message_list(value: Any) -> bool:
-    if type(value) is not list or not value:
-        return False
-    return all(issubclass(t, BaseMessage) for t in set(map(type, value)))
-
-
-def _copy_message_list(value: Any) -> Any:
-    """A new list of the same messages (in a `_DeltaSnapshot` if it was one); None if `value` is not one."""
-    if _is_message_list(value):
-        return list(value)
-    if isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
-        return _DeltaSnapshot(list(value.value))
-    return None
-
-
-def _holds_messages(value: Any) -> bool:
-    """A message, or a list of them."""
-    return isinstance(value, BaseMessage) or _is_message_list(value)
-
-
-def _is_message_dict(value: Any) -> bool:
-    """A dict with messages among its values: a graph's input, e.g. {"messages": [HumanMessage(...)]}."""
-    return type(value) is dict and any(map(_holds_messages, value.values()))
-
-
-@dataclass
-class _StoredList:
-    """A message list as stored (`nos`), as Python objects (`objs`), and the
-    fields each object had when it was stored (`snaps`, see `_snapshot`).
-
-    The objects go to the LangGraph run that starts from the list, and from it
-    to whoever called `invoke`, who may change one in place. The snapshots are
-    never handed out: an object whose fields no longer equal its snapshot has
-    been changed since, and `hand_out` puts back a new one rebuilt from the
-    snapshot. Comparing every object's fields with its snapshot is one C-level
-    list comparison (0.4 ms for 1,000 messages in a run here), against 2-4 us per
-    message to copy them at each hand-out. A copy that comes back changed (the
-    human-in-the-loop edit of what `get_state` returned, then `update_state`)
-    is stored as a new message by `_encode_list`; the same object changed in
-    place by a node while its run holds it is not stored (nodes return
-    updates), and the next read gives the stored version."""
-
-    value_no: int
-    nos: list[int]
-    objs: list[BaseMessage]
-    depth: int
-    snaps: list[dict]
-
-    def intact(self) -> bool:
-        """Whether no object of the list was changed since it was stored."""
-        return list(map(_FIELDS, self.objs)) == self.snaps
-
-    def hand_out(self) -> list[BaseMessage]:
-        """A new list of the messages as stored: an object a caller changed since is
-        replaced (here too) by a new one rebuilt from its snapshot."""
-        objs = self.objs
-        if not self.intact():
-            for i, (obj, snap) in enumerate(zip(objs, self.snaps)):
-                if obj.__dict__ != snap:
-                    objs[i] = _restored(obj, snap)
-        return list(objs)
-
-    def copies(self) -> list[BaseMessage]:
-        """New objects of the messages as stored (rebuilt from the snapshots, so nothing
-        a caller did to the kept objects shows)."""
-        return [_restored(obj, snap) for obj, snap in zip(self.objs, self.snaps)]
-
-    def known(self) -> dict[int, tuple[BaseMessage, dict]]:
-        """Message number -> (object as stored, snapshot)."""
-        return dict(zip(self.nos, zip(self.hand_out(), self.snaps)))
-
-
-_FIELDS = operator.attrgetter("__dict__")
-
-
-def _copy_fields(value: Any) -> Any:
-    """`value` with its dicts and lists copied all the way down (other values are shared:
-    a message's fields hold JSON-like data, and strings and numbers cannot change)."""
-    kind = value.__class__
-    if kind is dict:
-        return {k: _copy_fields(v) if v.__class__ in _CONTAINERS else v for k, v in value.items()}
-    if kind is list:
-        return [_copy_fields(v) if v.__class__ in _CONTAINERS else v for v in value]
-    return value
-
-
-_CONTAINERS = frozenset((dict, list))
-
-
-def _snapshot(message: BaseMessage) -> dict:
-    """A private copy of a message's fields, equal to them until someone changes the message."""
-    return _copy_fields(message.__dict__)
-
-
-def _restored(message: BaseMessage, snap: dict) -> BaseMessage:
-    """A new message of the same class whose fields are (a copy of) `snap`."""
-    restored = _new_object(message.__class__)
-    _set_attribute(restored, "__dict__", _copy_fields(snap))
-    _set_attribute(restored, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
-    extra, private = message.__pydantic_extra__, message.__pydantic_private__
-    _set_attribute(restored, "__pydantic_extra__", None if extra is None else _copy_fields(extra))
-    _set_attribute(restored, "__pydantic_private__", None if private is None else _copy_fields(private))
-    return restored
-
-
-_new_object, _set_attribute = object.__new__, object.__setattr__
 
 
 class _ListCache:
@@ -1270,11 +1112,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return checkpoint_codec.TYPE, blob
 
     def _dump_message(self, message: BaseMessage) -> tuple[str, bytes]:
-        tag = _MESSAGE_TAGS.get(type(message))
-        if tag is None or message.__pydantic_extra__:
-            return self.serde.dumps_typed(message)
-        type_, blob = self.serde.dumps_typed(dict(message.__dict__))
-        return f"lc.{tag}:{type_}", blob
+        return dump_message(self.serde, message)
 
     def _load_message(self, type_: str, blob: bytes) -> BaseMessage:
         """A message from its plain (decrypted) blob."""
@@ -2662,14 +2500,6 @@ _KEY_STATE_SQL = (
 )
 
 
-def load_message(serde: SerializerProtocol, type_: str, blob: bytes) -> BaseMessage:
-    """A message from its plain stored form (see `ThreadSaver._dump_message`)."""
-    if type_.startswith("lc."):
-        tag, _, inner = type_[3:].partition(":")
-        return rebuild_message(_MESSAGE_CLASSES[tag], serde.loads_typed((inner, blob)))
-    return serde.loads_typed((type_, blob))
-
-
 _PAUSE_GC_FROM = 256
 """Messages read at once from which Python's cyclic collector waits until the read is done."""
 
@@ -2706,21 +2536,6 @@ WITH RECURSIVE chain (value_no, value, base_no, keep, depth, checkpoint_ns, chan
 SELECT * FROM chain
 """
 """A stored message list and the lists it is a delta of, newest first, down to a full list."""
-
-
-def _checkpoint_tuple(
-    thread_id: str, ns: str, checkpoint: Checkpoint, metadata_json: str, parent_id: str | None, pending_writes: list
-) -> CheckpointTuple:
-    def config(checkpoint_id: str) -> RunnableConfig:
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
-
-    return CheckpointTuple(
-        config=config(checkpoint["id"]),
-        checkpoint=checkpoint,
-        metadata=json.loads(metadata_json),
-        parent_config=config(parent_id) if parent_id else None,
-        pending_writes=pending_writes,
-    )
 
 
 def _more_steps_follow(checkpoint: Checkpoint) -> bool:
