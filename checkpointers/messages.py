@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import operator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +33,7 @@ from langgraph.checkpoint.base import Checkpoint, CheckpointTuple
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
+from checkpointers.codec import pack_numbers
 from checkpointers.storable import check_id
 
 # Messages of these exact classes are stored as their field values and rebuilt
@@ -46,6 +49,9 @@ MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
     "chat": ChatMessage,
 }
 MESSAGE_TAGS = {cls: tag for tag, cls in MESSAGE_CLASSES.items()}
+
+MAX_CHAIN_DEPTH = 64
+"""A stored message list is a delta against at most this many earlier lists."""
 
 
 def rebuild_message(cls: type[BaseMessage], fields: dict[str, Any]) -> BaseMessage:
@@ -214,6 +220,119 @@ def restored(message: BaseMessage, snap: dict) -> BaseMessage:
 
 
 _new_object, _set_attribute = object.__new__, object.__setattr__
+
+
+class ListCache:
+    """Recently read or written message lists, bounded by total message count.
+
+    Keys are `(thread_key, value_no)`. Neither number is ever reused (an engine's
+    thread keys only grow, value numbers come from a per-thread counter), and value
+    rows never change after they are written, so an entry can never go stale.
+    Entries are also indexed by thread, so forgetting a thread costs its own
+    entries, not a walk over the whole cache.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._entries: OrderedDict[tuple[int, int], StoredList] = OrderedDict()
+        self._size = 0
+        self._by_thread: dict[int, set[int]] = {}
+        """thread_key -> value numbers of its entries."""
+        self._latest: dict[int, dict[tuple[str, str], int]] = {}
+        """thread_key -> (ns, channel) -> newest value number stored or read."""
+
+    def get(self, thread_key: int, value_no: int) -> StoredList | None:
+        entry = self._entries.get((thread_key, value_no))
+        if entry is not None:
+            self._entries.move_to_end((thread_key, value_no))
+        return entry
+
+    def latest(self, thread_key: int, ns: str, channel: str) -> StoredList | None:
+        value_no = self._latest.get(thread_key, {}).get((ns, channel))
+        return None if value_no is None else self.get(thread_key, value_no)
+
+    def add(self, thread_key: int, ns: str, channel: str, entry: StoredList) -> None:
+        key = (thread_key, entry.value_no)
+        if key not in self._entries:
+            self._size += len(entry.nos)
+            self._by_thread.setdefault(thread_key, set()).add(entry.value_no)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        latest = self._latest.setdefault(thread_key, {})
+        if latest.get((ns, channel), 0) < entry.value_no:
+            latest[(ns, channel)] = entry.value_no
+        while self._size > self.max_messages and len(self._entries) > 1:
+            (old_thread, old_no), old = self._entries.popitem(last=False)
+            self._size -= len(old.nos)
+            numbers = self._by_thread[old_thread]
+            numbers.discard(old_no)
+            if not numbers:
+                del self._by_thread[old_thread]
+
+    def forget_threads(self, thread_keys: Iterable[int]) -> None:
+        for thread_key in thread_keys:
+            for value_no in self._by_thread.pop(thread_key, ()):
+                self._size -= len(self._entries.pop((thread_key, value_no)).nos)
+            self._latest.pop(thread_key, None)
+
+
+def encode_list(
+    base: StoredList | None,
+    messages: list[BaseMessage],
+    store: Callable[[BaseMessage], int],
+    value_no: Callable[[], int],
+) -> tuple[StoredList, bytes, int | None, int | None]:
+    """A message list to store as a value: the list as stored, its packed numbers, and its
+    `(base_no, keep)` when it is a delta of `base` (the channel's newest stored list).
+
+    `store(message)` gives a message's number, storing it if it is new; only messages
+    not already in `base` (by identity, or by class and fields) are given to it.
+    `value_no()` allocates the new value's number. Every `MAX_CHAIN_DEPTH` links, or
+    when more is new than kept, the list is stored whole."""
+    nos: list[int]
+    snaps: list[dict]
+    keep = 0
+    if base is not None:
+        n_base = len(base.objs)
+        # The base's messages, unchanged since stored (see `StoredList`): the same
+        # objects, or others with the same class and fields (a copy, a cold read).
+        prefix_same = len(messages) >= n_base and (
+            all(map(operator.is_, messages, base.objs))
+            or (
+                list(map(FIELDS, messages[:n_base])) == base.snaps
+                and all(map(operator.is_, map(type, messages[:n_base]), map(type, base.objs)))
+            )
+        )
+        if prefix_same:
+            fresh = messages[n_base:]
+            nos = base.nos + [store(m) for m in fresh]
+            snaps = base.snaps + [snapshot(m) for m in fresh]
+            keep = n_base
+        else:
+            intact = {
+                id(o): (n, snap)
+                for o, n, snap in zip(base.objs, base.nos, base.snaps)
+                if o.__dict__ == snap
+            }
+            nos, snaps = [], []
+            for i, m in enumerate(messages):
+                found = intact.get(id(m))
+                if found is None and i < n_base and type(m) is type(base.objs[i]) and m.__dict__ == base.snaps[i]:
+                    found = base.nos[i], base.snaps[i]  # a copy of the stored message, as stored
+                nos.append(found[0] if found else store(m))
+                snaps.append(found[1] if found else snapshot(m))
+            while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
+                keep += 1
+    else:
+        nos = [store(m) for m in messages]
+        snaps = [snapshot(m) for m in messages]
+    value_no = value_no()
+    appended = len(nos) - keep
+    if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):
+        entry = StoredList(value_no, nos, list(messages), 0, snaps)
+        return entry, pack_numbers(nos), None, None
+    entry = StoredList(value_no, nos, list(messages), base.depth + 1, snaps)
+    return entry, pack_numbers(nos[keep:]), base.value_no, keep
 
 
 def checkpoint_tuple(

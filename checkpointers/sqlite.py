@@ -44,15 +44,15 @@ import json
 import logging
 import operator
 import os
-import random
 import re
 import sqlite3
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -88,13 +88,15 @@ from checkpointers.codec import (
 )
 from checkpointers.attachments import AttachmentStore
 from checkpointers.messages import (
-    FIELDS as _FIELDS,
+    ListCache as _ListCache,
+    MAX_CHAIN_DEPTH,
     MessagePage,
     StoredList as _StoredList,
     checked_owner as _checked_owner,
     checkpoint_tuple as _checkpoint_tuple,
     copy_message_list as _copy_message_list,
     dump_message,
+    encode_list,
     holds_messages as _holds_messages,
     is_message_dict as _is_message_dict,
     is_message_list as _is_message_list,
@@ -119,9 +121,6 @@ from checkpointers.sessions import SessionStore
 from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
-
-MAX_CHAIN_DEPTH = 64
-"""A stored message list is a delta against at most this many earlier lists."""
 
 SEGMENT_SIZE = 64
 """New messages stay in their own rows until this many gather; then they are
@@ -170,60 +169,6 @@ def _retry_may_help(exc: BaseException) -> bool:
     return isinstance(
         exc, (sqlite3.OperationalError, OSError, StoreUnavailableError, EncryptionKeyError, _StaleThreadState)
     )
-
-
-class _ListCache:
-    """Recently read or written message lists, bounded by total message count.
-
-    Keys are `(thread_key, value_no)`. Neither number is ever reused (thread keys
-    are AUTOINCREMENT, value numbers come from a per-thread counter), and value
-    rows never change after they are written, so an entry can never go stale.
-    Entries are also indexed by thread, so forgetting a thread costs its own
-    entries, not a walk over the whole cache.
-    """
-
-    def __init__(self, max_messages: int) -> None:
-        self.max_messages = max_messages
-        self._entries: OrderedDict[tuple[int, int], _StoredList] = OrderedDict()
-        self._size = 0
-        self._by_thread: dict[int, set[int]] = {}
-        """thread_key -> value numbers of its entries."""
-        self._latest: dict[int, dict[tuple[str, str], int]] = {}
-        """thread_key -> (ns, channel) -> newest value number stored or read."""
-
-    def get(self, thread_key: int, value_no: int) -> _StoredList | None:
-        entry = self._entries.get((thread_key, value_no))
-        if entry is not None:
-            self._entries.move_to_end((thread_key, value_no))
-        return entry
-
-    def latest(self, thread_key: int, ns: str, channel: str) -> _StoredList | None:
-        value_no = self._latest.get(thread_key, {}).get((ns, channel))
-        return None if value_no is None else self.get(thread_key, value_no)
-
-    def add(self, thread_key: int, ns: str, channel: str, entry: _StoredList) -> None:
-        key = (thread_key, entry.value_no)
-        if key not in self._entries:
-            self._size += len(entry.nos)
-            self._by_thread.setdefault(thread_key, set()).add(entry.value_no)
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        latest = self._latest.setdefault(thread_key, {})
-        if latest.get((ns, channel), 0) < entry.value_no:
-            latest[(ns, channel)] = entry.value_no
-        while self._size > self.max_messages and len(self._entries) > 1:
-            (old_thread, old_no), old = self._entries.popitem(last=False)
-            self._size -= len(old.nos)
-            numbers = self._by_thread[old_thread]
-            numbers.discard(old_no)
-            if not numbers:
-                del self._by_thread[old_thread]
-
-    def forget_threads(self, thread_keys: Iterable[int]) -> None:
-        for thread_key in thread_keys:
-            for value_no in self._by_thread.pop(thread_key, ()):
-                self._size -= len(self._entries.pop((thread_key, value_no)).nos)
-            self._latest.pop(thread_key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1206,51 +1151,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self, txn: _ThreadTxn, ns: str, channel: str, messages: list[BaseMessage]
     ) -> tuple[_StoredList, bytes, int | None, int | None]:
         """Store the new messages of a list; return it with its row's (value, base_no, keep)."""
-        base = self._base_list(txn, ns, channel)
-        nos: list[int]
-        snaps: list[dict]
-        keep = 0
-        if base is not None:
-            n_base = len(base.objs)
-            # The base's messages, unchanged since stored (see `_StoredList`): the same
-            # objects, or others with the same class and fields (a copy, a cold read).
-            prefix_same = len(messages) >= n_base and (
-                all(map(operator.is_, messages, base.objs))
-                or (
-                    list(map(_FIELDS, messages[:n_base])) == base.snaps
-                    and all(map(operator.is_, map(type, messages[:n_base]), map(type, base.objs)))
-                )
-            )
-            if prefix_same:
-                fresh = messages[n_base:]
-                nos = base.nos + [self._store_message(txn, m) for m in fresh]
-                snaps = base.snaps + [_snapshot(m) for m in fresh]
-                keep = n_base
-            else:
-                intact = {
-                    id(o): (n, snap)
-                    for o, n, snap in zip(base.objs, base.nos, base.snaps)
-                    if o.__dict__ == snap
-                }
-                nos, snaps = [], []
-                for i, m in enumerate(messages):
-                    found = intact.get(id(m))
-                    if found is None and i < n_base and type(m) is type(base.objs[i]) and m.__dict__ == base.snaps[i]:
-                        found = base.nos[i], base.snaps[i]  # a copy of the stored message, as stored
-                    nos.append(found[0] if found else self._store_message(txn, m))
-                    snaps.append(found[1] if found else _snapshot(m))
-                while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
-                    keep += 1
-        else:
-            nos = [self._store_message(txn, m) for m in messages]
-            snaps = [_snapshot(m) for m in messages]
-        value_no = txn.value_no()
-        appended = len(nos) - keep
-        if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):
-            entry = _StoredList(value_no, nos, list(messages), 0, snaps)
-            return entry, codec.pack_numbers(nos), None, None
-        entry = _StoredList(value_no, nos, list(messages), base.depth + 1, snaps)
-        return entry, codec.pack_numbers(nos[keep:]), base.value_no, keep
+        return encode_list(self._base_list(txn, ns, channel), messages, partial(self._store_message, txn), txn.value_no)
 
     def _pre_encode(self, value: Any, *, words: bool = True) -> _PreValue:
         """A write or a channel value encoded as far as it can be without a transaction:
@@ -2337,19 +2238,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return result
 
     def get_next_version(self, current: Any, channel: None = None) -> float | str:
-        """Integer part counts updates; a random fraction keeps forked branches apart.
-
-        A number, except after a version string: LangGraph's stock savers (and the
-        `langgraph dev` runtime, which wraps this saver) write `"<32 digits>.<fraction>"`,
-        and the next version must compare with the thread's others. LangGraph passes
-        the checkpoint's highest version as `current`, so one thread keeps one kind."""
-        if current is None:
-            whole = 0
-        elif isinstance(current, (int, float)):
-            whole = int(current)
-        else:
-            return f"{int(str(current).split('.')[0]) + 1:032}.{random.random():.16f}"
-        return whole + 1 + random.random() * 0.999
+        """See `checkpoint_codec.next_version`."""
+        return checkpoint_codec.next_version(current)
 
     # -- storage maintenance -------------------------------------------------
 
