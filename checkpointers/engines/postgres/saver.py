@@ -155,20 +155,25 @@ _CHECKPOINT_BY_ID_SQL = (
     "WHERE t.thread_id = %s AND c.checkpoint_ns = %s AND c.checkpoint_id = %s"
 )
 _LATEST_CHECKPOINT_SQL = (
-    f"SELECT t.thread_key, {_CHECKPOINT_COLUMNS} FROM threads t JOIN checkpoints c ON c.thread_key = t.thread_key "
-    "WHERE t.thread_id = %s AND c.checkpoint_ns = %s ORDER BY c.checkpoint_id DESC LIMIT 1"
+    f"SELECT t.thread_key, {_CHECKPOINT_COLUMNS} FROM threads t CROSS JOIN LATERAL (SELECT * FROM checkpoints "
+    "WHERE thread_key = t.thread_key AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1) AS c "
+    "WHERE t.thread_id = %s"
 )
+"""The thread's newest checkpoint: a backward step on the primary key (a plain join with
+ORDER BY may sort the whole thread's checkpoints first)."""
 _CHECKPOINT_ROW_SQL = (
     "SELECT parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
     "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
 )
 _VALUES_AT_SQL = (
-    "SELECT DISTINCT ON (v.channel) v.channel, v.value_no, v.kind, v.type, v.value FROM channel_values v "
-    "JOIN unnest(%s::text[], %s::text[]) AS wanted (channel, version) "
-    "ON v.channel = wanted.channel AND v.version = wanted.version "
-    "WHERE v.thread_key = %s AND v.checkpoint_ns = %s ORDER BY v.channel, v.value_no DESC"
+    "SELECT wanted.channel, v.value_no, v.kind, v.type, v.value "
+    "FROM unnest(%s::text[], %s::text[]) AS wanted (channel, version) "
+    "CROSS JOIN LATERAL (SELECT value_no, kind, type, value FROM channel_values "
+    "WHERE thread_key = %s AND checkpoint_ns = %s AND channel = wanted.channel AND version = wanted.version "
+    "ORDER BY value_no DESC LIMIT 1) AS v"
 )
-"""Each channel's value at its version; a version written twice resolves to its newest row."""
+"""Each channel's value at its version, one index probe per channel (a join would read the
+whole thread's values); a version written twice resolves to its newest row."""
 _WRITES_OF_SQL = (
     "SELECT task_path, task_id, idx, channel, type, value FROM writes "
     "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
@@ -503,7 +508,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if checkpoint_id := get_checkpoint_id(config):
             row = yield Sql(_CHECKPOINT_BY_ID_SQL, (thread_id, ns, checkpoint_id), FETCH_ONE)
         else:
-            row = yield Sql(_LATEST_CHECKPOINT_SQL, (thread_id, ns), FETCH_ONE)
+            row = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
         if row is None:
             return None
         return (yield from self._tuple(row[0], thread_id, ns, row[1:], own=_IN_A_RUN not in configurable))
@@ -584,7 +589,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         owner = yield Sql("SELECT thread_key, user_id FROM threads WHERE thread_id = %s", (thread_id,), FETCH_ONE)
         if owner is None or (user_id is not ANY_USER and owner[1] != user_id):
             raise ThreadNotFoundError(thread_id)
-        row = yield Sql(_LATEST_CHECKPOINT_SQL, (thread_id, ""), FETCH_ONE)
+        row = yield Sql(_LATEST_CHECKPOINT_SQL, ("", thread_id), FETCH_ONE)
         versions = self._load(row[3], row[4])["channel_versions"] if row else {}
         if MESSAGES_CHANNEL not in versions:
             return MessagePage([], 0, 0)
@@ -1016,7 +1021,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if checkpoint_id := get_checkpoint_id(config):
             target = yield Sql(_CHECKPOINT_BY_ID_SQL, (thread_id, ns, checkpoint_id), FETCH_ONE)
         else:
-            target = yield Sql(_LATEST_CHECKPOINT_SQL, (thread_id, ns), FETCH_ONE)
+            target = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
         thread_key = target[0] if target else None
         cursor = target[2] if target else None  # the target's parent: history before it
         remaining = set(channels)
