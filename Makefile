@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) -m bench.retention
 	$(PY) -m bench.sessions
 	$(PY) -m bench.import_stock
+	$(PY) -m bench.postgres
 	$(PY) -m bench.crash
 	$(PY) -m bench.hostile
 	$(PY) -m bench.ops

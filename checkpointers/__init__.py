@@ -5,8 +5,10 @@
         graph = build_graph(checkpointer=saver)
         saver.threads.list("alice")          # her 20 most recent threads
 
-`url` is `sqlite:///path/to/file.db`; without it `$THREADKEEPER_DATABASE_URL`,
-then `sqlite:///data/threadkeeper.db`. `THREADKEEPER_SQLITE_SYNCHRONOUS` picks
+`url` is `sqlite:///path/to/file.db` or `postgresql://user@host:5432/db` (also
+`postgres://`); without it `$THREADKEEPER_DATABASE_URL`, then
+`sqlite:///data/threadkeeper.db`. On PostgreSQL `$THREADKEEPER_PG_POOL_SIZE`
+sizes the process's connection pool (default 10). `THREADKEEPER_SQLITE_SYNCHRONOUS` picks
 SQLite's `synchronous` pragma (NORMAL by default; FULL survives power loss).
 `THREADKEEPER_ENCRYPTION_KEY` encrypts the conversations in the store (see
 `checkpointers.encryption`); `threadkeeper rotate-key` changes the key.
@@ -31,11 +33,13 @@ from checkpointers.errors import (
     ThreadNotFoundError,
 )
 from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
+from checkpointers.encryption import KEY_VARIABLE
 from checkpointers.history import ThreadChatHistory, close_shared_savers
 from checkpointers.sessions import MessageNotFoundError, Session, SessionMessage, SessionStore
-from checkpointers.sqlite import MessagePage, ThreadSaver
+from checkpointers.messages import MessagePage
+from checkpointers.sqlite import ThreadSaver
 from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
-from checkpointers.url import DEFAULT_URL, resolve_url, sqlite_path
+from checkpointers.url import DEFAULT_URL, is_postgres, resolve_url, sqlite_path
 
 __all__ = [
     "ANY_USER",
@@ -75,10 +79,26 @@ def _saver_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = dict(kwargs)
+    options.setdefault("encryption_key", os.environ.get(KEY_VARIABLE) or None)
+    return options
+
+
 @contextmanager
 def open_saver(url: str | None = None, **kwargs: Any) -> Iterator[ThreadSaver]:
-    """Open the store for synchronous use; closes it on exit."""
-    saver = ThreadSaver(sqlite_path(resolve_url(url)), **_saver_options(kwargs))
+    """Open the store for synchronous use; closes it on exit.
+
+    A `postgresql://` URL gives the PostgreSQL engine's saver (same LangGraph
+    interface and `saver.threads`; see `checkpointers.engines.postgres`)."""
+    url = resolve_url(url)
+    if is_postgres(url):
+        from checkpointers.engines.postgres import open_postgres_saver
+
+        with open_postgres_saver(url, **_postgres_options(kwargs)) as saver:
+            yield saver
+        return
+    saver = ThreadSaver(sqlite_path(url), **_saver_options(kwargs))
     try:
         yield saver
     finally:
@@ -89,12 +109,19 @@ def open_saver(url: str | None = None, **kwargs: Any) -> Iterator[ThreadSaver]:
 async def open_async_saver(url: str | None = None, **kwargs: Any) -> AsyncIterator[ThreadSaver]:
     """Open the store for asyncio use (e.g. `langgraph dev`); closes it on exit.
 
-    The async methods run the shared SQLite code on worker threads, so the
-    event loop never blocks on disk.
+    On SQLite the async methods run the shared code on worker threads, so the
+    event loop never blocks on disk; on PostgreSQL they are native asyncio.
     """
     import asyncio
 
-    saver = await asyncio.to_thread(ThreadSaver, sqlite_path(resolve_url(url)), **_saver_options(kwargs))
+    url = resolve_url(url)
+    if is_postgres(url):
+        from checkpointers.engines.postgres import open_async_postgres_saver
+
+        async with open_async_postgres_saver(url, **_postgres_options(kwargs)) as saver:
+            yield saver
+        return
+    saver = await asyncio.to_thread(ThreadSaver, sqlite_path(url), **_saver_options(kwargs))
     try:
         yield saver
     finally:

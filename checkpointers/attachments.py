@@ -34,6 +34,7 @@ from checkpointers.encryption import attachment_place
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.storable import check_id, storable_text
 from checkpointers.threads import ANY_USER
+from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -284,7 +285,6 @@ class AttachmentStore:
         sentence for a file of the wrong type, a damaged file or one over
         `THREADKEEPER_MAX_ATTACHMENT_MB`; nothing changes in that case.
         """
-        from checkpointers.sqlite import utc_now
 
         thread_id = check_id(thread_id)
         if isinstance(user_id, str):

@@ -37,6 +37,7 @@ Layout: msgpack `[v, ts, versions, indexes, shape]`.
 
 from __future__ import annotations
 
+import random
 import struct
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -203,3 +204,20 @@ def decode(blob: bytes) -> dict[str, Any]:
     if updated is not False:
         checkpoint["updated_channels"] = None if updated is None else [name(code) for code in updated]
     return checkpoint
+
+
+def next_version(current: Any) -> float | str:
+    """The channel version after `current` (LangGraph's `get_next_version`, for both engines).
+
+    Integer part counts updates; a random fraction keeps forked branches apart.
+    A number, except after a version string: LangGraph's stock savers (and the
+    `langgraph dev` runtime, which wraps a saver) write `"<32 digits>.<fraction>"`,
+    and the next version must compare with the thread's others. LangGraph passes
+    the checkpoint's highest version as `current`, so one thread keeps one kind."""
+    if current is None:
+        whole = 0
+    elif isinstance(current, (int, float)):
+        whole = int(current)
+    else:
+        return f"{int(str(current).split('.')[0]) + 1:032}.{random.random():.16f}"
+    return whole + 1 + random.random() * 0.999

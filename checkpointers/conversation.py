@@ -33,6 +33,7 @@ from checkpointers import stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.threads import ANY_USER
+from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -192,7 +193,6 @@ def restore(
         if owner_of(saver, thread_id)[0]:
             raise ValueError(f"thread {thread_id} already exists")
         write(saver, thread_id, messages, user_id=user_id if user_id is not None else ANY_USER)
-        from checkpointers.sqlite import utc_now
 
         with saver._write():
             conn = saver.conn

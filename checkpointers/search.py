@@ -180,6 +180,18 @@ def backlog_body(words: str) -> str:
     return f" {fold(words)} "
 
 
+def lexemes(words: str) -> list[str]:
+    """The distinct tokens of `words` (from `search_words`) as this module's tokenizer
+    makes them: what the PostgreSQL engine indexes for a message, so both engines
+    match by the same rules."""
+    return list(dict.fromkeys(fold(words).split()))
+
+
+def query_lexemes(query: str) -> list[str]:
+    """The tokens a message must all hold to match `query` (as `lexemes` makes them)."""
+    return list(dict.fromkeys(fold(" ".join(_query_words(query, None))).split()))
+
+
 def words_probe(query: str, token: Callable[[str], str] | None = None) -> tuple[str, list[str]] | None:
     """SQL true when a thread (`thread_key` of the outer query) has a message holding
     every word of `query`, in the index or in the backlog, and its parameters (None: no words).

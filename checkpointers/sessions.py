@@ -48,8 +48,9 @@ from checkpointers import conversation, metadata as md, stats
 from checkpointers.conversation import Conversation, as_message, from_micros, iso, to_micros
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.metadata import MetadataFilter
-from checkpointers.storable import check_id, check_text
-from checkpointers.threads import ANY_USER, MAX_TITLE_LENGTH, checked_user
+from checkpointers.storable import check_id
+from checkpointers.threads import ANY_USER, checked_user, clean_title
+from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -111,14 +112,7 @@ def _check_count(max_count: int | None) -> None:
 
 
 def _clean_title(title: str | None) -> str | None:
-    if title is None:
-        return None
-    clean = check_text(" ".join(str(title).split()), "title")
-    if not clean:
-        raise ValueError("a session title cannot be empty")
-    if len(clean) > MAX_TITLE_LENGTH:
-        raise ValueError(f"a session title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
-    return clean
+    return None if title is None else clean_title(title, "session")
 
 
 def _sessions_sql(
@@ -202,7 +196,6 @@ class SessionStore:
         user_id = checked_user(user_id)
         stored = md.dumps(metadata)
         title = _clean_title(title)
-        from checkpointers.sqlite import utc_now
 
         with self._saver._write():
             conn = self._saver.conn
@@ -242,7 +235,6 @@ class SessionStore:
         removed = [k for k, v in changes.items() if v is None]
         md.encode({k: v for k, v in changes.items() if v is not None})  # one clear error before writing
         title = _clean_title(title)
-        from checkpointers.sqlite import utc_now
 
         with self._saver._write():
             conn = self._saver.conn

@@ -44,30 +44,21 @@ import json
 import logging
 import operator
 import os
-import random
 import re
 import sqlite3
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import ormsgpack
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    ChatMessage,
-    FunctionMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -96,6 +87,24 @@ from checkpointers.codec import (
     py_id,
 )
 from checkpointers.attachments import AttachmentStore
+from checkpointers.messages import (
+    ListCache as _ListCache,
+    MAX_CHAIN_DEPTH,
+    MessagePage,
+    StoredList as _StoredList,
+    checked_owner as _checked_owner,
+    checkpoint_tuple as _checkpoint_tuple,
+    copy_message_list as _copy_message_list,
+    dump_message,
+    encode_list,
+    holds_messages as _holds_messages,
+    is_message_dict as _is_message_dict,
+    is_message_list as _is_message_list,
+    load_message,
+    restored as _restored,
+    snapshot as _snapshot,
+    utc_now,
+)
 from checkpointers.encryption import checkpoint_place, message_place, segment_place, title_place, value_place, write_place
 from checkpointers.errors import (
     EncryptionKeyError,
@@ -113,43 +122,10 @@ from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
 
-MAX_CHAIN_DEPTH = 64
-"""A stored message list is a delta against at most this many earlier lists."""
-
 SEGMENT_SIZE = 64
 """New messages stay in their own rows until this many gather; then they are
 sealed into one compressed `message_segments` row (smaller, and one decompression
 per 64 messages when a thread is read cold)."""
-
-# Messages of these exact classes are stored as their field values and rebuilt
-# by `rebuild_message` (what `model_construct` builds, faster): the fields were validated when the message was made,
-# and skipping a second validation makes reading a long thread twice as fast.
-# Anything else (subclasses, extra fields) goes through the serializer whole.
-_MESSAGE_CLASSES: dict[str, type[BaseMessage]] = {
-    "human": HumanMessage,
-    "ai": AIMessage,
-    "system": SystemMessage,
-    "tool": ToolMessage,
-    "function": FunctionMessage,
-    "chat": ChatMessage,
-}
-_MESSAGE_TAGS = {cls: tag for tag, cls in _MESSAGE_CLASSES.items()}
-
-
-def rebuild_message(cls: type[BaseMessage], fields: dict[str, Any]) -> BaseMessage:
-    """What `cls.model_construct(**fields)` builds when `fields` holds every field.
-
-    Pydantic's own model_construct spends most of its time looking for missing
-    fields and defaults; stored messages have none missing. A test checks that
-    the two agree for every class in `_MESSAGE_CLASSES`.
-    """
-    message = cls.__new__(cls)
-    object.__setattr__(message, "__dict__", fields)
-    object.__setattr__(message, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(message, "__pydantic_extra__", {})
-    object.__setattr__(message, "__pydantic_private__", None)
-    return message
-
 
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
@@ -176,15 +152,6 @@ def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
         cache.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class MessagePage:
-    """Some of a thread's messages: `messages` are indexes `start`.. of `total`."""
-
-    messages: list[BaseMessage]
-    total: int
-    start: int
-
-
 _PLAIN_KEY = re.compile(r'[ !#-\[\]-~]*')
 """Metadata keys a JSON path names exactly across SQLite versions (printable ASCII,
 no `"` or `\\`); `list` filters on any other key in Python."""
@@ -202,186 +169,6 @@ def _retry_may_help(exc: BaseException) -> bool:
     return isinstance(
         exc, (sqlite3.OperationalError, OSError, StoreUnavailableError, EncryptionKeyError, _StaleThreadState)
     )
-
-
-def _checked_owner(*candidates: Any) -> str | None:
-    """`_owner`, refused if the store cannot keep it exactly."""
-    owner = _owner(*candidates)
-    return owner if owner is None else check_id(owner, "user id")
-
-
-def _owner(*candidates: Any) -> str | None:
-    """The first non-empty user id (the LangGraph server passes "" when there is none)."""
-    for candidate in candidates:
-        if candidate not in (None, ""):
-            return str(candidate)
-    return None
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _is_message_list(value: Any) -> bool:
-    if type(value) is not list or not value:
-        return False
-    return all(issubclass(t, BaseMessage) for t in set(map(type, value)))
-
-
-def _copy_message_list(value: Any) -> Any:
-    """A new list of the same messages (in a `_DeltaSnapshot` if it was one); None if `value` is not one."""
-    if _is_message_list(value):
-        return list(value)
-    if isinstance(value, _DeltaSnapshot) and _is_message_list(value.value):
-        return _DeltaSnapshot(list(value.value))
-    return None
-
-
-def _holds_messages(value: Any) -> bool:
-    """A message, or a list of them."""
-    return isinstance(value, BaseMessage) or _is_message_list(value)
-
-
-def _is_message_dict(value: Any) -> bool:
-    """A dict with messages among its values: a graph's input, e.g. {"messages": [HumanMessage(...)]}."""
-    return type(value) is dict and any(map(_holds_messages, value.values()))
-
-
-@dataclass
-class _StoredList:
-    """A message list as stored (`nos`), as Python objects (`objs`), and the
-    fields each object had when it was stored (`snaps`, see `_snapshot`).
-
-    The objects go to the LangGraph run that starts from the list, and from it
-    to whoever called `invoke`, who may change one in place. The snapshots are
-    never handed out: an object whose fields no longer equal its snapshot has
-    been changed since, and `hand_out` puts back a new one rebuilt from the
-    snapshot. Comparing every object's fields with its snapshot is one C-level
-    list comparison (0.4 ms for 1,000 messages in a run here), against 2-4 us per
-    message to copy them at each hand-out. A copy that comes back changed (the
-    human-in-the-loop edit of what `get_state` returned, then `update_state`)
-    is stored as a new message by `_encode_list`; the same object changed in
-    place by a node while its run holds it is not stored (nodes return
-    updates), and the next read gives the stored version."""
-
-    value_no: int
-    nos: list[int]
-    objs: list[BaseMessage]
-    depth: int
-    snaps: list[dict]
-
-    def intact(self) -> bool:
-        """Whether no object of the list was changed since it was stored."""
-        return list(map(_FIELDS, self.objs)) == self.snaps
-
-    def hand_out(self) -> list[BaseMessage]:
-        """A new list of the messages as stored: an object a caller changed since is
-        replaced (here too) by a new one rebuilt from its snapshot."""
-        objs = self.objs
-        if not self.intact():
-            for i, (obj, snap) in enumerate(zip(objs, self.snaps)):
-                if obj.__dict__ != snap:
-                    objs[i] = _restored(obj, snap)
-        return list(objs)
-
-    def copies(self) -> list[BaseMessage]:
-        """New objects of the messages as stored (rebuilt from the snapshots, so nothing
-        a caller did to the kept objects shows)."""
-        return [_restored(obj, snap) for obj, snap in zip(self.objs, self.snaps)]
-
-    def known(self) -> dict[int, tuple[BaseMessage, dict]]:
-        """Message number -> (object as stored, snapshot)."""
-        return dict(zip(self.nos, zip(self.hand_out(), self.snaps)))
-
-
-_FIELDS = operator.attrgetter("__dict__")
-
-
-def _copy_fields(value: Any) -> Any:
-    """`value` with its dicts and lists copied all the way down (other values are shared:
-    a message's fields hold JSON-like data, and strings and numbers cannot change)."""
-    kind = value.__class__
-    if kind is dict:
-        return {k: _copy_fields(v) if v.__class__ in _CONTAINERS else v for k, v in value.items()}
-    if kind is list:
-        return [_copy_fields(v) if v.__class__ in _CONTAINERS else v for v in value]
-    return value
-
-
-_CONTAINERS = frozenset((dict, list))
-
-
-def _snapshot(message: BaseMessage) -> dict:
-    """A private copy of a message's fields, equal to them until someone changes the message."""
-    return _copy_fields(message.__dict__)
-
-
-def _restored(message: BaseMessage, snap: dict) -> BaseMessage:
-    """A new message of the same class whose fields are (a copy of) `snap`."""
-    restored = _new_object(message.__class__)
-    _set_attribute(restored, "__dict__", _copy_fields(snap))
-    _set_attribute(restored, "__pydantic_fields_set__", set(message.__pydantic_fields_set__))
-    extra, private = message.__pydantic_extra__, message.__pydantic_private__
-    _set_attribute(restored, "__pydantic_extra__", None if extra is None else _copy_fields(extra))
-    _set_attribute(restored, "__pydantic_private__", None if private is None else _copy_fields(private))
-    return restored
-
-
-_new_object, _set_attribute = object.__new__, object.__setattr__
-
-
-class _ListCache:
-    """Recently read or written message lists, bounded by total message count.
-
-    Keys are `(thread_key, value_no)`. Neither number is ever reused (thread keys
-    are AUTOINCREMENT, value numbers come from a per-thread counter), and value
-    rows never change after they are written, so an entry can never go stale.
-    Entries are also indexed by thread, so forgetting a thread costs its own
-    entries, not a walk over the whole cache.
-    """
-
-    def __init__(self, max_messages: int) -> None:
-        self.max_messages = max_messages
-        self._entries: OrderedDict[tuple[int, int], _StoredList] = OrderedDict()
-        self._size = 0
-        self._by_thread: dict[int, set[int]] = {}
-        """thread_key -> value numbers of its entries."""
-        self._latest: dict[int, dict[tuple[str, str], int]] = {}
-        """thread_key -> (ns, channel) -> newest value number stored or read."""
-
-    def get(self, thread_key: int, value_no: int) -> _StoredList | None:
-        entry = self._entries.get((thread_key, value_no))
-        if entry is not None:
-            self._entries.move_to_end((thread_key, value_no))
-        return entry
-
-    def latest(self, thread_key: int, ns: str, channel: str) -> _StoredList | None:
-        value_no = self._latest.get(thread_key, {}).get((ns, channel))
-        return None if value_no is None else self.get(thread_key, value_no)
-
-    def add(self, thread_key: int, ns: str, channel: str, entry: _StoredList) -> None:
-        key = (thread_key, entry.value_no)
-        if key not in self._entries:
-            self._size += len(entry.nos)
-            self._by_thread.setdefault(thread_key, set()).add(entry.value_no)
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        latest = self._latest.setdefault(thread_key, {})
-        if latest.get((ns, channel), 0) < entry.value_no:
-            latest[(ns, channel)] = entry.value_no
-        while self._size > self.max_messages and len(self._entries) > 1:
-            (old_thread, old_no), old = self._entries.popitem(last=False)
-            self._size -= len(old.nos)
-            numbers = self._by_thread[old_thread]
-            numbers.discard(old_no)
-            if not numbers:
-                del self._by_thread[old_thread]
-
-    def forget_threads(self, thread_keys: Iterable[int]) -> None:
-        for thread_key in thread_keys:
-            for value_no in self._by_thread.pop(thread_key, ()):
-                self._size -= len(self._entries.pop((thread_key, value_no)).nos)
-            self._latest.pop(thread_key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1285,11 +1072,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return checkpoint_codec.TYPE, blob
 
     def _dump_message(self, message: BaseMessage) -> tuple[str, bytes]:
-        tag = _MESSAGE_TAGS.get(type(message))
-        if tag is None or message.__pydantic_extra__:
-            return self.serde.dumps_typed(message)
-        type_, blob = self.serde.dumps_typed(dict(message.__dict__))
-        return f"lc.{tag}:{type_}", blob
+        return dump_message(self.serde, message)
 
     def _load_message(self, type_: str, blob: bytes) -> BaseMessage:
         """A message from its plain (decrypted) blob."""
@@ -1384,61 +1167,13 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     ) -> tuple[_StoredList, bytes, int | None, int | None]:
         """Store the new messages of a list; return it with its row's (value, base_no, keep)."""
         base = self._base_list(txn, ns, channel)
-        nos: list[int]
-        snaps: list[dict]
-        keep = 0
-        if base is not None:
-            n_base = len(base.objs)
-            # The base's messages, unchanged since stored (see `_StoredList`): the same
-            # objects, or others with the same class and fields (a copy, a cold read).
-            prefix_same = len(messages) >= n_base and (
-                all(map(operator.is_, messages, base.objs))
-                or (
-                    list(map(_FIELDS, messages[:n_base])) == base.snaps
-                    and all(map(operator.is_, map(type, messages[:n_base]), map(type, base.objs)))
-                )
-            )
-            if prefix_same:
-                fresh = messages[n_base:]
-                nos = base.nos + [self._store_message(txn, m) for m in fresh]
-                snaps = base.snaps + [_snapshot(m) for m in fresh]
-                keep = n_base
-                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
-                    for m in fresh:
-                        txn.count_message(stats.figures(m))
-            else:
-                intact = {
-                    id(o): (n, snap)
-                    for o, n, snap in zip(base.objs, base.nos, base.snaps)
-                    if o.__dict__ == snap
-                }
-                nos, snaps = [], []
-                for i, m in enumerate(messages):
-                    found = intact.get(id(m))
-                    if found is None and i < n_base and type(m) is type(base.objs[i]) and m.__dict__ == base.snaps[i]:
-                        found = base.nos[i], base.snaps[i]  # a copy of the stored message, as stored
-                    nos.append(found[0] if found else self._store_message(txn, m))
-                    snaps.append(found[1] if found else _snapshot(m))
-                while keep < min(len(nos), len(base.nos)) and nos[keep] == base.nos[keep]:
-                    keep += 1
-                if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
-                    had = set(base.nos)
-                    for m, no in zip(messages, nos):
-                        if no not in had:
-                            txn.count_message(stats.figures(m))
-        else:
-            nos = [self._store_message(txn, m) for m in messages]
-            snaps = [_snapshot(m) for m in messages]
-            if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: new to the conversation
-                for m in messages:
+        encoded = encode_list(base, messages, partial(self._store_message, txn), txn.value_no)
+        if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: messages new to the conversation
+            had = set(base.nos) if base is not None else set()
+            for m, no in zip(messages, encoded[0].nos):
+                if no not in had:
                     txn.count_message(stats.figures(m))
-        value_no = txn.value_no()
-        appended = len(nos) - keep
-        if base is None or base.depth + 1 >= MAX_CHAIN_DEPTH or appended > max(keep, 16):
-            entry = _StoredList(value_no, nos, list(messages), 0, snaps)
-            return entry, codec.pack_numbers(nos), None, None
-        entry = _StoredList(value_no, nos, list(messages), base.depth + 1, snaps)
-        return entry, codec.pack_numbers(nos[keep:]), base.value_no, keep
+        return encoded
 
     def _pre_encode(self, value: Any, *, words: bool = True) -> _PreValue:
         """A write or a channel value encoded as far as it can be without a transaction:
@@ -2529,19 +2264,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         return result
 
     def get_next_version(self, current: Any, channel: None = None) -> float | str:
-        """Integer part counts updates; a random fraction keeps forked branches apart.
-
-        A number, except after a version string: LangGraph's stock savers (and the
-        `langgraph dev` runtime, which wraps this saver) write `"<32 digits>.<fraction>"`,
-        and the next version must compare with the thread's others. LangGraph passes
-        the checkpoint's highest version as `current`, so one thread keeps one kind."""
-        if current is None:
-            whole = 0
-        elif isinstance(current, (int, float)):
-            whole = int(current)
-        else:
-            return f"{int(str(current).split('.')[0]) + 1:032}.{random.random():.16f}"
-        return whole + 1 + random.random() * 0.999
+        """See `checkpoint_codec.next_version`."""
+        return checkpoint_codec.next_version(current)
 
     # -- storage maintenance -------------------------------------------------
 
@@ -2692,14 +2416,6 @@ _KEY_STATE_SQL = (
 )
 
 
-def load_message(serde: SerializerProtocol, type_: str, blob: bytes) -> BaseMessage:
-    """A message from its plain stored form (see `ThreadSaver._dump_message`)."""
-    if type_.startswith("lc."):
-        tag, _, inner = type_[3:].partition(":")
-        return rebuild_message(_MESSAGE_CLASSES[tag], serde.loads_typed((inner, blob)))
-    return serde.loads_typed((type_, blob))
-
-
 _PAUSE_GC_FROM = 256
 """Messages read at once from which Python's cyclic collector waits until the read is done."""
 
@@ -2736,21 +2452,6 @@ WITH RECURSIVE chain (value_no, value, base_no, keep, depth, checkpoint_ns, chan
 SELECT * FROM chain
 """
 """A stored message list and the lists it is a delta of, newest first, down to a full list."""
-
-
-def _checkpoint_tuple(
-    thread_id: str, ns: str, checkpoint: Checkpoint, metadata_json: str, parent_id: str | None, pending_writes: list
-) -> CheckpointTuple:
-    def config(checkpoint_id: str) -> RunnableConfig:
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
-
-    return CheckpointTuple(
-        config=config(checkpoint["id"]),
-        checkpoint=checkpoint,
-        metadata=json.loads(metadata_json),
-        parent_config=config(parent_id) if parent_id else None,
-        pending_writes=pending_writes,
-    )
 
 
 def _more_steps_follow(checkpoint: Checkpoint) -> bool:

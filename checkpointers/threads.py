@@ -69,19 +69,24 @@ class ThreadPage:
     next_cursor: str | None
 
 
-_COLUMNS = "thread_id, user_id, title, created_at, updated_at, message_count, pinned, metadata"
+THREAD_COLUMNS = "thread_id, user_id, title, created_at, updated_at, message_count, pinned, metadata"
 
 
-def _info(row: tuple) -> ThreadInfo:
-    return ThreadInfo(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), json.loads(row[7]))
+def thread_info(row: tuple) -> ThreadInfo:
+    """A row of the thread index (its columns in `THREAD_COLUMNS` order) as a ThreadInfo;
+    `metadata` may be JSON text or (PostgreSQL's jsonb) already a dict."""
+    metadata = json.loads(row[7]) if isinstance(row[7], str) else row[7]
+    return ThreadInfo(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), metadata)
 
 
-def _encode_cursor(info: ThreadInfo) -> str:
+def encode_cursor(info: ThreadInfo) -> str:
+    """The cursor of the page after `info` (newest first by update time, then id)."""
     raw = json.dumps([info.updated_at, info.thread_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[str, str]:
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """`(updated_at, thread_id)` of a cursor; `InvalidCursorError` for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         updated_at, thread_id = json.loads(raw)
@@ -92,11 +97,12 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         raise InvalidCursorError(f"invalid thread list cursor {cursor[:40]!r}") from exc
 
 
-def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
-    if not metadata:
-        return "", []
-    sql, params = [], []
-    for key, value in metadata.items():
+def checked_metadata_filter(metadata: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The `(key, value)` pairs of a thread metadata filter, refused (ValueError) unless
+    every key is a string both engines match exactly and every value a string, number,
+    boolean or null."""
+    pairs = []
+    for key, value in (metadata or {}).items():
         if not isinstance(key, str):
             raise ValueError(f"metadata filter keys must be strings, not {key!r}")
         if value is not None and not isinstance(value, (str, int, float, bool)):
@@ -108,10 +114,46 @@ def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
         check_text(key, "filter")
         if isinstance(value, str):
             check_text(value, "filter")
+        pairs.append((key, value))
+    return pairs
+
+
+def _metadata_clause(metadata: dict[str, Any] | None) -> tuple[str, list[Any]]:
+    pairs = checked_metadata_filter(metadata)
+    if not pairs:
+        return "", []
+    sql, params = [], []
+    for key, value in pairs:
         path = "$." + json.dumps(key)
         sql.append("json_extract(metadata, ?) IS ?")
         params.extend([path, value])
     return " AND " + " AND ".join(sql), params
+
+
+def clean_title(title: str, what: str = "thread") -> str:
+    """A title a user gave, on one line; ValueError (naming the `what`) if empty or
+    longer than `MAX_TITLE_LENGTH`."""
+    clean = check_text(" ".join(str(title).split()), "title")
+    if not clean:
+        raise ValueError(f"a {what} title cannot be empty")
+    if len(clean) > MAX_TITLE_LENGTH:
+        raise ValueError(f"a {what} title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
+    return clean
+
+
+def metadata_patch(changes: dict[str, Any]) -> str:
+    """Metadata changes as the JSON merge patch both engines apply (a key set to None is removed)."""
+    if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
+        raise ValueError("thread metadata must be a dict with string keys")
+    try:
+        return json.dumps(changes, allow_nan=False)  # neither engine's JSON has NaN or Infinity
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
+
+
+def check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
 
 
 def checked_user(user_id: Any) -> Any:
@@ -121,11 +163,11 @@ def checked_user(user_id: Any) -> Any:
 
 def _user_rows(user_id: str | None, cursor: str | None) -> tuple[str, list[Any]]:
     """The start of every listing: the user's rows (every row for `ANY_USER`), after the cursor if there is one."""
-    sql = f"SELECT {_COLUMNS} FROM threads WHERE " + ("1" if user_id is ANY_USER else "user_id IS ?")
+    sql = f"SELECT {THREAD_COLUMNS} FROM threads WHERE " + ("1" if user_id is ANY_USER else "user_id IS ?")
     params: list[Any] = [] if user_id is ANY_USER else [user_id]
     if cursor is not None:
         sql += " AND (updated_at, thread_id) < (?, ?)"
-        params.extend(_decode_cursor(cursor))
+        params.extend(decode_cursor(cursor))
     return sql, params
 
 
@@ -179,8 +221,7 @@ class ThreadIndex:
         `metadata` keeps threads whose metadata has each given key equal to the
         given value; `pinned` keeps only pinned (True) or unpinned (False) ones.
         """
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
+        check_limit(limit)
         sql, params = _user_rows(checked_user(user_id), cursor)
         if pinned is not None:
             sql += " AND pinned = ?"
@@ -192,12 +233,12 @@ class ThreadIndex:
         with self._saver._read() as conn:
             rows = conn.execute(sql, params).fetchall()
         threads = [self._info(r) for r in rows[:limit]]
-        next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
+        next_cursor = encode_cursor(threads[-1]) if len(rows) > limit else None
         return ThreadPage(threads, next_cursor)
 
     def _info(self, row: tuple) -> ThreadInfo:
-        """A row of `_COLUMNS` as a ThreadInfo, its title decrypted."""
-        info = _info(row)
+        """A row of `THREAD_COLUMNS` as a ThreadInfo, its title decrypted."""
+        info = thread_info(row)
         if self._saver._cipher is None or info.title is None:
             return info
         return dataclasses.replace(info, title=self._saver._open_title(info.title, info.thread_id))
@@ -219,8 +260,7 @@ class ThreadIndex:
         match case-insensitively after decryption, and message words through
         their hashed tokens.
         """
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
+        check_limit(limit)
         if not " ".join(str(query).split()):
             return self.list(user_id, limit=limit, cursor=cursor)
         user_id, query = checked_user(user_id), check_text(str(query), "search")
@@ -230,7 +270,7 @@ class ThreadIndex:
         with self._saver._read() as conn:
             rows = conn.execute(sql, params).fetchall()
         threads = [self._info(r) for r in rows[:limit]]
-        next_cursor = _encode_cursor(threads[-1]) if len(rows) > limit else None
+        next_cursor = encode_cursor(threads[-1]) if len(rows) > limit else None
         return ThreadPage(threads, next_cursor)
 
     def _search_encrypted(self, user_id: str | None, query: str, limit: int, cursor: str | None) -> ThreadPage:
@@ -241,11 +281,11 @@ class ThreadIndex:
         needle = text.casefold()
         probe = search.words_probe(text, self._saver._cipher.search_token)
         words_hit, words_params = probe if probe is not None else ("0", [])
-        sql = f"SELECT {_COLUMNS}, {words_hit} FROM threads WHERE user_id IS ?"
+        sql = f"SELECT {THREAD_COLUMNS}, {words_hit} FROM threads WHERE user_id IS ?"
         params: list[Any] = [*words_params, user_id]
         if cursor is not None:
             sql += " AND (updated_at, thread_id) < (?, ?)"
-            params.extend(_decode_cursor(cursor))
+            params.extend(decode_cursor(cursor))
         sql += " ORDER BY updated_at DESC, thread_id DESC"
         found: list[ThreadInfo] = []
         with self._saver._read() as conn:
@@ -260,7 +300,7 @@ class ThreadIndex:
             finally:
                 rows.close()
         threads = found[:limit]
-        return ThreadPage(threads, _encode_cursor(threads[-1]) if len(found) > limit else None)
+        return ThreadPage(threads, encode_cursor(threads[-1]) if len(found) > limit else None)
 
     def explain_search(self, user_id: str | None, query: str) -> list[str]:
         """SQLite's query plan for `search(user_id, query)`."""
@@ -271,7 +311,7 @@ class ThreadIndex:
     def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """One thread's row; `ThreadNotFoundError` if unknown or not the user's."""
         with self._saver._read() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = ?", (check_id(thread_id),)).fetchone()
+            row = conn.execute(f"SELECT {THREAD_COLUMNS} FROM threads WHERE thread_id = ?", (check_id(thread_id),)).fetchone()
         if row is None or (user_id is not ANY_USER and row[1] != user_id):
             raise ThreadNotFoundError(str(thread_id))
         return self._info(row)
@@ -286,7 +326,7 @@ class ThreadIndex:
         """SQLite's query plan for `list(user_id)`: shows the index is used."""
         with self._saver._read() as conn:
             rows = conn.execute(
-                f"EXPLAIN QUERY PLAN SELECT {_COLUMNS} FROM threads WHERE user_id IS ? "
+                f"EXPLAIN QUERY PLAN SELECT {THREAD_COLUMNS} FROM threads WHERE user_id IS ? "
                 "ORDER BY updated_at DESC, thread_id DESC LIMIT 21",
                 (user_id,),
             ).fetchall()
@@ -309,11 +349,7 @@ class ThreadIndex:
 
     def rename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Give the thread a new title (one line, at most 200 characters)."""
-        clean = check_text(" ".join(str(title).split()), "title")
-        if not clean:
-            raise ValueError("a thread title cannot be empty")
-        if len(clean) > MAX_TITLE_LENGTH:
-            raise ValueError(f"a thread title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
+        clean = clean_title(title)
         return self._update(thread_id, user_id, "title = ?", [self._saver._seal_title(clean, str(thread_id))])
 
     def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
@@ -324,12 +360,7 @@ class ThreadIndex:
         self, thread_id: str, changes: dict[str, Any], *, user_id: str | None = ANY_USER
     ) -> ThreadInfo:
         """Merge `changes` into the thread's metadata; a key set to None is removed."""
-        if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
-            raise ValueError("thread metadata must be a dict with string keys")
-        try:
-            patch = json.dumps(changes, allow_nan=False)  # SQLite's JSON has no NaN or Infinity
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
+        patch = metadata_patch(changes)
         return self._update(thread_id, user_id, "metadata = json_patch(metadata, ?)", [patch])
 
     def set_origin(self, thread_id: str, *, user_id: str | None, created_at: str, updated_at: str) -> ThreadInfo:

@@ -52,6 +52,7 @@ from checkpointers.conversation import iso, to_micros
 from checkpointers.encryption import attachment_place
 from checkpointers.importer import json_problem
 from checkpointers.threads import ANY_USER
+from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -80,7 +81,6 @@ class TransferSummary:
 
 def export_user(saver: ThreadSaver, user_id: str | None) -> dict[str, Any]:
     """Every thread of `user_id` as one export document (see the module docstring)."""
-    from checkpointers.sqlite import utc_now
 
     threads = [
         export_thread(saver, session.session_id)

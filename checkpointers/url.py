@@ -1,4 +1,4 @@
-"""Where the database lives: `sqlite:///path` URLs and the default location."""
+"""Where the database lives: `sqlite:///path` or `postgresql://` URLs, and the default location."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (`postgresql://` or `postgres://`)."""
+    return url.startswith(POSTGRES_SCHEMES)
+
+
 def sqlite_path(url: str) -> Path:
     """The file a `sqlite:///relative/or//absolute` URL names.
 
@@ -27,7 +35,8 @@ def sqlite_path(url: str) -> Path:
     elif "://" in url:
         scheme = url.split("://", 1)[0]
         raise ValueError(
-            f"unsupported database URL scheme {scheme!r} in {url!r}: use sqlite:///path/to/file.db"
+            f"unsupported database URL scheme {scheme!r} in {url!r}: use sqlite:///path/to/file.db "
+            "or postgresql://user@host:5432/database"
         )
     else:
         rest = url

@@ -17,3 +17,38 @@ def saver(db_path: Path):
     s = ThreadSaver(db_path)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """This test session's own database on the local PostgreSQL server (see tests/postgres.py)."""
+    from tests.postgres import session_database
+
+    with session_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_database):
+    """A `postgresql://` URL to an empty schema of this test's own."""
+    from tests.postgres import fresh_schema
+
+    with fresh_schema(postgres_database) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path: Path) -> str:
+    """The URL of an empty store, once per engine: a SQLite file, a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'threadkeeper.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url: str):
+    """An open saver on an empty store, once per engine (see `store_url`)."""
+    from checkpointers import open_saver
+
+    with open_saver(store_url) as opened:
+        yield opened

@@ -1,4 +1,4 @@
-"""Searching a user's threads by title and by message text (the FTS5 index)."""
+"""Searching a user's threads by title and by message text (FTS5 on SQLite, tsvector on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -26,67 +26,67 @@ def _file_bytes(path) -> bytes:
     return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
 
 
-def test_message_text_is_found_by_whole_words_ignoring_case_and_accents(saver):
-    _say(saver, "trip", "alice", "Hello there")
-    _say(saver, "trip", "alice", "We fly to Zürich on the Café Express")
-    _say(saver, "food", "alice", "Recipe for pancakes")
-    assert _found(saver, "alice", "zurich") == ["trip"]
-    assert _found(saver, "alice", "CAFÉ express") == ["trip"]
-    assert _found(saver, "alice", "pancakes") == ["food"]
-    assert _found(saver, "alice", "you said") == ["food", "trip"]  # the AI's replies are indexed too
-    assert _found(saver, "alice", "expres") == []  # whole words only
-    assert _found(saver, "alice", "pancakes zurich") == []  # every word, in one message
+def test_message_text_is_found_by_whole_words_ignoring_case_and_accents(store):
+    _say(store, "trip", "alice", "Hello there")
+    _say(store, "trip", "alice", "We fly to Zürich on the Café Express")
+    _say(store, "food", "alice", "Recipe for pancakes")
+    assert _found(store, "alice", "zurich") == ["trip"]
+    assert _found(store, "alice", "CAFÉ express") == ["trip"]
+    assert _found(store, "alice", "pancakes") == ["food"]
+    assert _found(store, "alice", "you said") == ["food", "trip"]  # the AI's replies are indexed too
+    assert _found(store, "alice", "expres") == []  # whole words only
+    assert _found(store, "alice", "pancakes zurich") == []  # every word, in one message
 
 
-def test_titles_match_as_text_and_results_are_newest_first(saver):
-    _say(saver, "a", "alice", "Quarterly numbers")
-    _say(saver, "b", "alice", "Weekend plans")
-    saver.threads.rename("a", "Budget review")
-    assert _found(saver, "alice", "get rev") == ["a"]  # title substring
-    _say(saver, "a", "alice", "weekend too")
-    assert _found(saver, "alice", "weekend") == ["a", "b"]
-    assert _found(saver, "alice", "") == ["a", "b"]
+def test_titles_match_as_text_and_results_are_newest_first(store):
+    _say(store, "a", "alice", "Quarterly numbers")
+    _say(store, "b", "alice", "Weekend plans")
+    store.threads.rename("a", "Budget review")
+    assert _found(store, "alice", "get rev") == ["a"]  # title substring
+    _say(store, "a", "alice", "weekend too")
+    assert _found(store, "alice", "weekend") == ["a", "b"]
+    assert _found(store, "alice", "") == ["a", "b"]
 
 
-def test_search_pages_with_a_cursor(saver):
+def test_search_pages_with_a_cursor(store):
     for i in range(7):
-        _say(saver, f"t{i}", "alice", f"common word {i}")
-    page = saver.threads.search("alice", "common", limit=3)
+        _say(store, f"t{i}", "alice", f"common word {i}")
+    page = store.threads.search("alice", "common", limit=3)
     seen = [t.thread_id for t in page.threads]
     while page.next_cursor:
-        page = saver.threads.search("alice", "common", limit=3, cursor=page.next_cursor)
+        page = store.threads.search("alice", "common", limit=3, cursor=page.next_cursor)
         seen += [t.thread_id for t in page.threads]
     assert seen == [f"t{i}" for i in range(6, -1, -1)]
 
 
-def test_other_users_threads_are_never_found(saver):
-    _say(saver, "mine", "alice", "the password is swordfish")
-    _say(saver, "theirs", "bob", "my password is swordfish too")
-    _say(saver, "nobodys", None, "swordfish")
-    assert _found(saver, "alice", "swordfish") == ["mine"]
-    assert _found(saver, "bob", "swordfish") == ["theirs"]
-    assert _found(saver, None, "swordfish") == ["nobodys"]
-    assert _found(saver, "carol", "swordfish") == []
+def test_other_users_threads_are_never_found(store):
+    _say(store, "mine", "alice", "the password is swordfish")
+    _say(store, "theirs", "bob", "my password is swordfish too")
+    _say(store, "nobodys", None, "swordfish")
+    assert _found(store, "alice", "swordfish") == ["mine"]
+    assert _found(store, "bob", "swordfish") == ["theirs"]
+    assert _found(store, None, "swordfish") == ["nobodys"]
+    assert _found(store, "carol", "swordfish") == []
 
 
-def test_fts_syntax_in_a_query_is_just_text(saver):
-    _say(saver, "t", "alice", 'He said "NEAR" (AND) OR not* -x ^y col:z')
+def test_fts_syntax_in_a_query_is_just_text(store):
+    _say(store, "t", "alice", 'He said "NEAR" (AND) OR not* -x ^y col:z')
     for query in ['"', "AND", "NEAR(", "not*", "col:z", "-x", "^y", "%", "_", "\\", "' OR 1=1 --", "😀"]:
-        saver.threads.search("alice", query)  # no exception
-    assert _found(saver, "alice", "near and") == ["t"]
-    assert _found(saver, "alice", "col:z") == ["t"]
+        store.threads.search("alice", query)  # no exception
+    assert _found(store, "alice", "near and") == ["t"]
+    assert _found(store, "alice", "col:z") == ["t"]
 
 
-def test_tool_output_and_system_prompts_are_not_indexed(saver):
-    graph = echo_graph(saver)
+def test_tool_output_and_system_prompts_are_not_indexed(store):
+    graph = echo_graph(store)
     config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
     graph.update_state(config, {"messages": [
         HumanMessage("look it up"),
         AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "c1"}]),
         ToolMessage("secretinternalvalue", tool_call_id="c1"),
     ]})
-    assert _found(saver, "alice", "look") == ["t"]
-    assert _found(saver, "alice", "secretinternalvalue") == []
+    assert _found(store, "alice", "look") == ["t"]
+    assert _found(store, "alice", "secretinternalvalue") == []
 
 
 def test_deleted_threads_leave_no_words_in_the_index_or_the_file(saver, db_path):
@@ -138,6 +138,20 @@ def test_a_store_from_before_the_index_is_indexed_when_opened(db_path):
         assert _found(saver, "alice", "aardvark") == ["new", "old"]
     finally:
         saver.close()
+
+
+def test_every_script_folds_the_same_on_both_engines(tmp_path, postgres_url):
+    """PostgreSQL's index finds exactly what SQLite's FTS5 finds, query by query, in every script."""
+    from checkpointers import open_saver
+
+    found = []
+    for url in (f"sqlite:///{tmp_path / 'search.db'}", postgres_url):
+        with open_saver(url) as saver:
+            for thread_id, text in FOLDING_TEXTS.items():
+                _say(saver, thread_id, "alice", text)
+            found.append(_search_everything(saver))
+    assert found[0] == found[1]
+    assert found[1]["cafe"] == ["latin"] and found[1]["strasse"] == ["german"] and found[1]["nothing"] == []
 
 
 def test_search_walks_the_users_index_and_probes_by_rowid(saver):

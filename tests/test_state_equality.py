@@ -71,7 +71,7 @@ def test_state_equals_in_memory_saver_after_every_turn_warm_and_cold(db_path, de
 def test_fast_message_rebuild_matches_pydantic_model_construct():
     from langchain_core.messages import ChatMessage, FunctionMessage, SystemMessage
 
-    from checkpointers.sqlite import _MESSAGE_CLASSES, rebuild_message
+    from checkpointers.messages import MESSAGE_CLASSES, rebuild_message
 
     samples = [
         HumanMessage("hi", id="1", name="al"),
@@ -81,7 +81,7 @@ def test_fast_message_rebuild_matches_pydantic_model_construct():
         FunctionMessage("r", name="f"),
         ChatMessage("x", role="critic"),
     ]
-    assert {type(m) for m in samples} == set(_MESSAGE_CLASSES.values())
+    assert {type(m) for m in samples} == set(MESSAGE_CLASSES.values())
     for message in samples:
         fields = dict(message.__dict__)
         fast = rebuild_message(type(message), dict(fields))

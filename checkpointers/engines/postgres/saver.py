@@ -1,0 +1,1113 @@
+"""`PostgresThreadSaver`: the storage model on PostgreSQL, for several app processes.
+
+The same linear storage as the SQLite engine (see `docs/storage.md`):
+
+* A checkpoint row holds the checkpoint without its channel values.
+* A channel value is written once, when its version changes (`channel_values`).
+* A message list (the `messages` channel, a `DeltaChannel` snapshot) is stored
+  as message numbers, a delta against the channel's previous list
+  (`messages.encode_list`); each message is stored once per thread, deflated,
+  with its search words (`tsvector`).
+
+A checkpoint is written in one transaction of two statements: the thread's row
+is locked (`SELECT ... FOR UPDATE`, which also queues writers of the same
+thread in any process, while other threads' writes go on beside it) and then
+one statement writes the new messages, values, the checkpoint and the thread
+index row together (data-modifying CTEs). The lock read also returns the
+thread's `gc_epoch`: a garbage collection (prune, `delete_for_runs`) bumps it,
+and a saver whose cached lists of the thread are older drops them.
+
+Every method is written once as a plan (see `connection`): the sync methods
+run it on the process's sync pool, the async ones natively on its asyncio
+pool.
+
+Not on this engine yet (refused or absent, never faked): encryption
+(`THREADKEEPER_ENCRYPTION_KEY` is refused), `saver.sessions`,
+`saver.attachments`, retention sweeps, export/import, `ThreadChatHistory`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    PendingWrite,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
+import psycopg
+from psycopg.types.json import Jsonb
+
+from checkpointers import checkpoint_codec, codec, encryption, search
+from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
+from checkpointers.engines.postgres import connection, schema
+from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.threads import PostgresThreadIndex
+from checkpointers.errors import StoreError, ThreadExistsError, ThreadNotFoundError
+from checkpointers.messages import (
+    MAX_CHAIN_DEPTH,
+    ListCache,
+    MessagePage,
+    StoredList,
+    checked_owner,
+    checkpoint_tuple,
+    dump_message,
+    encode_list,
+    is_message_list,
+    load_message,
+    restored,
+    snapshot,
+    utc_now,
+)
+from checkpointers.storable import check_id, check_text, check_value
+from checkpointers.threads import ANY_USER, title_from_messages
+
+MESSAGES_CHANNEL = "messages"
+"""The channel whose length and first human message feed the thread index."""
+
+_IN_A_RUN = "__pregel_runtime"
+"""In the config of the read a LangGraph run starts from: that read gets the list cache's
+objects, checked against their snapshots (see `StoredList`); every other read gets copies."""
+
+_MISSING = object()
+
+
+def version_key(version: Any) -> str:
+    """A channel version as stored: its JSON, so `1`, `1.0` and `"1"` stay apart."""
+    return json.dumps(version)
+
+
+# -- SQL ------------------------------------------------------------------------
+
+_THREAD_ROW_SQL = (
+    "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title IS NOT NULL "
+    "FROM threads WHERE thread_id = %s FOR UPDATE"
+)
+_NEW_THREAD_SQL = (
+    "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (thread_id) DO NOTHING"
+)
+_THREAD_KEY_SQL = "SELECT thread_key FROM threads WHERE thread_id = %s"
+
+_WRITE_CHECKPOINT_SQL = """
+WITH new_messages AS (
+    INSERT INTO messages (thread_key, message_no, type, value, words)
+    SELECT %(thread_key)s, m.no, m.type, m.value, array_to_tsvector(string_to_array(m.words, ' '))
+    FROM unnest(%(m_no)s::integer[], %(m_type)s::text[], %(m_value)s::bytea[], %(m_words)s::text[])
+        AS m (no, type, value, words)
+), new_values AS (
+    INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
+        base_no, keep, depth)
+    SELECT %(thread_key)s, v.* FROM unnest(%(v_no)s::integer[], %(v_ns)s::text[], %(v_channel)s::text[],
+        %(v_version)s::text[], %(v_kind)s::smallint[], %(v_type)s::text[], %(v_value)s::bytea[],
+        %(v_base)s::integer[], %(v_keep)s::integer[], %(v_depth)s::integer[]) AS v
+), new_checkpoint AS (
+    INSERT INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type,
+        checkpoint, metadata)
+    VALUES (%(thread_key)s, %(ns)s, %(checkpoint_id)s, %(parent_id)s, %(run_id)s, %(type)s, %(checkpoint)s,
+        %(metadata)s)
+    ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id) DO UPDATE SET
+        parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
+        checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+)
+UPDATE threads SET next_value_no = %(next_value_no)s, next_message_no = %(next_message_no)s,
+    updated_at = %(updated_at)s, message_count = coalesce(%(message_count)s, message_count),
+    title = coalesce(title, %(title)s), user_id = coalesce(user_id, %(user_id)s)
+WHERE thread_key = %(thread_key)s
+"""
+"""A checkpoint's whole write after its thread's row is locked: one round trip."""
+
+_WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value)"
+_WRITES_ROWS = (
+    "SELECT %s, %s, %s, %s, w.* FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[], %s::bytea[]) AS w"
+)
+_INSERT_WRITES_SQL = f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT DO NOTHING"
+_REPLACE_WRITES_SQL = (
+    f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, "
+    "task_id, idx) DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, "
+    "type = EXCLUDED.type, value = EXCLUDED.value"
+)
+"""Special writes (errors, interrupts) replace earlier ones; others never do."""
+
+_CHECKPOINT_COLUMNS = "c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata"
+_CHECKPOINT_BY_ID_SQL = (
+    f"SELECT t.thread_key, {_CHECKPOINT_COLUMNS} FROM threads t JOIN checkpoints c ON c.thread_key = t.thread_key "
+    "WHERE t.thread_id = %s AND c.checkpoint_ns = %s AND c.checkpoint_id = %s"
+)
+_LATEST_CHECKPOINT_SQL = (
+    f"SELECT t.thread_key, {_CHECKPOINT_COLUMNS} FROM threads t CROSS JOIN LATERAL (SELECT * FROM checkpoints "
+    "WHERE thread_key = t.thread_key AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1) AS c "
+    "WHERE t.thread_id = %s"
+)
+"""The thread's newest checkpoint: a backward step on the primary key (a plain join with
+ORDER BY may sort the whole thread's checkpoints first)."""
+_CHECKPOINT_ROW_SQL = (
+    "SELECT parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
+    "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
+)
+_VALUES_AT_SQL = (
+    "SELECT wanted.channel, v.value_no, v.kind, v.type, v.value "
+    "FROM unnest(%s::text[], %s::text[]) AS wanted (channel, version) "
+    "CROSS JOIN LATERAL (SELECT value_no, kind, type, value FROM channel_values "
+    "WHERE thread_key = %s AND checkpoint_ns = %s AND channel = wanted.channel AND version = wanted.version "
+    "ORDER BY value_no DESC LIMIT 1) AS v"
+)
+"""Each channel's value at its version, one index probe per channel (a join would read the
+whole thread's values); a version written twice resolves to its newest row."""
+_WRITES_OF_SQL = (
+    "SELECT task_path, task_id, idx, channel, type, value FROM writes "
+    "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
+)
+_LATEST_LIST_SQL = (
+    "SELECT value_no FROM channel_values WHERE thread_key = %s AND checkpoint_ns = %s AND channel = %s "
+    "AND kind IN (%s, %s) ORDER BY value_no DESC LIMIT 1"
+)
+_LIST_CHAIN_SQL = f"""
+WITH RECURSIVE chain (value_no, value, base_no, keep, depth, checkpoint_ns, channel) AS (
+    SELECT value_no, value, base_no, keep, depth, checkpoint_ns, channel FROM channel_values
+    WHERE thread_key = %(thread_key)s AND value_no = %(value_no)s
+    UNION ALL
+    SELECT c.value_no, c.value, c.base_no, c.keep, c.depth, c.checkpoint_ns, c.channel
+    FROM chain JOIN channel_values AS c ON c.thread_key = %(thread_key)s AND c.value_no = chain.base_no
+)
+SELECT * FROM chain LIMIT {MAX_CHAIN_DEPTH + 2}
+"""
+"""A stored list and the lists it is a delta of, newest first, down to a full list (at most
+`MAX_CHAIN_DEPTH` links and the full list)."""
+_MESSAGES_SQL = "SELECT message_no, type, value FROM messages WHERE thread_key = %s AND message_no = ANY(%s)"
+
+_THREAD_TABLES_COPIED = {
+    "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
+    "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
+    "messages": "message_no, type, value, words",
+    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value",
+}
+"""What `copy_thread` copies of each table besides the thread row (names are constants)."""
+_COPY_SQL = {
+    table: f"INSERT INTO {table} (thread_key, {columns}) SELECT %s, {columns} FROM {table} WHERE thread_key = %s"
+    for table, columns in _THREAD_TABLES_COPIED.items()
+}
+
+
+# -- what a write gathers ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ThreadRow:
+    """A thread's row as a write found it, locked for the write's transaction."""
+
+    thread_key: int
+    next_value_no: int
+    next_message_no: int
+    gc_epoch: int
+    has_title: bool
+
+
+@dataclass
+class _ThreadTxn:
+    """One thread's write: number allocation, and the rows it writes (one statement)."""
+
+    row: _ThreadRow
+    next_value_no: int = 0
+    next_message_no: int = 0
+    messages: list[tuple[int, str, bytes, str | None]] = field(default_factory=list)
+    values: list[tuple] = field(default_factory=list)
+    new_digests: dict[bytes, int] = field(default_factory=dict)
+    lists: dict[tuple[str, str], StoredList] = field(default_factory=dict)
+    """Message lists stored by this write, by (ns, channel), cached after the commit."""
+
+    def __post_init__(self) -> None:
+        self.next_value_no = self.row.next_value_no
+        self.next_message_no = self.row.next_message_no
+
+    @property
+    def thread_key(self) -> int:
+        return self.row.thread_key
+
+    def value_no(self) -> int:
+        self.next_value_no += 1
+        return self.next_value_no - 1
+
+    def message_no(self) -> int:
+        self.next_message_no += 1
+        return self.next_message_no - 1
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    """Rows as one list per column (what `unnest` takes)."""
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+
+
+class PostgresThreadSaver(BaseCheckpointSaver[float]):
+    """LangGraph checkpointer on a PostgreSQL database; `saver.threads` is the thread index.
+
+    Open it with `checkpointers.open_saver("postgresql://...")` (or
+    `open_async_saver`); several processes may share the database. Sync and
+    async methods are available on every instance; the async ones use the
+    process's asyncio pool on the running loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        serde: SerializerProtocol | None = None,
+        cache_messages: int = 200_000,
+        encryption_key: str | None | object = None,
+    ) -> None:
+        """Raises `StoreError` when an encryption key is given (not available on this engine)."""
+        super().__init__(serde=serde)
+        if encryption_key is not None:
+            raise StoreError(
+                f"encryption is not available on PostgreSQL in this release: unset {encryption.KEY_VARIABLE} "
+                "or use a SQLite store"
+            )
+        self.url = url
+        self._pool: Any = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, Any] = {}
+        """This saver's share of the process's asyncio pool, per event loop."""
+        self._cache_lock = threading.Lock()
+        self._lists = ListCache(cache_messages)
+        self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+        self._epochs: dict[int, int] = {}
+        """thread_key -> the gc_epoch its cached lists and digests belong to."""
+        self.threads = PostgresThreadIndex(self._run, self._arun)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    @contextmanager
+    def from_conn_string(cls, conn_string: str, **kwargs: Any) -> Iterator[PostgresThreadSaver]:
+        """`with PostgresThreadSaver.from_conn_string("postgresql://...") as saver:`"""
+        saver = cls(conn_string, **kwargs)
+        try:
+            saver.setup()
+            yield saver
+        finally:
+            saver.close()
+
+    def setup(self) -> None:
+        """Create or upgrade the schema; safe to call any number of times, from any number of processes."""
+        self._run(schema.migrate())
+
+    async def asetup(self) -> None:
+        await self._arun(schema.migrate())
+
+    def close(self) -> None:
+        """Give back this saver's share of the process's sync pool (the last user closes it)."""
+        if self._pool is not None:
+            self._pool = None
+            connection.release(self.url)
+        self._forget_everything()
+
+    async def aclose(self) -> None:
+        """`close`, and give back this saver's share of the asyncio pool of the running loop."""
+        if self._async_pools.pop(asyncio.get_running_loop(), None) is not None:
+            await connection.release_async(self.url)
+        self.close()
+
+    def _forget_everything(self) -> None:
+        with self._cache_lock:
+            self._lists = ListCache(self._lists.max_messages)
+            self._digests.clear()
+            self._epochs.clear()
+
+    # -- running plans -----------------------------------------------------
+
+    def _run(self, plan: Plan[Any], *, read: bool = False) -> Any:
+        """Run a plan in one transaction on a pooled connection (`read`: a read-only
+        REPEATABLE READ one, so every statement sees one snapshot)."""
+        if self._pool is None:
+            self._pool = connection.acquire(self.url)
+        with self._pool.connection() as conn:
+            if not read:
+                return connection.run(conn, plan)
+            conn.isolation_level, conn.read_only = _SNAPSHOT, True
+            try:
+                with conn.transaction():
+                    return connection.run(conn, plan)
+            finally:
+                conn.isolation_level, conn.read_only = None, None
+
+    async def _arun(self, plan: Plan[Any], *, read: bool = False) -> Any:
+        """`_run` on the asyncio pool of the running loop."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            pool = await connection.acquire_async(self.url)
+            if loop in self._async_pools:  # another task of this loop took a share meanwhile
+                await connection.release_async(self.url)
+            self._async_pools[loop] = pool
+        async with pool.connection() as conn:
+            if not read:
+                return await connection.arun(conn, plan)
+            await conn.set_isolation_level(_SNAPSHOT)
+            await conn.set_read_only(True)
+            try:
+                async with conn.transaction():
+                    return await connection.arun(conn, plan)
+            finally:
+                await conn.set_isolation_level(None)
+                await conn.set_read_only(None)
+
+    # -- encoding ----------------------------------------------------------
+
+    def _dump(self, value: Any) -> tuple[str, bytes]:
+        return codec.compress_blob(*self.serde.dumps_typed(value))
+
+    def _load(self, type_: str, blob: bytes) -> Any:
+        if type_ == checkpoint_codec.TYPE:
+            return checkpoint_codec.decode(blob)
+        return self.serde.loads_typed(codec.decompress_blob(type_, blob))
+
+    def _dump_checkpoint(self, checkpoint: Checkpoint) -> tuple[str, bytes]:
+        stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
+        blob = checkpoint_codec.encode(stored)
+        return (checkpoint_codec.TYPE, blob) if blob is not None else self._dump(stored)
+
+    def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
+        """The number of a message in this thread, storing it (and its search words) if it is new."""
+        check_value(message)
+        type_, blob = dump_message(self.serde, message)
+        digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
+        known = txn.new_digests.get(digest)
+        if known is None:
+            with self._cache_lock:
+                known = self._digests.get((txn.thread_key, digest))
+        if known is not None:
+            return known
+        no = txn.message_no()
+        words = search.search_words(message)
+        lexemes = " ".join(search.lexemes(words)) if words else None
+        txn.messages.append((no, type_, codec.deflate(blob), lexemes or None))
+        txn.new_digests[digest] = no
+        return no
+
+    def _load_message(self, type_: str, value: bytes) -> BaseMessage:
+        return load_message(self.serde, type_, codec.inflate(value))
+
+    # -- plans: reading lists and values -------------------------------------
+
+    def _load_messages(self, thread_key: int, nos: Sequence[int]) -> Plan[dict[int, BaseMessage]]:
+        if not nos:
+            return {}
+        rows = yield Sql(_MESSAGES_SQL, (thread_key, list(nos)))
+        found = {no: self._load_message(type_, value) for no, type_, value in rows}
+        if len(found) != len(set(nos)):
+            missing = sorted(set(nos) - found.keys())[:5]
+            raise RuntimeError(f"thread {thread_key}: stored value refers to missing messages {missing}")
+        return found
+
+    def _list_numbers(self, thread_key: int, value_no: int) -> Plan[tuple[list[int], StoredList | None, str, str, int]]:
+        """The message numbers of a stored list (its delta chain walked down to a cached or
+        full list), the cached list the walk stopped at, and the list's ns, channel and depth."""
+        rows = yield Sql(_LIST_CHAIN_SQL, {"thread_key": thread_key, "value_no": value_no})
+        if not rows:
+            raise RuntimeError(f"thread {thread_key}: message list {value_no} is missing")
+        steps = []
+        start = None
+        cursor: int | None = value_no
+        for link, value, base_no, keep, depth, ns, channel in rows:
+            if link != cursor:
+                break
+            if link != value_no:
+                with self._cache_lock:
+                    start = self._lists.get(thread_key, link)
+                if start is not None:
+                    break
+            steps.append((value, keep, depth))
+            cursor = base_no
+            if cursor is None:
+                break
+        if start is None and cursor is not None:
+            raise RuntimeError(f"thread {thread_key}: message list {cursor} is missing")
+        nos = list(start.nos) if start else []
+        for value, keep, _depth in reversed(steps):
+            if keep is None:
+                nos = codec.unpack_numbers(value)
+            else:
+                del nos[keep:]
+                nos.extend(codec.unpack_numbers(value))
+        ns, channel = rows[0][5], rows[0][6]
+        return nos, start, ns, channel, steps[0][2]
+
+    def _load_list(self, thread_key: int, value_no: int) -> Plan[StoredList]:
+        """A stored list, from the cache or read (and then cached)."""
+        with self._cache_lock:
+            cached = self._lists.get(thread_key, value_no)
+        if cached is not None:
+            return cached
+        nos, start, ns, channel, depth = yield from self._list_numbers(thread_key, value_no)
+        known = start.known() if start else {}
+        loaded = yield from self._load_messages(thread_key, [n for n in nos if n not in known])
+        known.update((n, (m, snapshot(m))) for n, m in loaded.items())
+        entry = StoredList(value_no, nos, [known[n][0] for n in nos], depth, [known[n][1] for n in nos])
+        with self._cache_lock:
+            self._lists.add(thread_key, ns, channel, entry)
+        return entry
+
+    def _decode_value(self, thread_key: int, value_no: int, kind: int, type_: str | None, value: bytes | None, *, own: bool) -> Plan[Any]:
+        """A stored channel value; a message list as the cache's objects checked (see `StoredList`), or with `own` copies."""
+        if kind not in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+            return self._load(type_, value)
+        stored = yield from self._load_list(thread_key, value_no)
+        messages = stored.copies() if own else stored.hand_out()
+        return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
+
+    def _channel_values(self, thread_key: int, ns: str, versions: ChannelVersions, *, own: bool) -> Plan[dict[str, Any]]:
+        if not versions:
+            return {}
+        channels = list(versions)
+        rows = yield Sql(_VALUES_AT_SQL, (channels, [version_key(versions[c]) for c in channels], thread_key, ns))
+        values = {}
+        for channel, value_no, kind, type_, value in rows:
+            values[channel] = yield from self._decode_value(thread_key, value_no, kind, type_, value, own=own)
+        return values
+
+    def _pending_writes(self, thread_key: int, ns: str, checkpoint_id: str) -> Plan[list[PendingWrite]]:
+        rows = yield Sql(_WRITES_OF_SQL, (thread_key, ns, checkpoint_id))
+        rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
+        return [(task_id, channel, self._load(type_, value)) for _path, task_id, _idx, channel, type_, value in rows]
+
+    def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
+        checkpoint_id, parent_id, type_, blob, metadata = row
+        checkpoint = self._load(type_, blob)
+        checkpoint["id"] = checkpoint_id
+        checkpoint["channel_values"] = yield from self._channel_values(
+            thread_key, ns, checkpoint["channel_versions"], own=own
+        )
+        writes = yield from self._pending_writes(thread_key, ns, checkpoint_id)
+        return checkpoint_tuple(thread_id, ns, checkpoint, json.dumps(metadata), parent_id, writes)
+
+    # -- BaseCheckpointSaver: reads -----------------------------------------
+
+    def _get_tuple(self, config: RunnableConfig) -> Plan[CheckpointTuple | None]:
+        configurable = config["configurable"]
+        thread_id = check_id(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        if checkpoint_id := get_checkpoint_id(config):
+            row = yield Sql(_CHECKPOINT_BY_ID_SQL, (thread_id, ns, checkpoint_id), FETCH_ONE)
+        else:
+            row = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
+        if row is None:
+            return None
+        return (yield from self._tuple(row[0], thread_id, ns, row[1:], own=_IN_A_RUN not in configurable))
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._run(self._get_tuple(config), read=True)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._arun(self._get_tuple(config), read=True)
+
+    def _list(
+        self, config: RunnableConfig | None, filter: dict[str, Any] | None, before: RunnableConfig | None, limit: int | None
+    ) -> Plan[list[CheckpointTuple]]:
+        where: list[str] = []
+        params: list[Any] = []
+        configurable = (config or {}).get("configurable", {})
+        if configurable.get("thread_id") is not None:
+            where.append("t.thread_id = %s")
+            params.append(check_id(configurable["thread_id"]))
+        if configurable.get("checkpoint_ns") is not None:
+            where.append("c.checkpoint_ns = %s")
+            params.append(configurable["checkpoint_ns"])
+        if checkpoint_id := configurable.get("checkpoint_id"):
+            where.append("c.checkpoint_id = %s")
+            params.append(checkpoint_id)
+        if before is not None and (before_id := get_checkpoint_id(before)):
+            where.append("c.checkpoint_id < %s")
+            params.append(before_id)
+        for key, value in (filter or {}).items():
+            # Key and value are bound parameters: nothing of a filter becomes SQL text.
+            key = check_text(str(key), "filter")
+            if value is None:  # as LangGraph's savers: a missing key matches None
+                where.append("coalesce(c.metadata -> %s, 'null'::jsonb) = 'null'::jsonb")
+                params.append(key)
+            else:
+                where.append("c.metadata -> %s = %s")
+                params += [key, Jsonb(value)]
+        sql = (
+            f"SELECT t.thread_key, t.thread_id, c.checkpoint_ns, {_CHECKPOINT_COLUMNS} FROM checkpoints c "
+            "JOIN threads t ON t.thread_key = c.thread_key"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY c.checkpoint_id DESC"
+        )
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(int(limit))
+        rows = yield Sql(sql, params)
+        found = []
+        for thread_key, thread_id, ns, *row in rows:
+            found.append((yield from self._tuple(thread_key, thread_id, ns, tuple(row), own=True)))
+        return found
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        yield from self._run(self._list(config, filter, before, limit), read=True)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        for item in await self._arun(self._list(config, filter, before, limit), read=True):
+            yield item
+
+    def _read_messages(self, thread_id: str, user_id: Any, limit: int, before: int | None) -> Plan[MessagePage]:
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, not {limit}")
+        thread_id = check_id(thread_id)
+        owner = yield Sql("SELECT thread_key, user_id FROM threads WHERE thread_id = %s", (thread_id,), FETCH_ONE)
+        if owner is None or (user_id is not ANY_USER and owner[1] != user_id):
+            raise ThreadNotFoundError(thread_id)
+        row = yield Sql(_LATEST_CHECKPOINT_SQL, ("", thread_id), FETCH_ONE)
+        versions = self._load(row[3], row[4])["channel_versions"] if row else {}
+        if MESSAGES_CHANNEL not in versions:
+            return MessagePage([], 0, 0)
+        found = yield Sql(_VALUES_AT_SQL, ([MESSAGES_CHANNEL], [version_key(versions[MESSAGES_CHANNEL])], owner[0], ""))
+        if not found:
+            return MessagePage([], 0, 0)
+        _, value_no, kind, type_, value = found[0]
+        if kind != KIND_MESSAGE_LIST:
+            decoded = yield from self._decode_value(owner[0], value_no, kind, type_, value, own=True)
+            messages = decoded.value if isinstance(decoded, _DeltaSnapshot) else decoded
+            messages = list(messages) if isinstance(messages, list) else []
+            end = len(messages) if before is None else max(0, min(before, len(messages)))
+            return MessagePage(messages[max(0, end - limit) : end], len(messages), max(0, end - limit))
+        with self._cache_lock:
+            cached = self._lists.get(owner[0], value_no)
+        if cached is not None:
+            nos, known = cached.nos, cached.known()
+        else:
+            nos, start, *_ = yield from self._list_numbers(owner[0], value_no)
+            known = start.known() if start else {}
+        end = len(nos) if before is None else max(0, min(before, len(nos)))
+        start_at = max(0, end - limit)
+        page = nos[start_at:end]
+        loaded = yield from self._load_messages(owner[0], [n for n in page if n not in known])
+        return MessagePage([restored(*known[n]) if n in known else loaded[n] for n in page], len(nos), start_at)
+
+    def read_messages(
+        self, thread_id: str, *, user_id: Any = ANY_USER, limit: int = 50, before: int | None = None
+    ) -> MessagePage:
+        """A page of a thread's latest messages (as `ThreadSaver.read_messages`)."""
+        return self._run(self._read_messages(thread_id, user_id, limit, before), read=True)
+
+    async def aread_messages(
+        self, thread_id: str, *, user_id: Any = ANY_USER, limit: int = 50, before: int | None = None
+    ) -> MessagePage:
+        return await self._arun(self._read_messages(thread_id, user_id, limit, before), read=True)
+
+    # -- BaseCheckpointSaver: writes ----------------------------------------
+
+    def _thread_row(self, thread_id: str, user_id: str | None) -> Plan[_ThreadRow]:
+        """Lock the thread's row (creating it if new) and drop what is cached of it if a
+        garbage collection ran since it was cached."""
+        row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
+        if row is None:
+            now = utc_now()
+            yield Sql(_NEW_THREAD_SQL, (thread_id, user_id, now, now), FETCH_NONE)
+            row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
+        found = _ThreadRow(*row)
+        with self._cache_lock:
+            if self._epochs.get(found.thread_key) != found.gc_epoch:
+                self._forget_thread(found.thread_key)
+                self._epochs[found.thread_key] = found.gc_epoch
+        return found
+
+    def _forget_thread(self, thread_key: int) -> None:
+        """Drop what is cached of one thread (call holding `_cache_lock`)."""
+        self._lists.forget_threads([thread_key])
+        for key in [k for k in self._digests if k[0] == thread_key]:
+            del self._digests[key]
+        self._epochs.pop(thread_key, None)
+
+    def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> Plan[StoredList | None]:
+        """The list to store a new value of `channel` against, if one exists."""
+        base = txn.lists.get((ns, channel))
+        if base is None:
+            with self._cache_lock:
+                base = self._lists.latest(txn.thread_key, ns, channel)
+        if base is not None:
+            return base
+        row = yield Sql(_LATEST_LIST_SQL, (txn.thread_key, ns, channel, KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT), FETCH_ONE)
+        if row is None:
+            return None
+        return (yield from self._load_list(txn.thread_key, row[0]))
+
+    def _value_row(self, txn: _ThreadTxn, ns: str, channel: str, version: Any, value: Any) -> Plan[tuple | None]:
+        """The `channel_values` row of a channel's new value (None: nothing to store)."""
+        if value is _MISSING:
+            return None  # updated but empty: no row at this version means "no value"
+        delta = isinstance(value, _DeltaSnapshot)
+        messages = value.value if delta else value
+        if is_message_list(messages):
+            base = yield from self._base_list(txn, ns, channel)
+            entry, packed, base_no, keep = encode_list(
+                base, messages, lambda m: self._store_message(txn, m), txn.value_no
+            )
+            txn.lists[(ns, channel)] = entry
+            kind = KIND_DELTA_SNAPSHOT if delta else KIND_MESSAGE_LIST
+            return (entry.value_no, ns, channel, version_key(version), kind, None, packed, base_no, keep, entry.depth)
+        check_value(value, "input")
+        type_, blob = self._dump(value)
+        return (txn.value_no(), ns, channel, version_key(version), KIND_SERDE, type_, blob, None, None, 0)
+
+    def _put(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> Plan[tuple[RunnableConfig, _ThreadTxn]]:
+        configurable = config["configurable"]
+        thread_id = check_id(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        full_metadata = get_serializable_checkpoint_metadata(config, metadata)
+        metadata_json = check_text(
+            json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
+        )
+        user_id = checked_owner(full_metadata.get("user_id"), configurable.get("user_id"))
+        type_, blob = self._dump_checkpoint(checkpoint)
+        run_id = full_metadata.get("run_id")
+        txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
+        values = checkpoint["channel_values"]
+        for channel, version in new_versions.items():
+            row = yield from self._value_row(txn, ns, channel, version, values.get(channel, _MISSING))
+            if row is not None:
+                txn.values.append(row)
+        message_count = title = None
+        messages = values.get(MESSAGES_CHANNEL)
+        messages = messages.value if isinstance(messages, _DeltaSnapshot) else messages
+        if ns == "" and MESSAGES_CHANNEL in new_versions and isinstance(messages, list):
+            message_count = len(messages)
+            if not txn.row.has_title:
+                title = title_from_messages(messages)
+        m_no, m_type, m_value, m_words = _columns(txn.messages, 4)
+        (v_no, v_ns, v_channel, v_version, v_kind, v_type, v_value, v_base, v_keep, v_depth) = _columns(txn.values, 10)
+        yield Sql(
+            _WRITE_CHECKPOINT_SQL,
+            {
+                "thread_key": txn.thread_key,
+                "m_no": m_no, "m_type": m_type, "m_value": m_value, "m_words": m_words,
+                "v_no": v_no, "v_ns": v_ns, "v_channel": v_channel, "v_version": v_version, "v_kind": v_kind,
+                "v_type": v_type, "v_value": v_value, "v_base": v_base, "v_keep": v_keep, "v_depth": v_depth,
+                "ns": ns, "checkpoint_id": checkpoint["id"], "parent_id": configurable.get("checkpoint_id"),
+                "run_id": None if run_id is None else str(run_id), "type": type_, "checkpoint": blob,
+                "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
+                "updated_at": utc_now(), "message_count": message_count, "title": title, "user_id": user_id,
+            },
+            FETCH_NONE,
+        )
+        next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+        return next_config, txn
+
+    def _committed(self, txn: _ThreadTxn) -> None:
+        """Cache what a committed write stored: its lists, and its messages' digests."""
+        key = txn.thread_key
+        with self._cache_lock:
+            if self._epochs.get(key) != txn.row.gc_epoch:
+                return  # the thread was collected meanwhile: nothing of this write is cached
+            for (ns, channel), entry in txn.lists.items():
+                self._lists.add(key, ns, channel, entry)
+            for digest, no in txn.new_digests.items():
+                self._digests[(key, digest)] = no
+                self._digests.move_to_end((key, digest))
+            while len(self._digests) > _DIGESTS_KEPT:
+                self._digests.popitem(last=False)
+
+    def put(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> RunnableConfig:
+        """Store a checkpoint with its new values and messages, and its thread's index row, in one transaction."""
+        next_config, txn = self._run(self._put(config, checkpoint, metadata, new_versions))
+        self._committed(txn)
+        return next_config
+
+    async def aput(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+    ) -> RunnableConfig:
+        next_config, txn = await self._arun(self._put(config, checkpoint, metadata, new_versions))
+        self._committed(txn)
+        return next_config
+
+    def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Plan[None]:
+        if not writes:
+            return
+        configurable = config["configurable"]
+        thread_id = check_id(configurable["thread_id"])
+        user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
+        rows = []
+        for idx, (channel, value) in enumerate(writes):
+            check_value(value, "input")
+            rows.append((WRITES_IDX_MAP.get(channel, idx), task_path, channel, *self._dump(value)))
+        row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+        if row is None:
+            now = utc_now()
+            yield Sql(_NEW_THREAD_SQL, (thread_id, user_id, now, now), FETCH_NONE)
+            row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+        replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        yield Sql(
+            _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL,
+            (row[0], configurable.get("checkpoint_ns", ""), configurable["checkpoint_id"], task_id, *_columns(rows, 5)),
+            FETCH_NONE,
+        )
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
+        """Store a task's writes against a checkpoint (at once, in their own transaction)."""
+        self._run(self._put_writes(config, writes, task_id, task_path))
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await self._arun(self._put_writes(config, writes, task_id, task_path))
+
+    # -- deleting, copying, pruning -----------------------------------------
+
+    def _delete_threads(self, thread_ids: Sequence[str], updated_before: str | None) -> Plan[list[int]]:
+        ids = [check_id(t) for t in thread_ids]
+        if not ids:
+            return []
+        if updated_before is None:
+            rows = yield Sql("DELETE FROM threads WHERE thread_id = ANY(%s) RETURNING thread_key", (ids,))
+        else:
+            rows = yield Sql(
+                "DELETE FROM threads WHERE thread_id = ANY(%s) AND updated_at < %s AND NOT pinned RETURNING thread_key",
+                (ids, updated_before),
+            )
+        return [key for (key,) in rows]
+
+    def delete_threads(self, thread_ids: Sequence[str], *, updated_before: str | None = None, purge: bool = True) -> int:
+        """Delete many threads (everything of them) in one transaction; returns how many.
+
+        With `updated_before` (ISO time) only threads last updated before it and
+        not pinned are deleted, checked inside the delete. `purge` is accepted for
+        the SQLite engine's signature: PostgreSQL's index forgets deleted rows itself."""
+        keys = self._run(self._delete_threads(thread_ids, updated_before))
+        self._forget_threads(keys)
+        return len(keys)
+
+    async def adelete_threads(
+        self, thread_ids: Sequence[str], *, updated_before: str | None = None, purge: bool = True
+    ) -> int:
+        keys = await self._arun(self._delete_threads(thread_ids, updated_before))
+        self._forget_threads(keys)
+        return len(keys)
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread: its checkpoints, values, messages, writes and index row."""
+        self.delete_threads([thread_id])
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.adelete_threads([thread_id])
+
+    def _forget_threads(self, keys: Sequence[int]) -> None:
+        with self._cache_lock:
+            for key in keys:
+                self._forget_thread(key)
+
+    def _copy_thread(self, source: str, target: str) -> Plan[None]:
+        source, target = check_id(source), check_id(target)
+        src = yield Sql("SELECT thread_key FROM threads WHERE thread_id = %s FOR SHARE", (source,), FETCH_ONE)
+        if src is None:
+            raise ThreadNotFoundError(source)
+        dst = yield Sql(
+            "SELECT thread_key, EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_key = t.thread_key) "
+            "FROM threads t WHERE thread_id = %s FOR UPDATE",
+            (target,),
+            FETCH_ONE,
+        )
+        if dst is not None:
+            if dst[1]:
+                raise ThreadExistsError(f"cannot copy into thread {target!r}: it already exists")
+            yield Sql("DELETE FROM threads WHERE thread_key = %s", (dst[0],), FETCH_NONE)
+        now = utc_now()
+        (new_key,) = yield Sql(
+            "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, message_count, pinned, metadata, "
+            "next_value_no, next_message_no) SELECT %s, user_id, title, %s, %s, message_count, pinned, metadata, "
+            "next_value_no, next_message_no FROM threads WHERE thread_key = %s RETURNING thread_key",
+            (target, now, now, src[0]),
+            FETCH_ONE,
+        )
+        for sql in _COPY_SQL.values():
+            yield Sql(sql, (new_key, src[0]), FETCH_NONE)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy a thread with its whole history under a new id (unused, or without checkpoints)."""
+        self._run(self._copy_thread(source_thread_id, target_thread_id))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._arun(self._copy_thread(source_thread_id, target_thread_id))
+
+    def _delete_for_runs(self, run_ids: Sequence[str]) -> Plan[list[int]]:
+        ids = [str(r) for r in run_ids]
+        if not ids:
+            return []
+        rows = yield Sql(
+            "SELECT thread_key, checkpoint_ns, checkpoint_id FROM checkpoints WHERE run_id = ANY(%s) "
+            "ORDER BY thread_key",
+            (ids,),
+        )
+        touched = sorted({r[0] for r in rows})
+        # Lock in key order, so two deletions meeting on the same threads cannot deadlock.
+        yield Sql("SELECT 1 FROM threads WHERE thread_key = ANY(%s) ORDER BY thread_key FOR UPDATE", (touched,))
+        for thread_key, ns, checkpoint_id in rows:
+            yield from self._delete_checkpoint(thread_key, ns, checkpoint_id)
+        for thread_key in touched:
+            yield from self._collect_garbage(thread_key)
+        return touched
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) that the given runs created."""
+        self._forget_threads(self._run(self._delete_for_runs(run_ids)))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._forget_threads(await self._arun(self._delete_for_runs(run_ids)))
+
+    def _delete_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str) -> Plan[None]:
+        for sql in _DELETE_CHECKPOINT_SQL:
+            yield Sql(sql, (thread_key, ns, checkpoint_id), FETCH_NONE)
+
+    def _prune(self, thread_ids: Sequence[str], strategy: str, updated_before: str | None) -> Plan[list[int]]:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+        ids = sorted({check_id(t) for t in thread_ids})
+        rows = yield Sql(
+            "SELECT thread_key, updated_at, pinned FROM threads WHERE thread_id = ANY(%s) ORDER BY thread_key FOR UPDATE",
+            (ids,),
+        )
+        touched = []
+        for thread_key, updated_at, pinned in rows:
+            if updated_before is not None and (updated_at >= updated_before or pinned):
+                continue
+            touched.append(thread_key)
+            if strategy == "delete":
+                for table in ("checkpoints", "channel_values", "messages", "writes"):
+                    yield Sql(_DELETE_THREAD_ROWS_SQL[table], (thread_key,), FETCH_NONE)
+                yield Sql(
+                    "UPDATE threads SET message_count = 0, gc_epoch = gc_epoch + 1 WHERE thread_key = %s",
+                    (thread_key,),
+                    FETCH_NONE,
+                )
+                continue
+            keep: set[tuple[str, str]] = set()
+            newest = yield Sql(
+                "SELECT checkpoint_ns, max(checkpoint_id) FROM checkpoints WHERE thread_key = %s GROUP BY checkpoint_ns",
+                (thread_key,),
+            )
+            for ns, checkpoint_id in newest:
+                ancestry = yield from self._delta_ancestry(thread_key, ns, checkpoint_id)
+                keep.update((ns, c) for c in ancestry)
+            every = yield Sql("SELECT checkpoint_ns, checkpoint_id FROM checkpoints WHERE thread_key = %s", (thread_key,))
+            for ns, checkpoint_id in every:
+                if (ns, checkpoint_id) not in keep:
+                    yield from self._delete_checkpoint(thread_key, ns, checkpoint_id)
+            yield from self._collect_garbage(thread_key)
+        return touched
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", updated_before: str | None = None) -> None:
+        """Drop old checkpoints of the given threads (as `ThreadSaver.prune`).
+
+        `keep_latest` keeps each namespace's newest checkpoint and the ancestors its
+        `DeltaChannel`s replay from; `delete` removes every checkpoint but keeps the
+        thread. With `updated_before`, threads updated since, or pinned, are left alone."""
+        self._forget_threads(self._run(self._prune(thread_ids, strategy, updated_before)))
+
+    async def aprune(
+        self, thread_ids: Sequence[str], *, strategy: str = "keep_latest", updated_before: str | None = None
+    ) -> None:
+        self._forget_threads(await self._arun(self._prune(thread_ids, strategy, updated_before)))
+
+    def _delta_ancestry(self, thread_key: int, ns: str, checkpoint_id: str) -> Plan[list[str]]:
+        """The checkpoint plus the ancestors its DeltaChannels replay from."""
+        kept = [checkpoint_id]
+        row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, checkpoint_id), FETCH_ONE)
+        versions = self._load(row[1], row[2])["channel_versions"]
+        delta_channels = [c for c in (row[3].get("counters_since_delta_snapshot") or {}) if c in versions]
+        found = yield from self._stored_channels(thread_key, ns, versions, delta_channels)
+        unseeded = set(delta_channels) - found
+        parent = row[0]
+        while unseeded and parent:
+            row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, parent), FETCH_ONE)
+            if row is None:
+                break
+            kept.append(parent)
+            versions = self._load(row[1], row[2])["channel_versions"]
+            unseeded -= yield from self._stored_channels(thread_key, ns, versions, [c for c in unseeded if c in versions])
+            parent = row[0]
+        return kept
+
+    def _stored_channels(self, thread_key: int, ns: str, versions: ChannelVersions, channels: Sequence[str]) -> Plan[set[str]]:
+        """Which of `channels` have a stored value at their version in `versions`."""
+        if not channels:
+            return set()
+        rows = yield Sql(_VALUES_AT_SQL, (list(channels), [version_key(versions[c]) for c in channels], thread_key, ns))
+        return {row[0] for row in rows}
+
+    def _collect_garbage(self, thread_key: int) -> Plan[None]:
+        """Delete values and messages no remaining checkpoint refers to; bump `gc_epoch` so
+        savers (in any process) that cached the thread's lists read them afresh."""
+        yield Sql("UPDATE threads SET gc_epoch = gc_epoch + 1 WHERE thread_key = %s", (thread_key,), FETCH_NONE)
+        checkpoints = yield Sql(
+            "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = %s", (thread_key,)
+        )
+        wanted = {
+            (ns, channel, version_key(version))
+            for ns, type_, blob in checkpoints
+            for channel, version in self._load(type_, blob)["channel_versions"].items()
+        }
+        rows = yield Sql(
+            "SELECT value_no, checkpoint_ns, channel, version, kind, value, base_no FROM channel_values "
+            "WHERE thread_key = %s ORDER BY value_no",
+            (thread_key,),
+        )
+        newest: dict[tuple[str, str, str], int] = {}
+        for value_no, ns, channel, version, *_ in rows:
+            if (ns, channel, version) in wanted:
+                newest[(ns, channel, version)] = value_no  # rows come in order: the last is the newest
+        by_no = {row[0]: row for row in rows}
+        live = set(newest.values())
+        pending = list(live)
+        while pending:
+            base = by_no[pending.pop()][6]
+            if base is not None and base not in live:
+                live.add(base)
+                pending.append(base)
+        live_messages: set[int] = set()
+        for no in live:
+            if by_no[no][4] in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+                live_messages.update(codec.unpack_numbers(by_no[no][5]))
+        dead_values = [no for no in by_no if no not in live]
+        yield Sql(
+            "DELETE FROM channel_values WHERE thread_key = %s AND value_no = ANY(%s)", (thread_key, dead_values), FETCH_NONE
+        )
+        yield Sql(
+            "DELETE FROM messages WHERE thread_key = %s AND NOT (message_no = ANY(%s))",
+            (thread_key, sorted(live_messages)),
+            FETCH_NONE,
+        )
+
+    def _delta_channel_history(self, config: RunnableConfig, channels: list[str]) -> Plan[dict[str, DeltaChannelHistory]]:
+        configurable = config["configurable"]
+        thread_id = check_id(configurable["thread_id"])
+        ns = configurable.get("checkpoint_ns", "")
+        collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
+        seeds: dict[str, Any] = {}
+        if checkpoint_id := get_checkpoint_id(config):
+            target = yield Sql(_CHECKPOINT_BY_ID_SQL, (thread_id, ns, checkpoint_id), FETCH_ONE)
+        else:
+            target = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
+        thread_key = target[0] if target else None
+        cursor = target[2] if target else None  # the target's parent: history before it
+        remaining = set(channels)
+        visited: set[str] = set()
+        while cursor and remaining and cursor not in visited:
+            visited.add(cursor)
+            row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, cursor), FETCH_ONE)
+            if row is None:
+                break
+            writes = yield from self._pending_writes(thread_key, ns, cursor)
+            for write in reversed(writes):
+                if write[1] in remaining:
+                    collected[write[1]].append(write)
+            versions = self._load(row[1], row[2])["channel_versions"]
+            present = [c for c in remaining if c in versions]
+            if present:
+                stored = yield Sql(
+                    _VALUES_AT_SQL, (present, [version_key(versions[c]) for c in present], thread_key, ns)
+                )
+                for channel, value_no, kind, type_, value in stored:
+                    seeds[channel] = yield from self._decode_value(thread_key, value_no, kind, type_, value, own=True)
+                    remaining.discard(channel)
+            cursor = row[0]
+        result: dict[str, DeltaChannelHistory] = {}
+        for channel in channels:
+            entry: DeltaChannelHistory = {"writes": list(reversed(collected[channel]))}
+            if channel in seeds:
+                entry["seed"] = seeds[channel]
+            result[channel] = entry
+        return result
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Writes of each channel along the parent chain back to its nearest stored value
+        (`BaseCheckpointSaver.get_delta_channel_history`), in one snapshot."""
+        if not channels:
+            return {}
+        return self._run(self._delta_channel_history(config, list(channels)), read=True)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        if not channels:
+            return {}
+        return await self._arun(self._delta_channel_history(config, list(channels)), read=True)
+
+    def get_next_version(self, current: Any, channel: None = None) -> float | str:
+        """See `checkpoint_codec.next_version`."""
+        return checkpoint_codec.next_version(current)
+
+    def attachment_database(self, thread_id: str) -> None:
+        """Attached databases are not available on this engine: no thread has one."""
+        return None
+
+
+_SNAPSHOT = psycopg.IsolationLevel.REPEATABLE_READ
+_DIGESTS_KEPT = 20_000
+
+_DELETE_CHECKPOINT_SQL = tuple(
+    f"DELETE FROM {table} WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
+    for table in ("checkpoints", "writes")
+)
+_DELETE_THREAD_ROWS_SQL = {
+    table: f"DELETE FROM {table} WHERE thread_key = %s" for table in ("checkpoints", "channel_values", "messages", "writes")
+}
+
+
+@contextmanager
+def open_postgres_saver(url: str, **kwargs: Any) -> Iterator[PostgresThreadSaver]:
+    """A migrated saver on `url`, closed on exit."""
+    saver = PostgresThreadSaver(url, **kwargs)
+    try:
+        saver.setup()
+        yield saver
+    finally:
+        saver.close()
+
+
+@asynccontextmanager
+async def open_async_postgres_saver(url: str, **kwargs: Any) -> AsyncIterator[PostgresThreadSaver]:
+    """A migrated saver on `url` for asyncio use, closed on exit."""
+    saver = PostgresThreadSaver(url, **kwargs)
+    try:
+        await saver.asetup()
+        yield saver
+    finally:
+        await saver.aclose()
+

@@ -1,0 +1,130 @@
+"""The PostgreSQL schema, as numbered migrations applied in order and recorded.
+
+The same storage model as the SQLite file (see `checkpointers.schema` and
+`docs/storage.md`), laid out in PostgreSQL's types: `threads` (the thread
+index; `metadata` is `jsonb`), `checkpoints` (without channel values),
+`channel_values` (a value written once per version; a message list as message
+numbers, a delta of an earlier list), `messages` (each message once per
+thread, deflated, with its search words as a `tsvector` under a GIN index),
+and `writes`. Every table but `threads` references its thread with
+`ON DELETE CASCADE`, so deleting a thread's row deletes all of it.
+
+`migrate` runs under a transaction-scoped advisory lock: processes that start
+together queue on it, the first applies what is missing, the others find
+it done. A database whose recorded version is newer than this code knows is
+refused (`SchemaTooNewError`), as for SQLite. Append to `MIGRATIONS`; never
+edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from checkpointers.engines.postgres.connection import FETCH_ALL, FETCH_NONE, Plan, Sql
+from checkpointers.errors import SchemaTooNewError
+
+MIGRATION_LOCK = 0x746B6D69  # "tkmi": the advisory lock key every process migrates under
+
+M001_INITIAL = (
+    """
+    CREATE TABLE threads (
+        thread_key bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        thread_id text NOT NULL UNIQUE,
+        user_id text,
+        title text,
+        created_at text NOT NULL,
+        updated_at text NOT NULL,
+        message_count integer NOT NULL DEFAULT 0,
+        pinned boolean NOT NULL DEFAULT false,
+        metadata jsonb NOT NULL DEFAULT '{}',
+        next_value_no integer NOT NULL DEFAULT 1,
+        next_message_no integer NOT NULL DEFAULT 1,
+        gc_epoch integer NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX threads_by_user_updated ON threads (user_id, updated_at, thread_id)",
+    """
+    CREATE TABLE checkpoints (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        checkpoint_ns text NOT NULL,
+        checkpoint_id text NOT NULL,
+        parent_checkpoint_id text,
+        run_id text,
+        type text NOT NULL,
+        checkpoint bytea NOT NULL,
+        metadata jsonb NOT NULL,
+        PRIMARY KEY (thread_key, checkpoint_ns, checkpoint_id)
+    )
+    """,
+    "CREATE INDEX checkpoints_by_run ON checkpoints (run_id) WHERE run_id IS NOT NULL",
+    """
+    CREATE TABLE channel_values (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        value_no integer NOT NULL,
+        checkpoint_ns text NOT NULL,
+        channel text NOT NULL,
+        version text NOT NULL,
+        kind smallint NOT NULL,
+        type text,
+        value bytea,
+        base_no integer,
+        keep integer,
+        depth integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (thread_key, value_no)
+    )
+    """,
+    "CREATE INDEX channel_values_by_version ON channel_values (thread_key, checkpoint_ns, channel, version, value_no)",
+    """
+    CREATE TABLE messages (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        message_no integer NOT NULL,
+        type text NOT NULL,
+        value bytea NOT NULL,
+        words tsvector,
+        PRIMARY KEY (thread_key, message_no)
+    )
+    """,
+    "CREATE INDEX messages_by_words ON messages USING gin (words)",
+    """
+    CREATE TABLE writes (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        checkpoint_ns text NOT NULL,
+        checkpoint_id text NOT NULL,
+        task_id text NOT NULL,
+        idx integer NOT NULL,
+        task_path text NOT NULL,
+        channel text NOT NULL,
+        type text NOT NULL,
+        value bytea,
+        PRIMARY KEY (thread_key, checkpoint_ns, checkpoint_id, task_id, idx)
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("m001_initial", M001_INITIAL),
+)
+"""(name, statements) in order; the version of a store is how many are applied."""
+
+
+def migrate() -> Plan[int]:
+    """Bring the schema up to date (run in one transaction); returns the version."""
+    yield Sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,), FETCH_ALL)
+    yield Sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        (),
+        FETCH_NONE,
+    )
+    applied = {version for (version,) in (yield Sql("SELECT version FROM schema_migrations", ()))}
+    newest = max(applied, default=0)
+    if newest > len(MIGRATIONS):
+        raise SchemaTooNewError(
+            f"this PostgreSQL database has schema version {newest}, newer than this threadkeeper knows "
+            f"({len(MIGRATIONS)}): upgrade threadkeeper"
+        )
+    for version, (name, statements) in enumerate(MIGRATIONS, start=1):
+        if version in applied:
+            continue
+        for statement in statements:
+            yield Sql(statement, (), FETCH_NONE)
+        yield Sql("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name), FETCH_NONE)
+    return len(MIGRATIONS)

@@ -1,0 +1,249 @@
+"""The thread index on PostgreSQL (`saver.threads`): the same calls and answers as
+`checkpointers.threads.ThreadIndex`, in PostgreSQL's SQL.
+
+Rows are written by the saver with each checkpoint; this reads them and applies
+a user's edits. Listing walks `threads_by_user_updated` backwards for one user
+(`user_id = %s`, or `IS NULL` for threads without an owner, each its own
+constant statement so the index is used). Metadata filters compare `jsonb`
+values (`metadata -> key = value`). Search matches a title by `ILIKE`, or a
+message holding every word of the query through the GIN index on
+`messages.words` (lexemes made by `checkpointers.search.lexemes`, the same
+whole-word, case- and accent-insensitive rules as SQLite's FTS5 index).
+Async methods are native asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from checkpointers import search
+from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.errors import ThreadNotFoundError
+from checkpointers.storable import check_id, check_text
+from checkpointers.threads import (
+    ANY_USER,
+    MAX_TITLE_LENGTH,
+    THREAD_COLUMNS,
+    ThreadInfo,
+    ThreadPage,
+    check_limit,
+    checked_metadata_filter,
+    checked_user,
+    clean_title,
+    decode_cursor,
+    encode_cursor,
+    metadata_patch,
+    thread_info,
+)
+
+_SELECT = f"SELECT {THREAD_COLUMNS} FROM threads t"
+_OWNED_BY = {True: " WHERE user_id IS NULL", False: " WHERE user_id = %s"}
+"""Keyed by "the user is None": `= NULL` matches nothing, and `IS NOT DISTINCT FROM` uses no index."""
+_NEWEST_FIRST = " ORDER BY updated_at DESC, thread_id DESC LIMIT %s"
+
+
+def _rows_of(user_id: Any, cursor: str | None) -> tuple[str, list[Any]]:
+    """The start of every listing: the user's rows (every row for `ANY_USER`), after the cursor."""
+    if user_id is ANY_USER:
+        sql, params = _SELECT + " WHERE true", []
+    else:
+        sql, params = _SELECT + _OWNED_BY[user_id is None], ([] if user_id is None else [user_id])
+    if cursor is not None:
+        sql += " AND (updated_at, thread_id) < (%s, %s)"
+        params.extend(decode_cursor(cursor))
+    return sql, params
+
+
+def _tsquery(lexemes: list[str]) -> str:
+    """A tsquery value needing every lexeme (quoted, so nothing is read as tsquery syntax)."""
+    return " & ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in lexemes)
+
+
+def _merged(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch, as SQLite's `json_patch` applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merged(result.get(key), value)
+    return result
+
+
+def _page(rows: list[tuple], limit: int) -> ThreadPage:
+    threads = [thread_info(r) for r in rows[:limit]]
+    return ThreadPage(threads, encode_cursor(threads[-1]) if len(rows) > limit else None)
+
+
+class PostgresThreadIndex:
+    """Read and edit the thread index (`saver.threads` on PostgreSQL); see `ThreadIndex`
+    for what each call promises. `user_id` scopes every call: another user's thread
+    behaves exactly like a thread that does not exist."""
+
+    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any]) -> None:
+        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners."""
+        self._run = run
+        self._arun = arun
+
+    # -- plans --------------------------------------------------------------
+
+    def _list(
+        self, user_id: Any, limit: int, cursor: str | None, metadata: dict[str, Any] | None, pinned: bool | None
+    ) -> Plan[ThreadPage]:
+        check_limit(limit)
+        sql, params = _rows_of(checked_user(user_id), cursor)
+        if pinned is not None:
+            sql += " AND pinned = %s"
+            params.append(bool(pinned))
+        for key, value in checked_metadata_filter(metadata):
+            if value is None:  # as on SQLite: a missing key matches null
+                sql += " AND coalesce(metadata -> %s, 'null'::jsonb) = 'null'::jsonb"
+                params.append(key)
+            else:
+                sql += " AND metadata -> %s = %s"
+                params += [key, Jsonb(value)]
+        rows = yield Sql(sql + _NEWEST_FIRST, [*params, limit + 1])
+        return _page(rows, limit)
+
+    def _search(self, user_id: Any, query: str, limit: int, cursor: str | None) -> Plan[ThreadPage]:
+        check_limit(limit)
+        text = " ".join(str(query).split())
+        if not text:
+            return (yield from self._list(user_id, limit, cursor, None, None))
+        user_id, text = checked_user(user_id), check_text(text, "search")
+        sql, params = _rows_of(user_id, cursor)
+        like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        lexemes = search.query_lexemes(text)
+        # A query longer than any title cannot be in one.
+        matches = ["title ILIKE %s"] if len(text) <= MAX_TITLE_LENGTH else []
+        params += [like] if matches else []
+        if lexemes:
+            matches.append(
+                "EXISTS (SELECT 1 FROM messages m WHERE m.thread_key = t.thread_key AND m.words @@ %s::tsquery)"
+            )
+            params.append(_tsquery(lexemes))
+        sql += " AND (" + (" OR ".join(matches) or "false") + ")"
+        rows = yield Sql(sql + _NEWEST_FIRST, [*params, limit + 1])
+        return _page(rows, limit)
+
+    def _get(self, thread_id: str, user_id: Any) -> Plan[ThreadInfo]:
+        row = yield Sql(_SELECT + " WHERE thread_id = %s", (check_id(thread_id),), FETCH_ONE)
+        if row is None or (user_id is not ANY_USER and row[1] != user_id):
+            raise ThreadNotFoundError(str(thread_id))
+        return thread_info(row)
+
+    def _count(self, user_id: Any) -> Plan[int]:
+        user_id = checked_user(user_id)
+        sql = "SELECT count(*) FROM threads" + _OWNED_BY[user_id is None]
+        (n,) = yield Sql(sql, [] if user_id is None else [user_id], FETCH_ONE)
+        return n
+
+    def _update(self, thread_id: str, user_id: Any, changes: Callable[[ThreadInfo], dict[str, Any]]) -> Plan[ThreadInfo]:
+        """Lock the thread's row, check its owner, and set the columns `changes(row)` gives."""
+        thread_id = check_id(thread_id)
+        row = yield Sql(_SELECT + " WHERE thread_id = %s FOR UPDATE", (thread_id,), FETCH_ONE)
+        if row is None or (user_id is not ANY_USER and row[1] != user_id):
+            raise ThreadNotFoundError(thread_id)
+        columns = changes(thread_info(row))
+        assignments = ", ".join(f"{column} = %s" for column in columns)  # names from this module's constants
+        yield Sql(f"UPDATE threads SET {assignments} WHERE thread_id = %s", [*columns.values(), thread_id], FETCH_NONE)
+        return (yield from self._get(thread_id, ANY_USER))
+
+    # -- calls --------------------------------------------------------------
+
+    def list(
+        self,
+        user_id: str | None,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        pinned: bool | None = None,
+    ) -> ThreadPage:
+        """The user's threads, most recently updated first (see `ThreadIndex.list`)."""
+        return self._run(self._list(user_id, limit, cursor, metadata, pinned), read=True)
+
+    async def alist(self, user_id: str | None, **kwargs: Any) -> ThreadPage:
+        return await self._arun(
+            self._list(user_id, kwargs.get("limit", 20), kwargs.get("cursor"), kwargs.get("metadata"), kwargs.get("pinned")),
+            read=True,
+        )
+
+    def search(self, user_id: str | None, query: str, *, limit: int = 20, cursor: str | None = None) -> ThreadPage:
+        """The user's threads whose title contains `query` or one of whose messages holds
+        every word of it, most recently updated first (see `ThreadIndex.search`)."""
+        return self._run(self._search(user_id, query, limit, cursor), read=True)
+
+    async def asearch(self, user_id: str | None, query: str, *, limit: int = 20, cursor: str | None = None) -> ThreadPage:
+        return await self._arun(self._search(user_id, query, limit, cursor), read=True)
+
+    def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """One thread's row; `ThreadNotFoundError` if unknown or not the user's."""
+        return self._run(self._get(thread_id, user_id), read=True)
+
+    async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        return await self._arun(self._get(thread_id, user_id), read=True)
+
+    def count(self, user_id: str | None) -> int:
+        """How many threads the user has."""
+        return self._run(self._count(user_id), read=True)
+
+    async def acount(self, user_id: str | None) -> int:
+        return await self._arun(self._count(user_id), read=True)
+
+    def explain_list(self, user_id: str | None) -> list[str]:
+        """PostgreSQL's plan for `list(user_id)`: shows the index is used."""
+        sql, params = _rows_of(checked_user(user_id), None)
+
+        def plan() -> Plan[list[str]]:
+            rows = yield Sql("EXPLAIN " + sql + _NEWEST_FIRST, [*params, 21])
+            return [r[0] for r in rows]
+
+        return self._run(plan(), read=True)
+
+    def rename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """Give the thread a new title (one line, at most 200 characters)."""
+        clean = clean_title(title)
+        return self._run(self._update(thread_id, user_id, lambda _: {"title": clean}))
+
+    async def arename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        clean = clean_title(title)
+        return await self._arun(self._update(thread_id, user_id, lambda _: {"title": clean}))
+
+    def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """Pin (or with `pinned=False`, unpin) a thread."""
+        return self._run(self._update(thread_id, user_id, lambda _: {"pinned": bool(pinned)}))
+
+    async def apin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        return await self._arun(self._update(thread_id, user_id, lambda _: {"pinned": bool(pinned)}))
+
+    def update_metadata(self, thread_id: str, changes: dict[str, Any], *, user_id: str | None = ANY_USER) -> ThreadInfo:
+        """Merge `changes` into the thread's metadata; a key set to None is removed."""
+        patch = metadata_patch(changes)
+        return self._run(self._update(thread_id, user_id, lambda info: {"metadata": _patched(info, patch)}))
+
+    async def aupdate_metadata(
+        self, thread_id: str, changes: dict[str, Any], *, user_id: str | None = ANY_USER
+    ) -> ThreadInfo:
+        patch = metadata_patch(changes)
+        return await self._arun(self._update(thread_id, user_id, lambda info: {"metadata": _patched(info, patch)}))
+
+    def set_origin(self, thread_id: str, *, user_id: str | None, created_at: str, updated_at: str) -> ThreadInfo:
+        """Give a thread brought in from elsewhere its owner and its times there (ISO 8601 with a zone)."""
+        owner = checked_user(user_id)
+        return self._run(
+            self._update(
+                thread_id, ANY_USER, lambda _: {"user_id": owner, "created_at": created_at, "updated_at": updated_at}
+            )
+        )
+
+
+def _patched(info: ThreadInfo, patch: str) -> Jsonb:
+    """The thread's metadata with `patch` (from `metadata_patch`) merged in."""
+    return Jsonb(_merged(info.metadata, json.loads(patch)))
