@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from checkpointers.url import sqlite_path
-from tests.test_web_browser import free_port
+from tests.gradio_api import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / d for d in ("checkpointers", "graph", "ui")]

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fake_openai import FakeOpenAI
 from tests.gradio_api import GradioAPI, new_session
 from tests.test_isolation import Browser
-from tests.test_web_browser import Server
+from tests.serve import Server
 
 TOKEN = "admin-token-0123456789abcdef"
 API_KEY = "sk-test-openai-key-5f1e2d3c4b5a"
