@@ -513,33 +513,42 @@ def summary_of(graph: Any, config: dict) -> ThreadMemory:
 def set_summary(graph: Any, config: dict, text: str) -> ThreadMemory:
     """Replace the summary's text (it still covers the same messages; later ones are
     folded into the new text). Raises ValueError, one sentence, if it does not fit."""
-    values = graph.get_state(config).values
-    summary = RunningSummary.from_state(values.get("summary"))
-    text = text.strip()
-    counter, budget = _counter_of(graph), _budget_of(graph)
-    room = budget - counter.count_text(memory_block("", values.get("facts") or []) + "\n\n" + SUMMARY_HEADING) - 2
-    size = counter.count_text(text)
-    if text and size > room:
-        raise ValueError(f"The summary is about {size:,} tokens; at most {max(0, room):,} fit beside the kept facts.")
-    new = RunningSummary(text, summary.count, summary.last_id)
-    graph.update_state(config, {"summary": new.as_state()}, as_node="model")
-    return summary_of(graph, config)
+    return set_memory(graph, config, summary=text)
 
 
 def set_facts(graph: Any, config: dict, facts: Sequence[str]) -> ThreadMemory:
-    """Replace the kept facts (a fact kept word for word keeps its source). Raises
-    ValueError, one sentence, for too many or too long facts."""
+    """Replace the kept facts. Raises ValueError, one sentence, for too many or too long facts."""
+    return set_memory(graph, config, facts=facts)
+
+
+def set_memory(graph: Any, config: dict, *, summary: str | None = None, facts: Sequence[str] | None = None) -> ThreadMemory:
+    """Replace the summary's text, the kept facts, or both, in one write: both are
+    checked first, so an edit that does not fit changes nothing (a fact kept word for
+    word keeps its source). Raises ValueError, one sentence."""
     values = graph.get_state(config).values
-    sources = {f["text"]: f.get("id") for f in values.get("facts") or []}
-    kept = [{"text": t, "id": sources.get(t)} for t in (f.strip() for f in facts) if t]
     counter, budget = _counter_of(graph), _budget_of(graph)
-    if len(kept) > MAX_FACTS:
-        raise ValueError(f"At most {MAX_FACTS} facts are kept; this list has {len(kept)}.")
-    if any(len(f["text"]) > FACT_MAX_CHARS for f in kept):
-        raise ValueError(f"A kept fact may be at most {FACT_MAX_CHARS} characters long.")
-    if counter.count_text(memory_block("", kept)) > budget // 2:
-        raise ValueError(f"The kept facts may take at most {budget // 2:,} tokens; these take more.")
-    graph.update_state(config, {"facts": kept}, as_node="model")
+    update: dict[str, Any] = {}
+    kept = values.get("facts") or []
+    if facts is not None:
+        sources = {f["text"]: f.get("id") for f in kept}
+        kept = [{"text": t, "id": sources.get(t)} for t in (f.strip() for f in facts) if t]
+        if len(kept) > MAX_FACTS:
+            raise ValueError(f"At most {MAX_FACTS} facts are kept; this list has {len(kept)}.")
+        if any(len(f["text"]) > FACT_MAX_CHARS for f in kept):
+            raise ValueError(f"A kept fact may be at most {FACT_MAX_CHARS} characters long.")
+        if counter.count_text(memory_block("", kept)) > budget // 2:
+            raise ValueError(f"The kept facts may take at most {budget // 2:,} tokens; these take more.")
+        update["facts"] = kept
+    if summary is not None:
+        text = summary.strip()
+        room = budget - counter.count_text(memory_block("", kept) + "\n\n" + SUMMARY_HEADING) - 2
+        size = counter.count_text(text)
+        if text and size > room:
+            raise ValueError(f"The summary is about {size:,} tokens; at most {max(0, room):,} fit beside the kept facts.")
+        old = RunningSummary.from_state(values.get("summary"))
+        update["summary"] = RunningSummary(text, old.count, old.last_id).as_state()
+    if update:
+        graph.update_state(config, update, as_node="model")
     return summary_of(graph, config)
 
 

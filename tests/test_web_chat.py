@@ -340,3 +340,45 @@ def test_the_title_shows_as_soon_as_the_first_message_is_sent(page: Page, model_
     expect(page.locator("#thread-title")).to_have_text("Plan a weekend in Lyon with the children", timeout=3_000)
     expect(page.locator("#stop")).to_be_visible()  # while the reply is still on its way
     bot_said(page, "eight")
+
+
+def test_the_memory_panel_shows_edits_and_clears_what_the_thread_remembers(page: Page, model_server: FakeOpenAI):
+    model_server.plan.extend([("reply", "Noted."), ("reply", "Fine."), ("reply", "Good."), ("reply", "Sure.")])
+    send(page, "Please remember that I am allergic to peanuts")
+    bot_said(page, "Noted.")
+    page.locator("#memory").get_by_text("What this thread remembers").click()
+    expect(page.locator("#facts-box textarea")).to_have_value("I am allergic to peanuts", timeout=10_000)
+    expect(page.locator("#memory-note")).to_contain_text("No summary yet")
+    shot(page, "memory-panel-desktop-1280x800")
+
+    # An edit that does not fit changes nothing (not even the facts sent with it) and says why once.
+    page.locator("#facts-box textarea").fill("I am allergic to peanuts\nI live in Oslo")
+    page.locator("#summary-box textarea").fill("word " * 5000)
+    page.locator("#memory-save").click()
+    expect(page.get_by_text("fit beside the kept facts")).to_be_visible(timeout=10_000)
+    nothing_failed(page)
+    send(page, "what should I cook?")
+    bot_said(page, "Fine.")
+    system = model_server.requests[-1]["messages"][0]["content"]
+    assert "I am allergic to peanuts" in system and "Oslo" not in system
+
+    # An edit that fits is what the next reply is sent.
+    page.locator('[data-testid="toast-close"]').first.click()
+    page.locator("#facts-box textarea").fill("I am allergic to peanuts\nI live in Oslo")
+    page.locator("#summary-box textarea").fill("We planned dinner for six.")
+    page.locator("#memory-save").click()
+    expect(page.get_by_text("Saved: the next reply uses this.")).to_be_visible(timeout=10_000)
+    send(page, "and for drinks?")
+    bot_said(page, "Good.")
+    system = model_server.requests[-1]["messages"][0]["content"]
+    assert "I live in Oslo" in system and "We planned dinner for six." in system
+    shot(page, "memory-panel-edited-desktop-1280x800")
+    page.locator("#memory-clear").click()
+    expect(page.locator("#facts-box textarea")).to_have_value("", timeout=10_000)
+    expect(page.locator("#summary-box textarea")).to_have_value("")
+    send(page, "and dessert?")
+    bot_said(page, "Sure.")
+    system = model_server.requests[-1]["messages"][0]["content"]
+    assert "peanuts" not in system and "dinner for six" not in system
+    assert [m["content"] for m in model_server.requests[-1]["messages"] if m["role"] == "user"][0].startswith("Please remember")
+    nothing_failed(page)

@@ -22,7 +22,7 @@ from checkpointers.search import words_of
 from checkpointers.threads import message_text, title_from_messages
 from graph import ModelError, Settings, build_graph
 from graph.model import OfflineChatModel
-from graph.summary import ThreadMemory, clear_summary, set_facts, set_summary, summary_of
+from graph.summary import ThreadMemory, clear_summary, set_memory, summary_of
 from ui import metrics
 from ui.identity import Identity, IdentityError, load_secret, load_users
 from ui.turns import NOT_FOUND, STOPPED, Limits, ToolResult, TurnRefused, Turns, check_message
@@ -554,8 +554,7 @@ class WebChat:
         if config is None:
             raise Refusal("Send a message first: a new chat has nothing to remember yet.")
         self._memory_editable(config)
-        set_facts(self.graph, config, str(facts or "").splitlines())
-        memory = set_summary(self.graph, config, str(summary or ""))
+        memory = set_memory(self.graph, config, summary=str(summary or ""), facts=str(facts or "").splitlines())
         gr.Info("Saved: the next reply uses this.")
         return self._memory_view(memory)
 

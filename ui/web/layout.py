@@ -165,7 +165,7 @@ def page(chat: WebChat) -> gr.Blocks:
             pin = gr.Button("☆ Pin", size="sm", elem_id="pin")
             md = gr.Button("⤓ Markdown", size="sm", elem_id="export-md")
             js = gr.Button("⤓ JSON", size="sm", elem_id="export-json")
-            delete = gr.Button("🗑 Delete", size="sm", variant="stop", elem_id="delete")
+            delete = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
         with gr.Row(visible=False, elem_id="rename-row") as renaming:
             title_box = gr.Textbox(show_label=False, max_lines=1, elem_id="rename-box", scale=4, container=False)
             save_title = gr.Button("Save", size="sm", variant="primary", elem_id="rename-save", scale=0)
@@ -195,7 +195,7 @@ def page(chat: WebChat) -> gr.Blocks:
         with gr.Row(elem_id="composer"):
             # No `file_types`: Gradio's own check of them answers a wrong file with a red
             # "Error" and hides this button; `upload` says what it takes, as a warning.
-            upload = gr.UploadButton("📎", size="md", elem_id="upload", scale=0)
+            upload = gr.UploadButton("Attach", size="md", elem_id="upload", scale=0)
             # Enabled once the page has its identity (see `demo.load` below).
             box = gr.Textbox(placeholder="Message", show_label=False, scale=8, elem_id="message", max_lines=8, interactive=False)
             send = gr.Button("Send", variant="primary", scale=1, elem_id="send", interactive=False)
