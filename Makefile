@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) -m bench.agent
 	$(PY) -m bench.summary
 	$(PY) -m bench.web
+	$(PY) -m bench.load
 	$(PY) -m bench.retention
 	$(PY) -m bench.sessions
 	$(PY) -m bench.import_stock

@@ -236,7 +236,14 @@ class LoadReport:
             f"(on this machine's {os.cpu_count()} cores: at most {os.cpu_count() / (self.cpu_s / max(1, len(last))) * MODEL_SECONDS:.0f} replies streaming at once)",
             f"  server memory: {self.rss_before_kb / 1024:.0f} MiB before, peak {self.peak_kb / 1024:.0f} MiB, "
             f"{per_stream:.0f} KiB per reply streaming at once",
+            self.verdict("errors (incomplete replies, misplaced messages, failed events)", len(self.errors), 0),
+            self.verdict("time to first token p99 over the model's own (s)", self.percentile(first, 0.99) - MODEL_SECONDS / TOKENS, 0.5),
+            self.verdict("time to last token p99 over the model's own (s)", self.percentile(last, 0.99) - MODEL_SECONDS, 1.0),
         ]
+
+    @staticmethod
+    def verdict(what: str, value: float, target: float) -> str:
+        return f"  {what:<66} {value:8.2f}   target <= {target:g}   {'ok' if value <= target else 'MISSED'}"
 
 
 def profiling(pid: int, path: Path) -> subprocess.Popen:

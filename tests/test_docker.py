@@ -146,6 +146,9 @@ def test_the_images_commands_run_as_written_in_a_fresh_venv(tmp_path: Path):
         if instruction == "RUN":  # as written, with the venv's path moved under tmp_path
             subprocess.run(["sh", "-c", args.replace("/opt/threadkeeper", prefix)], cwd=src, env=clean, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    installed = next(Path(prefix).glob("lib/python3*/site-packages"))
+    packages = {str(p.parent.relative_to(ROOT)) for d in SOURCES for p in d.rglob("__init__.py")}
+    assert {p for p in packages if not (installed / p / "__init__.py").exists()} == set(), "packages left out of the install"
     env = {**clean, **{k: v.replace("/opt/threadkeeper", prefix) for k, v in env_of(final).items()}}
     env["PATH"] = env["PATH"].replace("$PATH", clean["PATH"])
     data = tmp_path / "data"
