@@ -61,9 +61,9 @@ class Person:
     errors: list[str] = field(default_factory=list)
 
 
-def expected_reply(text: str) -> str:
-    """What the loopback model answers to `text` (its "paced" reply)."""
-    return f"Re: {text}" + "".join(f" w{i}" for i in range(1, TOKENS))
+def expected_reply(text: str, tokens: int = TOKENS) -> str:
+    """What the loopback model answers to `text` (its "paced" reply of `tokens` tokens)."""
+    return f"Re: {text}" + "".join(f" w{i}" for i in range(1, tokens))
 
 
 class Page:
@@ -73,6 +73,8 @@ class Page:
         self.http = http
         self.events = events
         self.session = secrets.token_hex(6)
+        self.said: list[str] = []
+        """What the page was told (Gradio's info and warning messages), in order."""
 
     async def call(self, name: str, on_output: Any = None, **by_type: Any) -> list:
         """Run event `name` and return its outputs as the page ends up with them;
@@ -93,6 +95,8 @@ class Page:
                 if message.get("event_id") not in (None, event_id):
                     continue
                 kind = message.get("msg")
+                if kind == "log":
+                    self.said.append(str(message.get("log")))
                 data = (message.get("output") or {}).get("data")
                 if data is not None:
                     if kind == "process_generating" and outputs is not None:
@@ -300,6 +304,61 @@ def run_load(users: int, messages: int = 3, data: Path | None = None, profile: P
         )
 
 
+def _graph_alone(model_url: str, users: int, messages: int, results: Any) -> None:
+    """In a process of its own: `users` people chatting at once through the agent graph
+    itself (`graph.astream` on the async SQLite saver, `ChatOpenAI` streaming), no web
+    server. Puts (first-token times, last-token times, CPU seconds) on `results`."""
+    import uuid
+
+    from langchain_core.messages import AIMessageChunk
+
+    from checkpointers import open_async_saver
+    from graph import build_graph
+    from graph.settings import Settings
+
+    env = {**os.environ, "OPENAI_BASE_URL": model_url, "OPENAI_API_KEY": "k", "THREADKEEPER_MODEL": "fake-model",
+           "THREADKEEPER_MODEL_RETRIES": "0"}
+    first: list[float] = []
+    last: list[float] = []
+
+    async def person(graph: Any, n: int, count: int, record: bool) -> None:
+        config = {"configurable": {"thread_id": str(uuid.uuid4()), "user_id": f"p{n}"}}
+        for k in range(count):
+            started, seen = time.monotonic(), None
+            async for chunk, meta in graph.astream({"messages": [("user", f"person {n} message {k}")]}, config, stream_mode="messages"):
+                if seen is None and isinstance(chunk, AIMessageChunk) and chunk.content:
+                    seen = time.monotonic() - started
+            if record:
+                first.append(seen if seen is not None else float("nan"))
+                last.append(time.monotonic() - started)
+
+    async def everyone() -> float:
+        with tempfile.TemporaryDirectory(prefix="threadkeeper-graph-") as temp:
+            async with open_async_saver(f"sqlite:///{temp}/threadkeeper.db") as saver:
+                graph = build_graph(checkpointer=saver, settings=Settings.from_env(env))
+                await person(graph, -1, 1, False)  # imports and connections: not part of the figures
+                cpu = time.process_time()
+                await asyncio.gather(*(person(graph, n, messages, True) for n in range(users)))
+                return time.process_time() - cpu
+
+    cpu_s = asyncio.run(everyone())
+    results.put((first, last, cpu_s))
+
+
+def graph_alone(users: int, messages: int) -> LoadReport:
+    """The floor under any door: the same load through the agent graph alone, in one process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    with FakeOpenAI(default=("paced", (TOKENS, MODEL_SECONDS))) as model:
+        worker = context.Process(target=_graph_alone, args=(model.base_url, users, messages, results))
+        worker.start()
+        first, last, cpu_s = results.get(timeout=900)
+        worker.join(60)
+    return LoadReport(users, messages, first, last, [], 0, 0, cpu_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=200)
@@ -307,9 +366,16 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="sample the server with py-spy during the load, into this file")
     args = parser.parse_args()
     report = run_load(args.users, args.messages, profile=args.profile)
+    print("== the web chat (threadkeeper serve, Gradio's queue protocol) ==")
     print("\n".join(report.lines()))
     for error in report.errors[:20]:
         print("  error:", error)
+    floor = graph_alone(args.users, args.messages)
+    first, last = floor.first_token_s, floor.last_token_s
+    print("== for reference: the same people through the agent graph alone, no web server, one process ==")
+    print(f"  time to first token  p50 {statistics.median(first):.2f} s  p99 {floor.percentile(first, 0.99):.2f} s")
+    print(f"  time to last token   p50 {statistics.median(last):.2f} s  p99 {floor.percentile(last, 0.99):.2f} s")
+    print(f"  CPU: {floor.cpu_s * 1000 / max(1, len(last)):.0f} ms per reply (the web chat's: {report.cpu_s * 1000 / max(1, len(report.last_token_s)):.0f} ms)")
 
 
 if __name__ == "__main__":

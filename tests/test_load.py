@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load import Page, expected_reply, run_load
+from bench.load import Page, expected_reply, reply_text, run_load
 from tests.fake_openai import FakeOpenAI
 from tests.gradio_api import GradioAPI
 from tests.serve import Server
@@ -61,15 +61,15 @@ def slow_server(tmp_path: Path, model: FakeOpenAI, **env: str) -> Server:
 
 
 async def send_and_stream(http: httpx.AsyncClient, events: dict, token: str | None, text: str) -> tuple[str | None, list]:
-    """One tab of a person (its own session) sending `text`: (warning said, chat at the end)."""
+    """One tab of a person (its own session) sending `text`: (what the page was told, chat at the end)."""
     page = Page(http, events)
     if token is None:
         (token, *_) = await page.call("on_load")
     sent = await page.call("send", textbox=text, chatbot=[], browserstate=token)
-    if sent[3] is None:  # the turn was refused: no pending turn
-        return "refused", sent
+    if page.said:  # the turn was refused, in a sentence
+        return page.said, sent
     chat = (await page.call("respond", chatbot=sent[2], browserstate=token))[0]
-    return None, chat
+    return page.said or None, chat
 
 
 def test_a_person_over_their_limit_is_told_so_and_the_reply_in_flight_goes_on(tmp_path: Path):
@@ -84,17 +84,21 @@ def test_a_person_over_their_limit_is_told_so_and_the_reply_in_flight_goes_on(tm
                 async def scenario() -> tuple:
                     async with httpx.AsyncClient(base_url=server.url.rstrip("/"), timeout=60) as http:
                         first = asyncio.create_task(send_and_stream(http, events, token, "a long question"))
-                        while not model.requests:  # the first reply is on its way
+                        for _ in range(600):  # until the first reply is on its way (or its turn failed)
+                            if model.requests or first.done():
+                                break
                             await asyncio.sleep(0.05)
-                        second_tab = Page(http, events)
-                        refused = await second_tab.call("send", textbox="and another", chatbot=[], browserstate=token)
+                        if first.done() or not model.requests:
+                            raise AssertionError(f"the first reply never reached the model: {await first}")
+                        refused = await send_and_stream(http, events, token, "and another")  # a second tab
                         someone_else = await send_and_stream(http, events, other, "my own question")
                         return await first, refused, someone_else
 
                 first, refused, someone_else = asyncio.run(scenario())
-            assert refused[3] is None  # no turn pending: nothing is sent
-            assert first[0] is None and first[1][-1]["content"] == expected_reply("a long question")
-            assert someone_else[0] is None and someone_else[1][-1]["content"] == expected_reply("my own question")
+            assert refused[0] == ["You have 1 reply on the way already; wait for one to finish."]
+            assert len(model.requests) == 2  # the refused message never reached the model
+            assert first[0] is None and reply_text(first[1]) == expected_reply("a long question", 10)
+            assert someone_else[0] is None and reply_text(someone_else[1]) == expected_reply("my own question", 10)
             log = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
             assert log.count("turn refused: user has 1 replies in flight") == 1
             assert "You have 1 reply on the way already; wait for one to finish." in log
@@ -126,5 +130,5 @@ def test_no_more_replies_stream_at_once_than_the_cap(tmp_path: Path):
             outcomes = asyncio.run(five_people())
         finally:
             server.stop()
-    assert [chat[-1]["content"] for _, chat in outcomes] == [expected_reply(f"question {n}") for n in range(5)]
+    assert [reply_text(chat) for _, chat in outcomes] == [expected_reply(f"question {n}", 5) for n in range(5)]
     assert in_flight["most"] == 2  # the others waited in the queue, and were answered in full
