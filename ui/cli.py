@@ -102,7 +102,7 @@ def _delete_user(args: argparse.Namespace) -> int:
                 print("nothing deleted")
                 return 1
         deleted = delete_user(saver, args.user)
-    print(f"deleted {deleted:,} threads of {args.user!r}; their text is gone from the database file and its WAL")
+    print(f"deleted {deleted:,} threads of {args.user!r}; {saver.maintenance.erasure_note}")
     return 0
 
 

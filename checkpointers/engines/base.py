@@ -25,6 +25,8 @@ class Maintenance(Protocol):
     """Where the store is, for people: the file's absolute path, or the URL without its password."""
     data_dir: str
     """A folder of the server's own beside the store (the web chat's cookie secret lives there)."""
+    erasure_note: str
+    """What `delete_user` leaves behind, in a few words for the person who ran it."""
 
     # -- the retention sweep -------------------------------------------------
 

@@ -52,6 +52,11 @@ _SCHEMA_BYTES_SQL = (
 class PostgresMaintenance:
     """`engines.base.Maintenance` for one `PostgresThreadSaver` (see the module docstring)."""
 
+    erasure_note = (
+        "their rows are deleted and the tables vacuumed; the server's WAL, replicas and backups keep "
+        "old copies until they are recycled (docs/storage.md, Erasure on PostgreSQL)"
+    )
+
     def __init__(
         self,
         url: str,

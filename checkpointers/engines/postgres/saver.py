@@ -21,9 +21,13 @@ Every method is written once as a plan (see `connection`): the sync methods
 run it on the process's sync pool, the async ones natively on its asyncio
 pool.
 
+`saver.maintenance` (`maintenance.py`) is the retention sweep's, erasure's
+and the usage statistics' side of this engine; the saver counts usage as it
+writes, in the write's transaction.
+
 Not on this engine yet (refused or absent, never faked): encryption
 (`THREADKEEPER_ENCRYPTION_KEY` is refused), `saver.sessions`,
-`saver.attachments`, retention sweeps, export/import, `ThreadChatHistory`.
+`saver.attachments`, export/import, `ThreadChatHistory`.
 """
 
 from __future__ import annotations

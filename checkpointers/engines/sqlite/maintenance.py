@@ -36,6 +36,8 @@ def file_bytes(conn: sqlite3.Connection) -> int:
 class SqliteMaintenance:
     """`engines.base.Maintenance` for one `ThreadSaver` (see the module docstring)."""
 
+    erasure_note = "their text is gone from the database file and its WAL"
+
     def __init__(self, saver: ThreadSaver) -> None:
         self.saver = saver
         self._wal_conn: sqlite3.Connection | None = None
