@@ -3,13 +3,16 @@ command line and the web chat's server, against a real server (tests/postgres.py
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import psycopg
 from langchain_core.messages import HumanMessage
 from psycopg import sql
 
-from checkpointers import ANY_USER, open_saver
+from checkpointers import ANY_USER, open_saver, stats
 from checkpointers.engines.postgres.maintenance import THREAD_TABLES
-from checkpointers.retention import delete_user
+from checkpointers.engines.postgres.schema import MIGRATIONS
+from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
 from tests.chat import echo_graph
 
 MARKER = "zqxerasuremarker7731"
@@ -57,3 +60,21 @@ def test_delete_user_leaves_their_text_in_no_table_and_vacuums_the_thread_tables
             "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() AND last_vacuum IS NOT NULL"
         ).fetchall()
     assert set(THREAD_TABLES) <= {name for (name,) in vacuumed}
+
+
+def test_the_stores_figures_and_readiness_come_from_the_schema(postgres_url):
+    with open_saver(postgres_url) as saver:
+        assert stats.readiness(saver) is None
+        _say(saver, "t", "hello", "alice")
+        later = datetime.now(timezone.utc) + timedelta(days=31)
+        assert Sweeper(saver, RetentionPolicy(days=30), clock=lambda: later).sweep().threads == 1
+        figures = stats.store_figures(saver)
+        usage = stats.usage(saver, 7)
+    assert figures["threads"] == 0 and figures["sweeps"] == 1 and figures["threads_swept"] == 1
+    assert figures["database_bytes"] > 0
+    assert usage["store"]["last_sweep"]["threads"] == 1 and usage["days"][-1]["database_bytes"] > 0
+    assert usage["totals"]["human_messages"] == 1 and usage["totals"]["active_users"] == 1
+    with open_saver(postgres_url) as saver:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')")
+        assert stats.readiness(saver) == f"the store's schema is version 99, not {len(MIGRATIONS)}"
