@@ -3,6 +3,8 @@ command line and the web chat's server, against a real server (tests/postgres.py
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -13,7 +15,9 @@ from checkpointers import ANY_USER, open_saver, stats
 from checkpointers.engines.postgres.maintenance import THREAD_TABLES
 from checkpointers.engines.postgres.schema import MIGRATIONS
 from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
+from checkpointers.transfer import export_user
 from tests.chat import echo_graph
+from ui.cli import main as cli
 
 MARKER = "zqxerasuremarker7731"
 """One search word: the thread's title and its message's search words hold it as text."""
@@ -78,3 +82,74 @@ def test_the_stores_figures_and_readiness_come_from_the_schema(postgres_url):
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')")
         assert stats.readiness(saver) == f"the store's schema is version 99, not {len(MIGRATIONS)}"
+
+
+def _cli_chat(monkeypatch, url: str, lines: str, *args: str) -> int:
+    typed = io.StringIO(lines)
+
+    def read_line(prompt: str = "") -> str:
+        line = typed.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+    monkeypatch.setattr("builtins.input", read_line)
+    return cli(["--db", url, "chat", *args])
+
+
+def _exported(tmp_path) -> str:
+    """A document `threadkeeper export` wrote, of a SQLite store."""
+    with open_saver(f"sqlite:///{tmp_path / 'elsewhere.db'}") as saver:
+        _say(saver, "e-1", "from elsewhere", "alice")
+        (tmp_path / "alice.json").write_text(json.dumps(export_user(saver, "alice")))
+    return tmp_path / "alice.json"
+
+
+def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_not(
+    postgres_url, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # no langgraph.json here: the retention policy's defaults
+    url = postgres_url
+    assert cli(["--db", url, "status"]) == 2
+    assert capsys.readouterr().err.startswith("threadkeeper: no threadkeeper store in the PostgreSQL database ")
+    with psycopg.connect(url) as conn:  # ... and nothing was created to find out
+        assert conn.execute("SELECT to_regclass('threads')").fetchone() == (None,)
+
+    assert _cli_chat(monkeypatch, url, "plan a trip to Lyon\n/quit\n", "--user", "alice", "--new", "--thread", "t-1") == 0
+    assert _cli_chat(monkeypatch, url, "and trains?\n/attach sales.db\n/quit\n", "--user", "alice", "--thread", "t-1") == 0
+    out = capsys.readouterr().out
+    assert "resuming thread t-1 (2 messages)" in out and "which a PostgreSQL store does not have yet" in out
+    assert cli(["--db", url, "threads"]) == 0
+    out = capsys.readouterr().out
+    assert "store: postgresql://postgres@127.0.0.1:5432/" in out and "t-1" in out and "alice" in out
+    assert cli(["--db", url, "show", "t-1"]) == 0
+    assert "[human] and trains?" in capsys.readouterr().out
+    assert cli(["--db", url, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "threads        1 of 1 users" in out and f"schema version {len(MIGRATIONS)}" in out
+    assert cli(["--db", url, "stats", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["totals"]["human_messages"] == 2 and figures["store"]["threads"] == 1
+    assert cli(["--db", url, "stats", "--days", "7"]) == 0
+    assert "messages       4 (2 human, 2 AI" in capsys.readouterr().out
+
+    for args, sentence in (
+        (["rotate-key"], "threadkeeper: threadkeeper rotate-key works on SQLite stores only"),
+        (["attach", "t-1", "sales.db"], "threadkeeper: threadkeeper attach needs attachments"),
+        (["export", "--user", "alice"], "threadkeeper: threadkeeper export needs the sessions API"),
+        (["import", str(_exported(tmp_path))], "threadkeeper: threadkeeper import needs the sessions API"),
+        (["import-json", str(tmp_path)], "threadkeeper: threadkeeper import-json needs the sessions API"),
+    ):
+        assert cli(["--db", url, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(sentence) and err.count("\n") == 1, err
+
+    assert cli(["--db", url, "sweep", "--dry-run"]) == 0
+    assert "dry run: 0 threads" in capsys.readouterr().out
+    _cli_chat(monkeypatch, url, "bob was here\n/quit\n", "--user", "bob", "--new", "--thread", "b-1")
+    assert cli(["--db", url, "delete-user", "bob", "--yes"]) == 0
+    assert "deleted 1 threads of 'bob'; their rows are deleted and the tables vacuumed" in capsys.readouterr().out
+    assert cli(["--db", url, "sweep", "--days", "0.000000001"]) == 0
+    assert "sweep deleted 1 threads" in capsys.readouterr().out
+    assert cli(["--db", url, "status"]) == 0
+    assert "last sweep" in capsys.readouterr().out

@@ -211,6 +211,17 @@ async def release_async(url: str) -> None:
     await shared.pool.close()
 
 
+def has_store(url: str) -> bool:
+    """Whether the database (the schema its URL's `search_path` names) holds a threadkeeper
+    store, found without creating one. Raises `StoreUnavailableError` when unreachable."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)) as conn:
+            (found,) = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
+    return found
+
+
 def unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
     """The store's one sentence for a server that cannot be reached (the password left out)."""
     return StoreUnavailableError(f"cannot reach the PostgreSQL database {redacted(url)}: {exc}")
