@@ -7,6 +7,7 @@ import io
 import json
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import psycopg
 from langchain_core.messages import HumanMessage
 from psycopg import sql
@@ -17,6 +18,9 @@ from checkpointers.engines.postgres.schema import MIGRATIONS
 from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
 from checkpointers.transfer import export_user
 from tests.chat import echo_graph
+from tests.serve import Server
+from tests.test_isolation import Browser
+from ui.identity import SECRET_FILE
 from ui.cli import main as cli
 
 MARKER = "zqxerasuremarker7731"
@@ -153,3 +157,23 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
     assert "sweep deleted 1 threads" in capsys.readouterr().out
     assert cli(["--db", url, "status"]) == 0
     assert "last sweep" in capsys.readouterr().out
+
+
+def test_the_web_chat_serves_from_postgresql(postgres_url, tmp_path):
+    server = Server(tmp_path, THREADKEEPER_DATABASE_URL=postgres_url, THREADKEEPER_DATA_DIR=str(tmp_path / "secret"))
+    server.start()
+    try:
+        ready = httpx.get(server.url + "readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["store"] == "ok"
+        person = Browser(server.url, "visitor", "anonymous")
+        person.send("plan a weekend in Quokkaville")
+        listed = person.call("refresh", textbox="")
+        assert listed.success and "Quokkaville" in json.dumps(listed.messages)
+        with open_saver(postgres_url) as saver:
+            (thread,) = saver.threads.list(ANY_USER).threads
+            assert [m.type for m in saver.read_messages(thread.thread_id).messages] == ["human", "ai"]
+        assert (tmp_path / "secret" / SECRET_FILE).is_file()  # the cookie secret, where the docs say
+    finally:
+        server.stop()
+    log = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert "(database postgresql://postgres@127.0.0.1:5432/" in log
