@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -15,10 +17,10 @@ from psycopg import sql
 from checkpointers import ANY_USER, open_saver, stats
 from checkpointers.engines.postgres.maintenance import THREAD_TABLES
 from checkpointers.engines.postgres.schema import MIGRATIONS
-from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
+from checkpointers.retention import RetentionPolicy, Sweeper, delete_user, recent_sweeps
 from checkpointers.transfer import export_user
 from tests.chat import echo_graph
-from tests.serve import Server
+from tests.serve import ROOT, Server
 from tests.test_isolation import Browser
 from ui.identity import SECRET_FILE
 from ui.cli import main as cli
@@ -177,3 +179,35 @@ def test_the_web_chat_serves_from_postgresql(postgres_url, tmp_path):
         server.stop()
     log = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
     assert "(database postgresql://postgres@127.0.0.1:5432/" in log
+
+
+def test_two_processes_sweeping_at_once_delete_each_expired_thread_once(postgres_url, tmp_path):
+    expired = 20
+    with open_saver(postgres_url) as saver:
+        for n in range(expired):
+            _say(saver, f"old-{n}", "hello", "alice")
+        _say(saver, "old-pinned", "hello", "alice")
+        saver.threads.pin("old-pinned")
+        newest_expired = datetime.fromisoformat(saver.threads.get("old-pinned").updated_at)
+        for n in range(3):
+            _say(saver, f"young-{n}", "hello", "bob")
+    now = newest_expired + timedelta(days=30, microseconds=1)  # the young threads are inside the window
+    start = tmp_path / "start"
+    start.mkdir()
+    sweepers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.sweeper", postgres_url, now.isoformat(), str(start), "2"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    reports = [json.loads(p.communicate(timeout=120)[0]) for p in sweepers]
+    assert all(p.returncode == 0 for p in sweepers)
+    assert sum(r["threads"] for r in reports) == expired
+    assert sorted(bool(r["skipped"]) for r in reports) == [False, True]  # they met: one worked, one skipped
+    with open_saver(postgres_url) as saver:
+        remaining = {t.thread_id for t in saver.threads.list(ANY_USER, limit=100).threads}
+        swept = stats.usage(saver, None)["totals"]["threads_swept"]
+        recorded = [s["threads"] for s in recent_sweeps(saver) if not s["dry_run"]]
+    assert remaining == {"old-pinned", "young-0", "young-1", "young-2"}
+    assert swept == expired and recorded == [expired]
