@@ -32,8 +32,11 @@ model re-reads at every turn; they are what there is when the model reports
 no usage (the offline mode, some local servers).
 
 The SQL is plain SQLite and PostgreSQL alike (`INSERT ... ON CONFLICT DO
-UPDATE`, `excluded.`) except `SQLITE_USAGE_TRIGGER`, and the database size
-(`database_bytes`), which each engine measures its own way.
+UPDATE`, `excluded.`, columns qualified by their table) except
+`SQLITE_USAGE_TRIGGER`, and the database size (`database_bytes`), which each
+engine measures its own way. The PostgreSQL saver runs the same functions
+inside its write plans (`engines.postgres.connection.neutral`), and the reads
+go through the engine's `saver.maintenance.reading()`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from checkpointers import stats
+from checkpointers.schema import LATEST_VERSION, current_version
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
@@ -183,8 +184,6 @@ class SqliteMaintenance:
         return count, size
 
     def schema_problem(self) -> str | None:
-        from checkpointers.schema import LATEST_VERSION, current_version
-
         try:
             with self.saver._read(flush=False) as conn:
                 version = current_version(conn)
@@ -195,8 +194,6 @@ class SqliteMaintenance:
         return None
 
     def describe(self) -> list[tuple[str, str]]:
-        from checkpointers.schema import current_version
-
         with self.saver._read(flush=False) as conn:
             pages, free, size = (
                 conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")
