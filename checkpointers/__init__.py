@@ -68,6 +68,7 @@ __all__ = [
     "ThreadSaver",
     "close_shared_savers",
     "open_async_saver",
+    "missing_store",
     "open_saver",
 ]
 
@@ -83,6 +84,20 @@ def _postgres_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     options = dict(kwargs)
     options.setdefault("encryption_key", os.environ.get(KEY_VARIABLE) or None)
     return options
+
+
+def missing_store(url: str | None = None) -> str | None:
+    """One sentence saying there is no store at `url` (found without creating one), or None.
+
+    For commands that read what is stored: from another directory, or with a
+    mistyped URL, they say so instead of answering from a new, empty store."""
+    url = resolve_url(url)
+    if is_postgres(url):
+        from checkpointers.engines.postgres.connection import has_store, redacted
+
+        return None if has_store(url) else f"no threadkeeper store in the PostgreSQL database {redacted(url)}"
+    path = sqlite_path(url).resolve()
+    return None if path.exists() else f"no store at {path}"
 
 
 @contextmanager

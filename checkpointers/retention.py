@@ -2,7 +2,7 @@
 
     policy = RetentionPolicy.from_env()          # THREADKEEPER_RETENTION_DAYS=30 ...
     report = Sweeper(saver, policy).sweep()      # what `threadkeeper sweep` runs
-    SweepLoop(saver.path, policy).start()        # what `serve` and `langgraph dev` run
+    SweepLoop(saver, policy).start()             # what `serve` and `langgraph dev` run
 
 The settings are the ones LangGraph's server documents under `checkpointer.ttl`
 in `langgraph.json` (`strategy`, `default_ttl` in minutes,
@@ -17,9 +17,13 @@ batch per transaction, so chats in progress get the database between batches
 (a batch is sized to hold the database a few milliseconds at most);
 each delete re-checks `updated_at` inside its transaction, so a thread that
 receives a message during the sweep survives it. One sweeper runs at a time
-per database: a lease row in `store_meta` is taken in a write transaction, so
-any number of processes can start sweeps and only one works. Every sweep is
-logged and recorded in the `sweeps` table.
+per database, so any number of processes can start sweeps and only one works
+(SQLite: a lease row taken in a write transaction; PostgreSQL: an advisory
+lock held by the sweep's own session). Every sweep is logged and recorded in
+the `sweeps` table.
+
+The policy, the batches and the report are here, for both engines; what is SQL
+is the engine's `saver.maintenance` (`checkpointers.engines.base.Maintenance`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import json
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -38,15 +41,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checkpointers import stats
-
 if TYPE_CHECKING:
+    from checkpointers.engines.postgres.saver import PostgresThreadSaver
     from checkpointers.sqlite import ThreadSaver
+
+    Saver = ThreadSaver | PostgresThreadSaver
 
 log = logging.getLogger("threadkeeper.retention")
 
 STRATEGIES = ("delete", "keep_latest")
-LEASE_SECONDS = 600
+RENEW_SECONDS = 60
+"""A long sweep renews its lease this often (a SQLite lease lasts ten times as long)."""
 
 
 class RetentionSettingError(ValueError):
@@ -197,7 +202,7 @@ class Sweeper:
 
     def __init__(
         self,
-        saver: ThreadSaver,
+        saver: Saver,
         policy: RetentionPolicy,
         *,
         clock: Callable[[], datetime] | None = None,
@@ -213,7 +218,7 @@ class Sweeper:
         self.pause_s = pause_s
         self.yield_factor = yield_factor
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wal_conn: sqlite3.Connection | None = None
+        self.store = saver.maintenance
 
     def cutoff(self) -> str:
         """Threads last updated before this instant have expired."""
@@ -226,32 +231,14 @@ class Sweeper:
 
         For `keep_latest`, only threads that still have more than one checkpoint.
         """
-        sql = "SELECT updated_at, thread_id FROM threads WHERE pinned = 0 AND updated_at < ?"
-        params: list[Any] = [cutoff]
-        if after is not None:
-            sql += " AND (updated_at, thread_id) > (?, ?)"
-            params.extend(after)
-        if self.policy.strategy == "keep_latest":
-            sql += (
-                " AND (SELECT count(*) FROM (SELECT 1 FROM checkpoints AS c "
-                "WHERE c.thread_key = threads.thread_key LIMIT 2)) > 1"
-            )
-        sql += " ORDER BY updated_at, thread_id LIMIT ?"
-        params.append(limit)
-        with self.saver._read() as conn:
-            return conn.execute(sql, params).fetchall()
+        return self.store.expired(cutoff, limit, after, keep_latest=self.policy.strategy == "keep_latest")
 
     def expire(self, thread_ids: list[str], cutoff: str) -> tuple[int, int]:
         """Delete or compact these threads if they are still expired; (threads, attachment bytes)."""
         if self.policy.strategy == "keep_latest":
             self.saver.prune(thread_ids, strategy="keep_latest", updated_before=cutoff)
             return len(thread_ids), 0
-        with self.saver._read() as conn:
-            (attached,) = conn.execute(
-                "SELECT coalesce(sum(a.bytes), 0) FROM attachments AS a JOIN threads AS t USING (thread_key) "
-                "WHERE t.thread_id IN (SELECT value FROM json_each(?)) AND t.updated_at < ?",
-                (json.dumps(thread_ids), cutoff),
-            ).fetchone()
+        attached = self.store.attachment_bytes(thread_ids, cutoff)
         deleted = self.saver.delete_threads(thread_ids, updated_before=cutoff, purge=False)
         return deleted, attached if deleted else 0
 
@@ -268,7 +255,7 @@ class Sweeper:
             return self._finish(SweepReport(started, started, self.policy.strategy, cutoff, 0, 0, dry_run,
                                             skipped="another sweep of this database is running"), record=False)
         try:
-            used_before = self._pages_in_use()
+            used_before = self.store.bytes_in_use()
             threads = attached = 0
             after: tuple[str, str] | None = None
             seen = 0
@@ -285,25 +272,20 @@ class Sweeper:
                 seen += len(batch)
                 after = tuple(batch[-1])
                 size = max(1, min(self.policy.batch_size, int(self.hold_s * len(batch) / max(took, 1e-6))))
-                if time.monotonic() - renewed > LEASE_SECONDS / 10:
-                    self._renew()
+                if time.monotonic() - renewed > RENEW_SECONDS:
+                    self.store.renew_lease(self.owner)
                     renewed = time.monotonic()
                 self._rest(took)
             if threads:
-                self.saver.purge_search_index()
-            freed_pages = max(0, used_before - self._pages_in_use())
-            if threads:
-                self.saver.erase_traces(wait=self.wait_for_wal, between_steps=self._rest, hold_s=self.hold_s)
+                self.store.erase_traces(wait=self.wait_for_wal, between_steps=self._rest, hold_s=self.hold_s)
+            freed = max(0, used_before - self.store.bytes_in_use())
             report = SweepReport(
-                started, _iso(datetime.now(timezone.utc)), self.policy.strategy, cutoff, threads,
-                freed_pages * self._page_size() + attached, dry_run,
+                started, _iso(datetime.now(timezone.utc)), self.policy.strategy, cutoff, threads, freed + attached,
+                dry_run,
             )
             return self._finish(report, record=True)
         finally:
             self._release()
-            if self._wal_conn is not None:
-                self._wal_conn.close()
-                self._wal_conn = None
 
     def _rest(self, busy_s: float) -> None:
         """Let waiting chat turns have the database (see the class docstring), and
@@ -313,20 +295,8 @@ class Sweeper:
         time.sleep(max(0.0, until - time.monotonic()))
 
     def _checkpoint_wal(self) -> None:
-        """A PASSIVE checkpoint on a connection of the sweeper's own, outside the saver's lock.
-
-        A sweep writes many pages. Left to SQLite, the WAL would be copied into
-        the file by whichever commit finds it past 1,000 pages, a chat turn's or
-        a sweep batch's, holding up every turn waiting behind it. A PASSIVE
-        checkpoint waits for no reader or writer, so chats go on meanwhile.
-        """
-        if self._wal_conn is None:
-            self._wal_conn = sqlite3.connect(self.saver.path, check_same_thread=False, isolation_level=None)
-            self._wal_conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            self._wal_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:
-            log.debug("could not checkpoint the WAL of %s during a sweep", self.saver.path, exc_info=True)
+        """The engine's housework between batches (SQLite copies the WAL into the file)."""
+        self.store.between_batches()
 
     def _dry_run(self, started: str, cutoff: str) -> SweepReport:
         count, sample = 0, []
@@ -344,79 +314,33 @@ class Sweeper:
     def _finish(self, report: SweepReport, *, record: bool) -> SweepReport:
         log.info(report.describe())
         if record:
-            with self.saver._write():
-                self.saver.conn.execute(
-                    "INSERT INTO sweeps (started_at, finished_at, strategy, cutoff, threads, bytes, dry_run, host) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (report.started_at, report.finished_at, report.strategy, report.cutoff, report.threads,
-                     report.bytes, int(report.dry_run), self.owner),
-                )
-                if not report.dry_run:  # usage statistics
-                    stats.sweep_recorded(self.saver.conn, report.threads, self.policy.strategy == "keep_latest",
-                                         stats.sqlite_file_bytes(self.saver.conn))
+            self.store.record_sweep(report, self.owner, keep_latest=self.policy.strategy == "keep_latest")
         return report
 
     # -- one sweeper per database ----------------------------------------------
 
     def _acquire(self) -> bool:
-        now = time.time()
-        with self.saver._write():
-            row = self.saver.conn.execute("SELECT value FROM store_meta WHERE key = 'sweep_lease'").fetchone()
-            if row is not None:
-                lease = json.loads(row[0])
-                if lease["owner"] != self.owner and lease["until"] > now:
-                    return False
-            self._write_lease(now)
-        return True
-
-    def _renew(self) -> None:
-        with self.saver._write():
-            self._write_lease(time.time())
-
-    def _write_lease(self, now: float) -> None:
-        self.saver.conn.execute(
-            "INSERT OR REPLACE INTO store_meta (key, value) VALUES ('sweep_lease', ?)",
-            (json.dumps({"owner": self.owner, "until": now + LEASE_SECONDS}),),
-        )
+        return self.store.take_lease(self.owner)
 
     def _release(self) -> None:
-        with self.saver._write():
-            self.saver.conn.execute(
-                "DELETE FROM store_meta WHERE key = 'sweep_lease' AND json_extract(value, '$.owner') = ?",
-                (self.owner,),
-            )
-
-    def _pages_in_use(self) -> int:
-        with self.saver._read() as conn:
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return pages - free
-
-    def _page_size(self) -> int:
-        with self.saver._read() as conn:
-            return conn.execute("PRAGMA page_size").fetchone()[0]
+        self.store.release_lease(self.owner)
 
 
-def recent_sweeps(saver: ThreadSaver, limit: int = 10) -> list[dict[str, Any]]:
+def recent_sweeps(saver: Saver, limit: int = 10) -> list[dict[str, Any]]:
     """The latest recorded sweeps, newest first (for `threadkeeper status` and statistics)."""
-    with saver._read() as conn:
-        cursor = conn.execute(
-            "SELECT started_at, finished_at, strategy, cutoff, threads, bytes, dry_run, host FROM sweeps "
-            "ORDER BY sweep_no DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return saver.maintenance.recent_sweeps(limit)
 
 
-def delete_user(saver: ThreadSaver, user_id: str | None) -> int:
-    """Delete every thread of a user, with attachments, and erase their traces; returns how many."""
+def delete_user(saver: Saver, user_id: str | None) -> int:
+    """Delete every thread of a user, with attachments, and erase their traces; returns how many.
+
+    What "erase their traces" covers differs by engine: see docs/storage.md,
+    "Erasure on PostgreSQL"."""
     deleted = 0
     while page := saver.threads.list(user_id, limit=500).threads:
         deleted += saver.delete_threads([t.thread_id for t in page], purge=False)
     if deleted:
-        saver.purge_search_index()
-        saver.erase_traces()
+        saver.maintenance.erase_traces()
     return deleted
 
 
@@ -431,7 +355,7 @@ class SweepLoop:
     the lease picks one.
     """
 
-    def __init__(self, saver: ThreadSaver, policy: RetentionPolicy) -> None:
+    def __init__(self, saver: Saver, policy: RetentionPolicy) -> None:
         self.saver = saver
         self.policy = policy
         self._stop = threading.Event()

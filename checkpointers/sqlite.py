@@ -87,6 +87,7 @@ from checkpointers.codec import (
     py_id,
 )
 from checkpointers.attachments import AttachmentStore
+from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import (
     ListCache as _ListCache,
     MAX_CHAIN_DEPTH,
@@ -564,6 +565,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._cipher: encryption.Cipher | None = None
         self._key_record: str | None = None
         self.path = Path(path)
+        self.maintenance = SqliteMaintenance(self)
+        """Retention, erasure and statistics reads on this file (`engines.base.Maintenance`)."""
         self.conn = connect(self.path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         self._lock = threading.RLock()
         self._lists = _ListCache(cache_messages)
@@ -625,6 +628,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             for thread_key in keys:
                 search.add(self.conn, self._thread_search_rows(thread_key))
             self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people and logs: the file's absolute path (either engine has it)."""
+        return self.maintenance.location
 
     def close(self) -> None:
         """Write any deferred writes and merge the search backlog, stop the flusher and close the connection."""
@@ -1169,10 +1177,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         base = self._base_list(txn, ns, channel)
         encoded = encode_list(base, messages, partial(self._store_message, txn), txn.value_no)
         if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: messages new to the conversation
-            had = set(base.nos) if base is not None else set()
-            for m, no in zip(messages, encoded[0].nos):
-                if no not in had:
-                    txn.count_message(stats.figures(m))
+            for found in stats.new_messages(base.nos if base is not None else None, messages, encoded[0].nos):
+                txn.count_message(found)
         return encoded
 
     def _pre_encode(self, value: Any, *, words: bool = True) -> _PreValue:

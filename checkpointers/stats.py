@@ -32,20 +32,19 @@ model re-reads at every turn; they are what there is when the model reports
 no usage (the offline mode, some local servers).
 
 The SQL is plain SQLite and PostgreSQL alike (`INSERT ... ON CONFLICT DO
-UPDATE`, `excluded.`) except `SQLITE_USAGE_TRIGGER`, and the database size
-(`database_bytes`), which each engine measures its own way.
+UPDATE`, `excluded.`, columns qualified by their table) except
+`SQLITE_USAGE_TRIGGER`, and the database size (`database_bytes`), which each
+engine measures its own way. The PostgreSQL saver runs the same functions
+inside its write plans (`engines.postgres.connection.neutral`), and the reads
+go through the engine's `saver.maintenance.reading()`.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+from typing import Any
 
 MESSAGE_KINDS = ("human", "ai", "tool", "other")
 """The message columns of `usage_days` are `<kind>_messages`."""
@@ -161,7 +160,17 @@ def usage_row(kind: int, day: str, thread_key: int, tally: Tally) -> tuple:
     return (kind, day, thread_key, *tally.counts)
 
 
-def record_tally(conn: Any, day: str, user_id: str | None, tally: Tally, database_bytes: int) -> None:
+def new_messages(base_nos: Sequence[int] | None, messages: Sequence[Any], nos: Sequence[int]) -> Iterator[tuple]:
+    """The `figures` of the messages of a stored list (`nos`, their numbers) that its base
+    (`base_nos`) did not hold: what a write of the conversation's list adds to the counters.
+    Both engines call it on the root namespace's `messages` channel."""
+    had = set(base_nos or ())
+    for message, no in zip(messages, nos):
+        if no not in had and (found := figures(message)) is not None:
+            yield found
+
+
+def record_tally(conn: Any, day: str, user_id: str | None, tally: Tally, database_bytes: int | None = None) -> None:
     """`SQLITE_USAGE_TRIGGER` as statements, for an engine without the `write_rows` view."""
     names = ("human_messages", "ai_messages", "tool_messages", "other_messages", "tokens_in", "tokens_out",
              "estimated_tokens_in", "estimated_tokens_out")
@@ -178,7 +187,7 @@ def record(conn: Any, day: str | None = None, *, database_bytes: int | None = No
         raise ValueError(f"unknown usage counters: {sorted(unknown)}")
     names = list(counts)
     values: list[Any] = [day or today(), *counts.values()]
-    updates = [f"{n} = {n} + excluded.{n}" for n in names]
+    updates = [f"{n} = usage_days.{n} + excluded.{n}" for n in names]
     if database_bytes is not None:
         names.append("database_bytes")
         values.append(database_bytes)
@@ -190,23 +199,27 @@ def record(conn: Any, day: str | None = None, *, database_bytes: int | None = No
 
 
 def record_user(conn: Any, day: str | None, user_id: str, **counts: int) -> None:
-    """Add `counts` (names from `USER_COLUMNS`) to a user's row for a day."""
+    """Add `counts` (names from `USER_COLUMNS`) to a user's row for a day. (Columns are
+    qualified by their table: PostgreSQL finds `messages = messages + ...` ambiguous.)"""
     unknown = set(counts) - set(USER_COLUMNS)
     if unknown or not counts:
         raise ValueError(f"unknown per-user usage counters: {sorted(unknown) or 'none given'}")
     names = list(counts)
     day = day or today()
-    updates = ", ".join(f"{n} = {n} + excluded.{n}" for n in names)
+    def added(table: str) -> str:
+        return ", ".join(f"{n} = {table}.{n} + excluded.{n}" for n in names)
+
     marks = ", ".join("?" * len(names))
     conn.execute(
         f"INSERT INTO usage_user_days (day, user_id, {', '.join(names)}) VALUES (?, ?, {marks}) "
-        f"ON CONFLICT (day, user_id) DO UPDATE SET {updates}",
+        f"ON CONFLICT (day, user_id) DO UPDATE SET {added('usage_user_days')}",
         [day, user_id, *counts.values()],
     )
     conn.execute(
         f"INSERT INTO usage_users (user_id, last_day, active_days, {', '.join(names)}) VALUES (?, ?, 1, {marks}) "
-        f"ON CONFLICT (user_id) DO UPDATE SET {updates}, active_days = active_days + (last_day IS NOT excluded.last_day), "
-        "last_day = max(last_day, excluded.last_day)",
+        f"ON CONFLICT (user_id) DO UPDATE SET {added('usage_users')}, active_days = usage_users.active_days + "
+        "CASE WHEN usage_users.last_day = excluded.last_day THEN 0 ELSE 1 END, last_day = "
+        "CASE WHEN excluded.last_day > usage_users.last_day THEN excluded.last_day ELSE usage_users.last_day END",
         [user_id, day, *counts.values()],
     )
 
@@ -241,11 +254,6 @@ def attachment_added(conn: Any) -> None:
     record(conn, attachments_added=1)
 
 
-def sqlite_file_bytes(conn: sqlite3.Connection) -> int:
-    """The size of a SQLite store's main file (pages times page size; the WAL not included)."""
-    return conn.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()").fetchone()[0]
-
-
 # -- reading -------------------------------------------------------------------
 
 
@@ -257,17 +265,24 @@ def first_day(days: int | None, now: date | None = None) -> str | None:
     return (now - timedelta(days=max(1, days) - 1)).isoformat()
 
 
-def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top_users: int = 20) -> dict[str, Any]:
+Query = Callable[..., list[tuple]]
+"""`query(sql, params=())`: the rows of one statement, every call in one read snapshot. The
+statements are written once for both engines, with `?` marks (see `engines.base.Maintenance`)."""
+
+
+def read(
+    query: Query, days: int | None, *, database_bytes: int, attachments: tuple[int, int], top_users: int = 20
+) -> dict[str, Any]:
     """Every figure of a period of `days` days ending today (None: since the store began),
-    as JSON-ready data. Reads `usage_days`, `usage_user_days`, `sweeps` and `attachments`
-    (a row per attached thread) and counts `threads` by its primary key's index."""
+    as JSON-ready data. Reads `usage_days`, `usage_user_days`, `sweeps` and counts `threads`
+    by its primary key's index; `attachments` is the store's (count, bytes)."""
     now = datetime.now(timezone.utc)
     start = first_day(days, now.date())
     since = "" if start is None else " WHERE day >= ?"
     params: tuple = () if start is None else (start,)
-    cursor = conn.execute(f"SELECT day, {', '.join(DAY_COLUMNS)}, database_bytes FROM usage_days{since} ORDER BY day", params)
-    rows = [dict(zip(["day", *DAY_COLUMNS, "database_bytes"], r)) for r in cursor.fetchall()]
-    active = dict(conn.execute(f"SELECT day, count(*) FROM usage_user_days{since} GROUP BY day", params).fetchall())
+    names = ["day", *DAY_COLUMNS, "database_bytes"]
+    rows = [dict(zip(names, r)) for r in query(f"SELECT {', '.join(names)} FROM usage_days{since} ORDER BY day", params)]
+    active = dict(query(f"SELECT day, count(*) FROM usage_user_days{since} GROUP BY day", params))
     for row in rows:
         row["active_users"] = active.get(row["day"], 0)
         row["messages"] = sum(row[f"{k}_messages"] for k in MESSAGE_KINDS)
@@ -275,37 +290,36 @@ def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top
     def distinct_users(first: str | None) -> int:
         # A period always ends today: a user was active in it if their last active day is in it.
         if first is None:
-            return conn.execute("SELECT count(*) FROM usage_users").fetchone()[0]
-        return conn.execute("SELECT count(*) FROM usage_users WHERE last_day >= ?", (first,)).fetchone()[0]
+            return query("SELECT count(*) FROM usage_users")[0][0]
+        return query("SELECT count(*) FROM usage_users WHERE last_day >= ?", (first,))[0][0]
 
     totals: dict[str, Any] = {name: sum(r[name] for r in rows) for name in DAY_COLUMNS}
     totals["messages"] = sum(totals[f"{k}_messages"] for k in MESSAGE_KINDS)
-    threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
-    attachments, attachment_bytes = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM attachments").fetchone()
+    ((threads,),) = query("SELECT count(*) FROM threads")
     if start is None:
-        users = conn.execute(
+        users = query(
             "SELECT user_id, messages, threads_created, active_days FROM usage_users "
             "ORDER BY messages DESC, user_id LIMIT ?",
             (top_users,),
-        ).fetchall()
+        )
     else:
-        users = conn.execute(
+        users = query(
             "SELECT user_id, sum(messages), sum(threads_created), count(*) FROM usage_user_days WHERE day >= ? "
             "GROUP BY user_id ORDER BY sum(messages) DESC, user_id LIMIT ?",
             (start, top_users),
-        ).fetchall()
-    last_sweep = conn.execute(
-        "SELECT finished_at, strategy, threads, bytes FROM sweeps WHERE dry_run = 0 ORDER BY sweep_no DESC LIMIT 1"
-    ).fetchone()
+        )
+    last_sweep = query(
+        "SELECT finished_at, strategy, threads, bytes FROM sweeps WHERE NOT dry_run ORDER BY sweep_no DESC LIMIT 1"
+    )
     return {
         "generated_at": now.isoformat(timespec="seconds"),
         "period": {"days": days, "first_day": start or (rows[0]["day"] if rows else None), "last_day": now.date().isoformat()},
         "store": {
             "threads": threads,
-            "attachments": attachments,
-            "attachment_bytes": attachment_bytes,
+            "attachments": attachments[0],
+            "attachment_bytes": attachments[1],
             "database_bytes": database_bytes,
-            "last_sweep": None if last_sweep is None else dict(zip(("finished_at", "strategy", "threads", "bytes"), last_sweep)),
+            "last_sweep": None if not last_sweep else dict(zip(("finished_at", "strategy", "threads", "bytes"), last_sweep[0])),
         },
         "totals": {
             **totals,
@@ -324,45 +338,26 @@ def read(conn: sqlite3.Connection, days: int | None, *, database_bytes: int, top
     }
 
 
-# -- for the app: one read transaction each ----------------------------------------
+# -- for the app: one read snapshot each, through the engine's `saver.maintenance` ---------
 
 
-def disk_bytes(saver: ThreadSaver) -> int:
-    """What the store takes on disk: its file and its WAL."""
-    total = 0
-    for path in (saver.path, saver.path.with_name(saver.path.name + "-wal")):
-        try:
-            total += os.stat(path).st_size
-        except FileNotFoundError:
-            pass
-    return total
+def usage(saver: Any, days: int | None) -> dict[str, Any]:
+    """`read` on the saver's store (either engine), in one read snapshot."""
+    store = saver.maintenance
+    with store.reading() as query:
+        return read(query, days, database_bytes=store.database_bytes(), attachments=store.attachment_totals(query))
 
 
-def usage(saver: ThreadSaver, days: int | None) -> dict[str, Any]:
-    """`read` on the saver's store, in one read transaction."""
-    with saver._read(flush=False) as conn:
-        return read(conn, days, database_bytes=disk_bytes(saver))
-
-
-def store_figures(saver: ThreadSaver) -> dict[str, int]:
+def store_figures(saver: Any) -> dict[str, int]:
     """The few figures a metrics scrape reads: threads, database bytes, sweeps, swept threads."""
-    with saver._read(flush=False) as conn:
-        threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
-        sweeps, swept = conn.execute(
-            "SELECT coalesce(sum(sweeps), 0), coalesce(sum(threads_swept), 0) FROM usage_days"
-        ).fetchone()
-    return {"threads": threads, "database_bytes": disk_bytes(saver), "sweeps": sweeps, "threads_swept": swept}
+    store = saver.maintenance
+    with store.reading() as query:
+        ((threads,),) = query("SELECT count(*) FROM threads")
+        ((sweeps, swept),) = query("SELECT coalesce(sum(sweeps), 0), coalesce(sum(threads_swept), 0) FROM usage_days")
+    return {"threads": threads, "database_bytes": store.database_bytes(), "sweeps": int(sweeps),
+            "threads_swept": int(swept)}
 
 
-def readiness(saver: ThreadSaver) -> str | None:
+def readiness(saver: Any) -> str | None:
     """None if the store answers and its schema is this release's; else one sentence why not."""
-    from checkpointers.schema import LATEST_VERSION, current_version
-
-    try:
-        with saver._read(flush=False) as conn:
-            version = current_version(conn)
-    except sqlite3.Error as exc:
-        return f"the store does not answer: {type(exc).__name__}"
-    if version != LATEST_VERSION:
-        return f"the store's schema is version {version}, not {LATEST_VERSION}"
-    return None
+    return saver.maintenance.schema_problem()

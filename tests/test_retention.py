@@ -7,13 +7,14 @@ import re
 import sqlite3
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from langchain_core.messages import HumanMessage
 
-from checkpointers import ThreadSaver, open_saver
+from checkpointers import ANY_USER, ThreadSaver, open_saver
 from checkpointers.retention import (
     RetentionPolicy,
     RetentionSettingError,
@@ -39,7 +40,7 @@ def _clock_at(moment: datetime):
 
 
 def _ids(saver) -> set[str]:
-    return {r[0] for r in saver.conn.execute("SELECT thread_id FROM threads")}
+    return {t.thread_id for t in saver.threads.list(ANY_USER, limit=500).threads}
 
 
 def _rows_of(saver, table: str) -> int:
@@ -53,7 +54,8 @@ def _disk_bytes(directory: Path) -> bytes:
 POLICY = RetentionPolicy(days=30, batch_size=2)
 
 
-def test_threads_just_outside_the_window_go_and_just_inside_stay(saver):
+def test_threads_just_outside_the_window_go_and_just_inside_stay(store):
+    saver = store
     _say(saver, "old")
     _say(saver, "young")
     # The window ends exactly at "young"'s last update: "old" is older, "young" is not.
@@ -87,7 +89,8 @@ def test_a_sweep_deletes_everything_of_a_thread_and_nothing_of_others(saver, db_
     saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
 
 
-def test_pinned_threads_are_exempt(saver):
+def test_pinned_threads_are_exempt(store):
+    saver = store
     _say(saver, "pinned")
     _say(saver, "plain")
     saver.threads.pin("pinned")
@@ -96,7 +99,8 @@ def test_pinned_threads_are_exempt(saver):
     assert _ids(saver) == {"pinned"}
 
 
-def test_a_thread_written_during_the_sweep_is_not_deleted(saver):
+def test_a_thread_written_during_the_sweep_is_not_deleted(store):
+    saver = store
     _say(saver, "busy")
     _say(saver, "idle")
     clock = _clock_at(_updated(saver, "idle") + timedelta(days=30, microseconds=1))
@@ -110,9 +114,8 @@ def test_a_thread_written_during_the_sweep_is_not_deleted(saver):
     assert saver.read_messages("busy").total == 4
 
 
-def test_only_one_sweeper_works_at_a_time(db_path):
-    first, second = ThreadSaver(db_path), ThreadSaver(db_path)
-    try:
+def test_only_one_sweeper_works_at_a_time(store_url):
+    with open_saver(store_url) as first, open_saver(store_url) as second:
         _say(first, "old")
         clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
         holder = Sweeper(first, POLICY, clock=clock)
@@ -122,17 +125,13 @@ def test_only_one_sweeper_works_at_a_time(db_path):
         assert _ids(second) == {"old"}
         holder._release()
         assert Sweeper(second, POLICY, clock=clock).sweep().threads == 1
-    finally:
-        first.close()
-        second.close()
 
 
-def test_sweepers_started_at_once_in_several_processes_share_the_work_once(db_path):
-    with open_saver(f"sqlite:///{db_path}") as saver:
+def test_sweepers_started_at_once_in_several_processes_share_the_work_once(store_url):
+    with open_saver(store_url) as saver:
         for n in range(12):
             _say(saver, f"t{n}")
     clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
-    savers = [ThreadSaver(db_path) for _ in range(3)]
     reports = []
     barrier = threading.Barrier(3)
 
@@ -140,29 +139,28 @@ def test_sweepers_started_at_once_in_several_processes_share_the_work_once(db_pa
         barrier.wait()
         reports.append(Sweeper(saver, RetentionPolicy(days=30, batch_size=1), clock=clock, pause_s=0.05).sweep())
 
-    workers = [threading.Thread(target=run, args=(s,)) for s in savers]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    try:
+    with ExitStack() as stack:
+        savers = [stack.enter_context(open_saver(store_url)) for _ in range(3)]
+        workers = [threading.Thread(target=run, args=(s,)) for s in savers]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
         assert sum(r.threads for r in reports) == 12
         assert sum(1 for r in reports if r.threads) == 1
         assert sum(1 for r in reports if r.skipped) >= 1
         assert _ids(savers[0]) == set()
-    finally:
-        for s in savers:
-            s.close()
 
 
-def test_keep_latest_compacts_history_and_leaves_a_readable_thread(saver):
+def test_keep_latest_compacts_history_and_leaves_a_readable_thread(store):
+    saver = store
     for n in range(4):
         _say(saver, "long", f"message {n}")
     before = echo_graph(saver, "noted: ").get_state({"configurable": {"thread_id": "long"}}).values
     clock = _clock_at(_updated(saver, "long") + timedelta(days=31))
     policy = RetentionPolicy(days=30, strategy="keep_latest")
     assert Sweeper(saver, policy, clock=clock).sweep().threads == 1
-    assert _rows_of(saver, "checkpoints") == 1
+    assert len(list(saver.list({"configurable": {"thread_id": "long"}}))) == 1
     state = echo_graph(saver, "noted: ").get_state({"configurable": {"thread_id": "long"}})
     assert state.values == before
     assert [t.thread_id for t in saver.threads.search("alice", "message").threads] == ["long"]
@@ -182,7 +180,8 @@ def test_the_file_does_not_grow_over_ten_create_and_expire_cycles(saver, db_path
     assert sizes[-1] <= sizes[0] * 1.1, sizes
 
 
-def test_dry_run_counts_without_deleting_and_every_sweep_is_recorded(saver):
+def test_dry_run_counts_without_deleting_and_every_sweep_is_recorded(store):
+    saver = store
     for n in range(3):
         _say(saver, f"t{n}")
     clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
@@ -190,11 +189,12 @@ def test_dry_run_counts_without_deleting_and_every_sweep_is_recorded(saver):
     assert dry.threads == 3 and dry.sample == ("t0", "t1", "t2") and len(_ids(saver)) == 3
     real = Sweeper(saver, POLICY, clock=clock).sweep()
     recorded = recent_sweeps(saver)
-    assert [(r["threads"], r["dry_run"]) for r in recorded] == [(3, 0), (3, 1)]
+    assert [(r["threads"], bool(r["dry_run"])) for r in recorded] == [(3, False), (3, True)]
     assert recorded[0]["bytes"] == real.bytes
 
 
-def test_zero_days_keeps_everything(saver):
+def test_zero_days_keeps_everything(store):
+    saver = store
     _say(saver, "t")
     clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=3650))
     report = Sweeper(saver, RetentionPolicy(days=0), clock=clock).sweep()
@@ -237,8 +237,8 @@ def test_the_projects_langgraph_json_gives_the_documented_default():
     assert RetentionPolicy.from_env({}, root / "langgraph.json") == RetentionPolicy(days=30, sweep_limit=10_000)
 
 
-def test_the_background_loop_sweeps_in_the_background(db_path):
-    with open_saver(f"sqlite:///{db_path}") as saver:
+def test_the_background_loop_sweeps_in_the_background(store_url):
+    with open_saver(store_url) as saver:
         _say(saver, "stale")
         loop = SweepLoop(saver, RetentionPolicy(days=1e-9, interval_minutes=60)).start()
         try:
@@ -301,7 +301,8 @@ def test_delete_user_and_sweep_on_the_command_line(db_path, capsys, monkeypatch)
     assert "retention strategy must be 'delete' or 'keep_latest', not 'archive'" in capsys.readouterr().err
 
 
-def test_a_sweep_stops_at_its_limit_and_the_next_one_goes_on(saver):
+def test_a_sweep_stops_at_its_limit_and_the_next_one_goes_on(store):
+    saver = store
     for n in range(5):
         _say(saver, f"t{n}")
     clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))
@@ -324,7 +325,8 @@ def _batch_sizes(saver, monkeypatch) -> list[int]:
     return sizes
 
 
-def test_sweep_batches_are_sized_by_how_long_they_hold_the_database(saver, monkeypatch):
+def test_sweep_batches_are_sized_by_how_long_they_hold_the_database(store, monkeypatch):
+    saver = store
     for n in range(12):
         _say(saver, f"t{n}")
     clock = _clock_at(datetime.now(timezone.utc) + timedelta(days=31))

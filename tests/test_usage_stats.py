@@ -18,7 +18,7 @@ from pathlib import Path
 from hypothesis import given, settings, strategies as st
 from langchain_core.messages import AIMessage, ToolMessage
 
-from checkpointers import ANY_USER, ThreadSaver, stats
+from checkpointers import ANY_USER, ThreadSaver, open_saver, stats
 from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
 from checkpointers.transfer import export_user, import_document, read_document
 from graph import build_graph
@@ -57,15 +57,22 @@ def counters(saver: ThreadSaver) -> dict:
     return stats.usage(saver, None)["totals"]
 
 
-def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_sweep_and_an_import(tmp_path: Path, monkeypatch):
-    db = tmp_path / "threadkeeper.db"
-    url = f"sqlite:///{db}"
+def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_sweep_and_an_import(
+    store_url: str, tmp_path: Path, monkeypatch
+):
+    """On both engines; the sessions API and export/import are SQLite's only, for now
+    (they come to PostgreSQL on another branch), so their steps run where they exist."""
+    monkeypatch.setenv("THREADKEEPER_DATA_DIR", str(tmp_path))  # the web chat's secret, on PostgreSQL
+    url = store_url
     created = 0
-    with _saver(db) as saver:
+    users = {"alice", "dora", "carol"}
+    with open_saver(url) as saver:
+        everywhere = hasattr(saver, "sessions")
         # The web chat's turn (offline model), twice on one thread, then a regenerate.
         web = WebChat(saver)
         token = web.identity.new_token()
         anon = web.identity.user_of(token, None)
+        users.add(anon)
         for text in ("plan a weekend in Lyon", "and trains?"):
             list(web.respond({"text": text, "user": anon}, "web-1", [], token, None))
         _, pending = web.regenerate("web-1", token, None)
@@ -82,27 +89,29 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
             agent.invoke({"messages": [("user", text)]}, {"configurable": {"thread_id": "py-1", "user_id": "alice"}})
         created += 1
         # The sessions API, with a tool result; and a thread made by attaching nothing but a session.
-        session = saver.sessions.put_session("bob", session_id="sess-1")
-        saver.sessions.put_message(session.session_id, ("human", "look it up"), user_id="bob")
-        saver.sessions.put_message(session.session_id, ToolMessage("42 rows", tool_call_id="c1"), user_id="bob")
-        saver.sessions.put_message(session.session_id, ("ai", "there are 42"), user_id="bob")
-        created += 1
+        if everywhere:
+            session = saver.sessions.put_session("bob", session_id="sess-1")
+            saver.sessions.put_message(session.session_id, ("human", "look it up"), user_id="bob")
+            saver.sessions.put_message(session.session_id, ToolMessage("42 rows", tool_call_id="c1"), user_id="bob")
+            saver.sessions.put_message(session.session_id, ("ai", "there are 42"), user_id="bob")
+            saver.threads.pin("sess-1")
+            created += 1
+            users.add("bob")
         for i in range(3):
             agent_offline = build_graph(checkpointer=saver)
             agent_offline.invoke({"messages": [("user", f"old {i}")]}, {"configurable": {"thread_id": f"old-{i}", "user_id": "dora"}})
             created += 1
         saver.threads.pin("py-1")
         saver.threads.pin("web-1")
-        saver.threads.pin("sess-1")
     # The terminal chat, in its own process's way: `threadkeeper chat` with typed lines.
     monkeypatch.setattr("sys.stdin", io.StringIO("hello from the terminal\n/quit\n"))
     monkeypatch.setattr("builtins.input", lambda prompt="": _read_line())
     assert cli.main(["--db", url, "chat", "--user", "carol", "--new", "--thread", "cli-1"]) == 0
     created += 1
 
-    with _saver(db) as saver:
+    with open_saver(url) as saver:
         before = recount(saver, all_threads(saver))
-        document = read_document(_dump(export_user(saver, "dora")))
+        document = read_document(_dump(export_user(saver, "dora"))) if everywhere else None
         # Deletions by users: one thread, then everything of dora's; and a sweep of carol's.
         saver.delete_thread("web-1")
         deleted = 1 + delete_user(saver, "dora")
@@ -110,9 +119,11 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
         report = Sweeper(saver, RetentionPolicy(days=30), clock=lambda: later).sweep()
         assert report.threads == 1  # cli-1: the others are pinned or gone
         # An import brings dora's threads back: new threads, their messages stored again.
-        import_document(saver, document, report=lambda line: None)
-        created += len(document.threads)
-        imported = recount(saver, [t.thread_id for t in document.threads])
+        imported = Counter()
+        if document is not None:
+            import_document(saver, document, report=lambda line: None)
+            created += len(document.threads)
+            imported = recount(saver, [t.thread_id for t in document.threads])
         figures = counters(saver)
         remaining = len(all_threads(saver))
 
@@ -121,12 +132,12 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
                  "estimated_tokens_in", "estimated_tokens_out"):
         assert figures[name] == expected[name], name
     assert figures["tokens_in"] == 270 and figures["tokens_out"] == 16
-    assert figures["tool_messages"] == 1
+    assert figures["tool_messages"] == (1 if everywhere else 0)
     assert figures["threads_created"] == created
     assert figures["threads_deleted"] == deleted == 4
     assert figures["threads_swept"] == 1 and figures["sweeps"] == 1
     assert remaining == created - deleted - 1
-    assert figures["active_users"] == 5  # the web visitor, alice, bob, dora, carol
+    assert figures["active_users"] == len(users)  # the web visitor, alice, bob, dora, carol
     assert figures["messages"] == sum(expected[k] for k in ("human_messages", "ai_messages", "tool_messages", "other_messages"))
 
 

@@ -10,7 +10,10 @@
     threadkeeper stats [--days 7] [--json]       usage statistics (counts only, no text)
 
 Commands that read or change what is stored never create a store: with no
-file where the URL points they say so, instead of answering from an empty one.
+file (or PostgreSQL schema) where the URL points they say so, instead of
+answering from an empty one. Every command works on a
+`postgresql://` store too, except those that need what that engine does not
+have yet (rotate-key, attach, export, import, import-json), which say so.
     threadkeeper sweep [--dry-run]               apply the retention policy now (for cron)
     threadkeeper delete-user alice               delete every thread of a user, leaving no trace
     threadkeeper rotate-key                      re-encrypt the store under a new key (keys from the environment)
@@ -31,20 +34,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, ThreadSaver, open_saver
+from checkpointers import ANY_USER, StoreError, ThreadNotFoundError, ThreadSaver, missing_store, open_saver
 from checkpointers.retention import RetentionPolicy, Sweeper, SweepLoop, delete_user, recent_sweeps
 from checkpointers.errors import ThreadExistsError, StoreUnavailableError
-from checkpointers.schema import current_version
 from checkpointers.threads import message_text
-from checkpointers.url import ENV_VAR, resolve_url, sqlite_path
+from checkpointers.url import ENV_VAR, is_postgres, resolve_url, sqlite_path
 from ui.turns import ToolResult, TurnRefused, Turns, check_message
-
-
-def _store_path(args: argparse.Namespace) -> Path:
-    """The absolute path of the store `--db` (or the environment, or the default) names."""
-    return sqlite_path(resolve_url(args.db)).resolve()
 
 
 @contextmanager
@@ -52,25 +48,29 @@ def _existing_store(args: argparse.Namespace) -> Iterator[ThreadSaver]:
     """The store, for a command that needs what it holds: one is never created
     here, so a command run from another directory does not answer "no threads"
     from a new empty file."""
-    path = _store_path(args)
-    if not path.exists():
-        raise StoreUnavailableError(f"no store at {path} (set {ENV_VAR} or --db)")
+    missing = missing_store(args.db)
+    if missing is not None:
+        raise StoreUnavailableError(f"{missing} (set {ENV_VAR} or --db)")
     with open_saver(args.db) as saver:
         yield saver
 
 
+def _needs(saver: ThreadSaver, part: str, what: str, command: str) -> None:
+    """Refuse, in one sentence, a command that needs a part of the store its engine does
+    not have yet (the sessions API and attachments are SQLite's only in this release)."""
+    if getattr(saver, part, None) is None:
+        raise StoreError(f"threadkeeper {command} needs {what}, which a PostgreSQL store does not have yet")
+
+
 def _status(args: argparse.Namespace) -> int:
     with _existing_store(args) as saver:
-        conn = saver.conn
-        print(f"database       {saver.path.resolve()}")
-        print(f"schema version {current_version(conn)}")
-        (threads,) = conn.execute("SELECT count(*) FROM threads").fetchone()
-        (users,) = conn.execute("SELECT count(DISTINCT user_id) FROM threads").fetchone()
-        (checkpoints,) = conn.execute("SELECT count(*) FROM checkpoints").fetchone()
-        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
+        for label, value in saver.maintenance.describe():
+            print(f"{label:<14} {value}")
+        with saver.maintenance.reading() as query:
+            ((threads, users),) = query("SELECT count(*), count(DISTINCT user_id) FROM threads")
+            ((checkpoints,),) = query("SELECT count(*) FROM checkpoints")
         print(f"threads        {threads:,} of {users:,} users")
         print(f"checkpoints    {checkpoints:,}")
-        print(f"file           {pages * size / 1e6:,.2f} MB ({free:,} free pages)")
         print(RetentionPolicy.from_env().describe())
         for sweep in recent_sweeps(saver, limit=1):
             kind = "dry run" if sweep["dry_run"] else f"{sweep['threads']:,} threads, {sweep['bytes']:,} bytes"
@@ -102,7 +102,7 @@ def _delete_user(args: argparse.Namespace) -> int:
                 print("nothing deleted")
                 return 1
         deleted = delete_user(saver, args.user)
-    print(f"deleted {deleted:,} threads of {args.user!r}; their text is gone from the database file and its WAL")
+    print(f"deleted {deleted:,} threads of {args.user!r}; {saver.maintenance.erasure_note}")
     return 0
 
 
@@ -110,7 +110,7 @@ def _threads(args: argparse.Namespace) -> int:
     everyone = args.user is None
     with _existing_store(args) as saver:
         page = saver.threads.list(ANY_USER if everyone else args.user, limit=args.limit)
-        print(f"store: {saver.path.resolve()}")
+        print(f"store: {saver.location}")
     if not page.threads:
         print("no threads" if everyone else f"no threads for user {args.user!r}")
         return 0
@@ -130,7 +130,7 @@ def _show(args: argparse.Namespace) -> int:
     with _existing_store(args) as saver:
         info = saver.threads.get(args.thread_id, user_id=ANY_USER if args.user is None else args.user)
         checkpoint = saver.get_tuple({"configurable": {"thread_id": args.thread_id}})
-        print(f"store: {saver.path.resolve()}")
+        print(f"store: {saver.location}")
     print(f"# {info.title or '(untitled)'}  ({info.message_count} messages, user {info.user_id or '-'})")
     messages = (checkpoint.checkpoint["channel_values"].get("messages") if checkpoint else None) or []
     for message in messages:
@@ -155,11 +155,11 @@ def _serve(args: argparse.Namespace) -> int:
         web = WebChat(saver, settings=settings)
         access = AdminAccess.from_env(web.identity.sign_in)
         sweeping = SweepLoop(saver, policy).start()
-        print(f"threadkeeper web chat on http://{args.host}:{args.port}  (database {saver.path.resolve()})", flush=True)
+        print(f"threadkeeper web chat on http://{args.host}:{args.port}  (database {saver.location})", flush=True)
         print(settings.describe_model(), flush=True)
         print(policy.describe(), flush=True)
         logging.getLogger("threadkeeper").info(logs.settings_line({
-            "host": args.host, "port": args.port, "database": saver.path.resolve(),
+            "host": args.host, "port": args.port, "database": saver.location,
             "model": settings.model if settings.model_connected else "offline",
             "sign_in": "on" if web.identity.sign_in else "off",
             "admin_page": "on" if access.enabled else "off",
@@ -222,6 +222,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _attach(args: argparse.Namespace) -> int:
     with _existing_store(args) as saver:
+        _needs(saver, "attachments", "attachments", "attach")
         user = ANY_USER if args.user is None else args.user
         saver.threads.get(args.thread_id, user_id=user)  # a mistyped id is an error, not a new thread
         attached = saver.attachments.attach(args.thread_id, args.file, user_id=user)
@@ -235,6 +236,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
     from checkpointers.errors import EncryptionKeyError
     from checkpointers.key_rotation import rotate_key
 
+    if is_postgres(resolve_url(args.db)):
+        raise StoreError("threadkeeper rotate-key works on SQLite stores only: encryption is not available on PostgreSQL yet")
     current = os.environ.get(KEY_VARIABLE) or None
     new = os.environ.get(NEW_KEY_VARIABLE) or None
     if args.decrypt and new is not None:
@@ -316,6 +319,7 @@ def _chat(args: argparse.Namespace) -> int:
                 continue
             if text.startswith("/attach "):
                 try:
+                    _needs(saver, "attachments", "attachments", "chat's /attach")
                     attached = saver.attachments.attach(thread_id, text.split(" ", 1)[1].strip(), user_id=user)
                 except (StoreError, ValueError) as exc:
                     print(f"error: {exc}")
@@ -360,6 +364,7 @@ def _import_json(args: argparse.Namespace) -> int:
     from checkpointers.importer import import_json_folder
 
     with open_saver(args.db) as saver:
+        _needs(saver, "sessions", "the sessions API", "import-json")
         summary = import_json_folder(saver, args.folder, user_id=args.user, report=print)
     print(summary.describe())
     return 1 if summary.failed else 0
@@ -372,7 +377,7 @@ def _import_checkpoints(args: argparse.Namespace) -> int:
     since = _since(args.since) if args.since else None
     with open_stock_source(args.source) as source, open_saver(args.db, cache_messages=CACHE_MESSAGES) as saver:
         total = source.count_threads()
-        print(f"importing {total:,} threads from the {source.description} into {saver.path.resolve()}", flush=True)
+        print(f"importing {total:,} threads from the {source.description} into {saver.location}", flush=True)
         last = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
@@ -405,6 +410,7 @@ def _export(args: argparse.Namespace) -> int:
     if not args.user:
         raise ValueError("export needs --user: whose threads to export")
     with _existing_store(args) as saver:
+        _needs(saver, "sessions", "the sessions API", "export")
         document = export_user(saver, args.user)
     text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
     counts = summarize(document)
@@ -442,6 +448,7 @@ def _import(args: argparse.Namespace) -> int:
     document = read_document(text, source.name)
     owner = args.user if args.user is not None else document.user_id
     with open_saver(args.db) as saver:
+        _needs(saver, "sessions", "the sessions API", "import")
         summary = import_document(saver, document, user_id=owner, replace=args.replace, report=print)
     print(
         f"imported {summary.threads:,} threads ({summary.messages:,} messages, {summary.attachments:,} attachments) "
@@ -454,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadkeeper", description="LangGraph chat threads that persist.")
     parser.add_argument(
         "--db", metavar="URL",
-        help="sqlite:///path/to/file.db (default $THREADKEEPER_DATABASE_URL, else sqlite:///data/threadkeeper.db "
-        "in the current directory); only chat, serve and the imports create it",
+        help="sqlite:///path/to/file.db or postgresql://user@host:5432/db (default $THREADKEEPER_DATABASE_URL, "
+        "else sqlite:///data/threadkeeper.db in the current directory); only chat, serve and the imports create it",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     user_default = os.environ.get("THREADKEEPER_USER")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -83,6 +83,28 @@ async def arun(conn: psycopg.AsyncConnection, plan: Plan[T]) -> T:
                 result = cursor.rowcount
     except StopIteration as done:
         return done.value
+
+
+def qmark(text: str) -> str:
+    """A statement written for both engines (`?` marks, no `%` of its own) in psycopg's style."""
+    return text.replace("%", "%%").replace("?", "%s")
+
+
+class _Statements(list):
+    """Stands in for a connection to engine-neutral code that writes with `conn.execute(sql, params)`:
+    keeps each statement for a plan to yield."""
+
+    def execute(self, text: str, params: Any = ()) -> None:
+        self.append(Sql(qmark(text), params, FETCH_NONE))
+
+
+def neutral(write: Callable[[Any], None]) -> Plan[None]:
+    """Run `write(conn)`, code written once for both engines (e.g. the usage counters of
+    `checkpointers.stats`), as statements of this plan: inside its transaction."""
+    statements = _Statements()
+    write(statements)
+    for statement in statements:
+        yield statement
 
 
 def _result(cursor: psycopg.Cursor, fetch: str) -> Any:
@@ -187,6 +209,17 @@ async def release_async(url: str) -> None:
             return
         del _pools[key]
     await shared.pool.close()
+
+
+def has_store(url: str) -> bool:
+    """Whether the database (the schema its URL's `search_path` names) holds a threadkeeper
+    store, found without creating one. Raises `StoreUnavailableError` when unreachable."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)) as conn:
+            (found,) = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
+    return found
 
 
 def unavailable(url: str, exc: BaseException) -> StoreUnavailableError:

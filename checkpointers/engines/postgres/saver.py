@@ -21,9 +21,13 @@ Every method is written once as a plan (see `connection`): the sync methods
 run it on the process's sync pool, the async ones natively on its asyncio
 pool.
 
+`saver.maintenance` (`maintenance.py`) is the retention sweep's, erasure's
+and the usage statistics' side of this engine; the saver counts usage as it
+writes, in the write's transaction.
+
 Not on this engine yet (refused or absent, never faked): encryption
 (`THREADKEEPER_ENCRYPTION_KEY` is refused), `saver.sessions`,
-`saver.attachments`, retention sweeps, export/import, `ThreadChatHistory`.
+`saver.attachments`, export/import, `ThreadChatHistory`.
 """
 
 from __future__ import annotations
@@ -58,10 +62,11 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 import psycopg
 from psycopg.types.json import Jsonb
 
-from checkpointers import checkpoint_codec, codec, encryption, search
+from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
 from checkpointers.engines.postgres import connection, schema
-from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql, neutral
+from checkpointers.engines.postgres.maintenance import PostgresMaintenance
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
 from checkpointers.errors import StoreError, ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
@@ -134,6 +139,7 @@ UPDATE threads SET next_value_no = %(next_value_no)s, next_message_no = %(next_m
     updated_at = %(updated_at)s, message_count = coalesce(%(message_count)s, message_count),
     title = coalesce(title, %(title)s), user_id = coalesce(user_id, %(user_id)s)
 WHERE thread_key = %(thread_key)s
+RETURNING user_id
 """
 """A checkpoint's whole write after its thread's row is locked: one round trip."""
 
@@ -235,6 +241,8 @@ class _ThreadTxn:
     new_digests: dict[bytes, int] = field(default_factory=dict)
     lists: dict[tuple[str, str], StoredList] = field(default_factory=dict)
     """Message lists stored by this write, by (ns, channel), cached after the commit."""
+    usage: stats.Tally = field(default_factory=stats.Tally)
+    """The messages new to the conversation, for the usage statistics."""
 
     def __post_init__(self) -> None:
         self.next_value_no = self.row.next_value_no
@@ -292,6 +300,13 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         self.threads = PostgresThreadIndex(self._run, self._arun)
+        self.maintenance = PostgresMaintenance(url, self._run, self._transaction)
+        """Retention, erasure and statistics reads on this database (`engines.base.Maintenance`)."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for people and logs: the URL without its password (either engine has it)."""
+        return self.maintenance.location
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -337,15 +352,22 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _run(self, plan: Plan[Any], *, read: bool = False) -> Any:
         """Run a plan in one transaction on a pooled connection (`read`: a read-only
         REPEATABLE READ one, so every statement sees one snapshot)."""
+        with self._transaction(read=read) as conn:
+            return connection.run(conn, plan)
+
+    @contextmanager
+    def _transaction(self, *, read: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled connection in one transaction, committed on exit (see `_run`)."""
         if self._pool is None:
             self._pool = connection.acquire(self.url)
         with self._pool.connection() as conn:
             if not read:
-                return connection.run(conn, plan)
+                yield conn
+                return
             conn.isolation_level, conn.read_only = _SNAPSHOT, True
             try:
                 with conn.transaction():
-                    return connection.run(conn, plan)
+                    yield conn
             finally:
                 conn.isolation_level, conn.read_only = None, None
 
@@ -634,8 +656,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         garbage collection ran since it was cached."""
         row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
         if row is None:
-            now = utc_now()
-            yield Sql(_NEW_THREAD_SQL, (thread_id, user_id, now, now), FETCH_NONE)
+            yield from self._new_thread(thread_id, user_id)
             row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
         found = _ThreadRow(*row)
         with self._cache_lock:
@@ -643,6 +664,13 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 self._forget_thread(found.thread_key)
                 self._epochs[found.thread_key] = found.gc_epoch
         return found
+
+    def _new_thread(self, thread_id: str, user_id: str | None) -> Plan[None]:
+        """Insert a thread's row unless another writer just did, and count it (usage statistics)."""
+        now = utc_now()
+        inserted = yield Sql(_NEW_THREAD_SQL, (thread_id, user_id, now, now), FETCH_NONE)
+        if inserted:
+            yield from neutral(lambda conn: stats.thread_created(conn, user_id))
 
     def _forget_thread(self, thread_key: int) -> None:
         """Drop what is cached of one thread (call holding `_cache_lock`)."""
@@ -676,6 +704,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 base, messages, lambda m: self._store_message(txn, m), txn.value_no
             )
             txn.lists[(ns, channel)] = entry
+            if ns == "" and channel == MESSAGES_CHANNEL:  # usage statistics: messages new to the conversation
+                for found in stats.new_messages(base.nos if base is not None else None, messages, entry.nos):
+                    txn.usage.add(found)
             kind = KIND_DELTA_SNAPSHOT if delta else KIND_MESSAGE_LIST
             return (entry.value_no, ns, channel, version_key(version), kind, None, packed, base_no, keep, entry.depth)
         check_value(value, "input")
@@ -710,7 +741,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 title = title_from_messages(messages)
         m_no, m_type, m_value, m_words = _columns(txn.messages, 4)
         (v_no, v_ns, v_channel, v_version, v_kind, v_type, v_value, v_base, v_keep, v_depth) = _columns(txn.values, 10)
-        yield Sql(
+        (owner,) = yield Sql(
             _WRITE_CHECKPOINT_SQL,
             {
                 "thread_key": txn.thread_key,
@@ -722,8 +753,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
                 "updated_at": utc_now(), "message_count": message_count, "title": title, "user_id": user_id,
             },
-            FETCH_NONE,
+            FETCH_ONE,
         )
+        if any(txn.usage.counts):  # usage statistics, in the checkpoint's transaction
+            yield from neutral(lambda conn: stats.record_tally(conn, stats.today(), owner, txn.usage))
         next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
         return next_config, txn
 
@@ -768,8 +801,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             rows.append((WRITES_IDX_MAP.get(channel, idx), task_path, channel, *self._dump(value)))
         row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
         if row is None:
-            now = utc_now()
-            yield Sql(_NEW_THREAD_SQL, (thread_id, user_id, now, now), FETCH_NONE)
+            yield from self._new_thread(thread_id, user_id)
             row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         yield Sql(
@@ -800,6 +832,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "DELETE FROM threads WHERE thread_id = ANY(%s) AND updated_at < %s AND NOT pinned RETURNING thread_key",
                 (ids, updated_before),
             )
+        # usage statistics: with `updated_before` this is the retention sweep's delete
+        yield from neutral(lambda conn: stats.threads_deleted(conn, len(rows), swept=updated_before is not None))
         return [key for (key,) in rows]
 
     def delete_threads(self, thread_ids: Sequence[str], *, updated_before: str | None = None, purge: bool = True) -> int:
@@ -847,13 +881,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 raise ThreadExistsError(f"cannot copy into thread {target!r}: it already exists")
             yield Sql("DELETE FROM threads WHERE thread_key = %s", (dst[0],), FETCH_NONE)
         now = utc_now()
-        (new_key,) = yield Sql(
+        new_key, owner = yield Sql(
             "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, message_count, pinned, metadata, "
             "next_value_no, next_message_no) SELECT %s, user_id, title, %s, %s, message_count, pinned, metadata, "
-            "next_value_no, next_message_no FROM threads WHERE thread_key = %s RETURNING thread_key",
+            "next_value_no, next_message_no FROM threads WHERE thread_key = %s RETURNING thread_key, user_id",
             (target, now, now, src[0]),
             FETCH_ONE,
         )
+        yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
         for sql in _COPY_SQL.values():
             yield Sql(sql, (new_key, src[0]), FETCH_NONE)
 

@@ -99,8 +99,64 @@ M001_INITIAL = (
     """,
 )
 
+_COUNTERS = ",\n".join(
+    f"{name} {'bigint' if name.startswith(('tokens', 'estimated')) else 'integer'} NOT NULL DEFAULT 0"
+    for name in (
+        "threads_created", "threads_deleted", "threads_swept", "sweeps", "human_messages", "ai_messages",
+        "tool_messages", "other_messages", "tokens_in", "tokens_out", "estimated_tokens_in",
+        "estimated_tokens_out", "attachments_added",
+    )
+)
+
+M002_OPERATIONS = (
+    # The sweeper asks for the threads least recently updated, of every user;
+    # pinned threads are exempt, so they stay out of the index.
+    "CREATE INDEX threads_by_expiry ON threads (updated_at, thread_id) WHERE NOT pinned",
+    """
+    CREATE TABLE sweeps (
+        sweep_no bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        started_at text NOT NULL,
+        finished_at text NOT NULL,
+        strategy text NOT NULL,
+        cutoff text NOT NULL,
+        threads integer NOT NULL,
+        bytes bigint NOT NULL,
+        dry_run boolean NOT NULL,
+        host text NOT NULL
+    )
+    """,
+    # Usage statistics, as SQLite's m007 (see checkpointers/stats.py): counters that only
+    # grow, from this migration on, except threads, counted on the day they were created.
+    f"CREATE TABLE usage_days (day text PRIMARY KEY, {_COUNTERS}, database_bytes bigint)",
+    """
+    CREATE TABLE usage_user_days (
+        day text NOT NULL,
+        user_id text NOT NULL,
+        messages integer NOT NULL DEFAULT 0,
+        threads_created integer NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, user_id)
+    )
+    """,
+    """
+    CREATE TABLE usage_users (
+        user_id text PRIMARY KEY,
+        last_day text NOT NULL,
+        active_days integer NOT NULL DEFAULT 0,
+        messages integer NOT NULL DEFAULT 0,
+        threads_created integer NOT NULL DEFAULT 0
+    )
+    """,
+    "INSERT INTO usage_days (day, threads_created) SELECT substr(created_at, 1, 10), count(*) FROM threads GROUP BY 1",
+    "INSERT INTO usage_user_days (day, user_id, threads_created) "
+    "SELECT substr(created_at, 1, 10), user_id, count(*) FROM threads WHERE user_id IS NOT NULL GROUP BY 1, 2",
+    "INSERT INTO usage_users (user_id, last_day, active_days, threads_created) "
+    "SELECT user_id, max(day), count(*), sum(threads_created) FROM usage_user_days GROUP BY user_id",
+)
+"""Retention and statistics: the expiry index, `sweeps`, and the usage counters."""
+
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
+    ("m002_operations", M002_OPERATIONS),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 
