@@ -2,7 +2,10 @@
 #   docker build -t threadkeeper .
 #   docker run -p 7860:7860 -v threadkeeper-data:/data threadkeeper
 # Two stages: the first builds the wheels, the second installs them on a slim
-# Python without a compiler, as a user that is not root.
+# Python without a compiler, as a user that is not root. The image holds the
+# PostgreSQL engine too (the `postgres` extra: psycopg's binary wheel brings its
+# own libpq), so the same image runs on SQLite here or on PostgreSQL in
+# compose.yaml (THREADKEEPER_DATABASE_URL=postgresql://...).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -12,7 +15,7 @@ COPY graph ./graph
 COPY ui ./ui
 RUN python -m venv /opt/threadkeeper \
     && /opt/threadkeeper/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/threadkeeper/bin/pip install --no-cache-dir .
+    && /opt/threadkeeper/bin/pip install --no-cache-dir '.[postgres]'
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 threadkeeper \

@@ -24,6 +24,15 @@ two things the server's runtime needs and the other doors must not pay for:
 That server's in-memory runtime does not run the TTL sweeps `langgraph.json`
 describes, so the factory starts threadkeeper's own sweeper with the same
 `checkpointer.ttl` settings; it stops when the server does.
+
+On PostgreSQL the factory is the same: the URL picks the engine, the saver is
+native asyncio, and any number of servers and `threadkeeper serve` processes
+share the database. Each of them sweeps; the store's lease (an advisory lock
+there) lets one work while the others skip, so the sweeps do not multiply.
+What a `ServerSaver` remembers of a thread (the kind of its versions, its
+owner) may go stale when another process deletes the thread; the owner is
+read from the store again for every request by the server's auth hook
+(`ui/server_auth.py`), which comes first, so a stale entry lets no one in.
 """
 
 from __future__ import annotations
@@ -221,8 +230,8 @@ class ServerSaver(BaseCheckpointSaver):
 
 @asynccontextmanager
 async def checkpointer() -> AsyncIterator[ServerSaver]:
-    """Yield the store on `$THREADKEEPER_DATABASE_URL` (default ./data/threadkeeper.db),
-    as the LangGraph server sees it (`ServerSaver`)."""
+    """Yield the store on `$THREADKEEPER_DATABASE_URL` (default ./data/threadkeeper.db; a
+    `postgresql://` URL works the same), as the LangGraph server sees it (`ServerSaver`)."""
     policy = RetentionPolicy.from_env()
     async with open_async_saver() as saver:
         sweeping = SweepLoop(saver, policy).start()

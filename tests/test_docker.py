@@ -1,14 +1,20 @@
 """The Dockerfile and compose.yaml, checked against what the app really uses.
 
-There is no Docker daemon here, so the image is never built. What is tested:
-the files parse; their command, port, volume, environment variables and health
-check are the ones the app reads and serves; and the image's own commands run
-as written: the build stage's RUN lines in a fresh venv (a real `pip install .`
-from the package index, nothing borrowed from this venv), then the final
-stage's CMD with its ENV, until its HEALTHCHECK command passes, then its
-STOPSIGNAL, after which the process must exit 0. Not run: the base image, the
-`useradd` RUN line (it needs root), COPY --from between stages (the test
-installs to the path the final stage uses), and VOLUME/USER themselves.
+There is no Docker daemon here, so neither the image nor the compose project is
+ever run. What is tested: the files parse; the image's command, port, volume,
+environment variables and health check are the ones the app reads and serves;
+compose's PostgreSQL service, its two app replicas, their ports, health checks,
+start order, database URL and shared secrets fit together; and the image's own
+commands run as written: the build stage's RUN lines in a fresh venv (a real
+`pip install '.[postgres]'` from the package index, nothing borrowed from this
+venv), then the final stage's CMD twice, each until its HEALTHCHECK command
+passes and then its STOPSIGNAL, after which the process must exit 0: with the
+image's ENV (SQLite), and with the compose app's environment on the test
+PostgreSQL server (the URL's host `db` replaced, as only compose's network
+knows it). Not run: the base images, the `useradd` RUN line (it needs root),
+COPY --from between stages (the test installs to the path the final stage
+uses), VOLUME/USER themselves, the postgres:16 image, and compose's own
+replicas, port range and start order.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -103,19 +111,78 @@ def test_the_dockerfile_is_multi_stage_slim_non_root_and_serves_what_the_app_ser
             assert read_by_the_app(name) or name.startswith("GRADIO_"), name
 
 
-def test_compose_runs_the_image_on_its_port_volume_and_health_check():
-    (name, app), = COMPOSE["services"].items()
+COMPOSE_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(:[-?])?([^}]*)\}|\$(\w+)")
+LIBPQ_VARIABLES = {"PGPASSWORD"}
+"""Read by libpq under psycopg, not by the app's own code."""
+CHOSEN = {"POSTGRES_PASSWORD": "0123456789abcdef", "THREADKEEPER_WEB_SECRET": "f" * 64}
+"""What an operator exports before `docker compose up` (compose.yaml's first lines)."""
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """`value` as compose fills it in from `environ`: `${NAME:-default}`, `${NAME:?message}`
+    (an error when unset or empty), `$$` (a `$` left for the container's shell)."""
+
+    def fill(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, form, rest = match.group(1), match.group(2), match.group(3)
+        assert name and form and (rest or form == ":-"), f"{match.group(0)}: use ${{NAME:-default}} or ${{NAME:?why}}"
+        if environ.get(name):
+            return environ[name]
+        if form == ":?":
+            raise LookupError(f"{name}: {rest}")
+        return rest
+
+    return COMPOSE_VARIABLE.sub(fill, str(value))
+
+
+def service_env(service: dict, environ: dict[str, str]) -> dict[str, str]:
+    return {key: interpolate(value, environ) for key, value in service["environment"].items()}
+
+
+def test_compose_runs_two_app_replicas_on_a_healthy_postgresql_service():
+    services = COMPOSE["services"]
+    assert set(services) == {"db", "app"}
+    db, app = services["db"], services["app"]
     final = stages(DOCKERFILE)[-1]
-    env = env_of(final)
-    assert app["build"] == "."
-    assert app["ports"] == [f"{env['THREADKEEPER_PORT']}:{one(final, 'EXPOSE')}"]
-    volume, _, mount = app["volumes"][0].partition(":")
-    assert volume in COMPOSE["volumes"] and [mount] == json.loads(one(final, "VOLUME"))
-    for key, value in app["environment"].items():
-        assert read_by_the_app(key), key
-        if key in env:
-            assert str(value) == env[key], key
-    assert "/healthz" in " ".join(app["healthcheck"]["test"]) and env["THREADKEEPER_PORT"] in " ".join(app["healthcheck"]["test"])
+    image_env = env_of(final)
+
+    # The database: postgres:16, its data in a named volume, healthy once pg_isready says so.
+    assert db["image"] == "postgres:16"
+    volume, _, mount = db["volumes"][0].partition(":")
+    assert volume in COMPOSE["volumes"] and mount == "/var/lib/postgresql/data"
+    check = interpolate(" ".join(db["healthcheck"]["test"]), CHOSEN)
+    assert db["healthcheck"]["test"][0] == "CMD-SHELL" and "pg_isready" in check
+    assert "${POSTGRES_USER}" in check and "${POSTGRES_DB}" in check  # the container's own, expanded by its shell
+    db_env = service_env(db, CHOSEN)
+    assert set(db_env) == {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
+    with pytest.raises(LookupError, match="POSTGRES_PASSWORD"):
+        service_env(db, {})  # no password, no database: compose refuses to start
+
+    # The app: two replicas of the image, after the database is healthy, on it.
+    assert app["build"] == "." and app["deploy"]["replicas"] == 2
+    assert app["depends_on"] == {"db": {"condition": "service_healthy"}}
+    (ports,) = app["ports"]
+    hosts, _, inside = ports.partition(":")
+    first, _, last = hosts.partition("-")
+    assert int(last) - int(first) + 1 == app["deploy"]["replicas"]  # a host port each
+    assert inside == one(final, "EXPOSE") == image_env["THREADKEEPER_PORT"]
+    assert "volumes" not in app  # nothing of the app's own on disk: the store is PostgreSQL
+    env = service_env(app, CHOSEN)
+    for key in env:
+        assert read_by_the_app(key) or key in LIBPQ_VARIABLES, key
+        if key in image_env and key != "THREADKEEPER_DATABASE_URL":
+            assert env[key] == image_env[key], key
+    url = urlsplit(env["THREADKEEPER_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.hostname == "db" and url.hostname in services and url.port == 5432
+    assert url.username == db_env["POSTGRES_USER"] and url.path == "/" + db_env["POSTGRES_DB"] and url.password is None
+    assert env["PGPASSWORD"] == db_env["POSTGRES_PASSWORD"]
+    with pytest.raises(LookupError, match="THREADKEEPER_WEB_SECRET"):
+        service_env(app, {"POSTGRES_PASSWORD": CHOSEN["POSTGRES_PASSWORD"]})  # replicas never make secrets of their own
+    assert "THREADKEEPER_ADMIN_TOKEN" in env
+
+    health = " ".join(app["healthcheck"]["test"])
+    assert "/healthz" in health and image_env["THREADKEEPER_PORT"] in health
     assert app["stop_signal"] == "SIGTERM"
     grace = float(re.fullmatch(r"(\d+)s", app["stop_grace_period"]).group(1))
     from ui.app import GRACE_S
@@ -123,8 +190,33 @@ def test_compose_runs_the_image_on_its_port_volume_and_health_check():
     assert grace > GRACE_S  # the app's own grace for streams ends before the orchestrator kills it
 
 
-def test_the_images_commands_run_as_written_in_a_fresh_venv(tmp_path: Path):
-    """Slow (a real `pip install .` from the package index, about two minutes here)."""
+def run_until_healthy_then_stop(final: list[tuple[str, str]], env: dict[str, str], cwd: Path, log_path: Path) -> str:
+    """The final stage's CMD with `env`, until its HEALTHCHECK passes (and /readyz says the
+    store answers), then its STOPSIGNAL; it must exit 0. Returns its log."""
+    env = {**env, "THREADKEEPER_PORT": str(free_port())}  # 7860 may be taken on this machine
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(json.loads(one(final, "CMD")), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        health = json.loads(one(final, "HEALTHCHECK").split(" CMD ", 1)[1])
+        for _ in range(240):
+            if subprocess.run(health, env=env, capture_output=True).returncode == 0:
+                break
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the health check never passed")
+        ready = httpx.get(f"http://127.0.0.1:{env['THREADKEEPER_PORT']}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["store"] == "ok", ready.text
+        proc.send_signal(getattr(signal, one(final, "STOPSIGNAL")))
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return log_path.read_text()
+
+
+def test_the_images_commands_run_as_written_in_a_fresh_venv(tmp_path: Path, postgres_url: str):
+    """Slow (a real `pip install '.[postgres]'` from the package index, about two minutes here)."""
     build, final = stages(DOCKERFILE)
     python = shutil.which("python3.11") or sys.executable
     bin_dir = tmp_path / "bin"
@@ -154,25 +246,18 @@ def test_the_images_commands_run_as_written_in_a_fresh_venv(tmp_path: Path):
     data = tmp_path / "data"
     data.mkdir()
     env["THREADKEEPER_DATABASE_URL"] = env["THREADKEEPER_DATABASE_URL"].replace("/data/", f"{data}/")
-    env["THREADKEEPER_PORT"] = str(free_port())  # 7860 may be taken on this machine
-    log = open(tmp_path / "container.log", "w")
-    proc = subprocess.Popen(json.loads(one(final, "CMD")), cwd=data, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        health = json.loads(one(final, "HEALTHCHECK").split(" CMD ", 1)[1])
-        for _ in range(240):
-            if subprocess.run(health, env=env, capture_output=True).returncode == 0:
-                break
-            assert proc.poll() is None, (tmp_path / "container.log").read_text()[-2000:]
-            time.sleep(0.5)
-        else:
-            pytest.fail("the health check never passed")
-        proc.send_signal(getattr(signal, one(final, "STOPSIGNAL")))
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = (tmp_path / "container.log").read_text()
+    text = run_until_healthy_then_stop(final, env, data, tmp_path / "container.log")
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert any(line["message"].startswith("started:") for line in lines)  # THREADKEEPER_LOG_FORMAT=json
     assert (data / "threadkeeper.db").exists()
     assert "include-system-site-packages = false" in (Path(prefix) / "pyvenv.cfg").read_text()
+
+    # As a compose replica: the app service's environment, on PostgreSQL.
+    replica = {**env, **service_env(COMPOSE["services"]["app"], CHOSEN)}
+    assert urlsplit(replica["THREADKEEPER_DATABASE_URL"]).hostname == "db"
+    replica["THREADKEEPER_DATABASE_URL"] = postgres_url  # `db` resolves on compose's network only
+    elsewhere = tmp_path / "replica"
+    elsewhere.mkdir()
+    text = run_until_healthy_then_stop(final, replica, elsewhere, tmp_path / "replica.log")
+    assert "(database postgresql://postgres@127.0.0.1:5432/" in text
+    assert list(elsewhere.iterdir()) == []  # nothing on the replica's disk: the secret came from the environment

@@ -40,13 +40,24 @@ def load_secret(data_dir: Path) -> bytes:
     if path.is_file():
         return path.read_bytes().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Replicas sharing a data directory may start at the same moment. The secret is
+    # written whole under a name of this process's own, then linked into place, which
+    # only one of them can do; the others read the winner's. (Creating the file itself
+    # with O_EXCL let a second process fail, or read it empty before it was written.)
+    draft = data_dir / f"{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, fresh)
+        os.write(fd, secrets.token_hex(32).encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
-    return fresh
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_bytes().strip()
 
 
 def load_users(environ: dict[str, str] | None = None) -> dict[str, str]:
