@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from checkpointers.storable import check_text
+from checkpointers.storable import check_text, storable_text
 
 MetadataValue = str | int | float | bool | bytes
 MetadataFilter = Mapping[str, Any]
@@ -70,6 +70,8 @@ def check_key(key: Any) -> str:
         raise ValueError(f"metadata key {key!r} cannot start with '$' (that is the filter syntax)")
     if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
         raise ValueError(f"metadata key {key!r} cannot contain quotes, backslashes or control characters")
+    if not storable_text(key):
+        raise ValueError(f"metadata key {key!r} is not valid Unicode (a lone surrogate)")
     return key
 
 
@@ -85,6 +87,12 @@ def _kind(value: Any, where: str) -> str:
             raise ValueError(f"{where}: {value} is not a finite number")
         return "number"
     if isinstance(value, str):
+        # Neither engine's JSON keeps these exactly: PostgreSQL's jsonb has no NUL, and
+        # a lone surrogate has no UTF-8 form. Refused alike on both, so a store can move.
+        if "\x00" in value:
+            raise ValueError(f"{where}: text cannot contain the NUL character")
+        if not storable_text(value):
+            raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)")
         return "str"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "bytes"

@@ -1,8 +1,10 @@
-"""`saver.sessions`: sessions and messages with typed metadata, filtered in SQL.
+"""`saver.sessions`: sessions and messages with typed metadata, filtered in SQL, on
+both engines (`store`: a SQLite file, a PostgreSQL schema).
 
 The filter tests run thousands of random filters over random data and compare
 every answer with `matches`, a plain-Python statement of what a filter means
-(checkpointers/metadata.py's docstring in code).
+(checkpointers/metadata.py's docstring in code). Each engine compiles filters to
+its own SQL, so the same reference checks both.
 """
 
 from __future__ import annotations
@@ -119,22 +121,24 @@ YEAR_START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def store(saver):
+def populated(store):
     """2,000 sessions of alice and 300 of bob, updated at random times over a year."""
+    saver = store
     rng = random.Random(20240611)
     sessions = saver.sessions
     expected: dict[str, tuple[str, str, dict]] = {}
-    rows = []
+    rows, created_at = [], []
     for n in range(2_300):
         user = "alice" if n < 2_000 else "bob"
         metadata = random_metadata(rng)
         session = sessions.put_session(user, f"s-{n:04d}", metadata=metadata)
         updated = iso(YEAR_START + timedelta(microseconds=rng.randrange(365 * 86_400 * 10**6)))
         rows.append((updated, session.session_id))
+        created_at.append(session.created_at.isoformat(timespec="microseconds"))
         expected[session.session_id] = (user, updated, metadata)
     # Spread the update times over a year (put_session stamps them all "now").
-    with saver._write():
-        saver.conn.executemany("UPDATE threads SET updated_at = ? WHERE thread_id = ?", rows)
+    for (updated, session_id), created in zip(rows, created_at):
+        saver.threads.set_origin(session_id, user_id=expected[session_id][0], created_at=created, updated_at=updated)
     return saver, expected
 
 
@@ -150,8 +154,8 @@ def reference_sessions(expected, user, expr=None, before=None):
 # -- sessions -------------------------------------------------------------------
 
 
-def test_every_filter_operator_agrees_with_the_reference(store):
-    saver, expected = store
+def test_every_filter_operator_agrees_with_the_reference(populated):
+    saver, expected = populated
     rng = random.Random(7)
     nonempty = 0
     for _ in range(400):
@@ -163,8 +167,8 @@ def test_every_filter_operator_agrees_with_the_reference(store):
     assert nonempty > 200  # the random filters do select things
 
 
-def test_each_operator_on_each_kind(store):
-    saver, expected = store
+def test_each_operator_on_each_kind(populated):
+    saver, expected = populated
     for key in KEYS:
         for op in ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte"]:
             for operand in [STRINGS[0], STRINGS[2], 2, 0.5, True, False, b"ab", b""]:
@@ -176,8 +180,8 @@ def test_each_operator_on_each_kind(store):
         assert got == reference_sessions(expected, "alice", expr), expr
 
 
-def test_newest_first_with_max_count_and_an_update_bound(store):
-    saver, expected = store
+def test_newest_first_with_max_count_and_an_update_bound(populated):
+    saver, expected = populated
     rng = random.Random(3)
     for _ in range(40):
         before = iso(YEAR_START + timedelta(days=rng.uniform(0, 400)))
@@ -192,8 +196,8 @@ def test_newest_first_with_max_count_and_an_update_bound(store):
     assert [s.session_id for s in got] == reference_sessions(expected, "alice", None, iso(naive.replace(tzinfo=timezone.utc)))
 
 
-def test_iterating_pages_through_every_match(store):
-    saver, expected = store
+def test_iterating_pages_through_every_match(populated):
+    saver, expected = populated
     expr = {"$or": [{"open": True}, {"priority": {"$gte": 3}}]}
     want = reference_sessions(expected, "alice", expr)
     assert len(want) > 1_000
@@ -202,8 +206,9 @@ def test_iterating_pages_through_every_match(store):
     assert [s.session_id for s in saver.sessions.iter_recent_sessions("alice")] == reference_sessions(expected, "alice")
 
 
-def test_listing_walks_the_users_index_newest_first(store):
-    saver, _ = store
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # SQLite's plan text
+def test_listing_walks_the_users_index_newest_first(populated):
+    saver, _ = populated
     plan = " | ".join(
         saver.sessions.explain_recent_sessions(
             "alice", max_count=20, updated_before=datetime(2025, 6, 1), metadata_filter={"topic": "billing"}
@@ -213,8 +218,8 @@ def test_listing_walks_the_users_index_newest_first(store):
     assert "TEMP B-TREE" not in plan, plan  # rows come out of the index in order: no sort
 
 
-def test_another_users_session_is_not_found(store):
-    saver, expected = store
+def test_another_users_session_is_not_found(populated):
+    saver, expected = populated
     sessions = saver.sessions
     assert sessions.get_session("s-0001", user_id="bob") is None
     assert sessions.get_session("s-0001", user_id="alice").session_id == "s-0001"
@@ -232,7 +237,8 @@ def test_another_users_session_is_not_found(store):
     assert listed == {sid for sid, (owner, _, _) in expected.items() if owner == "bob"}
 
 
-def test_metadata_round_trips_with_its_types(saver):
+def test_metadata_round_trips_with_its_types(store):
+    saver = store
     metadata = {"b": b"\x00\xffraw\n", "empty": b"", "i": 2**62, "f": 0.1, "t": True, "s": "ünïcode \"q\""}
     session = saver.sessions.put_session("alice", metadata=metadata)
     again = saver.sessions.get_session(session.session_id, user_id="alice")
@@ -241,7 +247,8 @@ def test_metadata_round_trips_with_its_types(saver):
     assert saver.sessions.list_recent_sessions("alice", metadata_filter={"b": b"\x00\xffraw\n"})[0].metadata == metadata
 
 
-def test_put_update_and_delete_a_session(saver):
+def test_put_update_and_delete_a_session(store):
+    saver = store
     sessions = saver.sessions
     created = sessions.put_session("alice", "s-1", metadata={"topic": "billing", "n": 1}, title="Invoices")
     assert (created.title, created.metadata, created.message_count) == ("Invoices", {"topic": "billing", "n": 1}, 0)
@@ -256,7 +263,8 @@ def test_put_update_and_delete_a_session(saver):
     assert sessions.delete_session("s-1", user_id="alice") is False
 
 
-def test_bad_metadata_and_filters_are_one_sentence(saver):
+def test_bad_metadata_and_filters_are_one_sentence(store):
+    saver = store
     sessions = saver.sessions
     with pytest.raises(ValueError, match="list is not a metadata type"):
         sessions.put_session("alice", metadata={"tags": ["a"]})
@@ -276,7 +284,8 @@ def test_bad_metadata_and_filters_are_one_sentence(saver):
 
 
 @pytest.fixture
-def conversation(saver):
+def conversation(store):
+    saver = store
     """One session of 600 messages with random metadata and creation times (with ties)."""
     rng = random.Random(99)
     saver.sessions.put_session("alice", "chat")
@@ -353,7 +362,8 @@ def test_update_keeps_position_and_time_and_delete_erases(conversation):
     assert len(sessions.list_messages("chat", user_id="alice")) == 599
 
 
-def test_delete_all_messages_keeps_the_session(saver):
+def test_delete_all_messages_keeps_the_session(store):
+    saver = store
     sessions = saver.sessions
     sessions.put_session("alice", "s-1", metadata={"topic": "billing"})
     sessions.put_message("s-1", ("human", "hello there"), user_id="alice", metadata={"lang": "en"})
@@ -368,7 +378,8 @@ def test_delete_all_messages_keeps_the_session(saver):
     assert [m.message.content for m in sessions.list_messages("s-1", user_id="alice")] == ["again"]
 
 
-def test_a_sessions_messages_are_the_threads_messages(saver):
+def test_a_sessions_messages_are_the_threads_messages(store):
+    saver = store
     """Turns chatted through the graph are the session's messages, dated when stored."""
     saver.sessions.put_session("alice", "t-1", metadata={"channel": "web"})
     before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
@@ -391,7 +402,8 @@ def test_a_sessions_messages_are_the_threads_messages(saver):
     assert saver.sessions.get_session("t-1", user_id="alice").message_count == 5
 
 
-def test_put_message_with_a_known_id_replaces_it_in_place(saver):
+def test_put_message_with_a_known_id_replaces_it_in_place(store):
+    saver = store
     sessions = saver.sessions
     sessions.put_session("alice", "s-1")
     first = sessions.put_message("s-1", HumanMessage("draft", id="q"), user_id="alice", metadata={"v": 1})
@@ -403,12 +415,14 @@ def test_put_message_with_a_known_id_replaces_it_in_place(saver):
         sessions.put_message("no-such-session", HumanMessage("x"), user_id="alice")
 
 
-def test_operators_see_every_user_with_any_user(saver):
+def test_operators_see_every_user_with_any_user(store):
+    saver = store
     saver.sessions.put_session("alice", "s-a")
     assert saver.sessions.get_session("s-a", user_id=ANY_USER).user_id == "alice"
 
 
-async def test_async_twins(saver):
+async def test_async_twins(store):
+    saver = store
     sessions = saver.sessions
     await sessions.aput_session("alice", "s-1", metadata={"n": 1})
     await sessions.aput_message("s-1", HumanMessage("hi"), user_id="alice", metadata={"n": 1})
