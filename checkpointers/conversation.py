@@ -14,10 +14,14 @@ finds a channel's value by its version. The saver writes the thread index
 row in the same transaction: owner, title from the first human message,
 message count, update time.
 
-Every write holds the saver's lock from the ownership check to the commit, so
-two writers in one process cannot interleave. Writers in different processes
-can: each checkpoint extends the newest one it read, and of two that extend
-the same one, the later wins (as with any LangGraph checkpointer).
+On SQLite every write holds the saver's lock from the ownership check to the
+commit, so two writers in one process cannot interleave. Writers in different
+processes (and on PostgreSQL, any two writers) can: each checkpoint extends the
+newest one it read, and of two that extend the same one, the later wins (as
+with any LangGraph checkpointer). `write`, `delete` and the saver's
+`load_conversation` work on both engines; the async twins are native asyncio
+where the saver's are (`saver.native_async`). `load`, `restore` and
+`date_messages` are the SQLite engine's (import and export).
 """
 
 from __future__ import annotations
@@ -179,6 +183,30 @@ def write(
     with getattr(saver, "_lock", None) or nullcontext():
         _check_writable(_row_or_none(saver.threads.get, thread_id), thread_id, user_id, create)
         _conversation_graph().update_state(_config(saver, thread_id, user_id), {"messages": list(updates)}, as_node=NODE)
+
+
+def delete(saver: ThreadSaver, thread_id: str, *, user_id: Any) -> bool:
+    """Delete the thread (everything of it) if it is the user's; whether it was."""
+    thread_id = str(thread_id)
+    with getattr(saver, "_lock", None) or nullcontext():
+        found = _row_or_none(saver.threads.get, thread_id)
+        if found is None or (user_id is not ANY_USER and found.user_id != user_id):
+            return False
+        return saver.delete_threads([thread_id]) == 1
+
+
+async def adelete(saver: ThreadSaver, thread_id: str, *, user_id: Any) -> bool:
+    """`delete` for asyncio callers (see `awrite`)."""
+    if not getattr(saver, "native_async", False):
+        return await asyncio.to_thread(lambda: delete(saver, thread_id, user_id=user_id))
+    thread_id = str(thread_id)
+    try:
+        found = await saver.threads.aget(thread_id)
+    except ThreadNotFoundError:
+        return False
+    if user_id is not ANY_USER and found.user_id != user_id:
+        return False
+    return await saver.adelete_threads([thread_id]) == 1
 
 
 async def awrite(

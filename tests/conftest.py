@@ -52,3 +52,12 @@ def store(store_url: str):
 
     with open_saver(store_url) as opened:
         yield opened
+
+
+@pytest.fixture
+async def async_store(store_url: str):
+    """`store` for asyncio tests: opened with `open_async_saver`, so its asyncio pool is closed too."""
+    from checkpointers import open_async_saver
+
+    async with open_async_saver(store_url) as opened:
+        yield opened

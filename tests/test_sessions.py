@@ -421,8 +421,8 @@ def test_operators_see_every_user_with_any_user(store):
     assert saver.sessions.get_session("s-a", user_id=ANY_USER).user_id == "alice"
 
 
-async def test_async_twins(store):
-    saver = store
+async def test_async_twins(async_store):
+    saver = async_store
     sessions = saver.sessions
     await sessions.aput_session("alice", "s-1", metadata={"n": 1})
     await sessions.aput_message("s-1", HumanMessage("hi"), user_id="alice", metadata={"n": 1})
