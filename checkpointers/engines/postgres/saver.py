@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -61,6 +62,7 @@ from checkpointers import checkpoint_codec, codec, encryption, search
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
 from checkpointers.engines.postgres import connection, schema
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.sessions import PostgresSessions
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
 from checkpointers.conversation import Conversation
@@ -205,6 +207,7 @@ _THREAD_TABLES_COPIED = {
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value",
     "message_times": "message_no, created_at",
     "message_metadata": "message_id, created_at, metadata",
+    "attachments": "name, sha256, bytes, tables, attached_at, data",
 }
 """What `copy_thread` copies of each table besides the thread row (names are constants)."""
 _COPY_SQL = {
@@ -264,7 +267,8 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 class PostgresThreadSaver(BaseCheckpointSaver[float]):
     """LangGraph checkpointer on a PostgreSQL database; `saver.threads` is the thread index,
-    `saver.sessions` the sessions API (`checkpointers.sessions`).
+    `saver.sessions` the sessions API (`checkpointers.sessions`), `saver.attachments` the
+    databases attached to threads (kept in PostgreSQL, copied locally for the tools).
 
     Open it with `checkpointers.open_saver("postgresql://...")` (or
     `open_async_saver`); several processes may share the database. Sync and
@@ -302,6 +306,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         self.threads = PostgresThreadIndex(self._run, self._arun)
         self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun))
+        self.attachments = PostgresAttachments(url, self._run)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -853,6 +858,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         the SQLite engine's signature: PostgreSQL's index forgets deleted rows itself."""
         keys = self._run(self._delete_threads(thread_ids, updated_before))
         self._forget_threads(keys)
+        if keys:
+            self.attachments.forget_deleted()
         return len(keys)
 
     async def adelete_threads(
@@ -860,6 +867,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     ) -> int:
         keys = await self._arun(self._delete_threads(thread_ids, updated_before))
         self._forget_threads(keys)
+        if keys:
+            await asyncio.to_thread(self.attachments.forget_deleted)
         return len(keys)
 
     def delete_thread(self, thread_id: str) -> None:
@@ -1118,9 +1127,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """See `checkpoint_codec.next_version`."""
         return checkpoint_codec.next_version(current)
 
-    def attachment_database(self, thread_id: str) -> None:
-        """Attached databases are not available on this engine: no thread has one."""
-        return None
+    def attachment_path(self, thread_id: str) -> Path | None:
+        """This machine's read-only copy of the database attached to the thread, or None."""
+        return self.attachments.path(thread_id)
+
+    def attachment_database(self, thread_id: str) -> Path | None:
+        """What the agent's tools open: `attachment_path` (the file is written to this
+        machine's cache from the database the first time a process needs it)."""
+        return self.attachments.database(thread_id)
 
 
 _SNAPSHOT = psycopg.IsolationLevel.REPEATABLE_READ
