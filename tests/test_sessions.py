@@ -18,6 +18,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from checkpointers import ANY_USER, MessageNotFoundError, ThreadNotFoundError
+from checkpointers.errors import UnstorableInputError
 from checkpointers.conversation import iso
 from graph import build_graph
 from tests.chat import chat_graph, human
@@ -446,3 +447,12 @@ def test_a_copied_session_keeps_its_messages_times_and_metadata(store):
         (m.message_id, m.created_at, m.metadata) for m in original
     ]
     assert copy[0].created_at == YEAR_START
+
+
+def test_a_replacement_that_cannot_be_written_leaves_the_message_as_it_was(store):
+    sessions = store.sessions
+    sessions.put_session("alice", "s-1")
+    before = sessions.put_message("s-1", HumanMessage("fine", id="m"), user_id="alice", metadata={"k": 1})
+    with pytest.raises(UnstorableInputError):
+        sessions.put_message("s-1", HumanMessage("lone \ud800", id="m"), user_id="alice", metadata={"k": 2})
+    assert sessions.get_message("s-1", "m", user_id="alice") == before

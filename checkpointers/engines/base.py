@@ -83,18 +83,23 @@ class PlanRunner(Protocol):
 
 
 def drive(runner: PlanRunner, steps: Steps[T]) -> T:
-    """Run `steps` for a sync caller, under the engine's lock."""
+    """Run `steps` for a sync caller, under the engine's lock. A step that raises has its
+    exception thrown into `steps`, which may undo what it did and re-raise."""
     with runner.lock():
-        result: Any = None
-        try:
-            while True:
-                step = steps.send(result)
+        advance, value = steps.send, None
+        while True:
+            try:
+                step = advance(value)
+            except StopIteration as done:
+                return done.value
+            try:
                 if isinstance(step, Call):
-                    result = step.sync()
+                    value = step.sync()
                 else:
-                    result = runner.run(step.plan, write=isinstance(step, Write))
-        except StopIteration as done:
-            return done.value
+                    value = runner.run(step.plan, write=isinstance(step, Write))
+                advance = steps.send
+            except BaseException as exc:  # handed to the steps, which re-raise what they do not handle
+                advance, value = steps.throw, exc
 
 
 async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
@@ -104,13 +109,17 @@ async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
         import asyncio
 
         return await asyncio.to_thread(drive, runner, steps)
-    result: Any = None
-    try:
-        while True:
-            step = steps.send(result)
+    advance, value = steps.send, None
+    while True:
+        try:
+            step = advance(value)
+        except StopIteration as done:
+            return done.value
+        try:
             if isinstance(step, Call):
-                result = await step.asynchronous()
+                value = await step.asynchronous()
             else:
-                result = await runner.arun(step.plan, write=isinstance(step, Write))
-    except StopIteration as done:
-        return done.value
+                value = await runner.arun(step.plan, write=isinstance(step, Write))
+            advance = steps.send
+        except BaseException as exc:  # as in `drive`
+            advance, value = steps.throw, exc
