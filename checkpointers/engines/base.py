@@ -82,24 +82,40 @@ class PlanRunner(Protocol):
     async def arun(self, plan: Plan[T], *, write: bool) -> T: ...
 
 
+class _Walk:
+    """Where a run of steps is: what to send next (a result, or an exception to throw in)."""
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self._steps = steps
+        self._advance, self._value = steps.send, None
+        self.answer: Any = None
+
+    def next(self) -> Read | Write | Call | None:
+        """The next step, or None when the steps returned (their answer in `answer`)."""
+        try:
+            return self._advance(self._value)
+        except StopIteration as done:
+            self.answer = done.value
+            return None
+
+    def result(self, value: Any) -> None:
+        self._advance, self._value = self._steps.send, value
+
+    def failed(self, exc: BaseException) -> None:
+        """The step raised: throw it into the steps, which may undo what they did and re-raise."""
+        self._advance, self._value = self._steps.throw, exc
+
+
 def drive(runner: PlanRunner, steps: Steps[T]) -> T:
-    """Run `steps` for a sync caller, under the engine's lock. A step that raises has its
-    exception thrown into `steps`, which may undo what it did and re-raise."""
+    """Run `steps` for a sync caller, under the engine's lock."""
+    walk = _Walk(steps)
     with runner.lock():
-        advance, value = steps.send, None
-        while True:
+        while (step := walk.next()) is not None:
             try:
-                step = advance(value)
-            except StopIteration as done:
-                return done.value
-            try:
-                if isinstance(step, Call):
-                    value = step.sync()
-                else:
-                    value = runner.run(step.plan, write=isinstance(step, Write))
-                advance = steps.send
+                walk.result(step.sync() if isinstance(step, Call) else runner.run(step.plan, write=isinstance(step, Write)))
             except BaseException as exc:  # handed to the steps, which re-raise what they do not handle
-                advance, value = steps.throw, exc
+                walk.failed(exc)
+    return walk.answer
 
 
 async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
@@ -109,17 +125,13 @@ async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
         import asyncio
 
         return await asyncio.to_thread(drive, runner, steps)
-    advance, value = steps.send, None
-    while True:
-        try:
-            step = advance(value)
-        except StopIteration as done:
-            return done.value
+    walk = _Walk(steps)
+    while (step := walk.next()) is not None:
         try:
             if isinstance(step, Call):
-                value = await step.asynchronous()
+                walk.result(await step.asynchronous())
             else:
-                value = await runner.arun(step.plan, write=isinstance(step, Write))
-            advance = steps.send
+                walk.result(await runner.arun(step.plan, write=isinstance(step, Write)))
         except BaseException as exc:  # as in `drive`
-            advance, value = steps.throw, exc
+            walk.failed(exc)
+    return walk.answer
