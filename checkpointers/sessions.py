@@ -37,7 +37,13 @@ UTC. A session's `updated_at` moves when a message is written and when
 time given to `put_message`, else when the store first saved it, to the
 millisecond (`message_times`, kept by a trigger, so turns chatted through the
 graph are dated too); messages stored before that table existed are dated by
-their thread's creation, and those of a `copy_thread` copy by the copy.
+their thread's creation; a `copy_thread` copy keeps its source's times.
+
+A call that reads and then writes (`put_message`, `delete_message`...) holds the
+SQLite saver's lock throughout, so calls of one process never interleave. Calls
+of different processes, and on PostgreSQL any two, can: each writes a checkpoint
+extending the newest one it read, and of two that extend the same one the later
+wins (see `checkpointers.conversation`), as with a LangGraph graph.
 """
 
 from __future__ import annotations
