@@ -268,6 +268,8 @@ def checked_upload(source: str | os.PathLike, name: str | None) -> tuple[Path, s
     display = name or source.name
     if not display.isascii() and not storable_text(display):
         raise AttachmentError("The file's name is not valid Unicode; rename the file and try again")
+    if "\x00" in display:  # PostgreSQL's text has none: refused on every engine alike
+        raise AttachmentError("The file's name cannot contain the NUL character; rename the file and try again")
     suffix = Path(display).suffix.lower()
     if suffix not in CSV_SUFFIXES | SQLITE_SUFFIXES:
         raise AttachmentError(

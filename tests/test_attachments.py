@@ -5,11 +5,15 @@ its bytes in the database and a copy in this machine's cache)."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from checkpointers import AttachmentError, ThreadNotFoundError, open_saver
+from tests.hostile import HOSTILE, Refused, attempt, hostile_text
 
 
 def sqlite_file(path: Path, item: str = "apple") -> Path:
@@ -182,3 +186,25 @@ def test_a_copied_thread_keeps_its_own_attachment(store, tmp_path: Path):
     assert store.attachments.remove("t1") is True
     copied = store.attachments.get("t2", user_id="alice")
     assert copied.tables == ["items"] and copied.path.exists()
+
+
+@pytest.mark.parametrize("name", ["a\x00b.db", "\ud800.db"])
+def test_a_name_that_cannot_be_stored_is_one_sentence(store, tmp_path: Path, name: str):
+    with pytest.raises(AttachmentError, match="rename the file and try again"):
+        store.attachments.attach("t1", sqlite_file(tmp_path / "shop.db"), name=name)
+    with pytest.raises(ThreadNotFoundError):
+        store.threads.get("t1")
+
+
+@HOSTILE
+@given(name=hostile_text(), suffix=st.sampled_from([".db", ".csv", ".sqlite", ".txt", ""]))
+def test_any_name_is_shown_as_given_or_refused_in_one_sentence(store, tmp_path: Path, name: str, suffix: str):
+    stem = tmp_path / uuid.uuid4().hex  # a new upload for each example
+    source = sqlite_file(stem.with_suffix(".db")) if suffix != ".csv" else stem.with_suffix(".csv")
+    if suffix == ".csv":
+        source.write_text("month,revenue\nJan,3\n", encoding="utf-8")
+    attached = attempt("attachments.attach name", store.attachments.attach, "t-named", source, user_id="alice",
+                       name=name + suffix, echoed=(name + suffix,))
+    if not isinstance(attached, Refused):
+        assert store.attachments.get("t-named", user_id="alice").name == name + suffix
+        assert store.attachment_database("t-named") == attached.path
