@@ -10,6 +10,7 @@ its own SQL, so the same reference checks both.
 from __future__ import annotations
 
 import operator
+from contextlib import nullcontext
 import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from checkpointers import ANY_USER, MessageNotFoundError, ThreadNotFoundError
+from checkpointers import ANY_USER, MessageNotFoundError, ThreadNotFoundError, open_saver
 from checkpointers.errors import UnstorableInputError
 from checkpointers.conversation import iso
 from graph import build_graph
@@ -121,10 +122,24 @@ def random_filter(rng: random.Random, depth: int = 0) -> dict:
 YEAR_START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def populated(store):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def populated_store(request, tmp_path_factory):
+    """A store of this module's own, once per engine: the tests that use `populated` only read
+    it (or try writes that must be refused), so it is filled once."""
+    from tests.postgres import fresh_schema
+
+    if request.param == "sqlite":
+        place = nullcontext(f"sqlite:///{tmp_path_factory.mktemp('sessions') / 'threadkeeper.db'}")
+    else:
+        place = fresh_schema(request.getfixturevalue("postgres_database"))
+    with place as url, open_saver(url) as saver:
+        yield saver
+
+
+@pytest.fixture(scope="module")
+def populated(populated_store):
     """2,000 sessions of alice and 300 of bob, updated at random times over a year."""
-    saver = store
+    saver = populated_store
     rng = random.Random(20240611)
     sessions = saver.sessions
     expected: dict[str, tuple[str, str, dict]] = {}
