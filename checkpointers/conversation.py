@@ -179,7 +179,7 @@ def write(
         return
     # SQLite's saver has one connection and an in-process lock: holding it from the
     # check to the commit keeps writers of this process from interleaving. PostgreSQL's
-    # queues writers of a thread on its row in the database instead.
+    # saver has none (see the module docstring for what two writers then do).
     with getattr(saver, "_lock", None) or nullcontext():
         _check_writable(_row_or_none(saver.threads.get, thread_id), thread_id, user_id, create)
         _conversation_graph().update_state(_config(saver, thread_id, user_id), {"messages": list(updates)}, as_node=NODE)
