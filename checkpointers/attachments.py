@@ -1,10 +1,14 @@
-"""Databases attached to threads: one SQLite file per thread, kept beside the store.
+"""Databases attached to threads: one SQLite file per thread, kept by the store.
 
 A user attaches a SQLite database (or a CSV file, imported into one) to a
-thread; the agent's database tools then read it. The store keeps its own copy
-under `<data dir>/attachments/<thread>/`, records it in the `attachments`
-table, copies it with `copy_thread` and deletes it with the thread, so the
-attachment lives exactly as long as the conversation that uses it.
+thread; the agent's database tools then read it. The store keeps its own copy,
+copies it with `copy_thread` and deletes it with the thread, so the attachment
+lives exactly as long as the conversation that uses it. What every engine
+promises (checks, sentences, ownership) is `Attachments`; the SQLite engine
+(`AttachmentStore`) keeps the file under `<data dir>/attachments/<thread>/` and
+records it in the `attachments` table; the PostgreSQL engine keeps its bytes in
+the database, so every app process reaches it
+(`checkpointers.engines.postgres.attachments`).
 
     saver.attachments.attach("t1", "sales.db", user_id="alice")
     saver.attachments.get("t1", user_id="alice").tables   # ['orders', ...]
@@ -257,12 +261,121 @@ def database_image(source: Path, display_name: str, *, from_csv: bool) -> tuple[
     return bytes(image), tables
 
 
-class AttachmentStore:
-    """Attach, read and remove the database of a thread (`saver.attachments`).
+def checked_upload(source: str | os.PathLike, name: str | None) -> tuple[Path, str, bool]:
+    """(the file, the name to show, whether it is a CSV file) of an upload both engines
+    accept; `AttachmentError` with one sentence for a name, type or size they refuse."""
+    source = Path(source)
+    display = name or source.name
+    if not display.isascii() and not storable_text(display):
+        raise AttachmentError("The file's name is not valid Unicode; rename the file and try again")
+    if "\x00" in display:  # PostgreSQL's text has none: refused on every engine alike
+        raise AttachmentError("The file's name cannot contain the NUL character; rename the file and try again")
+    suffix = Path(display).suffix.lower()
+    if suffix not in CSV_SUFFIXES | SQLITE_SUFFIXES:
+        raise AttachmentError(
+            f"{display} cannot be attached: upload a SQLite database (.db, .sqlite, .sqlite3) or a .csv file"
+        )
+    if not source.is_file():
+        raise AttachmentError(f"{display} does not exist or is not a file")
+    size = source.stat().st_size
+    limit = max_attachment_bytes()
+    if size > limit:
+        raise AttachmentError(f"{display} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit for attachments")
+    if size == 0:
+        raise AttachmentError(f"{display} is empty")
+    return source, display, suffix in CSV_SUFFIXES
+
+
+def build_database(source: Path, target: Path, display: str, *, from_csv: bool) -> list[str]:
+    """Write the database `attach` keeps to `target` (a checked copy, or the CSV's table); its tables."""
+    if from_csv:
+        import_csv(source, target, display)
+    else:
+        copy_sqlite(source, target, display)
+    return list_tables(target)
+
+
+class Attachments:
+    """Attach, read and remove the database of a thread (`saver.attachments`): what every
+    engine promises. Each engine keeps the file its own way (`AttachmentStore` beside the
+    SQLite file, `checkpointers.engines.postgres.attachments` in the database).
 
     `user_id` scopes every call the way the thread index does: a thread owned by
     someone else behaves as if it did not exist. `ANY_USER` skips the check.
     """
+
+    def attach(
+        self, thread_id: str, source: str | os.PathLike, *, user_id: str | None = None, name: str | None = None
+    ) -> Attachment:
+        """Copy `source` (SQLite or CSV) into the store as the thread's database.
+
+        Replaces any earlier attachment of the thread. Creates the thread (owned by
+        `user_id`) if it does not exist yet. Raises `AttachmentError` with one
+        sentence for a file of the wrong type, a damaged file or one over
+        `THREADKEEPER_MAX_ATTACHMENT_MB`; nothing changes in that case.
+        """
+        thread_id = check_id(thread_id)
+        if isinstance(user_id, str):
+            check_id(user_id, "user id")
+        source, display, from_csv = checked_upload(source, name)
+        return self._attach(thread_id, user_id, source, display, from_csv)
+
+    def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
+        """The thread's attachment, or None. Raises ThreadNotFoundError for a foreign thread."""
+        return self._get(check_id(thread_id), user_id, flush=True)
+
+    def path(self, thread_id: str) -> Path | None:
+        """Where the thread's database file is on this machine, or None.
+
+        The agent asks this at every step of a turn: it never writes anything first
+        (an attachment is written at once, never deferred)."""
+        found = self._get(str(thread_id), ANY_USER, flush=False)
+        return found.path if found else None
+
+    def database(self, thread_id: str) -> Path | bytes | None:
+        """What the agent's tools open: the file's path; None if nothing is attached."""
+        return self.path(thread_id)
+
+    def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
+        """Detach and delete the thread's database; True if there was one."""
+        return self._remove(check_id(thread_id), user_id)
+
+    @staticmethod
+    def _visible(row: tuple | None, thread_id: str, user_id: Any) -> bool:
+        """Whether a thread's row (None: no such thread; its owner first) shows its attachment
+        to `user_id`: ThreadNotFoundError for another user's thread, or an unknown one asked
+        for by a user; False for an unknown one asked for with `ANY_USER`."""
+        if row is None:
+            if user_id is ANY_USER:
+                return False
+            raise ThreadNotFoundError(thread_id)
+        if user_id is not ANY_USER and row[0] != user_id:
+            raise ThreadNotFoundError(thread_id)
+        return True
+
+    def _attach(self, thread_id: str, user_id: Any, source: Path, display: str, from_csv: bool) -> Attachment:
+        raise NotImplementedError
+
+    def _get(self, thread_id: str, user_id: Any, *, flush: bool) -> Attachment | None:
+        raise NotImplementedError
+
+    def _remove(self, thread_id: str, user_id: Any) -> bool:
+        raise NotImplementedError
+
+    # -- async twins (the file work blocks: a worker thread on every engine) --------
+
+    async def aattach(self, thread_id: str, source: str | os.PathLike, **kwargs: Any) -> Attachment:
+        return await asyncio.to_thread(lambda: self.attach(thread_id, source, **kwargs))
+
+    async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
+        return await asyncio.to_thread(lambda: self.get(thread_id, user_id=user_id))
+
+    async def aremove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
+        return await asyncio.to_thread(lambda: self.remove(thread_id, user_id=user_id))
+
+
+class AttachmentStore(Attachments):
+    """`saver.attachments` on SQLite: one file per thread under `<data dir>/attachments/`."""
 
     def __init__(self, saver: ThreadSaver) -> None:
         self._saver = saver
@@ -275,42 +388,10 @@ class AttachmentStore:
             "SELECT thread_key, user_id FROM threads WHERE thread_id = ?", (thread_id,)
         ).fetchone()
 
-    def attach(
-        self, thread_id: str, source: str | os.PathLike, *, user_id: str | None = None, name: str | None = None
-    ) -> Attachment:
-        """Copy `source` (SQLite or CSV) into the store as the thread's database.
-
-        Replaces any earlier attachment of the thread. Creates the thread (owned by
-        `user_id`) if it does not exist yet. Raises `AttachmentError` with one
-        sentence for a file of the wrong type, a damaged file or one over
-        `THREADKEEPER_MAX_ATTACHMENT_MB`; nothing changes in that case.
-        """
-
-        thread_id = check_id(thread_id)
-        if isinstance(user_id, str):
-            check_id(user_id, "user id")
-        source = Path(source)
-        display = name or source.name
-        if not display.isascii() and not storable_text(display):
-            raise AttachmentError("The file's name is not valid Unicode; rename the file and try again")
-        suffix = Path(display).suffix.lower()
-        if suffix not in CSV_SUFFIXES | SQLITE_SUFFIXES:
-            raise AttachmentError(
-                f"{display} cannot be attached: upload a SQLite database (.db, .sqlite, .sqlite3) or a .csv file"
-            )
-        if not source.is_file():
-            raise AttachmentError(f"{display} does not exist or is not a file")
-        size = source.stat().st_size
-        limit = max_attachment_bytes()
-        if size > limit:
-            raise AttachmentError(
-                f"{display} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit for attachments"
-            )
-        if size == 0:
-            raise AttachmentError(f"{display} is empty")
+    def _attach(self, thread_id: str, user_id: Any, source: Path, display: str, from_csv: bool) -> Attachment:
         self.root.mkdir(parents=True, exist_ok=True)
         cipher = self._saver._cipher
-        stored_name = Path(display).stem + ".db" if suffix in CSV_SUFFIXES else display
+        stored_name = Path(display).stem + ".db" if from_csv else display
         if cipher is not None:
             stored_name = ENCRYPTED_FILE_NAME  # the upload's name is content too
         relative = Path(_thread_dir_name(thread_id)) / f"{uuid.uuid4().hex[:8]}-{_safe_name(stored_name)}"
@@ -319,15 +400,11 @@ class AttachmentStore:
         staging = target.with_name(target.name + ".part")
         try:
             if cipher is not None:
-                image, tables = database_image(source, display, from_csv=suffix in CSV_SUFFIXES)
+                image, tables = database_image(source, display, from_csv=from_csv)
                 staging.write_bytes(cipher.seal(image, attachment_place(thread_id, "file")))
                 del image
             else:
-                if suffix in CSV_SUFFIXES:
-                    import_csv(source, staging, display)
-                else:
-                    copy_sqlite(source, staging, display)
-                tables = list_tables(staging)
+                tables = build_database(source, staging, display, from_csv=from_csv)
             staging.replace(target)
             stored_bytes = target.stat().st_size
             with self._saver._write() as after_commit:
@@ -369,10 +446,6 @@ class AttachmentStore:
             raise
         return Attachment(thread_id, display, target, stored_bytes, tables, now)
 
-    def get(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
-        """The thread's attachment, or None. Raises ThreadNotFoundError for a foreign thread."""
-        return self._get(check_id(thread_id), user_id, flush=True)
-
     def _get(self, thread_id: str, user_id: str | None, *, flush: bool) -> Attachment | None:
         with self._saver._read(flush=flush) as conn:
             row = conn.execute(
@@ -380,29 +453,17 @@ class AttachmentStore:
                 "LEFT JOIN attachments a ON a.thread_key = t.thread_key WHERE t.thread_id = ?",
                 (thread_id,),
             ).fetchone()
-        if row is None:
-            if user_id is ANY_USER:
-                return None
-            raise ThreadNotFoundError(thread_id)
-        if user_id is not ANY_USER and row[0] != user_id:
-            raise ThreadNotFoundError(thread_id)
-        if row[1] is None:
+        if not self._visible(row, thread_id, user_id) or row[1] is None:
             return None
         name, tables = self._open_text(row[1], thread_id, "name"), json.loads(self._open_text(row[4], thread_id, "tables"))
         return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
 
-    def path(self, thread_id: str) -> Path | None:
-        """Where the thread's database file is, or None (the file is encrypted when the store is).
-
-        The agent asks this at every step of a turn. An attachment is written at
-        once, never deferred, so this read does not write the turn's deferred
-        checkpoints first: they stay in the one commit that ends the turn."""
-        found = self._get(str(thread_id), ANY_USER, flush=False)
-        return found.path if found else None
-
     def database(self, thread_id: str) -> Path | bytes | None:
         """What the agent's tools open: the file's path, or in an encrypted store its
-        decrypted bytes (held in memory only); None if nothing is attached."""
+        decrypted bytes (held in memory only); None if nothing is attached.
+
+        (The file is encrypted when the store is. `path` does not write the turn's
+        deferred checkpoints first: they stay in the one commit that ends the turn.)"""
         path = self.path(thread_id)
         cipher = self._saver._cipher
         if path is None or cipher is None:
@@ -428,9 +489,7 @@ class AttachmentStore:
         cipher = self._saver._cipher
         return text if cipher is None else cipher.open_text(text, attachment_place(thread_id, part))
 
-    def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
-        """Detach and delete the thread's database; True if there was one."""
-        thread_id = check_id(thread_id)
+    def _remove(self, thread_id: str, user_id: Any) -> bool:
         with self._saver._write() as after_commit:
             row = self._owner_row(thread_id)
             if row is None or (user_id is not ANY_USER and row[1] != user_id):
@@ -495,14 +554,3 @@ class AttachmentStore:
                 directory.rmdir()
             except OSError:
                 pass  # not empty: another attachment of the thread is still there
-
-    # -- async twins -------------------------------------------------------
-
-    async def aattach(self, thread_id: str, source: str | os.PathLike, **kwargs: Any) -> Attachment:
-        return await asyncio.to_thread(lambda: self.attach(thread_id, source, **kwargs))
-
-    async def aget(self, thread_id: str, *, user_id: str | None = ANY_USER) -> Attachment | None:
-        return await asyncio.to_thread(lambda: self.get(thread_id, user_id=user_id))
-
-    async def aremove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
-        return await asyncio.to_thread(lambda: self.remove(thread_id, user_id=user_id))

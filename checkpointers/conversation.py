@@ -14,15 +14,21 @@ finds a channel's value by its version. The saver writes the thread index
 row in the same transaction: owner, title from the first human message,
 message count, update time.
 
-Every write holds the saver's lock from the ownership check to the commit, so
-two writers in one process cannot interleave. Writers in different processes
-can: each checkpoint extends the newest one it read, and of two that extend
-the same one, the later wins (as with any LangGraph checkpointer).
+On SQLite every write holds the saver's lock from the ownership check to the
+commit, so two writers in one process cannot interleave. Writers in different
+processes (and on PostgreSQL, any two writers) can: each checkpoint extends the
+newest one it read, and of two that extend the same one, the later wins (as
+with any LangGraph checkpointer). `write`, `delete` and the saver's
+`load_conversation` work on both engines; the async twins are native asyncio
+where the saver's are (`saver.native_async`). `load`, `restore` and
+`date_messages` are the SQLite engine's (import and export).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -137,6 +143,29 @@ def owner_of(saver: ThreadSaver, thread_id: str) -> tuple[bool, str | None]:
     return (row is not None, row[0] if row else None)
 
 
+def _config(saver: Any, thread_id: str, user_id: Any) -> dict[str, Any]:
+    from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": "", CONFIG_KEY_CHECKPOINTER: saver}
+    if user_id is not ANY_USER and user_id is not None:
+        configurable["user_id"] = user_id
+    return {"configurable": configurable}
+
+
+def _check_writable(found: Any, thread_id: str, user_id: Any, create: bool) -> None:
+    """Raise ThreadNotFoundError unless `user_id` may write to the thread (`found`: its
+    index row, or None for a new thread)."""
+    if (found is not None and user_id is not ANY_USER and found.user_id != user_id) or (found is None and not create):
+        raise ThreadNotFoundError(thread_id)
+
+
+def _row_or_none(get: Any, thread_id: str) -> Any:
+    try:
+        return get(thread_id)
+    except ThreadNotFoundError:
+        return None
+
+
 def write(
     saver: ThreadSaver, thread_id: str, updates: Sequence[BaseMessage], *, user_id: Any, create: bool = True
 ) -> None:
@@ -148,17 +177,57 @@ def write(
     thread_id = str(thread_id)
     if not updates:
         return
-    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
-    if user_id is not ANY_USER and user_id is not None:
-        configurable["user_id"] = user_id
-    from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+    # SQLite's saver has one connection and an in-process lock: holding it from the
+    # check to the commit keeps writers of this process from interleaving. PostgreSQL's
+    # saver has none (see the module docstring for what two writers then do).
+    with getattr(saver, "_lock", None) or nullcontext():
+        _check_writable(_row_or_none(saver.threads.get, thread_id), thread_id, user_id, create)
+        _conversation_graph().update_state(_config(saver, thread_id, user_id), {"messages": list(updates)}, as_node=NODE)
 
-    configurable[CONFIG_KEY_CHECKPOINTER] = saver
-    with saver._lock:
-        exists, owner = owner_of(saver, thread_id)
-        if (exists and user_id is not ANY_USER and owner != user_id) or (not exists and not create):
-            raise ThreadNotFoundError(thread_id)
-        _conversation_graph().update_state({"configurable": configurable}, {"messages": list(updates)}, as_node=NODE)
+
+def delete(saver: ThreadSaver, thread_id: str, *, user_id: Any) -> bool:
+    """Delete the thread (everything of it) if it is the user's; whether it was."""
+    thread_id = str(thread_id)
+    with getattr(saver, "_lock", None) or nullcontext():
+        found = _row_or_none(saver.threads.get, thread_id)
+        if found is None or (user_id is not ANY_USER and found.user_id != user_id):
+            return False
+        return saver.delete_threads([thread_id]) == 1
+
+
+async def adelete(saver: ThreadSaver, thread_id: str, *, user_id: Any) -> bool:
+    """`delete` for asyncio callers (see `awrite`)."""
+    if not getattr(saver, "native_async", False):
+        return await asyncio.to_thread(lambda: delete(saver, thread_id, user_id=user_id))
+    thread_id = str(thread_id)
+    try:
+        found = await saver.threads.aget(thread_id)
+    except ThreadNotFoundError:
+        return False
+    if user_id is not ANY_USER and found.user_id != user_id:
+        return False
+    return await saver.adelete_threads([thread_id]) == 1
+
+
+async def awrite(
+    saver: ThreadSaver, thread_id: str, updates: Sequence[BaseMessage], *, user_id: Any, create: bool = True
+) -> None:
+    """`write` for asyncio callers: native on an engine whose async methods are
+    (`saver.native_async`), else `write` on a worker thread."""
+    if not getattr(saver, "native_async", False):
+        await asyncio.to_thread(lambda: write(saver, thread_id, updates, user_id=user_id, create=create))
+        return
+    thread_id = str(thread_id)
+    if not updates:
+        return
+    try:
+        found = await saver.threads.aget(thread_id)
+    except ThreadNotFoundError:
+        found = None
+    _check_writable(found, thread_id, user_id, create)
+    await _conversation_graph().aupdate_state(
+        _config(saver, thread_id, user_id), {"messages": list(updates)}, as_node=NODE
+    )
 
 
 DERIVED: Any = object()

@@ -17,9 +17,10 @@ user's thread list with a title taken from the first human message.
 
 Pass `saver=` to use a saver the application already has open (the usual
 case in a server). Otherwise the history opens the store at `url` (default
-`$THREADKEEPER_DATABASE_URL`, then `sqlite:///data/threadkeeper.db`) on first
-use and keeps it open for the rest of the process, one saver per file, shared
-by every history on that file; `close_shared_savers()` closes them (it also
+`$THREADKEEPER_DATABASE_URL`, then `sqlite:///data/threadkeeper.db`; a
+`postgresql://` URL works the same) on first use and keeps it open for the
+rest of the process, one saver per file or database URL, shared by every
+history on it; `close_shared_savers()` closes them (it also
 runs at exit), and a history used afterwards opens its file again.
 
 Ownership: a history's `user_id` must own the thread. A thread of another
@@ -29,7 +30,6 @@ raises ThreadNotFoundError. `user_id=None` means threads without an owner.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import threading
@@ -42,12 +42,11 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
 
 from checkpointers import conversation
-from checkpointers.threads import ANY_USER
 
 if TYPE_CHECKING:
     from checkpointers.sqlite import ThreadSaver
 
-_shared: dict[tuple[int, Path], tuple[ThreadSaver, ExitStack]] = {}
+_shared: dict[tuple[int, Path | str], tuple[ThreadSaver, ExitStack]] = {}
 _shared_lock = threading.Lock()
 _close_registered = False
 
@@ -56,11 +55,11 @@ def shared_saver(url: str | None = None) -> ThreadSaver:
     """The process's saver for the store at `url`, opened with `open_saver` on first use."""
     global _close_registered
     from checkpointers import open_saver
-    from checkpointers.url import resolve_url, sqlite_path
+    from checkpointers.url import is_postgres, resolve_url, sqlite_path
 
     resolved = resolve_url(url)
     # A connection must not cross a fork: a child process opens its own.
-    key = (os.getpid(), sqlite_path(resolved).resolve())
+    key = (os.getpid(), resolved if is_postgres(resolved) else sqlite_path(resolved).resolve())
     with _shared_lock:
         found = _shared.get(key)
         if found is not None:
@@ -93,7 +92,8 @@ class ThreadChatHistory(BaseChatMessageHistory):
     `clear()` deletes the thread: its messages, history, title and attachment
     are erased (not just hidden behind a newer checkpoint), and the session
     starts afresh with its next message. Async twins (`aget_messages`,
-    `aadd_messages`, `aclear`) run on a worker thread.
+    `aadd_messages`, `aclear`) are native asyncio on PostgreSQL and run on a
+    worker thread on SQLite.
     """
 
     def __init__(
@@ -119,27 +119,24 @@ class ThreadChatHistory(BaseChatMessageHistory):
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        found = conversation.load(self.saver, self.session_id, self.user_id)
+        found = self.saver.load_conversation(self.session_id, self.user_id)
         return [] if found is None else list(found.messages)
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         conversation.write(self.saver, self.session_id, list(messages), user_id=self.user_id)
 
     def clear(self) -> None:
-        saver = self.saver
-        with saver._lock:
-            exists, owner = conversation.owner_of(saver, self.session_id)
-            if exists and (self.user_id is ANY_USER or owner == self.user_id):
-                saver.delete_threads([self.session_id])
+        conversation.delete(self.saver, self.session_id, user_id=self.user_id)
 
     async def aget_messages(self) -> list[BaseMessage]:
-        return await asyncio.to_thread(lambda: self.messages)
+        found = await self.saver.aload_conversation(self.session_id, self.user_id)
+        return [] if found is None else list(found.messages)
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        await asyncio.to_thread(self.add_messages, list(messages))
+        await conversation.awrite(self.saver, self.session_id, list(messages), user_id=self.user_id)
 
     async def aclear(self) -> None:
-        await asyncio.to_thread(self.clear)
+        await conversation.adelete(self.saver, self.session_id, user_id=self.user_id)
 
     def __repr__(self) -> str:
         return f"ThreadChatHistory({self.session_id!r}, user_id={self.user_id!r})"

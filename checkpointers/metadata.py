@@ -28,9 +28,10 @@ filters. What a comparison means:
 * Strings compare by code point, bytes by byte, `False < True`.
 * `{"$and": []}` is true, `{"$or": []}` is false, `{"$in": []}` matches nothing.
 
-Filters compile to SQL (`json_type` / `json_extract`) and run inside SQLite;
-every comparison yields true or false, never NULL, so `$not` is plain
-negation.
+Filters compile to SQL and run inside the database: `json_type` /
+`json_extract` on SQLite, `jsonb` operators on PostgreSQL
+(`checkpointers.engines.postgres.sessions`). Every comparison yields true or
+false, never NULL, so `$not` is plain negation.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from checkpointers.storable import check_text
+from checkpointers.storable import check_text, storable_text
 
 MetadataValue = str | int | float | bool | bytes
 MetadataFilter = Mapping[str, Any]
@@ -69,6 +70,8 @@ def check_key(key: Any) -> str:
         raise ValueError(f"metadata key {key!r} cannot start with '$' (that is the filter syntax)")
     if '"' in key or "\\" in key or any(ord(c) < 32 for c in key):
         raise ValueError(f"metadata key {key!r} cannot contain quotes, backslashes or control characters")
+    if not storable_text(key):
+        raise ValueError(f"metadata key {key!r} is not valid Unicode (a lone surrogate)")
     return key
 
 
@@ -84,6 +87,12 @@ def _kind(value: Any, where: str) -> str:
             raise ValueError(f"{where}: {value} is not a finite number")
         return "number"
     if isinstance(value, str):
+        # Neither engine's JSON keeps these exactly: PostgreSQL's jsonb has no NUL, and
+        # a lone surrogate has no UTF-8 form. Refused alike on both, so a store can move.
+        if "\x00" in value:
+            raise ValueError(f"{where}: text cannot contain the NUL character")
+        if not storable_text(value):
+            raise ValueError(f"{where}: text is not valid Unicode (a lone surrogate)")
         return "str"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "bytes"
@@ -131,7 +140,15 @@ def _path(key: str) -> str:
     return '$."' + key + '"'
 
 
-class _Compiler:
+class FilterCompiler:
+    """Walks a filter, checking its syntax, and asks the engine's dialect for each comparison.
+
+    The walk (what `$and`, `$or`, `$not`, `$in` and several keys mean, and every
+    error message) is the same on every engine; a subclass says how one typed
+    comparison is written in its SQL. Keys and operands are always parameters."""
+
+    TRUE, FALSE = "1", "0"
+
     def __init__(self, column: str) -> None:
         self.column = column
         self.params: list[Any] = []
@@ -141,7 +158,7 @@ class _Compiler:
             raise ValueError(f"a metadata filter must be a dict, not {type(expr).__name__}")
         parts = [self.entry(key, value) for key, value in expr.items()]
         if not parts:
-            return "1"
+            return self.TRUE
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
     def entry(self, key: Any, value: Any) -> str:
@@ -149,7 +166,7 @@ class _Compiler:
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{key} takes a list of filters, not {type(value).__name__}")
             if not value:
-                return "1" if key == "$and" else "0"
+                return self.TRUE if key == "$and" else self.FALSE
             joiner = " AND " if key == "$and" else " OR "
             return "(" + joiner.join(self.filter(item) for item in value) + ")"
         if key == "$not":
@@ -174,6 +191,43 @@ class _Compiler:
                 raise ValueError(f"unknown operator {op!r} on {key!r}: use {', '.join(sorted(OPERATORS))}")
         return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
 
+    def comparison(self, key: str, op: str, value: Any) -> str:
+        kind = _kind(value, f"filter on {key!r}")
+        if op == "$ne":
+            return f"({self.present(key)} AND NOT {self.comparison(key, '$eq', value)})"
+        return self.compare(key, kind, COMPARISONS[op], value)
+
+    def membership(self, key: str, values: Any) -> str:
+        if not isinstance(values, (list, tuple, set, frozenset)):
+            raise ValueError(f"$in on {key!r} takes a list of values, not {type(values).__name__}")
+        by_kind: dict[str, list[Any]] = {}
+        for value in values:
+            by_kind.setdefault(_kind(value, f"$in on {key!r}"), []).append(value)
+        if not by_kind:
+            return self.FALSE
+        parts = [self.member(key, kind, operands) for kind, operands in by_kind.items()]
+        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+    # -- the dialect: SQLite's JSON1 functions --------------------------------
+
+    def present(self, key: str) -> str:
+        """A never-NULL test that the key is in the object (with any value, null included)."""
+        self.params.append(_path(key))
+        return f"json_type({self.column}, ?) IS NOT NULL"
+
+    def compare(self, key: str, kind: str, sql_op: str, value: Any) -> str:
+        """A never-NULL test that the key holds a value of `kind` standing in `sql_op` to `value`."""
+        guard, extract = self._typed(key, kind)
+        # The guard's params come first, then the extract's, then the operand.
+        self.params.append(self._operand(value, kind))
+        return f"({guard} AND {extract} {sql_op} ?)"
+
+    def member(self, key: str, kind: str, values: list[Any]) -> str:
+        """A never-NULL test that the key holds one of `values` (all of `kind`)."""
+        guard, extract = self._typed(key, kind)
+        self.params += [self._operand(v, kind) for v in values]
+        return f"({guard} AND {extract} IN ({', '.join('?' * len(values))}))"
+
     def _typed(self, key: str, kind: str) -> tuple[str, str]:
         """(a never-NULL test that the key holds a value of this kind, the value's SQL)."""
         col = self.column
@@ -192,41 +246,17 @@ class _Compiler:
             return int(value)
         return value
 
-    def comparison(self, key: str, op: str, value: Any) -> str:
-        kind = _kind(value, f"filter on {key!r}")
-        if op == "$ne":
-            self.params.append(_path(key))
-            present = f"json_type({self.column}, ?) IS NOT NULL"
-            return f"({present} AND NOT {self.comparison(key, '$eq', value)})"
-        guard, extract = self._typed(key, kind)
-        # The guard's params come first, then the extract's, then the operand.
-        self.params.append(self._operand(value, kind))
-        return f"({guard} AND {extract} {COMPARISONS[op]} ?)"
 
-    def membership(self, key: str, values: Any) -> str:
-        if not isinstance(values, (list, tuple, set, frozenset)):
-            raise ValueError(f"$in on {key!r} takes a list of values, not {type(values).__name__}")
-        by_kind: dict[str, list[Any]] = {}
-        for value in values:
-            kind = _kind(value, f"$in on {key!r}")
-            by_kind.setdefault(kind, []).append(self._operand(value, kind))
-        if not by_kind:
-            return "0"
-        parts = []
-        for kind, operands in by_kind.items():
-            guard, extract = self._typed(key, kind)
-            self.params += operands
-            parts.append(f"({guard} AND {extract} IN ({', '.join('?' * len(operands))}))")
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
-
-
-def compile_filter(expr: MetadataFilter | None, column: str) -> tuple[str, list[Any]]:
-    """SQL that is true exactly when the JSON in `column` matches `expr`, and its params.
+def compile_filter(
+    expr: MetadataFilter | None, column: str, compiler: type[FilterCompiler] = FilterCompiler
+) -> tuple[str, list[Any]]:
+    """SQL that is true exactly when the JSON in `column` matches `expr`, and its params
+    (`compiler`: the engine's dialect; SQLite's by default).
 
     Raises ValueError with one sentence for a filter that breaks the syntax above.
     """
     if expr is None:
-        return "1", []
-    compiler = _Compiler(column)
+        return compiler.TRUE, []
+    compiler = compiler(column)
     sql = compiler.filter(expr)
     return sql, compiler.params

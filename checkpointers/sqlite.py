@@ -118,7 +118,9 @@ from checkpointers.errors import (
 )
 from checkpointers.schema import migrate
 from checkpointers.storable import check_id, check_text, check_value
+from checkpointers import conversation
 from checkpointers.sessions import SessionStore
+from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
@@ -589,7 +591,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._closing = False
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
-        self.sessions = SessionStore(self)
+        self.sessions = SessionStore(self, SqliteSessions(self))
         try:
             self.setup()
         except BaseException:
@@ -1898,6 +1900,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             )
 
     # -- deleting, copying, pruning -----------------------------------------
+
+    def load_conversation(self, thread_id: str, user_id: Any) -> conversation.Conversation | None:
+        """The thread's current messages (see `checkpointers.conversation`); None if the
+        thread does not exist or is not the user's (`ANY_USER`: anyone's)."""
+        return conversation.load(self, thread_id, user_id)
+
+    async def aload_conversation(self, thread_id: str, user_id: Any) -> conversation.Conversation | None:
+        return await asyncio.to_thread(self.load_conversation, thread_id, user_id)
 
     def attachment_path(self, thread_id: str) -> Path | None:
         """The database file attached to the thread, or None (encrypted when the store is)."""

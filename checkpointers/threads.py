@@ -136,6 +136,8 @@ def clean_title(title: str, what: str = "thread") -> str:
     clean = check_text(" ".join(str(title).split()), "title")
     if not clean:
         raise ValueError(f"a {what} title cannot be empty")
+    if "\x00" in clean:  # PostgreSQL's text has no NUL: refused on both engines alike
+        raise ValueError(f"a {what} title cannot contain the NUL character")
     if len(clean) > MAX_TITLE_LENGTH:
         raise ValueError(f"a {what} title can be at most {MAX_TITLE_LENGTH} characters, not {len(clean)}")
     return clean

@@ -29,9 +29,12 @@ def postgres_database():
 
 
 @pytest.fixture
-def postgres_url(postgres_database):
-    """A `postgresql://` URL to an empty schema of this test's own."""
+def postgres_url(postgres_database, tmp_path: Path, monkeypatch):
+    """A `postgresql://` URL to an empty schema of this test's own (attached databases are
+    copied to a cache folder of this test's own too)."""
     from tests.postgres import fresh_schema
+
+    monkeypatch.setenv("THREADKEEPER_ATTACHMENT_CACHE", str(tmp_path / "attachment-cache"))
 
     with fresh_schema(postgres_database) as url:
         yield url
@@ -51,4 +54,13 @@ def store(store_url: str):
     from checkpointers import open_saver
 
     with open_saver(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def async_store(store_url: str):
+    """`store` for asyncio tests: opened with `open_async_saver`, so its asyncio pool is closed too."""
+    from checkpointers import open_async_saver
+
+    async with open_async_saver(store_url) as opened:
         yield opened

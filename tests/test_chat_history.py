@@ -1,4 +1,5 @@
-"""`ThreadChatHistory`: an existing LangChain chain keeps its context in threads."""
+"""`ThreadChatHistory`: an existing LangChain chain keeps its context in threads, on both
+engines (`store`, `store_url`: a SQLite file, a PostgreSQL schema)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import ConfigurableFieldSpec
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from checkpointers import ThreadChatHistory, ThreadNotFoundError, ThreadSaver, close_shared_savers
+from checkpointers import ThreadChatHistory, ThreadNotFoundError, ThreadSaver, close_shared_savers, open_saver
 from checkpointers.history import shared_saver
 from graph import build_graph
 from tests.scripted import ScriptedChatModel, echo
@@ -67,7 +68,8 @@ def model() -> ScriptedChatModel:
     return ScriptedChatModel(script=remember_names)
 
 
-def test_a_chain_keeps_its_context_across_calls(saver, model):
+def test_a_chain_keeps_its_context_across_calls(store, model):
+    saver = store
     chain = chain_with_history(saver, model)
     ask(chain, "s-1", "my name is Ada")
     assert ask(chain, "s-1", "what is my name?") == "Your name is Ada."
@@ -76,7 +78,8 @@ def test_a_chain_keeps_its_context_across_calls(saver, model):
     assert seen[1].content == "my name is Ada" and seen[2].content == "noted: my name is Ada"
 
 
-def test_two_sessions_stay_separate(saver, model):
+def test_two_sessions_stay_separate(store, model):
+    saver = store
     chain = chain_with_history(saver, model)
     ask(chain, "s-ada", "my name is Ada")
     ask(chain, "s-bob", "my name is Bob")
@@ -86,19 +89,15 @@ def test_two_sessions_stay_separate(saver, model):
     assert len(ThreadChatHistory("s-ada", user_id="alice", saver=saver).messages) == 4
 
 
-def test_context_survives_a_restart(db_path, model):
-    first = ThreadSaver(db_path)
-    ask(chain_with_history(first, model), "s-1", "my name is Ada")
-    first.close()
-    second = ThreadSaver(db_path)
-    try:
+def test_context_survives_a_restart(store_url, model):
+    with open_saver(store_url) as first:
+        ask(chain_with_history(first, model), "s-1", "my name is Ada")
+    with open_saver(store_url) as second:
         assert ask(chain_with_history(second, model), "s-1", "what is my name?") == "Your name is Ada."
-    finally:
-        second.close()
 
 
-def test_context_written_by_another_process_is_there(db_path, model):
-    url = f"sqlite:///{db_path}"
+def test_context_written_by_another_process_is_there(store_url, model):
+    url = store_url
     script = textwrap.dedent(
         f"""
         from langchain_core.runnables.history import RunnableWithMessageHistory
@@ -118,14 +117,12 @@ def test_context_written_by_another_process_is_there(db_path, model):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    saver = ThreadSaver(db_path)
-    try:
+    with open_saver(url) as saver:
         assert ask(chain_with_history(saver, model), "s-proc", "what is my name?") == "Your name is Grace."
-    finally:
-        saver.close()
 
 
-def test_clear_empties_only_its_session(saver, model):
+def test_clear_empties_only_its_session(store, model):
+    saver = store
     chain = chain_with_history(saver, model)
     ask(chain, "s-ada", "my name is Ada")
     ask(chain, "s-bob", "my name is Bob")
@@ -135,7 +132,8 @@ def test_clear_empties_only_its_session(saver, model):
     assert ask(chain, "s-bob", "what is my name?") == "Your name is Bob."
 
 
-def test_history_factory_config_with_user_and_conversation(saver, model):
+def test_history_factory_config_with_user_and_conversation(store, model):
+    saver = store
     chain = RunnableWithMessageHistory(
         the_chain(model),
         lambda user_id, conversation_id: ThreadChatHistory(conversation_id, user_id=user_id, saver=saver),
@@ -166,7 +164,8 @@ def test_history_factory_config_with_user_and_conversation(saver, model):
         ThreadChatHistory("c-alice", user_id="bob", saver=saver).add_user_message("mine now")
 
 
-def test_threads_made_by_a_history_are_in_the_users_thread_list(saver, model):
+def test_threads_made_by_a_history_are_in_the_users_thread_list(store, model):
+    saver = store
     ask(chain_with_history(saver, model), "s-1", "my name is Ada and I like tea")
     ask(chain_with_history(saver, model, user_id="bob"), "s-2", "hello")
     [thread] = saver.threads.list("alice").threads
@@ -176,7 +175,8 @@ def test_threads_made_by_a_history_are_in_the_users_thread_list(saver, model):
     assert [t.thread_id for t in saver.threads.list("bob").threads] == ["s-2"]
 
 
-def test_the_agent_graph_and_a_history_share_one_conversation(saver):
+def test_the_agent_graph_and_a_history_share_one_conversation(store):
+    saver = store
     history = ThreadChatHistory("t-1", user_id="alice", saver=saver)
     history.add_user_message("my name is Ada")
     history.add_ai_message("Hello Ada!")
@@ -192,7 +192,8 @@ def test_the_agent_graph_and_a_history_share_one_conversation(saver):
     assert saver.threads.get("t-1").message_count == 7
 
 
-def test_another_users_thread_reads_as_empty_and_is_left_alone(saver):
+def test_another_users_thread_reads_as_empty_and_is_left_alone(store):
+    saver = store
     ThreadChatHistory("t-1", user_id="alice", saver=saver).add_user_message("secret")
     intruder = ThreadChatHistory("t-1", user_id="bob", saver=saver)
     assert intruder.messages == []
@@ -202,14 +203,16 @@ def test_another_users_thread_reads_as_empty_and_is_left_alone(saver):
     assert [m.content for m in ThreadChatHistory("t-1", user_id="alice", saver=saver).messages] == ["secret"]
 
 
-def test_a_message_with_a_known_id_replaces_it(saver):
+def test_a_message_with_a_known_id_replaces_it(store):
+    saver = store
     history = ThreadChatHistory("t-1", user_id="alice", saver=saver)
     history.add_messages([HumanMessage("draft", id="m-1"), AIMessage("ok", id="m-2")])
     history.add_messages([HumanMessage("final", id="m-1")])
     assert [(m.id, m.content) for m in history.messages] == [("m-1", "final"), ("m-2", "ok")]
 
 
-async def test_the_async_chain_uses_the_async_twins(saver, model):
+async def test_the_async_chain_uses_the_async_twins(async_store, model):
+    saver = async_store
     chain = chain_with_history(saver, model)
     config = {"configurable": {"session_id": "s-async"}}
     await chain.ainvoke({"question": "my name is Ada"}, config=config)
@@ -221,8 +224,8 @@ async def test_the_async_chain_uses_the_async_twins(saver, model):
     assert await history.aget_messages() == []
 
 
-def test_histories_from_a_url_share_one_saver_per_file_until_closed(tmp_path):
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+def test_histories_from_a_url_share_one_saver_per_store_until_closed(store_url):
+    url = store_url
     try:
         first = ThreadChatHistory("s-1", user_id="alice", url=url)
         second = ThreadChatHistory("s-2", user_id="alice", url=url)
@@ -235,3 +238,16 @@ def test_histories_from_a_url_share_one_saver_per_file_until_closed(tmp_path):
         close_shared_savers()
     with pytest.raises(ValueError, match="either url or saver"):
         ThreadChatHistory("s-1", url=url, saver=object())
+
+
+def test_a_history_opens_the_store_named_by_the_environment(store_url, monkeypatch):
+    monkeypatch.setenv("THREADKEEPER_DATABASE_URL", store_url)
+    try:
+        history = ThreadChatHistory("s-env", user_id="alice")
+        history.add_user_message("hello from the environment")
+        with open_saver(store_url) as saver:
+            assert saver.threads.get("s-env", user_id="alice").title == "hello from the environment"
+        history.clear()
+        assert history.messages == []
+    finally:
+        close_shared_savers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -122,9 +123,11 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
         assert conn.execute("SELECT to_regclass('threads')").fetchone() == (None,)
 
     assert _cli_chat(monkeypatch, url, "plan a trip to Lyon\n/quit\n", "--user", "alice", "--new", "--thread", "t-1") == 0
+    with sqlite3.connect(tmp_path / "sales.db") as db:
+        db.execute("CREATE TABLE sales (region TEXT, amount REAL)")
     assert _cli_chat(monkeypatch, url, "and trains?\n/attach sales.db\n/quit\n", "--user", "alice", "--thread", "t-1") == 0
     out = capsys.readouterr().out
-    assert "resuming thread t-1 (2 messages)" in out and "which a PostgreSQL store does not have yet" in out
+    assert "resuming thread t-1 (2 messages)" in out and "attached sales.db (tables: sales)" in out
     assert cli(["--db", url, "threads"]) == 0
     out = capsys.readouterr().out
     assert "store: postgresql://postgres@127.0.0.1:5432/" in out and "t-1" in out and "alice" in out
@@ -141,10 +144,11 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
 
     for args, sentence in (
         (["rotate-key"], "threadkeeper: threadkeeper rotate-key works on SQLite stores only"),
-        (["attach", "t-1", "sales.db"], "threadkeeper: threadkeeper attach needs attachments"),
-        (["export", "--user", "alice"], "threadkeeper: threadkeeper export needs the sessions API"),
-        (["import", str(_exported(tmp_path))], "threadkeeper: threadkeeper import needs the sessions API"),
-        (["import-json", str(tmp_path)], "threadkeeper: threadkeeper import-json needs the sessions API"),
+        (["attach", "t-9", "sales.db"], "threadkeeper: no thread with id 't-9'"),
+        (["attach", "t-1", "missing.db"], "threadkeeper: "),
+        (["export", "--user", "alice"], "threadkeeper: threadkeeper export works on SQLite stores only"),
+        (["import", str(_exported(tmp_path))], "threadkeeper: threadkeeper import works on SQLite stores only"),
+        (["import-json", str(tmp_path)], "threadkeeper: threadkeeper import-json works on SQLite stores only"),
     ):
         assert cli(["--db", url, *args]) == 2, args
         err = capsys.readouterr().err

@@ -55,11 +55,11 @@ def _existing_store(args: argparse.Namespace) -> Iterator[ThreadSaver]:
         yield saver
 
 
-def _needs(saver: ThreadSaver, part: str, what: str, command: str) -> None:
-    """Refuse, in one sentence, a command that needs a part of the store its engine does
-    not have yet (the sessions API and attachments are SQLite's only in this release)."""
-    if getattr(saver, part, None) is None:
-        raise StoreError(f"threadkeeper {command} needs {what}, which a PostgreSQL store does not have yet")
+def _needs_sqlite(saver: ThreadSaver, command: str) -> None:
+    """Refuse, in one sentence, a command that works on SQLite stores only in this
+    release (export and import read and write the SQLite tables directly)."""
+    if not isinstance(saver, ThreadSaver):
+        raise StoreError(f"threadkeeper {command} works on SQLite stores only: export and import are not available on PostgreSQL yet")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -222,7 +222,6 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _attach(args: argparse.Namespace) -> int:
     with _existing_store(args) as saver:
-        _needs(saver, "attachments", "attachments", "attach")
         user = ANY_USER if args.user is None else args.user
         saver.threads.get(args.thread_id, user_id=user)  # a mistyped id is an error, not a new thread
         attached = saver.attachments.attach(args.thread_id, args.file, user_id=user)
@@ -319,7 +318,6 @@ def _chat(args: argparse.Namespace) -> int:
                 continue
             if text.startswith("/attach "):
                 try:
-                    _needs(saver, "attachments", "attachments", "chat's /attach")
                     attached = saver.attachments.attach(thread_id, text.split(" ", 1)[1].strip(), user_id=user)
                 except (StoreError, ValueError) as exc:
                     print(f"error: {exc}")
@@ -364,7 +362,7 @@ def _import_json(args: argparse.Namespace) -> int:
     from checkpointers.importer import import_json_folder
 
     with open_saver(args.db) as saver:
-        _needs(saver, "sessions", "the sessions API", "import-json")
+        _needs_sqlite(saver, "import-json")
         summary = import_json_folder(saver, args.folder, user_id=args.user, report=print)
     print(summary.describe())
     return 1 if summary.failed else 0
@@ -410,7 +408,7 @@ def _export(args: argparse.Namespace) -> int:
     if not args.user:
         raise ValueError("export needs --user: whose threads to export")
     with _existing_store(args) as saver:
-        _needs(saver, "sessions", "the sessions API", "export")
+        _needs_sqlite(saver, "export")
         document = export_user(saver, args.user)
     text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
     counts = summarize(document)
@@ -448,7 +446,7 @@ def _import(args: argparse.Namespace) -> int:
     document = read_document(text, source.name)
     owner = args.user if args.user is not None else document.user_id
     with open_saver(args.db) as saver:
-        _needs(saver, "sessions", "the sessions API", "import")
+        _needs_sqlite(saver, "import")
         summary = import_document(saver, document, user_id=owner, replace=args.replace, report=print)
     print(
         f"imported {summary.threads:,} threads ({summary.messages:,} messages, {summary.attachments:,} attachments) "

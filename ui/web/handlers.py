@@ -39,7 +39,6 @@ SNIPPETS = 10
 """Search results that show the matching words of a message (the newest first)."""
 SNIPPET_DEPTH = 100
 """How many of a thread's newest messages are looked through for a result's snippet."""
-NO_ATTACHMENTS = "Attaching a database is not available with this server's store yet."
 STREAM_UPDATE_S = 0.05
 """Least time between two updates of a streaming reply: 20 a second, smooth to the eye."""
 STREAM_UPDATES_PER_S = 200
@@ -68,10 +67,6 @@ class WebChat:
         """`ModelError.reason` of the last reply if it failed: the banner says so until one succeeds."""
         self.identity = identity or Identity(load_secret(Path(saver.maintenance.data_dir)), load_users())
         self.exports = Exports()
-
-    def _attachments(self) -> Any:
-        """The store's attachments, or None on an engine that has none yet (PostgreSQL in this release)."""
-        return getattr(self.saver, "attachments", None)
 
     # -- identity and ownership ---------------------------------------------
 
@@ -159,8 +154,7 @@ class WebChat:
                 pass
         if info is None:  # a new chat: nothing stored yet to rename, pin, export or delete
             return "### New chat", "", gr.Button(visible=False), gr.Button("☆ Pin"), gr.Row(visible=False)
-        attachments = self._attachments()
-        attached = attachments.get(thread_id) if attachments is not None else None
+        attached = self.saver.attachments.get(thread_id)
         note = (
             f"Database **{attached.name}** attached · tables: {', '.join(attached.tables) or 'none'}"
             if attached
@@ -508,8 +502,6 @@ class WebChat:
             if file:  # a crafted request naming a file on the server
                 log.warning("upload refused: %r is not an uploaded file", str(file)[:200])
             raise Refusal("No file arrived.")
-        if self._attachments() is None:
-            raise Refusal(NO_ATTACHMENTS)
         thread_id = self.turns.claim(thread_id or None, user_id)
         name = Path(str(file)).name
         attached = self.saver.attachments.attach(thread_id, str(file), user_id=user_id, name=name)
@@ -521,8 +513,6 @@ class WebChat:
     def detach(self, thread_id: str | None, token: str | None, request: gr.Request):
         user_id = self.user(token, request)
         thread_id = self.owned(thread_id, user_id)
-        if self._attachments() is None:
-            raise Refusal(NO_ATTACHMENTS)
         self.saver.attachments.remove(thread_id, user_id=user_id)
         gr.Info("The database is removed from this thread.")
         return self.header(thread_id, user_id)

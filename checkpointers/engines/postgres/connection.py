@@ -1,8 +1,8 @@
 """Connections to PostgreSQL: one pool per database URL for the whole process, and
 the runner that lets one piece of storage logic serve sync and async callers.
 
-Storage logic is written once, as a *plan*: a generator that yields each
-statement (`Sql`) and is sent back its result. `run` drives a plan on a
+Storage logic is written once, as a *plan* (`checkpointers.engines.base`): a
+generator that yields each statement (`Sql`) and is sent back its result. `run` drives a plan on a
 psycopg connection, `arun` on an asyncio one, so the async methods are
 native asyncio (no worker threads) and share every line of SQL and
 encoding with the sync ones.
@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from checkpointers.engines.base import FETCH_ALL, FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import StoreUnavailableError
 
 POOL_SIZE_VARIABLE = "THREADKEEPER_PG_POOL_SIZE"
@@ -38,22 +39,6 @@ MAX_LIFETIME_S = 1800.0
 CONNECT_TIMEOUT_S = 10.0
 
 T = TypeVar("T")
-
-FETCH_ALL, FETCH_ONE, FETCH_NONE = "all", "one", "none"
-
-
-@dataclass(frozen=True, slots=True)
-class Sql:
-    """One statement of a plan: SQL text from this package's constants, and its parameters."""
-
-    text: str
-    params: Any = ()
-    fetch: str = FETCH_ALL
-    """`FETCH_ALL` (a list of rows), `FETCH_ONE` (a row or None) or `FETCH_NONE` (the row count)."""
-
-
-Plan = Generator[Sql, Any, T]
-"""A piece of storage logic: yields statements, is sent their results, returns its answer."""
 
 
 def run(conn: psycopg.Connection, plan: Plan[T]) -> T:

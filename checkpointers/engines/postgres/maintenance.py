@@ -36,7 +36,9 @@ log = logging.getLogger("threadkeeper.retention")
 SWEEP_LOCK = 0x746B7377
 """"tksw": with the hash of the store's schema, the advisory lock one sweeper holds."""
 
-THREAD_TABLES = ("threads", "checkpoints", "channel_values", "messages", "writes")
+THREAD_TABLES = (
+    "threads", "checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata", "attachments",
+)
 """The tables a thread's text lives in: what VACUUM goes over after deletions."""
 
 _VACUUM = {True: "VACUUM " + ", ".join(THREAD_TABLES), False: "VACUUM (SKIP_LOCKED) " + ", ".join(THREAD_TABLES)}
@@ -109,7 +111,16 @@ class PostgresMaintenance:
         return self._run(plan(), read=True)
 
     def attachment_bytes(self, thread_ids: Sequence[str], cutoff: str) -> int:
-        return 0  # no attachments on this engine yet
+        def plan() -> Plan[int]:
+            (attached,) = yield Sql(
+                "SELECT coalesce(sum(a.bytes), 0) FROM attachments AS a JOIN threads AS t USING (thread_key) "
+                "WHERE t.thread_id = ANY(%s) AND t.updated_at < %s",
+                (list(thread_ids), cutoff),
+                FETCH_ONE,
+            )
+            return int(attached)
+
+        return self._run(plan(), read=True)
 
     def take_lease(self, owner: str) -> bool:
         conn = self._own_connection()
@@ -202,7 +213,8 @@ class PostgresMaintenance:
         return self._run(plan(), read=True)
 
     def attachment_totals(self, query: Callable[..., list[tuple]]) -> tuple[int, int]:
-        return 0, 0  # no attachments on this engine yet
+        ((count, size),) = query("SELECT count(*), coalesce(sum(bytes), 0) FROM attachments")
+        return int(count), int(size)
 
     def _version(self) -> int:
         def plan() -> Plan[int]:

@@ -26,8 +26,7 @@ and the usage statistics' side of this engine; the saver counts usage as it
 writes, in the write's transaction.
 
 Not on this engine yet (refused or absent, never faked): encryption
-(`THREADKEEPER_ENCRYPTION_KEY` is refused), `saver.sessions`,
-`saver.attachments`, export/import, `ThreadChatHistory`.
+(`THREADKEEPER_ENCRYPTION_KEY` is refused), export/import.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -66,8 +66,11 @@ from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
 from checkpointers.engines.postgres import connection, schema
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql, neutral
+from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.maintenance import PostgresMaintenance
+from checkpointers.engines.postgres.sessions import PostgresSessions
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
+from checkpointers.conversation import Conversation
 from checkpointers.errors import StoreError, ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
     MAX_CHAIN_DEPTH,
@@ -84,6 +87,7 @@ from checkpointers.messages import (
     snapshot,
     utc_now,
 )
+from checkpointers.sessions import SessionStore
 from checkpointers.storable import check_id, check_text, check_value
 from checkpointers.threads import ANY_USER, title_from_messages
 
@@ -207,6 +211,9 @@ _THREAD_TABLES_COPIED = {
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value, words",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value",
+    "message_times": "message_no, created_at",
+    "message_metadata": "message_id, created_at, metadata",
+    "attachments": "name, sha256, bytes, tables, attached_at, data",
 }
 """What `copy_thread` copies of each table besides the thread row (names are constants)."""
 _COPY_SQL = {
@@ -267,13 +274,19 @@ def _columns(rows: list[tuple], width: int) -> list[list]:
 
 
 class PostgresThreadSaver(BaseCheckpointSaver[float]):
-    """LangGraph checkpointer on a PostgreSQL database; `saver.threads` is the thread index.
+    """LangGraph checkpointer on a PostgreSQL database; `saver.threads` is the thread index,
+    `saver.sessions` the sessions API (`checkpointers.sessions`), `saver.attachments` the
+    databases attached to threads (kept in PostgreSQL, copied locally for the tools).
 
     Open it with `checkpointers.open_saver("postgresql://...")` (or
     `open_async_saver`); several processes may share the database. Sync and
     async methods are available on every instance; the async ones use the
     process's asyncio pool on the running loop.
     """
+
+    native_async = True
+    """Its async methods are native asyncio: engine-neutral modules (`checkpointers.conversation`)
+    call them rather than running the sync ones on a worker thread."""
 
     def __init__(
         self,
@@ -300,6 +313,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         self.threads = PostgresThreadIndex(self._run, self._arun)
+        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun))
+        self.attachments = PostgresAttachments(url, self._run)
         self.maintenance = PostgresMaintenance(url, self._run, self._transaction)
         """Retention, erasure and statistics reads on this database (`engines.base.Maintenance`)."""
 
@@ -604,6 +619,21 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         for item in await self._arun(self._list(config, filter, before, limit), read=True):
             yield item
 
+    def _messages_value(self, thread_key: int, thread_id: str) -> Plan[tuple | None]:
+        """(value_no, kind, type, value) of the thread's current `messages` channel, or None."""
+        row = yield Sql(_LATEST_CHECKPOINT_SQL, ("", thread_id), FETCH_ONE)
+        versions = self._load(row[3], row[4])["channel_versions"] if row else {}
+        if MESSAGES_CHANNEL not in versions:
+            return None
+        found = yield Sql(_VALUES_AT_SQL, ([MESSAGES_CHANNEL], [version_key(versions[MESSAGES_CHANNEL])], thread_key, ""))
+        return tuple(found[0][1:]) if found else None
+
+    def _decoded_messages(self, thread_key: int, value_no: int, kind: int, type_: str | None, value: Any) -> Plan[list]:
+        """A `messages` value not stored as a list of message numbers (a graph's input, say), decoded."""
+        decoded = yield from self._decode_value(thread_key, value_no, kind, type_, value, own=True)
+        messages = decoded.value if isinstance(decoded, _DeltaSnapshot) else decoded
+        return list(messages) if isinstance(messages, list) else []
+
     def _read_messages(self, thread_id: str, user_id: Any, limit: int, before: int | None) -> Plan[MessagePage]:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, not {limit}")
@@ -611,18 +641,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         owner = yield Sql("SELECT thread_key, user_id FROM threads WHERE thread_id = %s", (thread_id,), FETCH_ONE)
         if owner is None or (user_id is not ANY_USER and owner[1] != user_id):
             raise ThreadNotFoundError(thread_id)
-        row = yield Sql(_LATEST_CHECKPOINT_SQL, ("", thread_id), FETCH_ONE)
-        versions = self._load(row[3], row[4])["channel_versions"] if row else {}
-        if MESSAGES_CHANNEL not in versions:
+        found = yield from self._messages_value(owner[0], thread_id)
+        if found is None:
             return MessagePage([], 0, 0)
-        found = yield Sql(_VALUES_AT_SQL, ([MESSAGES_CHANNEL], [version_key(versions[MESSAGES_CHANNEL])], owner[0], ""))
-        if not found:
-            return MessagePage([], 0, 0)
-        _, value_no, kind, type_, value = found[0]
+        value_no, kind, type_, value = found
         if kind != KIND_MESSAGE_LIST:
-            decoded = yield from self._decode_value(owner[0], value_no, kind, type_, value, own=True)
-            messages = decoded.value if isinstance(decoded, _DeltaSnapshot) else decoded
-            messages = list(messages) if isinstance(messages, list) else []
+            messages = yield from self._decoded_messages(owner[0], value_no, kind, type_, value)
             end = len(messages) if before is None else max(0, min(before, len(messages)))
             return MessagePage(messages[max(0, end - limit) : end], len(messages), max(0, end - limit))
         with self._cache_lock:
@@ -648,6 +672,30 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self, thread_id: str, *, user_id: Any = ANY_USER, limit: int = 50, before: int | None = None
     ) -> MessagePage:
         return await self._arun(self._read_messages(thread_id, user_id, limit, before), read=True)
+
+    def _conversation(self, thread_id: str, user_id: Any) -> Plan[Conversation | None]:
+        thread_id = check_id(thread_id)
+        row = yield Sql("SELECT thread_key, user_id, created_at FROM threads WHERE thread_id = %s", (thread_id,), FETCH_ONE)
+        if row is None or (user_id is not ANY_USER and row[1] != user_id):
+            return None
+        thread_key, owner, created_at = row
+        found = yield from self._messages_value(thread_key, thread_id)
+        if found is None:
+            return Conversation(thread_key, owner, created_at, [], [])
+        value_no, kind, type_, value = found
+        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+            stored = yield from self._load_list(thread_key, value_no)
+            return Conversation(thread_key, owner, created_at, stored.hand_out(), list(stored.nos))
+        messages = yield from self._decoded_messages(thread_key, value_no, kind, type_, value)
+        return Conversation(thread_key, owner, created_at, messages, [] if not messages else None)
+
+    def load_conversation(self, thread_id: str, user_id: Any) -> Conversation | None:
+        """The thread's current messages (see `checkpointers.conversation`); None if the
+        thread does not exist or is not the user's (`ANY_USER`: anyone's)."""
+        return self._run(self._conversation(thread_id, user_id), read=True)
+
+    async def aload_conversation(self, thread_id: str, user_id: Any) -> Conversation | None:
+        return await self._arun(self._conversation(thread_id, user_id), read=True)
 
     # -- BaseCheckpointSaver: writes ----------------------------------------
 
@@ -844,6 +892,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         the SQLite engine's signature: PostgreSQL's index forgets deleted rows itself."""
         keys = self._run(self._delete_threads(thread_ids, updated_before))
         self._forget_threads(keys)
+        if keys:
+            self.attachments.forget_deleted()
         return len(keys)
 
     async def adelete_threads(
@@ -851,6 +901,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     ) -> int:
         keys = await self._arun(self._delete_threads(thread_ids, updated_before))
         self._forget_threads(keys)
+        if keys:
+            await asyncio.to_thread(self.attachments.forget_deleted)
         return len(keys)
 
     def delete_thread(self, thread_id: str) -> None:
@@ -889,7 +941,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             FETCH_ONE,
         )
         yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
-        for sql in _COPY_SQL.values():
+        for table, sql in _COPY_SQL.items():
+            if table == "message_times":  # the trigger dated the messages just copied now; they keep the source's
+                yield Sql("DELETE FROM message_times WHERE thread_key = %s", (new_key,), FETCH_NONE)
             yield Sql(sql, (new_key, src[0]), FETCH_NONE)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
@@ -942,8 +996,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 continue
             touched.append(thread_key)
             if strategy == "delete":
-                for table in ("checkpoints", "channel_values", "messages", "writes"):
-                    yield Sql(_DELETE_THREAD_ROWS_SQL[table], (thread_key,), FETCH_NONE)
+                for sql in _DELETE_THREAD_ROWS_SQL.values():  # the thread's attachment stays
+                    yield Sql(sql, (thread_key,), FETCH_NONE)
                 yield Sql(
                     "UPDATE threads SET message_count = 0, gc_epoch = gc_epoch + 1 WHERE thread_key = %s",
                     (thread_key,),
@@ -1108,9 +1162,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """See `checkpoint_codec.next_version`."""
         return checkpoint_codec.next_version(current)
 
-    def attachment_database(self, thread_id: str) -> None:
-        """Attached databases are not available on this engine: no thread has one."""
-        return None
+    def attachment_path(self, thread_id: str) -> Path | None:
+        """This machine's read-only copy of the database attached to the thread, or None."""
+        return self.attachments.path(thread_id)
+
+    def attachment_database(self, thread_id: str) -> Path | None:
+        """What the agent's tools open: `attachment_path` (the file is written to this
+        machine's cache from the database the first time a process needs it)."""
+        return self.attachments.database(thread_id)
 
 
 _SNAPSHOT = psycopg.IsolationLevel.REPEATABLE_READ
@@ -1121,7 +1180,8 @@ _DELETE_CHECKPOINT_SQL = tuple(
     for table in ("checkpoints", "writes")
 )
 _DELETE_THREAD_ROWS_SQL = {
-    table: f"DELETE FROM {table} WHERE thread_key = %s" for table in ("checkpoints", "channel_values", "messages", "writes")
+    table: f"DELETE FROM {table} WHERE thread_key = %s"
+    for table in ("checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata")
 }
 
 

@@ -6,7 +6,9 @@ index; `metadata` is `jsonb`), `checkpoints` (without channel values),
 `channel_values` (a value written once per version; a message list as message
 numbers, a delta of an earlier list), `messages` (each message once per
 thread, deflated, with its search words as a `tsvector` under a GIN index),
-and `writes`. Every table but `threads` references its thread with
+and `writes`; then what sessions and attachments add: `message_times`,
+`message_metadata` and `attachments` (the attached database's bytes). Every
+table but `threads` references its thread with
 `ON DELETE CASCADE`, so deleting a thread's row deletes all of it.
 
 `migrate` runs under a transaction-scoped advisory lock: processes that start
@@ -154,9 +156,71 @@ M002_OPERATIONS = (
 )
 """Retention and statistics: the expiry index, `sweeps`, and the usage counters."""
 
+
+M003_SESSIONS_AND_ATTACHMENTS = (
+    # When messages were stored (unix milliseconds), as SQLite's `message_times`: a
+    # row (thread_key, message_no, t) dates message_no and every later message of
+    # the thread up to the next row. A statement-level trigger writes one row per
+    # thread per statement that stores messages (a checkpoint's write is one
+    # statement), and none when the thread's newest row already has this millisecond.
+    """
+    CREATE TABLE message_times (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        message_no integer NOT NULL,
+        created_at bigint NOT NULL,
+        PRIMARY KEY (thread_key, message_no)
+    )
+    """,
+    """
+    CREATE FUNCTION messages_record_time() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO message_times (thread_key, message_no, created_at)
+        SELECT n.thread_key, min(n.message_no),
+            (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+        FROM new_messages n GROUP BY n.thread_key
+        HAVING (SELECT t.created_at FROM message_times t WHERE t.thread_key = n.thread_key
+                ORDER BY t.message_no DESC LIMIT 1)
+            IS DISTINCT FROM (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+        ON CONFLICT (thread_key, message_no) DO UPDATE SET created_at = EXCLUDED.created_at;
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER messages_record_time AFTER INSERT ON messages
+    REFERENCING NEW TABLE AS new_messages FOR EACH STATEMENT EXECUTE FUNCTION messages_record_time()
+    """,
+    # Metadata and given creation times (microseconds) of messages written through
+    # `saver.sessions`, keyed by message id, as SQLite's `message_metadata`.
+    """
+    CREATE TABLE message_metadata (
+        thread_key bigint NOT NULL REFERENCES threads ON DELETE CASCADE,
+        message_id text NOT NULL,
+        created_at bigint,
+        metadata jsonb NOT NULL DEFAULT '{}',
+        PRIMARY KEY (thread_key, message_id)
+    )
+    """,
+    # The database attached to a thread, its bytes included: every app process
+    # reads it from here and keeps a read-only copy named by `sha256` (TOAST
+    # stores the bytes out of line, so reading the other columns stays cheap).
+    """
+    CREATE TABLE attachments (
+        thread_key bigint PRIMARY KEY REFERENCES threads ON DELETE CASCADE,
+        name text NOT NULL,
+        sha256 text NOT NULL,
+        bytes bigint NOT NULL,
+        tables jsonb NOT NULL,
+        attached_at text NOT NULL,
+        data bytea NOT NULL
+    )
+    """,
+)
+
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_operations", M002_OPERATIONS),
+    ("m003_sessions_and_attachments", M003_SESSIONS_AND_ATTACHMENTS),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 
