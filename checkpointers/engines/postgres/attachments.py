@@ -28,8 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from checkpointers import stats
 from checkpointers.attachments import Attachment, Attachments, build_database
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.connection import neutral
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.messages import utc_now
 from checkpointers.threads import ANY_USER
@@ -80,12 +82,15 @@ class PostgresAttachments(Attachments):
         row = yield Sql(_THREAD_SQL, (thread_id,), FETCH_ONE)
         if row is None:
             owner = None if user_id is ANY_USER else user_id
-            yield Sql(_NEW_THREAD_SQL, (thread_id, owner, now, now), FETCH_NONE)
+            created = yield Sql(_NEW_THREAD_SQL, (thread_id, owner, now, now), FETCH_NONE)
+            if created:
+                yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
             row = yield Sql(_THREAD_SQL, (thread_id,), FETCH_ONE)
         if user_id is not ANY_USER and row[0] != user_id:
             raise ThreadNotFoundError(thread_id)
         old = yield Sql("SELECT sha256 FROM attachments WHERE thread_key = %s", (row[1],), FETCH_ONE)
         yield Sql(_STORE_SQL, (row[1], name, digest, len(data), json.dumps(tables), now, data), FETCH_NONE)
+        yield from neutral(stats.attachment_added)  # usage statistics
         return old[0] if old else None
 
     def _delete(self, thread_id: str, user_id: Any) -> Plan[str | None]:

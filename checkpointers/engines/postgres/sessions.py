@@ -18,8 +18,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
-from checkpointers import metadata as md
+from checkpointers import metadata as md, stats
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.connection import neutral
 from checkpointers.sessions import MessageQuery
 
 T = TypeVar("T")
@@ -139,6 +140,7 @@ class PostgresSessions:
             (session_id, owner, title, now, now, stored),
             FETCH_NONE,
         )
+        yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
         yield Sql(
