@@ -296,8 +296,13 @@ def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser,
         page.get_by_role("button", name="Login").click()
         expect(page.locator("#sidebar")).not_to_have_class(re.compile(r"\bopen\b"), timeout=10_000)  # closed on a phone
         shot(page, "empty-phone")
+        toggle = page.locator("#sidebar .toggle-button").bounding_box()
+        assert toggle and toggle["x"] >= 0 and toggle["x"] + toggle["width"] <= 390  # the toggle is whole
         page.locator("#sidebar .toggle-button").click()
+        expect(page.locator("#sidebar")).to_have_class(re.compile(r"\bopen\b"))
         expect(page.locator("#who")).to_contain_text("Signed in as alice", timeout=30_000)
+        expect(page.locator("#who")).to_be_in_viewport()
+        page.wait_for_timeout(600)  # the sidebar's slide ends before the picture
         shot(page, "sidebar-phone")
         page.locator("#thread-list label").first.click()
         expect(page.locator('#chat [data-testid="user"]').last).to_contain_text(human(999).content[:30], timeout=30_000)
