@@ -1,4 +1,6 @@
-"""Files and paths a user can point the store at: one clear error, nothing changed."""
+"""Files and paths a user can point the store at: one clear error, nothing changed
+(SQLite's files; PostgreSQL's own refusals are in test_postgres_engine.py), and ids
+that name nothing, on both engines."""
 
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ def test_an_unwritable_path(tmp_path):
     assert "is a directory" in _one_line(raised.value)
 
 
-def test_unknown_threads_read_as_absent(saver):
+def test_unknown_threads_read_as_absent(store):
+    saver = store
     assert saver.get_tuple({"configurable": {"thread_id": "never"}}) is None
     assert list(saver.list({"configurable": {"thread_id": "never"}})) == []
     assert chat_graph(saver).get_state({"configurable": {"thread_id": "never"}}).values == {}

@@ -1,4 +1,5 @@
-"""Opening a long thread reads its newest messages, not its whole history."""
+"""Opening a long thread reads its newest messages, not its whole history: pages and
+ownership on both engines (`store_url`), SQLite's statement counts on a file."""
 
 from __future__ import annotations
 
@@ -6,32 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from checkpointers import ThreadNotFoundError, ThreadSaver
+from checkpointers import ThreadNotFoundError, ThreadSaver, open_saver
 from tests.chat import chat_graph, human
 
 
-def long_thread(db_path: Path, turns: int) -> list:
-    saver = ThreadSaver(db_path)
-    graph = chat_graph(saver)
-    config = {"configurable": {"thread_id": "long", "user_id": "alice"}}
-    for n in range(turns):
-        graph.invoke({"messages": [human(n)]}, config)
-    messages = graph.get_state(config).values["messages"]
-    saver.close()
-    return messages
+def long_thread(where: Path | str, turns: int) -> list:
+    """A thread of `turns` turns in the store at `where` (a SQLite file or a store URL)."""
+    with open_saver(where if isinstance(where, str) else f"sqlite:///{where}") as saver:
+        graph = chat_graph(saver)
+        config = {"configurable": {"thread_id": "long", "user_id": "alice"}}
+        for n in range(turns):
+            graph.invoke({"messages": [human(n)]}, config)
+        return graph.get_state(config).values["messages"]
 
 
-def test_pages_of_the_newest_messages_match_the_state(db_path: Path):
-    everything = long_thread(db_path, 130)
-    saver = ThreadSaver(db_path)  # cold: nothing cached
-    page = saver.read_messages("long", user_id="alice", limit=50)
-    assert (page.total, page.start) == (260, 210)
-    assert page.messages == everything[210:]
-    earlier = saver.read_messages("long", user_id="alice", limit=50, before=page.start)
-    assert earlier.start == 160 and earlier.messages == everything[160:210]
-    first = saver.read_messages("long", user_id="alice", limit=50, before=10)
-    assert first.start == 0 and first.messages == everything[:10]
-    saver.close()
+def test_pages_of_the_newest_messages_match_the_state(store_url: str):
+    everything = long_thread(store_url, 130)
+    with open_saver(store_url) as saver:  # cold: nothing cached
+        page = saver.read_messages("long", user_id="alice", limit=50)
+        assert (page.total, page.start) == (260, 210)
+        assert page.messages == everything[210:]
+        earlier = saver.read_messages("long", user_id="alice", limit=50, before=page.start)
+        assert earlier.start == 160 and earlier.messages == everything[160:210]
+        first = saver.read_messages("long", user_id="alice", limit=50, before=10)
+        assert first.start == 0 and first.messages == everything[:10]
 
 
 def segment_steps(saver: ThreadSaver, thread_id: str) -> int:
@@ -95,11 +94,10 @@ def test_a_cold_page_of_a_long_thread_costs_a_handful_of_statements(db_path: Pat
     saver.close()
 
 
-def test_another_users_thread_is_not_found(db_path: Path):
-    long_thread(db_path, 2)
-    saver = ThreadSaver(db_path)
-    with pytest.raises(ThreadNotFoundError):
-        saver.read_messages("long", user_id="bob")
-    with pytest.raises(ThreadNotFoundError):
-        saver.read_messages("nope", user_id="alice")
-    saver.close()
+def test_another_users_thread_is_not_found(store_url: str):
+    long_thread(store_url, 2)
+    with open_saver(store_url) as saver:
+        with pytest.raises(ThreadNotFoundError):
+            saver.read_messages("long", user_id="bob")
+        with pytest.raises(ThreadNotFoundError):
+            saver.read_messages("nope", user_id="alice")

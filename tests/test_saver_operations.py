@@ -1,4 +1,5 @@
-"""Deleting, copying, pruning and run deletion, on real files."""
+"""Deleting, copying, pruning and run deletion: on both engines (`store`), and what is
+SQLite's own (its file's pages, its segments) on a real file (`saver`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from datetime import datetime, timezone
 import pytest
 from langchain_core.messages import HumanMessage
 
-from checkpointers import ThreadExistsError, ThreadNotFoundError, ThreadSaver
+from checkpointers import ThreadExistsError, ThreadNotFoundError, ThreadSaver, open_saver
 from tests.chat import chat_graph, human
 
-TABLES = ("checkpoints", "channel_values", "messages", "message_segments", "writes")
+TABLES = {
+    "sqlite": ("checkpoints", "channel_values", "messages", "message_segments", "writes"),
+    "postgres": ("checkpoints", "channel_values", "messages", "writes"),
+}
+"""The tables a thread's history lives in, by engine."""
 
 
 def _chat(saver, thread_id, turns, user="u", start=0):
@@ -25,16 +30,20 @@ def _chat(saver, thread_id, turns, user="u", start=0):
 
 
 def _rows(saver, thread_id):
-    key = saver.conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
-    if key is None:
-        return 0
-    return sum(saver.conn.execute(f"SELECT count(*) FROM {t} WHERE thread_key = ?", key).fetchone()[0] for t in TABLES)
+    """Rows of the thread's history in every table it has, read through the engine."""
+    tables = TABLES["sqlite" if isinstance(saver, ThreadSaver) else "postgres"]
+    with saver.maintenance.reading() as query:
+        keys = query("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
+        if not keys:
+            return 0
+        return sum(query(f"SELECT count(*) FROM {t} WHERE thread_key = ?", keys[0])[0][0] for t in tables)
 
 
-def test_delete_thread_removes_every_row_and_the_index_entry(saver):
-    _chat(saver, "gone", 70)  # enough to seal a message segment
+def test_delete_thread_removes_every_row_and_the_index_entry(store):
+    saver = store
+    _chat(saver, "gone", 70)  # enough to seal a message segment on SQLite
     _chat(saver, "kept", 2)
-    assert saver.conn.execute("SELECT count(*) FROM message_segments").fetchone()[0] >= 1
+    assert _rows(saver, "gone") > 0
     saver.delete_thread("gone")
     assert _rows(saver, "gone") == 0
     assert saver.threads.count("u") == 1
@@ -42,14 +51,16 @@ def test_delete_thread_removes_every_row_and_the_index_entry(saver):
     assert len(chat_graph(saver).get_state({"configurable": {"thread_id": "kept"}}).values["messages"]) == 4
 
 
-def test_delete_threads_in_one_call_counts_what_existed(saver):
+def test_delete_threads_in_one_call_counts_what_existed(store):
+    saver = store
     for i in range(5):
         _chat(saver, f"t{i}", 1)
     assert saver.delete_threads(["t0", "t1", "missing"]) == 2
     assert sorted(t.thread_id for t in saver.threads.list("u").threads) == ["t2", "t3", "t4"]
 
 
-def test_copy_thread_carries_the_whole_history_and_stays_independent(saver):
+def test_copy_thread_carries_the_whole_history_and_stays_independent(store):
+    saver = store
     graph, config = _chat(saver, "src", 70)
     saver.threads.rename("src", "original")
     saver.copy_thread("src", "dst")
@@ -66,37 +77,33 @@ def test_copy_thread_carries_the_whole_history_and_stays_independent(saver):
         saver.copy_thread("nope", "other")
 
 
-def test_prune_keep_latest_keeps_the_full_state_and_frees_the_rest(saver):
+def test_prune_keep_latest_keeps_the_full_state_and_frees_the_rest(store, store_url):
+    saver = store
     graph, config = _chat(saver, "t", 80)
     before_state = graph.get_state(config).values
     before_rows = _rows(saver, "t")
     saver.prune(["t"], strategy="keep_latest")
     assert len(list(saver.list(config))) == 1
     assert _rows(saver, "t") < before_rows / 3
-    fresh = ThreadSaver(saver.path)
-    try:
+    with open_saver(store_url) as fresh:
         assert chat_graph(fresh).get_state(config).values == before_state
-    finally:
-        fresh.close()
     graph.invoke({"messages": [human(900)]}, config)
     assert len(graph.get_state(config).values["messages"]) == 162
 
 
-def test_prune_keep_latest_keeps_what_a_delta_channel_replays(saver):
-    graph = chat_graph(saver, delta=True)
+def test_prune_keep_latest_keeps_what_a_delta_channel_replays(store, store_url):
+    graph = chat_graph(store, delta=True)
     config = {"configurable": {"thread_id": "d", "user_id": "u"}}
     for n in range(10):
         graph.invoke({"messages": [human(n)]}, config)
     expected = graph.get_state(config).values
-    saver.prune(["d"], strategy="keep_latest")
-    fresh = ThreadSaver(saver.path)
-    try:
+    store.prune(["d"], strategy="keep_latest")
+    with open_saver(store_url) as fresh:
         assert chat_graph(fresh, delta=True).get_state(config).values == expected
-    finally:
-        fresh.close()
 
 
-def test_prune_delete_empties_the_thread_but_keeps_its_index_row(saver):
+def test_prune_delete_empties_the_thread_but_keeps_its_index_row(store):
+    saver = store
     _chat(saver, "t", 3)
     saver.prune(["t"], strategy="delete")
     assert _rows(saver, "t") == 0
@@ -105,8 +112,10 @@ def test_prune_delete_empties_the_thread_but_keeps_its_index_row(saver):
         saver.prune(["t"], strategy="everything")
 
 
-def test_delete_for_runs_drops_that_runs_checkpoints_only(saver):
+def test_delete_for_runs_drops_that_runs_checkpoints_only(store):
     import uuid
+
+    saver = store
 
     graph = chat_graph(saver)
     config = {"configurable": {"thread_id": "t", "user_id": "u"}}
@@ -118,7 +127,8 @@ def test_delete_for_runs_drops_that_runs_checkpoints_only(saver):
     remaining = list(saver.list(config))
     assert {t.metadata["run_id"] for t in remaining} == set(runs[:2])
     assert len(graph.get_state(config).values["messages"]) == 4
-    assert saver.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if isinstance(saver, ThreadSaver):
+        assert saver.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_compact_hands_freed_pages_back_without_vacuum(saver):
@@ -233,7 +243,8 @@ def test_reading_a_long_thread_runs_no_garbage_collection_and_leaves_the_collect
             gc.enable()
 
 
-def test_a_copied_thread_keeps_its_messages_times_and_metadata(saver):
+def test_a_copied_thread_keeps_its_messages_times_and_metadata(store):
+    saver = store
     saver.sessions.put_session("u", "src")
     given = datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=timezone.utc)
     saver.sessions.put_message("src", HumanMessage("dated and tagged", id="m-1"), user_id="u",
