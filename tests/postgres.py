@@ -61,3 +61,25 @@ def fresh_schema(database_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def tables_holding(url: str, text: str) -> set[str]:
+    """The store's tables with a row whose text, or any of whose byte strings, holds `text`."""
+    found = set()
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, array_agg(column_name::text) FILTER (WHERE data_type = 'bytea') "
+            "FROM information_schema.columns WHERE table_schema = current_schema() GROUP BY table_name"
+        ).fetchall()
+        for table, blobs in columns:
+            tests = [sql.SQL("t::text LIKE {}").format(sql.Literal(f"%{text}%"))]
+            tests += [
+                sql.SQL("position({} IN t.{}) > 0").format(sql.Literal(text.encode()), sql.Identifier(column))
+                for column in blobs or ()
+            ]
+            query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(
+                sql.Identifier(table), sql.SQL(" OR ").join(tests)
+            )
+            if conn.execute(query).fetchone()[0]:
+                found.add(table)
+    return found

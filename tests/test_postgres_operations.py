@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import psycopg
 from langchain_core.messages import HumanMessage
-from psycopg import sql
 
 from checkpointers import ANY_USER, open_saver, stats
 from checkpointers.engines.postgres.maintenance import THREAD_TABLES
@@ -21,6 +20,7 @@ from checkpointers.engines.postgres.schema import MIGRATIONS
 from checkpointers.retention import RetentionPolicy, Sweeper, delete_user, recent_sweeps
 from checkpointers.transfer import export_user
 from tests.chat import echo_graph
+from tests.postgres import tables_holding
 from tests.serve import ROOT, Server
 from tests.test_isolation import Browser
 from ui.identity import SECRET_FILE
@@ -33,28 +33,6 @@ MARKER = "zqxerasuremarker7731"
 def _say(saver, thread_id: str, text: str, user: str) -> None:
     config = {"configurable": {"thread_id": thread_id, "user_id": user}}
     echo_graph(saver, "noted: ").invoke({"messages": [HumanMessage(text)]}, config)
-
-
-def tables_holding(url: str, text: str) -> set[str]:
-    """The store's tables with a row whose text, or any of whose byte strings, holds `text`."""
-    found = set()
-    with psycopg.connect(url) as conn:
-        columns = conn.execute(
-            "SELECT table_name, array_agg(column_name::text) FILTER (WHERE data_type = 'bytea') "
-            "FROM information_schema.columns WHERE table_schema = current_schema() GROUP BY table_name"
-        ).fetchall()
-        for table, blobs in columns:
-            tests = [sql.SQL("t::text LIKE {}").format(sql.Literal(f"%{text}%"))]
-            tests += [
-                sql.SQL("position({} IN t.{}) > 0").format(sql.Literal(text.encode()), sql.Identifier(column))
-                for column in blobs or ()
-            ]
-            query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(
-                sql.Identifier(table), sql.SQL(" OR ").join(tests)
-            )
-            if conn.execute(query).fetchone()[0]:
-                found.add(table)
-    return found
 
 
 def test_delete_user_leaves_their_text_in_no_table_and_vacuums_the_thread_tables(postgres_url):

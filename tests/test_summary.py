@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from checkpointers import ThreadSaver
+from checkpointers import ThreadSaver, open_saver
 from checkpointers.retention import delete_user
 from graph import Settings, build_graph
 from graph.summary import (
@@ -355,10 +355,10 @@ def summarised_thread(saver, thread: str = "t", user: str = "alice"):
     return app
 
 
-def test_copy_thread_copies_the_summary_and_the_facts(saver):
-    app = summarised_thread(saver)
+def test_copy_thread_copies_the_summary_and_the_facts(store):
+    app = summarised_thread(store)
     set_facts(app, config(), ["I live in Oslo."])
-    saver.copy_thread("t", "t2")
+    store.copy_thread("t", "t2")
     assert summary_of(app, config("t2")) == summary_of(app, config("t"))
 
 
@@ -376,6 +376,23 @@ def test_deleting_the_thread_or_the_user_leaves_no_trace_of_its_summary(saver, d
         delete_user(saver, "alice")
     saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert MARKER.encode() not in disk_bytes(db_path.parent)
+
+
+@pytest.mark.parametrize("erase", ["thread", "user"])
+def test_on_postgresql_deleting_the_thread_or_the_user_leaves_its_summary_in_no_table(postgres_url, erase):
+    from tests.postgres import tables_holding
+
+    with open_saver(postgres_url) as saver:
+        summarised_thread(saver)
+        summarised_thread(saver, "other", "bob")
+        set_facts(build_graph(checkpointer=saver, settings=Settings()), config("t"), [f"fact {MARKER}-f"])
+        assert tables_holding(postgres_url, MARKER)  # the check below can fail
+        saver.delete_thread("other")
+        if erase == "thread":
+            saver.delete_thread("t")
+        else:
+            delete_user(saver, "alice")
+    assert tables_holding(postgres_url, MARKER) == set()
 
 
 def test_with_encryption_the_summary_is_not_in_the_file_in_clear(tmp_path):
