@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from checkpointers import ThreadSaver
+from checkpointers import ThreadSaver, open_saver
 from graph import Settings, build_graph
 from graph.model import OfflineChatModel
 from tests.scripted import ScriptedChatModel, echo
@@ -111,7 +111,8 @@ def tool_then_answer(sql: str):
     return script
 
 
-def test_the_model_answers_from_the_attached_database(saver: ThreadSaver, tmp_path: Path):
+def test_the_model_answers_from_the_attached_database(store, tmp_path: Path):
+    saver = store
     saver.attachments.attach("t1", make_sales_db(tmp_path / "sales.db"), user_id="alice")
     model = ScriptedChatModel(script=tool_then_answer("SELECT sum(total) FROM orders WHERE customer = 'Ada'"))
     app = build_graph(checkpointer=saver, model=model, settings=OFFLINE)
@@ -134,24 +135,24 @@ def test_without_an_attachment_the_model_gets_no_database_tools(saver: ThreadSav
     assert "database" not in seen[0]
 
 
-def test_the_attachment_comes_back_when_the_thread_resumes_and_goes_with_copy_and_delete(db_path: Path, tmp_path: Path):
+def test_the_attachment_comes_back_when_the_thread_resumes_and_goes_with_copy_and_delete(store_url: str, tmp_path: Path):
     source = make_sales_db(tmp_path / "sales.db")
     model = ScriptedChatModel(script=tool_then_answer("SELECT count(*) FROM orders"))
-    with_store = ThreadSaver(db_path)
-    with_store.attachments.attach("t1", source, user_id="alice")
-    with_store.close()
-    reopened = ThreadSaver(db_path)
-    app = build_graph(checkpointer=reopened, model=model, settings=OFFLINE)
-    state = app.invoke({"messages": [HumanMessage("how many orders?")]}, config("t1"))
-    assert "3" in state["messages"][-1].content.split("count(*)")[-1]
-    reopened.copy_thread("t1", "t2")
-    original, copy = reopened.attachments.get("t1"), reopened.attachments.get("t2")
-    assert copy is not None and copy.path != original.path and copy.path.read_bytes() == original.path.read_bytes()
-    reopened.delete_thread("t1")
-    assert not original.path.exists() and copy.path.exists()
-    state = app.invoke({"messages": [HumanMessage("and now?")]}, config("t2"))
-    assert "3" in state["messages"][-1].content.split("count(*)")[-1]
-    reopened.close()
+    with open_saver(store_url) as with_store:
+        with_store.attachments.attach("t1", source, user_id="alice")
+    with open_saver(store_url) as reopened:
+        app = build_graph(checkpointer=reopened, model=model, settings=OFFLINE)
+        state = app.invoke({"messages": [HumanMessage("how many orders?")]}, config("t1"))
+        assert "3" in state["messages"][-1].content.split("count(*)")[-1]
+        reopened.copy_thread("t1", "t2")
+        original, copy = reopened.attachments.get("t1"), reopened.attachments.get("t2")
+        assert copy is not None and copy.name == original.name and copy.tables == original.tables
+        reopened.delete_thread("t1")
+        assert reopened.attachments.get("t1") is None
+        if isinstance(reopened, ThreadSaver):  # a SQLite store keeps each thread's own copy beside the file
+            assert copy.path != original.path and not original.path.exists() and copy.path.exists()
+        state = app.invoke({"messages": [HumanMessage("and now?")]}, config("t2"))
+        assert "3" in state["messages"][-1].content.split("count(*)")[-1]
 
 
 def test_the_database_sandbox_refuses_writes_attach_and_runaway_queries(saver: ThreadSaver, tmp_path: Path):
