@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from checkpointers import ThreadSaver
+from checkpointers import ThreadSaver, open_saver
 from tests.chat import chat_graph, human
 
 
@@ -79,3 +79,23 @@ def test_message_lists_are_stored_as_deltas_not_copies(saver):
     assert 400 <= stored_numbers <= 600
     (longest,) = saver.conn.execute("SELECT max(depth) FROM channel_values").fetchone()
     assert longest < 64
+
+
+def test_on_postgresql_a_turn_writes_what_is_new_and_storage_grows_linearly(postgres_url):
+    """Stock `PostgresSaver` writes the whole message list at every step, so its thread
+    grows with the square of its turns; here each message is one row, written once."""
+    with open_saver(postgres_url) as saver:
+        graph = chat_graph(saver)
+        config = {"configurable": {"thread_id": "long", "user_id": "u"}}
+        rng = random.Random(5)
+        sizes = {}
+        for turn in range(1, 601):
+            graph.invoke({"messages": [human(turn, rng)]}, config)
+            if turn in (100, 300, 600):
+                sizes[turn] = saver.maintenance.bytes_in_use()
+        with saver.maintenance.reading() as query:
+            ((messages,),) = query("SELECT count(*) FROM messages")
+        assert messages == 1200  # each message stored once, not once per checkpoint
+    late = (sizes[600] - sizes[300]) / 300
+    early = (sizes[300] - sizes[100]) / 200
+    assert late <= early * 1.25, (early, late)
