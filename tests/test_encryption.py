@@ -37,6 +37,7 @@ from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
+from tests.postgres import fresh_schema
 from tests.scripted import ScriptedChatModel
 from ui.cli import main
 
@@ -546,23 +547,22 @@ def value_of(db: Path, sql: str, params: tuple = ()):
         return conn.execute(sql, params).fetchone()[0]
 
 
-def thread_key(db: Path, thread_id: str) -> int:
-    return value_of(db, "SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
+def thread_key(url: str, thread_id: str) -> int:
+    return value_at(url, "SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
 
 
-def two_threads(db: Path, turns: int = 2) -> None:
+def two_threads(url: str, turns: int = 2) -> None:
     """Threads "a" and "b" of alice, the same shape (same message numbers), different words."""
-    with open_store(db, KEY) as saver:
+    with open_url(url, KEY) as saver:
         for thread_id in ("a", "b"):
             for turn in range(1, turns + 1):
                 echo_graph(saver).invoke({"messages": [HumanMessage(f"{thread_id} says {turn}")]}, config(thread_id))
 
 
-def test_an_encrypted_title_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    tamper(db, "UPDATE threads SET title = (SELECT title FROM threads WHERE thread_id = 'a') WHERE thread_id = 'b'")
-    with open_store(db, KEY) as saver:
+def test_an_encrypted_title_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    tamper_url(store_url, "UPDATE threads SET title = (SELECT title FROM threads WHERE thread_id = 'a') WHERE thread_id = 'b'")
+    with open_url(store_url, KEY) as saver:
         assert saver.threads.get("a").title == "a says 1"
         with pytest.raises(EncryptionKeyError) as refused:
             saver.threads.get("b")
@@ -574,11 +574,10 @@ def test_an_encrypted_title_moved_to_another_thread_is_refused(tmp_path: Path):
             saver.threads.list("alice")
 
 
-def test_a_sealed_title_replaced_by_plain_text_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    tamper(db, "UPDATE threads SET title = 'Wire the money today' WHERE thread_id = 'a'")
-    with open_store(db, KEY) as saver:
+def test_a_sealed_title_replaced_by_plain_text_is_refused(store_url):
+    two_threads(store_url)
+    tamper_url(store_url, "UPDATE threads SET title = 'Wire the money today' WHERE thread_id = 'a'")
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError) as refused:
             saver.threads.get("a")
         assert str(refused.value) == (
@@ -589,59 +588,69 @@ def test_a_sealed_title_replaced_by_plain_text_is_refused(tmp_path: Path):
             saver.sessions.get_session("a", user_id="alice")
 
 
-def test_two_messages_of_a_thread_swapped_are_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key = thread_key(db, "a")
-    with closing(sqlite3.connect(db)) as conn:  # the thread's first two human messages, blobs swapped
-        (n1, v1), (n2, v2) = conn.execute(
-            "SELECT message_no, value FROM messages WHERE thread_key = ? AND type LIKE 'lc.human%' "
-            "ORDER BY message_no LIMIT 2",
+def test_two_messages_of_a_thread_swapped_are_refused(store_url):
+    two_threads(store_url)
+    key = thread_key(store_url, "a")
+    # The thread's first two human messages, blobs swapped.
+    n1, n2 = (
+        value_at(
+            store_url,
+            "SELECT message_no FROM messages WHERE thread_key = ? AND type LIKE 'lc.human%' "
+            f"ORDER BY message_no LIMIT 1 OFFSET {offset}",
             (key,),
-        ).fetchall()
-        conn.executemany(
-            "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?", [(v2, key, n1), (v1, key, n2)]
         )
-        conn.commit()
-    with open_store(db, KEY) as saver:
-        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(messages of thread_key {key} at {n1}\) failed"):
+        for offset in (0, 1)
+    )
+    v1, v2 = (value_at(store_url, "SELECT value FROM messages WHERE thread_key = ? AND message_no = ?", (key, n)) for n in (n1, n2))
+    for value, no in ((v2, n1), (v1, n2)):
+        tamper_url(store_url, "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?", (value, key, no))
+    with open_url(store_url, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(messages of thread_key {key} at ({n1}|{n2})\) failed"):
             saver.read_messages("a")
         with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
             echo_graph(saver).get_state(config("a"))
         assert [m.content for m in saver.read_messages("b").messages][::2] == ["b says 1", "b says 2"]
 
 
-@pytest.mark.parametrize("table", ["messages", "message_segments"])
-def test_a_message_blob_moved_to_another_thread_is_refused(tmp_path: Path, table: str):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db, turns=2 if table == "messages" else 40)  # 80 messages: the first 64 sealed in a segment
-    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+def moved_message_blob_is_refused(url: str, table: str) -> None:
+    """The first message row (or segment) of thread "a" given the blob of the same row of "b"."""
+    key_a, key_b = thread_key(url, "a"), thread_key(url, "b")
     column = "message_no" if table == "messages" else "first_no"
-    tamper(
-        db,
-        f"UPDATE {table} SET value = (SELECT value FROM {table} b WHERE b.thread_key = ?2 AND b.{column} = {table}.{column}) "
-        f"WHERE thread_key = ?1 AND {column} = (SELECT min({column}) FROM {table} WHERE thread_key = ?1)",
-        (key_a, key_b),
+    tamper_url(
+        url,
+        f"UPDATE {table} SET value = (SELECT value FROM {table} b WHERE b.thread_key = ? AND b.{column} = {table}.{column}) "
+        f"WHERE thread_key = ? AND {column} = (SELECT min({column}) FROM {table} WHERE thread_key = ?)",
+        (key_b, key_a, key_a),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"\({table} of thread_key {key_a} at .*\) failed its integrity check"):
             echo_graph(saver).get_state(config("a"))
         assert saver.read_messages("b", limit=1).messages[0].content.startswith("you said: b says")
 
 
-def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key = thread_key(db, "a")
+def test_a_message_blob_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    moved_message_blob_is_refused(store_url, "messages")
+
+
+def test_a_message_segment_moved_to_another_thread_is_refused(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'threadkeeper.db'}"
+    two_threads(url, turns=40)  # 80 messages: the first 64 sealed in a segment (SQLite's)
+    moved_message_blob_is_refused(url, "message_segments")
+
+
+def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(store_url):
+    two_threads(store_url)
+    key = thread_key(store_url, "a")
     # The newest checkpoint of "a" given the blob of its first: the thread "rolled back" two turns.
-    tamper(
-        db,
-        "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ?1 "
-        "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ?1 AND checkpoint_id = "
-        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?1)",
-        (key,),
+    tamper_url(
+        store_url,
+        "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ? "
+        "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ? AND checkpoint_id = "
+        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?)",
+        (key, key, key),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"^stored data \(checkpoints of thread_key {key} at '', "):
             echo_graph(saver).get_state(config("a"))
         with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
@@ -649,32 +658,29 @@ def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(tmp_path: Path
         assert len(echo_graph(saver).get_state(config("b")).values["messages"]) == 4
 
 
-def test_a_serialised_value_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+def test_a_serialised_value_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    key_a, key_b = thread_key(store_url, "a"), thread_key(store_url, "b")
     # Values the serializer wrote (not lists of message numbers): same value_no in both threads.
-    tamper(
-        db,
-        "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ?2 "
-        "AND b.value_no = channel_values.value_no) WHERE thread_key = ?1 AND kind IN (0, 3) AND value IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ?2 AND b.value_no = channel_values.value_no "
+    tamper_url(
+        store_url,
+        "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ? "
+        "AND b.value_no = channel_values.value_no) WHERE thread_key = ? AND kind IN (0, 3) AND value IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ? AND b.value_no = channel_values.value_no "
         "AND b.kind = channel_values.kind)",
-        (key_a, key_b),
+        (key_b, key_a, key_b),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"\(channel_values of thread_key {key_a} at \d+\) failed"):
             list(saver.list(config("a")))
 
 
-def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(tmp_path: Path):
-    data = tmp_path / "data"
-    db = data / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         written = chat_with_marker(saver, tmp_path, "src")["messages"]
         saver.copy_thread("src", "dst")
         saver.delete_thread("src")
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=ask_the_database), settings=OFFLINE)
         assert app.get_state(config("dst")).values["messages"] == written
         assert saver.threads.get("dst").title == f"Plans for {MARKER} week"
@@ -682,20 +688,23 @@ def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(tmp_pa
         assert (copied.name, copied.tables) == (f"{MARKER}.db", ["notes"])
         assert MARKER.encode() in saver.attachments.database("dst")
         assert searched(saver, "database says") == ["dst"]
-    assert MARKER.encode() not in everything_on_disk(data)
+    assert MARKER.encode() not in everything_on_disk(tmp_path) and holding(store_url, MARKER) == set()
 
 
-def test_an_attachment_file_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "data" / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+_MOVE_ATTACHMENT = {
+    False: "UPDATE attachments SET file = (SELECT file FROM attachments WHERE thread_key = ?) WHERE thread_key = ?",
+    True: "UPDATE attachments SET data = s.data, sha256 = s.sha256, bytes = s.bytes FROM attachments s "
+    "WHERE s.thread_key = ? AND attachments.thread_key = ?",
+}
+"""Thread b's attachment made a's file (SQLite: the file the row names; PostgreSQL: the bytes, with their hash)."""
+
+
+def test_an_attachment_file_moved_to_another_thread_is_refused(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         chat_with_marker(saver, tmp_path, "a")
         chat_with_marker(saver, tmp_path, "b")
-    tamper(
-        db,
-        "UPDATE attachments SET file = (SELECT file FROM attachments WHERE thread_key = ?2) WHERE thread_key = ?1",
-        (thread_key(db, "b"), thread_key(db, "a")),
-    )
-    with open_store(db, KEY) as saver:
+    tamper_url(store_url, _MOVE_ATTACHMENT[is_postgres(store_url)], (thread_key(store_url, "a"), thread_key(store_url, "b")))
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=r"\(attachments.file of 'b'\) failed its integrity check"):
             saver.attachments.database("b")
         assert MARKER.encode() in saver.attachments.database("a")
@@ -861,8 +870,20 @@ async def encrypted_saver():
             yield saver
 
 
-async def test_the_conformance_suite_passes_with_encryption_on():
-    report = await validate(encrypted_saver)
+def encrypted_postgres_saver(database_url: str):
+    @checkpointer_test(name="threadkeeper PostgresThreadSaver, encrypted")
+    async def saver():
+        with fresh_schema(database_url) as url:
+            async with open_async_saver(url, encryption_key=KEY) as opened:
+                yield opened
+
+    return saver
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_the_conformance_suite_passes_with_encryption_on(engine: str, request):
+    factory = encrypted_saver if engine == "sqlite" else encrypted_postgres_saver(request.getfixturevalue("postgres_database"))
+    report = await validate(factory)
     for name, result in report.results.items():
         assert result.detected, f"{name} not detected"
         assert result.passed, f"{name} failed: {result.failures}"
