@@ -37,7 +37,7 @@ from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
-from tests.postgres import fresh_schema
+from tests.test_conformance import postgres_saver
 from tests.scripted import ScriptedChatModel
 from ui.cli import main
 
@@ -870,19 +870,12 @@ async def encrypted_saver():
             yield saver
 
 
-def encrypted_postgres_saver(database_url: str):
-    @checkpointer_test(name="threadkeeper PostgresThreadSaver, encrypted")
-    async def saver():
-        with fresh_schema(database_url) as url:
-            async with open_async_saver(url, encryption_key=KEY) as opened:
-                yield opened
-
-    return saver
-
-
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 async def test_the_conformance_suite_passes_with_encryption_on(engine: str, request):
-    factory = encrypted_saver if engine == "sqlite" else encrypted_postgres_saver(request.getfixturevalue("postgres_database"))
+    factory = encrypted_saver
+    if engine == "postgres":
+        name = "threadkeeper PostgresThreadSaver, encrypted"
+        factory = postgres_saver(request.getfixturevalue("postgres_database"), name, encryption_key=KEY)
     report = await validate(factory)
     for name, result in report.results.items():
         assert result.detected, f"{name} not detected"
