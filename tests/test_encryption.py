@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 
-from checkpointers import EncryptionKeyError, ThreadSaver, open_async_saver, open_saver
+from checkpointers import EncryptionKeyError, ThreadChatHistory, ThreadSaver, open_async_saver, open_saver
 from checkpointers import reseal
 from checkpointers.engines.postgres.connection import qmark, redacted
 from checkpointers.url import is_postgres, sqlite_path
@@ -254,6 +254,22 @@ def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachmen
         assert saver.attachments.get("t1").tables == ["notes"]
         state = app.invoke({"messages": [HumanMessage("and again?")]}, config("t1"))
         assert f"the code word is {MARKER}" in state["messages"][-1].content
+
+
+def test_the_sessions_api_and_chat_history_work_on_an_encrypted_store(store_url):
+    with open_url(store_url, KEY) as saver:
+        session = saver.sessions.put_session("alice", "s1", title=f"About {MARKER}", metadata={"topic": "birds"})
+        saver.sessions.put_message("s1", ("human", f"Where does the {MARKER} live?"), user_id="alice")
+        history = ThreadChatHistory("s1", user_id="alice", saver=saver)
+        history.add_messages([AIMessage(f"The {MARKER} lives in cloud forests.")])
+        assert [m.content for m in history.messages][-1] == f"The {MARKER} lives in cloud forests."
+        listed = saver.sessions.list_messages("s1", user_id="alice")
+        assert [m.message.content for m in listed] == [m.content for m in history.messages]
+        assert saver.sessions.get_session("s1", user_id="alice").title == session.title == f"About {MARKER}"
+        assert searched(saver, "cloud forests") == ["s1"]
+    assert holding(store_url, MARKER) == set()
+    with open_url(store_url, KEY) as saver:
+        assert len(ThreadChatHistory("s1", user_id="alice", saver=saver).messages) == 2
 
 
 def test_search_pages_through_an_encrypted_store_with_a_cursor(store_url):
