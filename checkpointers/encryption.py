@@ -57,7 +57,9 @@ authenticates is the 5-byte header followed by the msgpack array
     attachments (name, tables, the file)
                          ["attachments.name" | "attachments.tables" | "attachments.file", thread_id]
 
-Ids are as stored (`codec.db_id`: 16 bytes for a UUID). Rows of the
+Ids are as stored (on SQLite `codec.db_id`: 16 bytes for a UUID; on
+PostgreSQL the text). Both engines seal the same values to the same places
+(`checkpointers.engines.postgres.keys` has that engine's SQL). Rows of the
 per-thread tables are bound to the thread's `thread_key`, the number they are
 found by, which is never reused; the title and the attachment are found by
 thread id, and the attachment file is sealed before a new thread has a row,
