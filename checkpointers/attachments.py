@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checkpointers import stats
-from checkpointers.encryption import attachment_place
+from checkpointers.encryption import Cipher, attachment_place
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.storable import check_id, storable_text
 from checkpointers.threads import ANY_USER
@@ -332,9 +332,44 @@ class Attachments:
         found = self._get(str(thread_id), ANY_USER, flush=False)
         return found.path if found else None
 
+    _opened: tuple[tuple, bytes] | None = None
+    """The last decrypted file, keyed by (path, size, mtime): the tools read it several times a turn."""
+
+    def _store_cipher(self) -> Cipher | None:
+        """The store's cipher (None: not encrypted): the file, its name and its table list are
+        sealed to the thread with it, the same on every engine."""
+        raise NotImplementedError
+
     def database(self, thread_id: str) -> Path | bytes | None:
-        """What the agent's tools open: the file's path; None if nothing is attached."""
-        return self.path(thread_id)
+        """What the agent's tools open: the file's path, or in an encrypted store its
+        decrypted bytes (held in memory only); None if nothing is attached.
+
+        (The file, and on PostgreSQL its local copy, is encrypted when the store is. `path` does not write the turn's
+        deferred checkpoints first: they stay in the one commit that ends the turn.)"""
+        path = self.path(thread_id)
+        cipher = self._store_cipher()
+        if path is None or cipher is None:
+            return path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        opened = self._opened
+        if opened is not None and opened[0] == key:
+            return opened[1]
+        data = cipher.open(path.read_bytes(), attachment_place(str(thread_id), "file"))
+        self._opened = (key, data)
+        return data
+
+    def _seal_text(self, text: str, thread_id: str, part: str) -> str:
+        """The attachment's `part` ("name", "tables") as stored: sealed to the thread when the store is encrypted."""
+        cipher = self._store_cipher()
+        return text if cipher is None else cipher.seal_text(text, attachment_place(thread_id, part))
+
+    def _open_text(self, text: str, thread_id: str, part: str) -> str:
+        cipher = self._store_cipher()
+        return text if cipher is None else cipher.open_text(text, attachment_place(thread_id, part))
 
     def remove(self, thread_id: str, *, user_id: str | None = ANY_USER) -> bool:
         """Detach and delete the thread's database; True if there was one."""
@@ -380,8 +415,9 @@ class AttachmentStore(Attachments):
     def __init__(self, saver: ThreadSaver) -> None:
         self._saver = saver
         self.root = saver.path.parent / "attachments"
-        self._opened: tuple[tuple, bytes] | None = None
-        """The last decrypted file, keyed by (path, size, mtime): the tools read it several times a turn."""
+
+    def _store_cipher(self) -> Cipher | None:
+        return self._saver._cipher
 
     def _owner_row(self, thread_id: str) -> tuple[int, str | None] | None:
         return self._saver.conn.execute(
@@ -457,37 +493,6 @@ class AttachmentStore(Attachments):
             return None
         name, tables = self._open_text(row[1], thread_id, "name"), json.loads(self._open_text(row[4], thread_id, "tables"))
         return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
-
-    def database(self, thread_id: str) -> Path | bytes | None:
-        """What the agent's tools open: the file's path, or in an encrypted store its
-        decrypted bytes (held in memory only); None if nothing is attached.
-
-        (The file is encrypted when the store is. `path` does not write the turn's
-        deferred checkpoints first: they stay in the one commit that ends the turn.)"""
-        path = self.path(thread_id)
-        cipher = self._saver._cipher
-        if path is None or cipher is None:
-            return path
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return None
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        opened = self._opened
-        if opened is not None and opened[0] == key:
-            return opened[1]
-        data = cipher.open(path.read_bytes(), attachment_place(str(thread_id), "file"))
-        self._opened = (key, data)
-        return data
-
-    def _seal_text(self, text: str, thread_id: str, part: str) -> str:
-        """The attachment's `part` ("name", "tables") as stored: sealed to the thread when the store is encrypted."""
-        cipher = self._saver._cipher
-        return text if cipher is None else cipher.seal_text(text, attachment_place(thread_id, part))
-
-    def _open_text(self, text: str, thread_id: str, part: str) -> str:
-        cipher = self._saver._cipher
-        return text if cipher is None else cipher.open_text(text, attachment_place(thread_id, part))
 
     def _remove(self, thread_id: str, user_id: Any) -> bool:
         with self._saver._write() as after_commit:

@@ -57,7 +57,9 @@ authenticates is the 5-byte header followed by the msgpack array
     attachments (name, tables, the file)
                          ["attachments.name" | "attachments.tables" | "attachments.file", thread_id]
 
-Ids are as stored (`codec.db_id`: 16 bytes for a UUID). Rows of the
+Ids are as stored (on SQLite `codec.db_id`: 16 bytes for a UUID; on
+PostgreSQL the text). Both engines seal the same values to the same places
+(`checkpointers.engines.postgres.keys` has that engine's SQL). Rows of the
 per-thread tables are bound to the thread's `thread_key`, the number they are
 found by, which is never reused; the title and the attachment are found by
 thread id, and the attachment file is sealed before a new thread has a row,
@@ -335,6 +337,20 @@ def attachment_place(thread_id: str, part: str) -> bytes:
     return _pack((f"attachments.{part}", thread_id))
 
 
+def seal_title(cipher: Cipher | None, title: str | None, thread_id: str) -> str | None:
+    """A thread's title as stored: sealed to the thread when the store is encrypted (`cipher`)."""
+    if title is None or cipher is None:
+        return title
+    return cipher.seal_text(title, title_place(thread_id))
+
+
+def open_title(cipher: Cipher | None, stored: str | None, thread_id: str) -> str | None:
+    """A title as `seal_title` stored it, in clear."""
+    if stored is None or cipher is None:
+        return stored
+    return cipher.open_text(stored, title_place(thread_id))
+
+
 def describe(place: bytes) -> str:
     """A place for an error message: `messages of thread_key 12 at 5`, `threads.title of 't1'`."""
     table, thread, *key = ormsgpack.unpackb(place)
@@ -367,49 +383,59 @@ def is_upgrade(rotation: str | None) -> bool:
     return rotation is not None and bool(json.loads(rotation).get("upgrade"))
 
 
-def unlock(conn: sqlite3.Connection, path: Path | str, key: str | None) -> tuple[Cipher | None, str | None]:
-    """Check `key` against the store; returns its cipher (None: not encrypted) and key record.
+def key_of_store(record: str | None, rotation: str | None, key: str | None, where: Path | str) -> tuple[Cipher | None, str | None] | None:
+    """What opening a store with `key` gives, from its key record and rotation record
+    (as `read_records` returns them, on either engine): its cipher (None: not
+    encrypted) and key record; or None when a key is given for a store that has no
+    key yet, which the caller makes encrypted if it holds no conversations (`unlock`).
 
-    Refuses, changing nothing, an encrypted store without the key or with
-    another key, a store in the middle of a key rotation, and a key on a
-    store that already holds unencrypted conversations. A key on a store with
-    no threads yet makes it encrypted from now on. The cipher of a store in
-    format 1, or in the middle of its upgrade, `reads_unbound`: the caller
-    upgrades the store (`reseal.upgrade`) before using it.
+    Refuses an encrypted store without the key or with another key, and a store
+    in the middle of a key rotation. The cipher of a store in format 1, or in the
+    middle of its upgrade, `reads_unbound`. `where` names the store in the sentences.
     """
-    record, rotation = read_records(conn)
     if rotation is not None:
         if record is not None and is_upgrade(rotation):
             if key is None:
-                raise EncryptionKeyError(f"{path} is encrypted: set {KEY_VARIABLE} to its key")
-            return _cipher_for(key, record, path), record
-        raise rotation_unfinished(path)
+                raise EncryptionKeyError(f"{where} is encrypted: set {KEY_VARIABLE} to its key")
+            return _cipher_for(key, record, where), record
+        raise rotation_unfinished(where)
     if record is not None:
         if key is None:
-            raise EncryptionKeyError(f"{path} is encrypted: set {KEY_VARIABLE} to its key")
-        return _cipher_for(key, record, path), record
+            raise EncryptionKeyError(f"{where} is encrypted: set {KEY_VARIABLE} to its key")
+        return _cipher_for(key, record, where), record
     if key is None:
         return None, None
+    return None
+
+
+def unlock(conn: sqlite3.Connection, path: Path | str, key: str | None) -> tuple[Cipher | None, str | None]:
+    """Check `key` against the SQLite store; returns its cipher (None: not encrypted) and key record.
+
+    Refuses, changing nothing, what `key_of_store` refuses, and a key on a store
+    that already holds unencrypted conversations. A key on a store with no
+    threads yet makes it encrypted from now on. The caller upgrades a store
+    whose cipher `reads_unbound` (`reseal.upgrade`) before using it.
+    """
+    opened = key_of_store(*read_records(conn), key, path)
+    if opened is not None:
+        return opened
     if _holds_threads(conn):
-        raise _unencrypted_store(path)
+        raise unencrypted_store(path)
     cipher = Cipher.new(key)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        record, rotation = read_records(conn)  # another process may have got here first
-        if rotation is not None and not (record is not None and is_upgrade(rotation)):
-            raise rotation_unfinished(path)
-        if record is None:
+        opened = key_of_store(*read_records(conn), key, path)  # another process may have got here first
+        if opened is None:
             if _holds_threads(conn):
-                raise _unencrypted_store(path)
+                raise unencrypted_store(path)
             record = cipher.record().to_json()
             conn.execute("INSERT INTO store_meta (key, value) VALUES (?, ?)", (META_KEY, record))
-        else:
-            cipher = _cipher_for(key, record, path)
+            opened = cipher, record
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return cipher, record
+    return opened
 
 
 def _cipher_for(key: str, record_json: str, path: Path | str) -> Cipher:
@@ -424,7 +450,8 @@ def _holds_threads(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0] == 1
 
 
-def _unencrypted_store(path: Path | str) -> EncryptionKeyError:
+def unencrypted_store(path: Path | str) -> EncryptionKeyError:
+    """The refusal of a key for a store that already holds conversations in clear."""
     return EncryptionKeyError(
         f"{path} holds conversations that are not encrypted: to encrypt them, run `threadkeeper rotate-key` "
         f"with the key in {NEW_KEY_VARIABLE} and {KEY_VARIABLE} unset"

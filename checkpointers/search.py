@@ -98,6 +98,15 @@ def search_words(message: BaseMessage) -> str | None:
     return " ".join(words) or None
 
 
+def indexed_words(message: BaseMessage, token: Callable[[str], str] | None = None) -> str | None:
+    """What a store indexes for a message (None: nothing): its `search_words`, or with
+    `token` (an encrypted store, either engine) their keyed hashes (`hashed_words`)."""
+    words = search_words(message)
+    if words is None or token is None:
+        return words
+    return hashed_words(words, token)
+
+
 def rowid(thread_key: int, message_no: int) -> int:
     return (thread_key << ROWID_SHIFT) | message_no
 
@@ -187,9 +196,10 @@ def lexemes(words: str) -> list[str]:
     return list(dict.fromkeys(fold(words).split()))
 
 
-def query_lexemes(query: str) -> list[str]:
-    """The tokens a message must all hold to match `query` (as `lexemes` makes them)."""
-    return list(dict.fromkeys(fold(" ".join(_query_words(query, None))).split()))
+def query_lexemes(query: str, token: Callable[[str], str] | None = None) -> list[str]:
+    """The tokens a message must all hold to match `query` (as `lexemes` makes them);
+    with `token` (an encrypted store), each word's keyed hash, as `hashed_words` indexed it."""
+    return list(dict.fromkeys(fold(" ".join(_query_words(query, token))).split()))
 
 
 def words_probe(query: str, token: Callable[[str], str] | None = None) -> tuple[str, list[str]] | None:

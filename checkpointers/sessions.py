@@ -147,7 +147,7 @@ class SessionEngine(PlanRunner, Protocol):
     `(position, created_at in microseconds, metadata JSON text)`."""
 
     def seal_title(self, title: str | None, session_id: str) -> str | None:
-        """The title as the engine stores it (encrypted in an encrypted SQLite store)."""
+        """The title as the engine stores it (sealed to the session in an encrypted store, either engine)."""
 
     def open_title(self, stored: str | None, session_id: str) -> str | None: ...
 

@@ -106,7 +106,7 @@ from checkpointers.messages import (
     snapshot as _snapshot,
     utc_now,
 )
-from checkpointers.encryption import checkpoint_place, message_place, segment_place, title_place, value_place, write_place
+from checkpointers.encryption import checkpoint_place, message_place, segment_place, value_place, write_place
 from checkpointers.errors import (
     EncryptionKeyError,
     NotADatabaseError,
@@ -1103,21 +1103,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
 
     def _search_words(self, message: BaseMessage) -> str | None:
         """What the search index holds for a message: its words, or their keyed hashes."""
-        words = search.search_words(message)
-        if words is None or self._cipher is None:
-            return words
-        return search.hashed_words(words, self._cipher.search_token)
+        return search.indexed_words(message, None if self._cipher is None else self._cipher.search_token)
 
     def _seal_title(self, title: str | None, thread_id: str) -> str | None:
         """A thread's title as stored (encrypted when the store is, bound to the thread)."""
-        if title is None or self._cipher is None:
-            return title
-        return self._cipher.seal_text(title, title_place(thread_id))
+        return encryption.seal_title(self._cipher, title, thread_id)
 
     def _open_title(self, stored: str | None, thread_id: str) -> str | None:
-        if stored is None or self._cipher is None:
-            return stored
-        return self._cipher.open_text(stored, title_place(thread_id))
+        return encryption.open_title(self._cipher, stored, thread_id)
 
     def _pre_message(self, message: BaseMessage, *, words: bool = True) -> _PreMessage:
         """A message serialised, digested and (with `words`) split into search words, outside any transaction."""

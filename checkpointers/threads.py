@@ -15,6 +15,7 @@ import base64
 import binascii
 import dataclasses
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,26 @@ def thread_info(row: tuple) -> ThreadInfo:
     `metadata` may be JSON text or (PostgreSQL's jsonb) already a dict."""
     metadata = json.loads(row[7]) if isinstance(row[7], str) else row[7]
     return ThreadInfo(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), metadata)
+
+
+def gather_matches(
+    rows: Iterable[tuple], info_of: Callable[[tuple], ThreadInfo], needle: str, found: list[ThreadInfo], limit: int
+) -> None:
+    """An encrypted store's search, either engine: add to `found` each row (`THREAD_COLUMNS`,
+    then whether a message holds every word, by keyed hashes) whose words match or whose
+    title, decrypted by `info_of`, contains `needle` (case-folded); stop at `limit` + 1."""
+    for row in rows:
+        info = info_of(row[:-1])
+        if row[-1] or (info.title is not None and needle in info.title.casefold()):
+            found.append(info)
+            if len(found) > limit:
+                return
+
+
+def matches_page(found: list[ThreadInfo], limit: int) -> ThreadPage:
+    """The page of `gather_matches`'s finds: a cursor when it found one more than the page."""
+    threads = found[:limit]
+    return ThreadPage(threads, encode_cursor(threads[-1]) if len(found) > limit else None)
 
 
 def encode_cursor(info: ThreadInfo) -> str:
@@ -293,16 +314,10 @@ class ThreadIndex:
         with self._saver._read() as conn:
             rows = conn.execute(sql, params)
             try:
-                for row in rows:
-                    info = self._info(row[:-1])
-                    if row[-1] or (info.title is not None and needle in info.title.casefold()):
-                        found.append(info)
-                        if len(found) > limit:
-                            break
+                gather_matches(rows, self._info, needle, found, limit)
             finally:
                 rows.close()
-        threads = found[:limit]
-        return ThreadPage(threads, encode_cursor(threads[-1]) if len(found) > limit else None)
+        return matches_page(found, limit)
 
     def explain_search(self, user_id: str | None, query: str) -> list[str]:
         """SQLite's query plan for `search(user_id, query)`."""

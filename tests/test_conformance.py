@@ -21,11 +21,13 @@ async def sqlite_saver():
             yield saver
 
 
-def postgres_saver(database_url: str):
-    @checkpointer_test(name="threadkeeper PostgresThreadSaver")
+def postgres_saver(database_url: str, name: str = "threadkeeper PostgresThreadSaver", **options):
+    """A conformance-suite factory: each saver on a fresh schema of `database_url`, opened with `options`."""
+
+    @checkpointer_test(name=name)
     async def saver():
         with fresh_schema(database_url) as url:
-            async with open_async_saver(url) as opened:
+            async with open_async_saver(url, **options) as opened:
                 yield opened
 
     return saver

@@ -1,7 +1,9 @@
 """Encryption at rest: THREADKEEPER_ENCRYPTION_KEY, the key checks on open, values bound to
 their place, the upgrade of stores written before they were, and rotate-key.
 
-Real SQLite files in tmp dirs, the real agent graph and saver; only the model is scripted.
+What both engines promise alike runs on both (`store_url`: a SQLite file in a tmp dir, a
+PostgreSQL schema of the test's own); rotate-key, the format-1 upgrade and the search
+backlog are the SQLite engine's. The real agent graph and saver; only the model is scripted.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql as pg_sql
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 
-from checkpointers import EncryptionKeyError, ThreadSaver, open_async_saver
+from checkpointers import EncryptionKeyError, ThreadChatHistory, ThreadSaver, open_async_saver, open_saver
 from checkpointers import reseal
+from checkpointers.engines.postgres.connection import qmark, redacted
+from checkpointers.url import is_postgres, sqlite_path
 from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
+from tests.test_conformance import postgres_saver
 from tests.scripted import ScriptedChatModel
 from ui.cli import main
 
@@ -96,6 +103,77 @@ def open_store(db: Path, key: str | None):
     return closing(ThreadSaver(db, encryption_key=key))
 
 
+def open_url(url: str, key: str | None):
+    """The store at `url` (either engine) opened with `key`."""
+    return open_saver(url, encryption_key=key)
+
+
+def store_name(url: str) -> str:
+    """How the store's sentences name it: the file's path, or the URL without its password."""
+    return redacted(url) if is_postgres(url) else str(sqlite_path(url))
+
+
+def stored_rows(url: str) -> list[tuple[str, str, str | bytes]]:
+    """Every value the store's tables hold that could hold text, as (table, column, value):
+    on PostgreSQL every text, bytea, jsonb and tsvector column (cast to text, bytea as is),
+    found in the catalogue rather than in a list the code under test keeps; on SQLite every
+    column of every table."""
+    found: list[tuple[str, str, str | bytes]] = []
+    if not is_postgres(url):
+        with closing(sqlite3.connect(sqlite_path(url))) as conn:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                cursor = conn.execute(f'SELECT * FROM "{table}"')
+                columns = [d[0] for d in cursor.description]
+                for row in cursor:
+                    found += [(table, c, v) for c, v in zip(columns, row) if isinstance(v, (str, bytes))]
+        return found
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND data_type IN ('text', 'bytea', 'jsonb', 'tsvector', "
+            "'character varying', 'json')"
+        ).fetchall()
+        for table, column, kind in columns:
+            value = pg_sql.Identifier(column) if kind == "bytea" else pg_sql.SQL("{}::text").format(pg_sql.Identifier(column))
+            query = pg_sql.SQL("SELECT {} FROM {} WHERE {} IS NOT NULL").format(
+                value, pg_sql.Identifier(table), pg_sql.Identifier(column)
+            )
+            found += [(table, column, bytes(v) if kind == "bytea" else v) for (v,) in conn.execute(query)]
+    return found
+
+
+def holding(url: str, text: str) -> set[str]:
+    """The `table.column`s of the store where `text` is stored as plain text."""
+    return {
+        f"{table}.{column}"
+        for table, column, value in stored_rows(url)
+        if (text.encode() in value if isinstance(value, bytes) else text in value)
+    }
+
+
+def tamper_url(url: str, sql: str, params: tuple = ()) -> None:
+    """Change the store by hand, with plain SQL, as someone without the key could (`?` marks)."""
+    if not is_postgres(url):
+        return tamper(sqlite_path(url), sql, params)
+    with psycopg.connect(url) as conn:
+        assert conn.execute(qmark(sql), params).rowcount >= 1
+
+
+def value_at(url: str, sql: str, params: tuple = ()):
+    if not is_postgres(url):
+        return value_of(sqlite_path(url), sql, params)
+    with psycopg.connect(url) as conn:
+        return conn.execute(qmark(sql), params).fetchone()[0]
+
+
+def store_files(url: str, tmp_path: Path) -> dict[str, str]:
+    """What a refused open must leave as it was: the SQLite file (and its WAL), or the
+    PostgreSQL store's key record and rows."""
+    if not is_postgres(url):
+        return file_hashes(tmp_path)
+    return {f"{t}.{c}": repr(v) for t, c, v in sorted(stored_rows(url), key=repr)}
+
+
 # -- what reaches the disk ---------------------------------------------------------
 
 
@@ -119,22 +197,43 @@ def test_with_a_key_no_conversation_text_reaches_the_disk_and_without_one_it_doe
     assert on_disk.count(b"SQLite format 3") == 1  # the store is a SQLite file; the attachment is not readable as one
 
 
+@pytest.mark.parametrize("key", [KEY, None], ids=["with-key", "without-key"])
+def test_with_a_key_no_conversation_text_is_in_any_column_and_without_one_it_is(store_url, tmp_path: Path, key):
+    cache = tmp_path / "attachment-cache"  # PostgreSQL's local copies of attached files (see conftest)
+    with open_url(store_url, key) as saver:
+        state = chat_with_marker(saver, tmp_path)
+        assert MARKER in state["messages"][-1].content  # the tool read the attachment
+        assert saver.threads.get("t1").title == f"Plans for {MARKER} week"
+        assert saver.attachments.get("t1").name == f"{MARKER}.db"
+        assert saver.sessions.get_session("t1", user_id="alice").title == f"Plans for {MARKER} week"
+        assert searched(saver, MARKER) == ["t1"]
+        saver.copy_thread("t1", "t2")
+    found = holding(store_url, MARKER)
+    cached = everything_on_disk(cache) if cache.exists() else b""
+    if key is None:
+        assert {"threads.title", "attachments.name"} <= found  # so the check below can fail
+        assert MARKER.encode() in cached or not is_postgres(store_url)
+        return
+    assert found == set() and MARKER.encode() not in cached
+    for text in ("Plans", "database says", "code word", "notes"):
+        assert holding(store_url, text) == set(), text
+
+
 # -- reading an encrypted store back -------------------------------------------------
 
 
-def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachments(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachments(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         written = chat_with_marker(saver, tmp_path)["messages"]
         long_chat = chat_graph(saver)
-        for n in range(1, 41):  # 80 messages: sealed into encrypted segments
+        for n in range(1, 41):  # 80 messages: on SQLite, sealed into encrypted segments
             long_chat.invoke({"messages": [human(n)]}, config("long"))
         echo_graph(saver).invoke({"messages": [HumanMessage("Weekend in Zürich")]}, config("trip"))
         echo_graph(saver).invoke({"messages": [HumanMessage("bob's secret")]}, config("bobs", "bob"))
         saver.threads.rename("trip", "Budget review")
         long_state = long_chat.get_state(config("long")).values["messages"]
 
-    with open_store(db, KEY) as saver:  # cold: a new connection, empty caches
+    with open_url(store_url, KEY) as saver:  # cold: a new connection, empty caches
         listed = saver.threads.list("alice").threads
         assert [(t.thread_id, t.title) for t in listed] == [
             ("trip", "Budget review"),
@@ -157,8 +256,24 @@ def test_an_encrypted_store_reads_back_threads_titles_state_search_and_attachmen
         assert f"the code word is {MARKER}" in state["messages"][-1].content
 
 
-def test_search_pages_through_an_encrypted_store_with_a_cursor(tmp_path: Path):
-    with open_store(tmp_path / "threadkeeper.db", KEY) as saver:
+def test_the_sessions_api_and_chat_history_work_on_an_encrypted_store(store_url):
+    with open_url(store_url, KEY) as saver:
+        session = saver.sessions.put_session("alice", "s1", title=f"About {MARKER}", metadata={"topic": "birds"})
+        saver.sessions.put_message("s1", ("human", f"Where does the {MARKER} live?"), user_id="alice")
+        history = ThreadChatHistory("s1", user_id="alice", saver=saver)
+        history.add_messages([AIMessage(f"The {MARKER} lives in cloud forests.")])
+        assert [m.content for m in history.messages][-1] == f"The {MARKER} lives in cloud forests."
+        listed = saver.sessions.list_messages("s1", user_id="alice")
+        assert [m.message.content for m in listed] == [m.content for m in history.messages]
+        assert saver.sessions.get_session("s1", user_id="alice").title == session.title == f"About {MARKER}"
+        assert searched(saver, "cloud forests") == ["s1"]
+    assert holding(store_url, MARKER) == set()
+    with open_url(store_url, KEY) as saver:
+        assert len(ThreadChatHistory("s1", user_id="alice", saver=saver).messages) == 2
+
+
+def test_search_pages_through_an_encrypted_store_with_a_cursor(store_url):
+    with open_url(store_url, KEY) as saver:
         for i in range(7):
             echo_graph(saver).invoke({"messages": [HumanMessage(f"common word {i}")]}, config(f"t{i}"))
         page = saver.threads.search("alice", "common", limit=3)
@@ -183,9 +298,8 @@ def test_hashed_words_are_found_the_same_in_the_search_backlog_and_after_the_mer
         assert waiting["cafe"] == ["latin"] and waiting["zurich"] == ["latin"] and waiting["nothing"] == []
 
 
-def test_copy_delete_and_prune_keep_the_hashed_index_exact(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_copy_delete_and_prune_keep_the_hashed_index_exact(store_url):
+    with open_url(store_url, KEY) as saver:
         echo_graph(saver).invoke({"messages": [HumanMessage("Fruit")]}, config("src"))
         echo_graph(saver).invoke({"messages": [HumanMessage("a unique kumquat")]}, config("src"))
         saver.copy_thread("src", "dst")
@@ -194,55 +308,72 @@ def test_copy_delete_and_prune_keep_the_hashed_index_exact(tmp_path: Path):
         assert saver.threads.get("dst").title == "Fruit"
         saver.prune(["dst"], strategy="delete")
         assert searched(saver, "kumquat") == []
-        saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
+        if not is_postgres(store_url):
+            saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
 
 
 # -- refusing the wrong key, changing nothing ---------------------------------------
 
 
-def test_a_missing_or_wrong_key_is_refused_with_one_sentence_and_the_files_are_unchanged(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_a_missing_or_wrong_key_is_refused_with_one_sentence_and_the_store_is_unchanged(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
-    before = file_hashes(tmp_path)
+    before = store_files(store_url, tmp_path)
     with pytest.raises(EncryptionKeyError) as missing:
-        ThreadSaver(db, encryption_key=None)
-    assert str(missing.value) == f"{db} is encrypted: set THREADKEEPER_ENCRYPTION_KEY to its key"
+        with open_url(store_url, None):
+            pass
+    assert str(missing.value) == f"{store_name(store_url)} is encrypted: set THREADKEEPER_ENCRYPTION_KEY to its key"
     with pytest.raises(EncryptionKeyError) as wrong:
-        ThreadSaver(db, encryption_key=NEW_KEY)
-    assert str(wrong.value) == f"THREADKEEPER_ENCRYPTION_KEY is not the key {db} was encrypted with"
-    assert file_hashes(tmp_path) == before
+        with open_url(store_url, NEW_KEY):
+            pass
+    assert str(wrong.value) == f"THREADKEEPER_ENCRYPTION_KEY is not the key {store_name(store_url)} was encrypted with"
+    assert store_files(store_url, tmp_path) == before
 
 
-def test_a_key_on_a_store_with_unencrypted_conversations_is_refused_and_says_how_to_encrypt(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, None) as saver:
+def test_a_key_on_a_store_with_unencrypted_conversations_is_refused_and_says_how_to_encrypt(store_url, tmp_path: Path):
+    with open_url(store_url, None) as saver:
         echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
-    before = file_hashes(tmp_path)
-    with pytest.raises(EncryptionKeyError, match="holds conversations that are not encrypted: to encrypt them, run `threadkeeper rotate-key`"):
-        ThreadSaver(db, encryption_key=KEY)
-    assert file_hashes(tmp_path) == before
+    before = store_files(store_url, tmp_path)
+    with pytest.raises(EncryptionKeyError) as refused:
+        with open_url(store_url, KEY):
+            pass
+    assert str(refused.value) == (
+        f"{store_name(store_url)} holds conversations that are not encrypted: to encrypt them, run "
+        "`threadkeeper rotate-key` with the key in THREADKEEPER_NEW_ENCRYPTION_KEY and THREADKEEPER_ENCRYPTION_KEY unset"
+    )
+    assert store_files(store_url, tmp_path) == before
 
 
-def test_the_key_comes_from_the_environment_and_a_short_one_is_refused(tmp_path: Path, monkeypatch):
-    db = tmp_path / "threadkeeper.db"
+def test_the_key_comes_from_the_environment_and_a_short_one_is_refused(store_url, monkeypatch):
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", KEY)
-    with closing(ThreadSaver(db)) as saver:  # an empty store: encrypted from now on
+    with open_saver(store_url) as saver:  # an empty store: encrypted from now on
         echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY")
     with pytest.raises(EncryptionKeyError, match="is encrypted"):
-        ThreadSaver(db)
+        with open_saver(store_url):
+            pass
     with pytest.raises(EncryptionKeyError, match="THREADKEEPER_ENCRYPTION_KEY is 5 characters long; use at least 16"):
-        ThreadSaver(db, encryption_key="short")
+        with open_url(store_url, "short"):
+            pass
 
 
-def test_the_cli_prints_the_refusal_as_one_line(tmp_path: Path, monkeypatch, capsys):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_a_saver_opened_without_a_key_cannot_write_once_another_encrypted_the_store(store_url):
+    with open_url(store_url, None) as plain:
+        with open_url(store_url, KEY) as encrypted:  # the store is empty: this makes it encrypted
+            echo_graph(encrypted).invoke({"messages": [HumanMessage("sealed")]}, config("t1"))
+        with pytest.raises(EncryptionKeyError, match="after this process opened it: restart it"):
+            echo_graph(plain).invoke({"messages": [HumanMessage("in clear")]}, config("t2"))
+    assert holding(store_url, "in clear") == set()
+
+
+def test_the_cli_prints_the_refusal_as_one_line(store_url, monkeypatch, capsys):
+    with open_url(store_url, KEY) as saver:
         echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", NEW_KEY)
-    assert main(["--db", f"sqlite:///{db}", "threads", "--user", "alice"]) == 2
-    assert capsys.readouterr().err == f"threadkeeper: THREADKEEPER_ENCRYPTION_KEY is not the key {db} was encrypted with\n"
+    assert main(["--db", store_url, "threads", "--user", "alice"]) == 2
+    assert capsys.readouterr().err == (
+        f"threadkeeper: THREADKEEPER_ENCRYPTION_KEY is not the key {store_name(store_url)} was encrypted with\n"
+    )
 
 
 # -- rotate-key ----------------------------------------------------------------------
@@ -432,23 +563,22 @@ def value_of(db: Path, sql: str, params: tuple = ()):
         return conn.execute(sql, params).fetchone()[0]
 
 
-def thread_key(db: Path, thread_id: str) -> int:
-    return value_of(db, "SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
+def thread_key(url: str, thread_id: str) -> int:
+    return value_at(url, "SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,))
 
 
-def two_threads(db: Path, turns: int = 2) -> None:
+def two_threads(url: str, turns: int = 2) -> None:
     """Threads "a" and "b" of alice, the same shape (same message numbers), different words."""
-    with open_store(db, KEY) as saver:
+    with open_url(url, KEY) as saver:
         for thread_id in ("a", "b"):
             for turn in range(1, turns + 1):
                 echo_graph(saver).invoke({"messages": [HumanMessage(f"{thread_id} says {turn}")]}, config(thread_id))
 
 
-def test_an_encrypted_title_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    tamper(db, "UPDATE threads SET title = (SELECT title FROM threads WHERE thread_id = 'a') WHERE thread_id = 'b'")
-    with open_store(db, KEY) as saver:
+def test_an_encrypted_title_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    tamper_url(store_url, "UPDATE threads SET title = (SELECT title FROM threads WHERE thread_id = 'a') WHERE thread_id = 'b'")
+    with open_url(store_url, KEY) as saver:
         assert saver.threads.get("a").title == "a says 1"
         with pytest.raises(EncryptionKeyError) as refused:
             saver.threads.get("b")
@@ -460,11 +590,10 @@ def test_an_encrypted_title_moved_to_another_thread_is_refused(tmp_path: Path):
             saver.threads.list("alice")
 
 
-def test_a_sealed_title_replaced_by_plain_text_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    tamper(db, "UPDATE threads SET title = 'Wire the money today' WHERE thread_id = 'a'")
-    with open_store(db, KEY) as saver:
+def test_a_sealed_title_replaced_by_plain_text_is_refused(store_url):
+    two_threads(store_url)
+    tamper_url(store_url, "UPDATE threads SET title = 'Wire the money today' WHERE thread_id = 'a'")
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError) as refused:
             saver.threads.get("a")
         assert str(refused.value) == (
@@ -475,59 +604,69 @@ def test_a_sealed_title_replaced_by_plain_text_is_refused(tmp_path: Path):
             saver.sessions.get_session("a", user_id="alice")
 
 
-def test_two_messages_of_a_thread_swapped_are_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key = thread_key(db, "a")
-    with closing(sqlite3.connect(db)) as conn:  # the thread's first two human messages, blobs swapped
-        (n1, v1), (n2, v2) = conn.execute(
-            "SELECT message_no, value FROM messages WHERE thread_key = ? AND type LIKE 'lc.human%' "
-            "ORDER BY message_no LIMIT 2",
+def test_two_messages_of_a_thread_swapped_are_refused(store_url):
+    two_threads(store_url)
+    key = thread_key(store_url, "a")
+    # The thread's first two human messages, blobs swapped.
+    n1, n2 = (
+        value_at(
+            store_url,
+            "SELECT message_no FROM messages WHERE thread_key = ? AND type LIKE 'lc.human%' "
+            f"ORDER BY message_no LIMIT 1 OFFSET {offset}",
             (key,),
-        ).fetchall()
-        conn.executemany(
-            "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?", [(v2, key, n1), (v1, key, n2)]
         )
-        conn.commit()
-    with open_store(db, KEY) as saver:
-        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(messages of thread_key {key} at {n1}\) failed"):
+        for offset in (0, 1)
+    )
+    v1, v2 = (value_at(store_url, "SELECT value FROM messages WHERE thread_key = ? AND message_no = ?", (key, n)) for n in (n1, n2))
+    for value, no in ((v2, n1), (v1, n2)):
+        tamper_url(store_url, "UPDATE messages SET value = ? WHERE thread_key = ? AND message_no = ?", (value, key, no))
+    with open_url(store_url, KEY) as saver:
+        with pytest.raises(EncryptionKeyError, match=rf"^stored data \(messages of thread_key {key} at ({n1}|{n2})\) failed"):
             saver.read_messages("a")
         with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
             echo_graph(saver).get_state(config("a"))
         assert [m.content for m in saver.read_messages("b").messages][::2] == ["b says 1", "b says 2"]
 
 
-@pytest.mark.parametrize("table", ["messages", "message_segments"])
-def test_a_message_blob_moved_to_another_thread_is_refused(tmp_path: Path, table: str):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db, turns=2 if table == "messages" else 40)  # 80 messages: the first 64 sealed in a segment
-    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+def moved_message_blob_is_refused(url: str, table: str) -> None:
+    """The first message row (or segment) of thread "a" given the blob of the same row of "b"."""
+    key_a, key_b = thread_key(url, "a"), thread_key(url, "b")
     column = "message_no" if table == "messages" else "first_no"
-    tamper(
-        db,
-        f"UPDATE {table} SET value = (SELECT value FROM {table} b WHERE b.thread_key = ?2 AND b.{column} = {table}.{column}) "
-        f"WHERE thread_key = ?1 AND {column} = (SELECT min({column}) FROM {table} WHERE thread_key = ?1)",
-        (key_a, key_b),
+    tamper_url(
+        url,
+        f"UPDATE {table} SET value = (SELECT value FROM {table} b WHERE b.thread_key = ? AND b.{column} = {table}.{column}) "
+        f"WHERE thread_key = ? AND {column} = (SELECT min({column}) FROM {table} WHERE thread_key = ?)",
+        (key_b, key_a, key_a),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"\({table} of thread_key {key_a} at .*\) failed its integrity check"):
             echo_graph(saver).get_state(config("a"))
         assert saver.read_messages("b", limit=1).messages[0].content.startswith("you said: b says")
 
 
-def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key = thread_key(db, "a")
+def test_a_message_blob_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    moved_message_blob_is_refused(store_url, "messages")
+
+
+def test_a_message_segment_moved_to_another_thread_is_refused(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'threadkeeper.db'}"
+    two_threads(url, turns=40)  # 80 messages: the first 64 sealed in a segment (SQLite's)
+    moved_message_blob_is_refused(url, "message_segments")
+
+
+def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(store_url):
+    two_threads(store_url)
+    key = thread_key(store_url, "a")
     # The newest checkpoint of "a" given the blob of its first: the thread "rolled back" two turns.
-    tamper(
-        db,
-        "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ?1 "
-        "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ?1 AND checkpoint_id = "
-        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?1)",
-        (key,),
+    tamper_url(
+        store_url,
+        "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ? "
+        "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ? AND checkpoint_id = "
+        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?)",
+        (key, key, key),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"^stored data \(checkpoints of thread_key {key} at '', "):
             echo_graph(saver).get_state(config("a"))
         with pytest.raises(EncryptionKeyError, match="failed its integrity check"):
@@ -535,32 +674,29 @@ def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(tmp_path: Path
         assert len(echo_graph(saver).get_state(config("b")).values["messages"]) == 4
 
 
-def test_a_serialised_value_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "threadkeeper.db"
-    two_threads(db)
-    key_a, key_b = thread_key(db, "a"), thread_key(db, "b")
+def test_a_serialised_value_moved_to_another_thread_is_refused(store_url):
+    two_threads(store_url)
+    key_a, key_b = thread_key(store_url, "a"), thread_key(store_url, "b")
     # Values the serializer wrote (not lists of message numbers): same value_no in both threads.
-    tamper(
-        db,
-        "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ?2 "
-        "AND b.value_no = channel_values.value_no) WHERE thread_key = ?1 AND kind IN (0, 3) AND value IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ?2 AND b.value_no = channel_values.value_no "
+    tamper_url(
+        store_url,
+        "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ? "
+        "AND b.value_no = channel_values.value_no) WHERE thread_key = ? AND kind IN (0, 3) AND value IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ? AND b.value_no = channel_values.value_no "
         "AND b.kind = channel_values.kind)",
-        (key_a, key_b),
+        (key_b, key_a, key_b),
     )
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=rf"\(channel_values of thread_key {key_a} at \d+\) failed"):
             list(saver.list(config("a")))
 
 
-def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(tmp_path: Path):
-    data = tmp_path / "data"
-    db = data / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         written = chat_with_marker(saver, tmp_path, "src")["messages"]
         saver.copy_thread("src", "dst")
         saver.delete_thread("src")
-    with open_store(db, KEY) as saver:
+    with open_url(store_url, KEY) as saver:
         app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=ask_the_database), settings=OFFLINE)
         assert app.get_state(config("dst")).values["messages"] == written
         assert saver.threads.get("dst").title == f"Plans for {MARKER} week"
@@ -568,20 +704,23 @@ def test_copy_thread_seals_the_copy_to_its_own_thread_attachment_included(tmp_pa
         assert (copied.name, copied.tables) == (f"{MARKER}.db", ["notes"])
         assert MARKER.encode() in saver.attachments.database("dst")
         assert searched(saver, "database says") == ["dst"]
-    assert MARKER.encode() not in everything_on_disk(data)
+    assert MARKER.encode() not in everything_on_disk(tmp_path) and holding(store_url, MARKER) == set()
 
 
-def test_an_attachment_file_moved_to_another_thread_is_refused(tmp_path: Path):
-    db = tmp_path / "data" / "threadkeeper.db"
-    with open_store(db, KEY) as saver:
+_MOVE_ATTACHMENT = {
+    False: "UPDATE attachments SET file = (SELECT file FROM attachments WHERE thread_key = ?) WHERE thread_key = ?",
+    True: "UPDATE attachments SET data = s.data, sha256 = s.sha256, bytes = s.bytes FROM attachments s "
+    "WHERE s.thread_key = ? AND attachments.thread_key = ?",
+}
+"""Thread b's attachment made a's file (SQLite: the file the row names; PostgreSQL: the bytes, with their hash)."""
+
+
+def test_an_attachment_file_moved_to_another_thread_is_refused(store_url, tmp_path: Path):
+    with open_url(store_url, KEY) as saver:
         chat_with_marker(saver, tmp_path, "a")
         chat_with_marker(saver, tmp_path, "b")
-    tamper(
-        db,
-        "UPDATE attachments SET file = (SELECT file FROM attachments WHERE thread_key = ?2) WHERE thread_key = ?1",
-        (thread_key(db, "b"), thread_key(db, "a")),
-    )
-    with open_store(db, KEY) as saver:
+    tamper_url(store_url, _MOVE_ATTACHMENT[is_postgres(store_url)], (thread_key(store_url, "a"), thread_key(store_url, "b")))
+    with open_url(store_url, KEY) as saver:
         with pytest.raises(EncryptionKeyError, match=r"\(attachments.file of 'b'\) failed its integrity check"):
             saver.attachments.database("b")
         assert MARKER.encode() in saver.attachments.database("a")
@@ -747,8 +886,13 @@ async def encrypted_saver():
             yield saver
 
 
-async def test_the_conformance_suite_passes_with_encryption_on():
-    report = await validate(encrypted_saver)
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_the_conformance_suite_passes_with_encryption_on(engine: str, request):
+    factory = encrypted_saver
+    if engine == "postgres":
+        name = "threadkeeper PostgresThreadSaver, encrypted"
+        factory = postgres_saver(request.getfixturevalue("postgres_database"), name, encryption_key=KEY)
+    report = await validate(factory)
     for name, result in report.results.items():
         assert result.detected, f"{name} not detected"
         assert result.passed, f"{name} failed: {result.failures}"

@@ -8,7 +8,7 @@ import threading
 import psycopg
 import pytest
 
-from checkpointers import SchemaTooNewError, StoreError, StoreUnavailableError, open_saver
+from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_saver
 from checkpointers.engines.postgres.schema import MIGRATIONS
 from tests.chat import chat_graph, human
 
@@ -44,9 +44,14 @@ def test_a_newer_schema_is_refused(postgres_url):
             pass
 
 
-def test_an_encryption_key_is_refused_rather_than_ignored(postgres_url, monkeypatch):
+def test_an_encryption_key_from_the_environment_is_used_rather_than_ignored(postgres_url, monkeypatch):
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", "a key of at least sixteen characters")
-    with pytest.raises(StoreError, match="encryption is not available on PostgreSQL"):
+    with open_saver(postgres_url) as saver:
+        saver.threads.list("alice")
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT key FROM store_meta").fetchall() == [("encryption",)]
+    monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY")
+    with pytest.raises(EncryptionKeyError, match="is encrypted: set THREADKEEPER_ENCRYPTION_KEY to its key"):
         with open_saver(postgres_url):
             pass
 

@@ -236,7 +236,10 @@ def _rotate_key(args: argparse.Namespace) -> int:
     from checkpointers.key_rotation import rotate_key
 
     if is_postgres(resolve_url(args.db)):
-        raise StoreError("threadkeeper rotate-key works on SQLite stores only: encryption is not available on PostgreSQL yet")
+        raise StoreError(
+            "threadkeeper rotate-key works on SQLite stores only: a PostgreSQL store is encrypted when it is "
+            "created with THREADKEEPER_ENCRYPTION_KEY set, and its key cannot be changed yet"
+        )
     current = os.environ.get(KEY_VARIABLE) or None
     new = os.environ.get(NEW_KEY_VARIABLE) or None
     if args.decrypt and new is not None:

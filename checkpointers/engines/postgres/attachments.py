@@ -16,6 +16,13 @@ written file, and is reused while its size matches. A process drops its own
 copies when it removes or deletes what they were copies of; copies in other
 processes' caches are unreachable leftovers (named by a hash no row holds) until
 that process deletes something of the store or its cache is cleared.
+
+In an encrypted store, as on SQLite, the file is built in memory and sealed to
+the thread before anything is written (no plain copy touches this machine's
+disk or the database); the row's `name` and `tables` (a JSON string) are sealed
+too, `sha256` and `bytes` are those of the sealed bytes, the local copy is the
+sealed file, and the tools get the decrypted bytes in memory (`database()`).
+`copy_thread` seals the copy to its own thread (`reseal_copy`).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from checkpointers import stats
-from checkpointers.attachments import Attachment, Attachments, build_database
+from checkpointers.attachments import Attachment, Attachments, build_database, database_image
+from checkpointers.encryption import Cipher, attachment_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.engines.postgres.connection import neutral
 from checkpointers.errors import StoreError, ThreadNotFoundError
@@ -69,15 +77,32 @@ def cache_root() -> Path:
 class PostgresAttachments(Attachments):
     """`Attachments` with the bytes in PostgreSQL and a local, read-only copy per content hash."""
 
-    def __init__(self, url: str, run: Callable[..., Any]) -> None:
-        """`url`: the store's (it names this store's cache folder); `run(plan, read=...)`: the saver's runner."""
+    def __init__(self, url: str, run: Callable[..., Any], cipher: Callable[[], Cipher | None]) -> None:
+        """`url`: the store's (it names this store's cache folder); `run(plan, read=...)`: the saver's
+        runner; `cipher()`: the store's cipher (None: not encrypted)."""
         self._run = run
+        self._cipher = cipher
         # One folder per store: removing one store's copies never touches another's.
         self.root = cache_root() / hashlib.sha256(url.encode()).hexdigest()[:16]
 
+    def _store_cipher(self) -> Cipher | None:
+        return self._cipher()
+
+    def _stored_tables(self, tables: list[str], thread_id: str) -> str:
+        """The `tables` column's JSON: the list, or in an encrypted store the sealed list as a string."""
+        listed = json.dumps(tables)
+        return listed if self._cipher() is None else json.dumps(self._seal_text(listed, thread_id, "tables"))
+
+    def _listed_tables(self, stored: str, thread_id: str) -> list[str]:
+        value = json.loads(stored)
+        if self._cipher() is None:
+            return value
+        # A list in clear in an encrypted store is refused by `open_text`, as any plain value.
+        return json.loads(self._open_text(value if isinstance(value, str) else stored, thread_id, "tables"))
+
     # -- plans --------------------------------------------------------------
 
-    def _store(self, thread_id: str, user_id: Any, name: str, digest: str, data: bytes, tables: list[str], now: str) -> Plan[str | None]:
+    def _store(self, thread_id: str, user_id: Any, name: str, digest: str, data: bytes, tables: str, now: str) -> Plan[str | None]:
         """Check the owner (creating the thread if new) and store the file; returns the hash it replaced."""
         row = yield Sql(_THREAD_SQL, (thread_id,), FETCH_ONE)
         if row is None:
@@ -89,7 +114,7 @@ class PostgresAttachments(Attachments):
         if user_id is not ANY_USER and row[0] != user_id:
             raise ThreadNotFoundError(thread_id)
         old = yield Sql("SELECT sha256 FROM attachments WHERE thread_key = %s", (row[1],), FETCH_ONE)
-        yield Sql(_STORE_SQL, (row[1], name, digest, len(data), json.dumps(tables), now, data), FETCH_NONE)
+        yield Sql(_STORE_SQL, (row[1], name, digest, len(data), tables, now, data), FETCH_NONE)
         yield from neutral(stats.attachment_added)  # usage statistics
         return old[0] if old else None
 
@@ -104,6 +129,22 @@ class PostgresAttachments(Attachments):
         row = yield Sql(_DATA_SQL, (thread_key, digest), FETCH_ONE)
         return None if row is None else bytes(row[0])
 
+    def reseal_copy(self, target_key: int, source_id: str, target_id: str) -> Plan[None]:
+        """Seal the attachment `copy_thread` just copied from thread `source_id` to its new
+        thread (the store is encrypted); it is named by its new hash."""
+        row = yield Sql("SELECT name, tables::text, data FROM attachments WHERE thread_key = %s", (target_key,), FETCH_ONE)
+        if row is None:
+            return
+        cipher = self._cipher()
+        name = self._seal_text(self._open_text(row[0], source_id, "name"), target_id, "name")
+        tables = self._stored_tables(self._listed_tables(row[1], source_id), target_id)
+        data = cipher.seal(cipher.open(bytes(row[2]), attachment_place(source_id, "file")), attachment_place(target_id, "file"))
+        yield Sql(
+            "UPDATE attachments SET name = %s, tables = %s::jsonb, sha256 = %s, bytes = %s, data = %s WHERE thread_key = %s",
+            (name, tables, hashlib.sha256(data).hexdigest(), len(data), data, target_key),
+            FETCH_NONE,
+        )
+
     def _in_use(self, digests: list[str]) -> Plan[set[str]]:
         return {d for (d,) in (yield Sql(_IN_USE_SQL, (digests,)))}
 
@@ -112,12 +153,21 @@ class PostgresAttachments(Attachments):
     def _attach(self, thread_id: str, user_id: Any, source: Path, display: str, from_csv: bool) -> Attachment:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging = self.root / f".{uuid.uuid4().hex}.part"
+        cipher = self._cipher()
         try:
-            tables = build_database(source, staging, display, from_csv=from_csv)
-            data = staging.read_bytes()
+            if cipher is None:
+                tables = build_database(source, staging, display, from_csv=from_csv)
+                data = staging.read_bytes()
+            else:  # built in memory and sealed: no plain copy is written
+                image, tables = database_image(source, display, from_csv=from_csv)
+                data = cipher.seal(image, attachment_place(thread_id, "file"))
+                del image
+                staging.write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()
             now = utc_now()
-            replaced = self._run(self._store(thread_id, user_id, display, digest, data, tables, now))
+            stored_tables = self._stored_tables(tables, thread_id)
+            name = self._seal_text(display, thread_id, "name")
+            replaced = self._run(self._store(thread_id, user_id, name, digest, data, stored_tables, now))
             path = self._place(staging, digest)
         finally:
             staging.unlink(missing_ok=True)
@@ -133,7 +183,8 @@ class PostgresAttachments(Attachments):
         path = self._local(thread_key, digest, size)
         if path is None:  # removed since the row was read
             return None
-        return Attachment(thread_id, name, path, size, json.loads(tables), attached_at)
+        name, tables = self._open_text(name, thread_id, "name"), self._listed_tables(tables, thread_id)
+        return Attachment(thread_id, name, path, size, tables, attached_at)
 
     def _remove(self, thread_id: str, user_id: Any) -> bool:
         gone = self._run(self._delete(thread_id, user_id))

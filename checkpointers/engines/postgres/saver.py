@@ -25,8 +25,16 @@ pool.
 and the usage statistics' side of this engine; the saver counts usage as it
 writes, in the write's transaction.
 
-Not on this engine yet (refused or absent, never faked): encryption
-(`THREADKEEPER_ENCRYPTION_KEY` is refused), export/import.
+With an encryption key (`THREADKEEPER_ENCRYPTION_KEY`) the same things are
+sealed as on SQLite, with the same cipher, each bound to its place
+(`checkpointers.encryption`): checkpoint blobs, serialised channel values and
+writes (sealed where their row is built, opened in `_load`), messages
+(`_store_message`, `_load_messages`), titles (`encryption.seal_title`) and the
+attachment (`engines.postgres.attachments`); the search words are keyed hashes.
+The key is checked at open against the record in `store_meta` (`keys.unlock`).
+
+Not on this engine yet (refused or absent, never faked): `threadkeeper
+rotate-key`, export/import.
 """
 
 from __future__ import annotations
@@ -64,14 +72,15 @@ from psycopg.types.json import Jsonb
 
 from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
-from checkpointers.engines.postgres import connection, schema
+from checkpointers.encryption import Cipher, checkpoint_place, message_place, value_place, write_place
+from checkpointers.engines.postgres import connection, keys, schema
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql, neutral
 from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.maintenance import PostgresMaintenance
 from checkpointers.engines.postgres.sessions import PostgresSessions
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
 from checkpointers.conversation import Conversation
-from checkpointers.errors import StoreError, ThreadExistsError, ThreadNotFoundError
+from checkpointers.errors import ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
     MAX_CHAIN_DEPTH,
     ListCache,
@@ -109,14 +118,14 @@ def version_key(version: Any) -> str:
 # -- SQL ------------------------------------------------------------------------
 
 _THREAD_ROW_SQL = (
-    "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title IS NOT NULL "
+    f"SELECT thread_key, next_value_no, next_message_no, gc_epoch, title IS NOT NULL, {keys.key_record_sql} "
     "FROM threads WHERE thread_id = %s FOR UPDATE"
 )
 _NEW_THREAD_SQL = (
     "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (thread_id) DO NOTHING"
 )
-_THREAD_KEY_SQL = "SELECT thread_key FROM threads WHERE thread_id = %s"
+_THREAD_KEY_SQL = f"SELECT thread_key, {keys.key_record_sql} FROM threads WHERE thread_id = %s"
 
 _WRITE_CHECKPOINT_SQL = """
 WITH new_messages AS (
@@ -234,6 +243,8 @@ class _ThreadRow:
     next_message_no: int
     gc_epoch: int
     has_title: bool
+    key_record: str | None
+    """The store's key record as this write read it (see `keys.key_record_sql`)."""
 
 
 @dataclass
@@ -296,13 +307,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         cache_messages: int = 200_000,
         encryption_key: str | None | object = None,
     ) -> None:
-        """Raises `StoreError` when an encryption key is given (not available on this engine)."""
+        """`encryption_key`: None opens the store without a key (`open_saver` passes
+        `$THREADKEEPER_ENCRYPTION_KEY`). Raises `EncryptionKeyError` for a key too
+        short here, and at `setup` when the key does not fit the store (as on SQLite)."""
         super().__init__(serde=serde)
-        if encryption_key is not None:
-            raise StoreError(
-                f"encryption is not available on PostgreSQL in this release: unset {encryption.KEY_VARIABLE} "
-                "or use a SQLite store"
-            )
+        self._encryption_key = None if encryption_key is None else encryption.check_key(str(encryption_key))
+        self._cipher: Cipher | None = None
+        """The store's cipher once `setup` checked the key (None: the store is not encrypted)."""
+        self._key_record: str | None = None
         self.url = url
         self._pool: Any = None
         self._async_pools: dict[asyncio.AbstractEventLoop, Any] = {}
@@ -312,9 +324,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
-        self.threads = PostgresThreadIndex(self._run, self._arun)
-        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun))
-        self.attachments = PostgresAttachments(url, self._run)
+        self.threads = PostgresThreadIndex(self._run, self._arun, lambda: self._cipher)
+        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun, lambda: self._cipher))
+        self.attachments = PostgresAttachments(url, self._run, lambda: self._cipher)
         self.maintenance = PostgresMaintenance(url, self._run, self._transaction)
         """Retention, erasure and statistics reads on this database (`engines.base.Maintenance`)."""
 
@@ -337,11 +349,15 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             saver.close()
 
     def setup(self) -> None:
-        """Create or upgrade the schema; safe to call any number of times, from any number of processes."""
+        """Create or upgrade the schema and check the encryption key against the store; safe to
+        call any number of times, from any number of processes. Raises `EncryptionKeyError`
+        (one sentence) for a missing or wrong key, or a key on a store with threads in clear."""
         self._run(schema.migrate())
+        self._cipher, self._key_record = self._run(keys.unlock(self._encryption_key, self.location))
 
     async def asetup(self) -> None:
         await self._arun(schema.migrate())
+        self._cipher, self._key_record = await self._arun(keys.unlock(self._encryption_key, self.location))
 
     def close(self) -> None:
         """Give back this saver's share of the process's sync pool (the last user closes it)."""
@@ -412,10 +428,21 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _dump(self, value: Any) -> tuple[str, bytes]:
         return codec.compress_blob(*self.serde.dumps_typed(value))
 
-    def _load(self, type_: str, blob: bytes) -> Any:
+    def _load(self, type_: str, blob: bytes, place: bytes) -> Any:
+        """A value stored at `place` (one of `checkpointers.encryption`'s `*_place`; opened there
+        when the store is encrypted)."""
+        if self._cipher is not None:
+            blob = self._cipher.open(blob, place)
         if type_ == checkpoint_codec.TYPE:
             return checkpoint_codec.decode(blob)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
+
+    def _load_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str, type_: str, blob: bytes) -> Any:
+        return self._load(type_, blob, checkpoint_place(thread_key, ns, checkpoint_id))
+
+    def _sealed(self, blob: bytes, place: bytes) -> bytes:
+        """A serialised value as its row stores it: sealed to `place` when the store is encrypted."""
+        return blob if self._cipher is None else self._cipher.seal(blob, place)
 
     def _dump_checkpoint(self, checkpoint: Checkpoint) -> tuple[str, bytes]:
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
@@ -434,13 +461,15 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if known is not None:
             return known
         no = txn.message_no()
-        words = search.search_words(message)
+        words = search.indexed_words(message, None if self._cipher is None else self._cipher.search_token)
         lexemes = " ".join(search.lexemes(words)) if words else None
-        txn.messages.append((no, type_, codec.deflate(blob), lexemes or None))
+        txn.messages.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no)), lexemes or None))
         txn.new_digests[digest] = no
         return no
 
-    def _load_message(self, type_: str, value: bytes) -> BaseMessage:
+    def _load_message(self, thread_key: int, no: int, type_: str, value: bytes) -> BaseMessage:
+        if self._cipher is not None:
+            value = self._cipher.open(value, message_place(thread_key, no))
         return load_message(self.serde, type_, codec.inflate(value))
 
     # -- plans: reading lists and values -------------------------------------
@@ -449,7 +478,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if not nos:
             return {}
         rows = yield Sql(_MESSAGES_SQL, (thread_key, list(nos)))
-        found = {no: self._load_message(type_, value) for no, type_, value in rows}
+        found = {no: self._load_message(thread_key, no, type_, value) for no, type_, value in rows}
         if len(found) != len(set(nos)):
             missing = sorted(set(nos) - found.keys())[:5]
             raise RuntimeError(f"thread {thread_key}: stored value refers to missing messages {missing}")
@@ -506,7 +535,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _decode_value(self, thread_key: int, value_no: int, kind: int, type_: str | None, value: bytes | None, *, own: bool) -> Plan[Any]:
         """A stored channel value; a message list as the cache's objects checked (see `StoredList`), or with `own` copies."""
         if kind not in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
-            return self._load(type_, value)
+            return self._load(type_, value, value_place(thread_key, value_no))
         stored = yield from self._load_list(thread_key, value_no)
         messages = stored.copies() if own else stored.hand_out()
         return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
@@ -524,11 +553,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _pending_writes(self, thread_key: int, ns: str, checkpoint_id: str) -> Plan[list[PendingWrite]]:
         rows = yield Sql(_WRITES_OF_SQL, (thread_key, ns, checkpoint_id))
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
-        return [(task_id, channel, self._load(type_, value)) for _path, task_id, _idx, channel, type_, value in rows]
+        return [
+            (task_id, channel, self._load(type_, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
+            for _path, task_id, idx, channel, type_, value in rows
+        ]
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
         checkpoint_id, parent_id, type_, blob, metadata = row
-        checkpoint = self._load(type_, blob)
+        checkpoint = self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)
         checkpoint["id"] = checkpoint_id
         checkpoint["channel_values"] = yield from self._channel_values(
             thread_key, ns, checkpoint["channel_versions"], own=own
@@ -622,7 +654,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _messages_value(self, thread_key: int, thread_id: str) -> Plan[tuple | None]:
         """(value_no, kind, type, value) of the thread's current `messages` channel, or None."""
         row = yield Sql(_LATEST_CHECKPOINT_SQL, ("", thread_id), FETCH_ONE)
-        versions = self._load(row[3], row[4])["channel_versions"] if row else {}
+        versions = self._load_checkpoint(thread_key, "", row[1], row[3], row[4])["channel_versions"] if row else {}
         if MESSAGES_CHANNEL not in versions:
             return None
         found = yield Sql(_VALUES_AT_SQL, ([MESSAGES_CHANNEL], [version_key(versions[MESSAGES_CHANNEL])], thread_key, ""))
@@ -707,11 +739,18 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             yield from self._new_thread(thread_id, user_id)
             row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
         found = _ThreadRow(*row)
+        self._check_key_unchanged(found.key_record)
         with self._cache_lock:
             if self._epochs.get(found.thread_key) != found.gc_epoch:
                 self._forget_thread(found.thread_key)
                 self._epochs[found.thread_key] = found.gc_epoch
         return found
+
+    def _check_key_unchanged(self, record: str | None) -> None:
+        """Refuse to write if the store's key record is not the one this saver opened it with:
+        another process made the store encrypted after this one opened it without a key."""
+        if record != self._key_record:
+            raise keys.key_changed(self.location)
 
     def _new_thread(self, thread_id: str, user_id: str | None) -> Plan[None]:
         """Insert a thread's row unless another writer just did, and count it (usage statistics)."""
@@ -759,7 +798,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             return (entry.value_no, ns, channel, version_key(version), kind, None, packed, base_no, keep, entry.depth)
         check_value(value, "input")
         type_, blob = self._dump(value)
-        return (txn.value_no(), ns, channel, version_key(version), KIND_SERDE, type_, blob, None, None, 0)
+        value_no = txn.value_no()
+        blob = self._sealed(blob, value_place(txn.thread_key, value_no))
+        return (value_no, ns, channel, version_key(version), KIND_SERDE, type_, blob, None, None, 0)
 
     def _put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
@@ -775,6 +816,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         type_, blob = self._dump_checkpoint(checkpoint)
         run_id = full_metadata.get("run_id")
         txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
+        blob = self._sealed(blob, checkpoint_place(txn.thread_key, ns, checkpoint["id"]))
         values = checkpoint["channel_values"]
         for channel, version in new_versions.items():
             row = yield from self._value_row(txn, ns, channel, version, values.get(channel, _MISSING))
@@ -799,7 +841,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "ns": ns, "checkpoint_id": checkpoint["id"], "parent_id": configurable.get("checkpoint_id"),
                 "run_id": None if run_id is None else str(run_id), "type": type_, "checkpoint": blob,
                 "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
-                "updated_at": utc_now(), "message_count": message_count, "title": title, "user_id": user_id,
+                "updated_at": utc_now(), "message_count": message_count,
+                "title": encryption.seal_title(self._cipher, title, thread_id), "user_id": user_id,
             },
             FETCH_ONE,
         )
@@ -843,18 +886,24 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
         user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
-        rows = []
+        ns, checkpoint_id = configurable.get("checkpoint_ns", ""), configurable["checkpoint_id"]
+        dumped = []
         for idx, (channel, value) in enumerate(writes):
             check_value(value, "input")
-            rows.append((WRITES_IDX_MAP.get(channel, idx), task_path, channel, *self._dump(value)))
+            dumped.append((WRITES_IDX_MAP.get(channel, idx), task_path, channel, *self._dump(value)))
         row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
         if row is None:
             yield from self._new_thread(thread_id, user_id)
             row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+        self._check_key_unchanged(row[1])
+        rows = [
+            (idx, path, channel, type_, self._sealed(blob, write_place(row[0], ns, checkpoint_id, task_id, idx)))
+            for idx, path, channel, type_, blob in dumped
+        ]
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         yield Sql(
             _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL,
-            (row[0], configurable.get("checkpoint_ns", ""), configurable["checkpoint_id"], task_id, *_columns(rows, 5)),
+            (row[0], ns, checkpoint_id, task_id, *_columns(rows, 5)),
             FETCH_NONE,
         )
 
@@ -945,6 +994,15 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             if table == "message_times":  # the trigger dated the messages just copied now; they keep the source's
                 yield Sql("DELETE FROM message_times WHERE thread_key = %s", (new_key,), FETCH_NONE)
             yield Sql(sql, (new_key, src[0]), FETCH_NONE)
+        if self._cipher is not None:  # sealed values are bound to their thread: seal the copies to theirs
+            title = yield Sql("SELECT title FROM threads WHERE thread_key = %s", (new_key,), FETCH_ONE)
+            yield Sql(
+                "UPDATE threads SET title = %s WHERE thread_key = %s",
+                (encryption.seal_title(self._cipher, encryption.open_title(self._cipher, title[0], source), target), new_key),
+                FETCH_NONE,
+            )
+            yield from keys.reseal_copy(self._cipher, src[0], new_key)
+            yield from self.attachments.reseal_copy(new_key, source, target)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy a thread with its whole history under a new id (unused, or without checkpoints)."""
@@ -1036,7 +1094,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """The checkpoint plus the ancestors its DeltaChannels replay from."""
         kept = [checkpoint_id]
         row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, checkpoint_id), FETCH_ONE)
-        versions = self._load(row[1], row[2])["channel_versions"]
+        versions = self._load_checkpoint(thread_key, ns, checkpoint_id, row[1], row[2])["channel_versions"]
         delta_channels = [c for c in (row[3].get("counters_since_delta_snapshot") or {}) if c in versions]
         found = yield from self._stored_channels(thread_key, ns, versions, delta_channels)
         unseeded = set(delta_channels) - found
@@ -1046,7 +1104,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             if row is None:
                 break
             kept.append(parent)
-            versions = self._load(row[1], row[2])["channel_versions"]
+            versions = self._load_checkpoint(thread_key, ns, parent, row[1], row[2])["channel_versions"]
             unseeded -= yield from self._stored_channels(thread_key, ns, versions, [c for c in unseeded if c in versions])
             parent = row[0]
         return kept
@@ -1063,12 +1121,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         savers (in any process) that cached the thread's lists read them afresh."""
         yield Sql("UPDATE threads SET gc_epoch = gc_epoch + 1 WHERE thread_key = %s", (thread_key,), FETCH_NONE)
         checkpoints = yield Sql(
-            "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_key = %s", (thread_key,)
+            "SELECT checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = %s", (thread_key,)
         )
         wanted = {
             (ns, channel, version_key(version))
-            for ns, type_, blob in checkpoints
-            for channel, version in self._load(type_, blob)["channel_versions"].items()
+            for ns, checkpoint_id, type_, blob in checkpoints
+            for channel, version in self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)["channel_versions"].items()
         }
         rows = yield Sql(
             "SELECT value_no, checkpoint_ns, channel, version, kind, value, base_no FROM channel_values "
@@ -1124,7 +1182,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             for write in reversed(writes):
                 if write[1] in remaining:
                     collected[write[1]].append(write)
-            versions = self._load(row[1], row[2])["channel_versions"]
+            versions = self._load_checkpoint(thread_key, ns, cursor, row[1], row[2])["channel_versions"]
             present = [c for c in remaining if c in versions]
             if present:
                 stored = yield Sql(

@@ -7,9 +7,10 @@ index; `metadata` is `jsonb`), `checkpoints` (without channel values),
 numbers, a delta of an earlier list), `messages` (each message once per
 thread, deflated, with its search words as a `tsvector` under a GIN index),
 and `writes`; then what sessions and attachments add: `message_times`,
-`message_metadata` and `attachments` (the attached database's bytes). Every
-table but `threads` references its thread with
-`ON DELETE CASCADE`, so deleting a thread's row deletes all of it.
+`message_metadata` and `attachments` (the attached database's bytes); and
+`store_meta` (the encryption key's record). Every table of a thread's content
+references its thread with `ON DELETE CASCADE`, so deleting a thread's row
+deletes all of it.
 
 `migrate` runs under a transaction-scoped advisory lock: processes that start
 together queue on it, the first applies what is missing, the others find
@@ -217,10 +218,18 @@ M003_SESSIONS_AND_ATTACHMENTS = (
     """,
 )
 
+M004_STORE_META = (
+    # Settings of the store itself, as SQLite's `store_meta`: the encryption key's
+    # record (salt, KDF parameters, check value; see `checkpointers.encryption`),
+    # checked by every saver that opens the store.
+    "CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL)",
+)
+
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_operations", M002_OPERATIONS),
     ("m003_sessions_and_attachments", M003_SESSIONS_AND_ATTACHMENTS),
+    ("m004_store_meta", M004_STORE_META),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 

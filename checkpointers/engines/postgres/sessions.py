@@ -18,7 +18,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
-from checkpointers import metadata as md, stats
+from checkpointers import encryption, stats
+from checkpointers import metadata as md
+from checkpointers.encryption import Cipher
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.engines.postgres.connection import neutral
 from checkpointers.sessions import MessageQuery
@@ -104,10 +106,12 @@ class PostgresSessions:
 
     blocking = False
 
-    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any]) -> None:
-        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners."""
+    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Cipher | None]) -> None:
+        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
+        cipher (None: not encrypted)."""
         self._run = run
         self._arun = arun
+        self._cipher = cipher
 
     def lock(self) -> AbstractContextManager[Any]:
         # Writers of one thread queue on its row in the database, in every process alike.
@@ -120,10 +124,10 @@ class PostgresSessions:
         return await self._arun(plan, read=not write)
 
     def seal_title(self, title: str | None, session_id: str) -> str | None:
-        return title  # encryption is refused on this engine
+        return encryption.seal_title(self._cipher(), title, session_id)
 
     def open_title(self, stored: str | None, session_id: str) -> str | None:
-        return stored
+        return encryption.open_title(self._cipher(), stored, session_id)
 
     def session_row(self, session_id: str) -> Plan[tuple | None]:
         return (yield Sql(f"SELECT {_COLUMNS} FROM threads WHERE thread_id = %s", (session_id,), FETCH_ONE))

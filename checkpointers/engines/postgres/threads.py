@@ -9,18 +9,23 @@ values (`metadata -> key = value`). Search matches a title by `ILIKE`, or a
 message holding every word of the query through the GIN index on
 `messages.words` (lexemes made by `checkpointers.search.lexemes`, the same
 whole-word, case- and accent-insensitive rules as SQLite's FTS5 index).
+In an encrypted store, as on SQLite, titles are sealed (decrypted as rows are
+read, matched in Python after decryption) and `messages.words` holds keyed
+hashes of the words, which a query's words are hashed to (`_search_encrypted`).
 Async methods are native asyncio.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from checkpointers import search
+from checkpointers import encryption, search
+from checkpointers.encryption import Cipher
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.storable import check_id, check_text
@@ -36,6 +41,8 @@ from checkpointers.threads import (
     clean_title,
     decode_cursor,
     encode_cursor,
+    gather_matches,
+    matches_page,
     metadata_patch,
     thread_info,
 )
@@ -46,12 +53,12 @@ _OWNED_BY = {True: " WHERE user_id IS NULL", False: " WHERE user_id = %s"}
 _NEWEST_FIRST = " ORDER BY updated_at DESC, thread_id DESC LIMIT %s"
 
 
-def _rows_of(user_id: Any, cursor: str | None) -> tuple[str, list[Any]]:
+def _rows_of(user_id: Any, cursor: str | None, select: str = _SELECT) -> tuple[str, list[Any]]:
     """The start of every listing: the user's rows (every row for `ANY_USER`), after the cursor."""
     if user_id is ANY_USER:
-        sql, params = _SELECT + " WHERE true", []
+        sql, params = select + " WHERE true", []
     else:
-        sql, params = _SELECT + _OWNED_BY[user_id is None], ([] if user_id is None else [user_id])
+        sql, params = select + _OWNED_BY[user_id is None], ([] if user_id is None else [user_id])
     if cursor is not None:
         sql += " AND (updated_at, thread_id) < (%s, %s)"
         params.extend(decode_cursor(cursor))
@@ -76,9 +83,9 @@ def _merged(target: Any, patch: Any) -> Any:
     return result
 
 
-def _page(rows: list[tuple], limit: int) -> ThreadPage:
-    threads = [thread_info(r) for r in rows[:limit]]
-    return ThreadPage(threads, encode_cursor(threads[-1]) if len(rows) > limit else None)
+_SCAN_ROWS = 200
+"""Rows an encrypted search reads at a time while it looks for its page of matches."""
+_WORDS_HIT = "EXISTS (SELECT 1 FROM messages m WHERE m.thread_key = t.thread_key AND m.words @@ %s::tsquery)"
 
 
 class PostgresThreadIndex:
@@ -86,10 +93,24 @@ class PostgresThreadIndex:
     for what each call promises. `user_id` scopes every call: another user's thread
     behaves exactly like a thread that does not exist."""
 
-    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any]) -> None:
-        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners."""
+    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Cipher | None]) -> None:
+        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
+        cipher (None: not encrypted), known once the saver checked its key."""
         self._run = run
         self._arun = arun
+        self._cipher = cipher
+
+    def _info(self, row: tuple) -> ThreadInfo:
+        """A row of `THREAD_COLUMNS` as a ThreadInfo, its title decrypted."""
+        info = thread_info(row)
+        cipher = self._cipher()
+        if cipher is None or info.title is None:
+            return info
+        return dataclasses.replace(info, title=encryption.open_title(cipher, info.title, info.thread_id))
+
+    def _page(self, rows: list[tuple], limit: int) -> ThreadPage:
+        threads = [self._info(r) for r in rows[:limit]]
+        return ThreadPage(threads, encode_cursor(threads[-1]) if len(rows) > limit else None)
 
     # -- plans --------------------------------------------------------------
 
@@ -109,7 +130,7 @@ class PostgresThreadIndex:
                 sql += " AND metadata -> %s = %s"
                 params += [key, Jsonb(value)]
         rows = yield Sql(sql + _NEWEST_FIRST, [*params, limit + 1])
-        return _page(rows, limit)
+        return self._page(rows, limit)
 
     def _search(self, user_id: Any, query: str, limit: int, cursor: str | None) -> Plan[ThreadPage]:
         check_limit(limit)
@@ -117,6 +138,9 @@ class PostgresThreadIndex:
         if not text:
             return (yield from self._list(user_id, limit, cursor, None, None))
         user_id, text = checked_user(user_id), check_text(text, "search")
+        cipher = self._cipher()
+        if cipher is not None:
+            return (yield from self._search_encrypted(cipher, user_id, text, limit, cursor))
         sql, params = _rows_of(user_id, cursor)
         like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         lexemes = search.query_lexemes(text)
@@ -124,19 +148,35 @@ class PostgresThreadIndex:
         matches = ["title ILIKE %s"] if len(text) <= MAX_TITLE_LENGTH else []
         params += [like] if matches else []
         if lexemes:
-            matches.append(
-                "EXISTS (SELECT 1 FROM messages m WHERE m.thread_key = t.thread_key AND m.words @@ %s::tsquery)"
-            )
+            matches.append(_WORDS_HIT)
             params.append(_tsquery(lexemes))
         sql += " AND (" + (" OR ".join(matches) or "false") + ")"
         rows = yield Sql(sql + _NEWEST_FIRST, [*params, limit + 1])
-        return _page(rows, limit)
+        return self._page(rows, limit)
+
+    def _search_encrypted(self, cipher: Cipher, user_id: Any, text: str, limit: int, cursor: str | None) -> Plan[ThreadPage]:
+        """`_search` when titles are sealed (as `ThreadIndex.search` on SQLite): the user's rows
+        newest first, `_SCAN_ROWS` at a time in one snapshot, each with the database's answer
+        to "does a message hold every word" (keyed hashes), and the title matched here after
+        decryption; stops once a page and one more match are found."""
+        needle = text.casefold()
+        lexemes = search.query_lexemes(text, cipher.search_token)
+        hit, hit_params = (_WORDS_HIT, [_tsquery(lexemes)]) if lexemes else ("false", [])
+        found: list[ThreadInfo] = []
+        while len(found) <= limit:
+            sql, params = _rows_of(user_id, cursor, f"SELECT {THREAD_COLUMNS}, {hit} FROM threads t")
+            rows = yield Sql(sql + _NEWEST_FIRST, [*hit_params, *params, _SCAN_ROWS])
+            gather_matches(rows, self._info, needle, found, limit)
+            if len(rows) < _SCAN_ROWS:
+                break
+            cursor = encode_cursor(thread_info(rows[-1][:-1]))
+        return matches_page(found, limit)
 
     def _get(self, thread_id: str, user_id: Any) -> Plan[ThreadInfo]:
         row = yield Sql(_SELECT + " WHERE thread_id = %s", (check_id(thread_id),), FETCH_ONE)
         if row is None or (user_id is not ANY_USER and row[1] != user_id):
             raise ThreadNotFoundError(str(thread_id))
-        return thread_info(row)
+        return self._info(row)
 
     def _count(self, user_id: Any) -> Plan[int]:
         user_id = checked_user(user_id)
@@ -210,11 +250,15 @@ class PostgresThreadIndex:
     def rename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Give the thread a new title (one line, at most 200 characters)."""
         clean = clean_title(title)
-        return self._run(self._update(thread_id, user_id, lambda _: {"title": clean}))
+        return self._run(self._update(thread_id, user_id, lambda info: {"title": self._sealed_title(clean, info)}))
 
     async def arename(self, thread_id: str, title: str, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         clean = clean_title(title)
-        return await self._arun(self._update(thread_id, user_id, lambda _: {"title": clean}))
+        return await self._arun(self._update(thread_id, user_id, lambda info: {"title": self._sealed_title(clean, info)}))
+
+    def _sealed_title(self, title: str, info: ThreadInfo) -> str:
+        """A title as the thread's row stores it (sealed to the thread when the store is encrypted)."""
+        return encryption.seal_title(self._cipher(), title, info.thread_id)
 
     def pin(self, thread_id: str, pinned: bool = True, *, user_id: str | None = ANY_USER) -> ThreadInfo:
         """Pin (or with `pinned=False`, unpin) a thread."""
