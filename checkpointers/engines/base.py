@@ -149,6 +149,37 @@ async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
             walk.failed(exc)
     return walk.answer
 
+
+class Transfer(PlanRunner, Protocol):
+    """What import and export ask of an engine beyond the public API (carried by each
+    saver as `saver.transfer`): putting a thread brought in from elsewhere back as it
+    was there (`checkpointers.conversation.restore`, `date_messages`). Each method but
+    `seal_title` is a plan fragment, run in the write transaction of the step that
+    uses it; the SQL is in `engines/sqlite/transfer.py` and `engines/postgres/transfer.py`."""
+
+    def seal_title(self, title: str | None, thread_id: str) -> str | None:
+        """The title as the engine stores it (encrypted in an encrypted SQLite store)."""
+
+    def add_thread(self, thread_id: str, owner: str | None, now: str) -> Plan[None]:
+        """Insert the index row of a thread that has no messages (no checkpoint made
+        one), and count it in the usage statistics."""
+
+    def set_origin(
+        self, thread_id: str, *, owner: str | None, created_at: str, updated_at: str, pinned: bool,
+        metadata_json: str, title: str | None, keep_title: bool,
+    ) -> Plan[None]:
+        """Set the thread's owner, times, pin and metadata (JSON text), and its title
+        (as stored) unless `keep_title`: the one the saver took from the first message."""
+
+    def date_messages(
+        self, thread_key: int, starts: list[tuple[int, int]] | None, records: list[tuple[str, int | None, str]]
+    ) -> Plan[None]:
+        """Replace the thread's `message_times` by `starts` ((message number, milliseconds):
+        that message and the ones after it until the next start were said then), unless
+        None; and put each (message id, microseconds or None, metadata JSON) in
+        `message_metadata`, replacing the message's earlier record."""
+
+
 class Maintenance(Protocol):
     location: str
     """Where the store is, for people: the file's absolute path, or the URL without its password."""

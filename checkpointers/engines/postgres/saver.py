@@ -70,6 +70,7 @@ from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.maintenance import PostgresMaintenance
 from checkpointers.engines.postgres.sessions import PostgresSessions
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
+from checkpointers.engines.postgres.transfer import PostgresTransfer
 from checkpointers.conversation import Conversation
 from checkpointers.errors import StoreError, ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
@@ -315,6 +316,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self.threads = PostgresThreadIndex(self._run, self._arun)
         self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun))
         self.attachments = PostgresAttachments(url, self._run)
+        self.transfer = PostgresTransfer(self._run, self._arun)
+        """What import and export ask of this engine (`engines.base.Transfer`)."""
         self.maintenance = PostgresMaintenance(url, self._run, self._transaction)
         """Retention, erasure and statistics reads on this database (`engines.base.Maintenance`)."""
 
