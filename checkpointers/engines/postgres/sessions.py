@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from checkpointers import metadata as md
+from checkpointers import metadata as md, stats
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
-from checkpointers.engines.postgres.connection import PostgresRunner
+from checkpointers.engines.postgres.connection import PostgresRunner, neutral
 from checkpointers.sessions import MessageQuery
 
 _COLUMNS = "thread_id, user_id, title, metadata::text, created_at, updated_at, message_count, pinned"
@@ -119,6 +119,7 @@ class PostgresSessions(PostgresRunner):
             (session_id, owner, title, now, now, stored),
             FETCH_NONE,
         )
+        yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
         yield Sql(
