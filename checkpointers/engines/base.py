@@ -12,8 +12,9 @@ pruning, deleting a thread) cannot run inside one transaction: it is written as
 *steps*, a generator that yields `Read` and `Write` (a plan in a transaction of
 its own) or `Call` (a saver method, with its async twin), and is sent back each
 result. `drive` runs steps for sync callers, `adrive` for asyncio ones; this way
-the engine-neutral logic (`checkpointers.sessions`, `checkpointers.attachments`)
-is written once for both engines and both kinds of caller.
+the engine-neutral logic (`checkpointers.sessions`, `checkpointers.attachments`,
+the imports' `checkpointers.conversation.restore`) is written once for both engines
+and both kinds of caller.
 
 The store's upkeep is the other half (`Maintenance`, below, carried by each saver
 as `saver.maintenance`). Retention (`checkpointers.retention`), erasure (`delete_user`) and the usage
