@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,28 @@ class Attachments:
         """Detach and delete the thread's database; True if there was one."""
         return self._remove(check_id(thread_id), user_id)
 
+    def restore(
+        self, thread_id: str, data: bytes, *, name: str, attached_at: str, user_id: str | None = ANY_USER
+    ) -> None:
+        """Attach a database brought back from an export as it was exported: under its
+        name and time, and byte for byte.
+
+        It is checked and stored as an upload is (`attach`; as a database whatever its
+        name: one uploaded as CSV was stored converted), with the same `AttachmentError`.
+        Checking copies it, and copying renumbers SQLite's 100-byte header (a database
+        built from a CSV upload has other counts): when the copy differs from `data` in
+        that header only, `data` itself is kept, so exporting again gives the same bytes.
+        """
+        with tempfile.TemporaryDirectory(prefix="threadkeeper-import-") as folder:
+            source = Path(folder) / "attachment.db"
+            source.write_bytes(data)
+            attached = self.attach(thread_id, source, user_id=user_id)
+        stored = self.database(attached.thread_id)
+        stored = stored if isinstance(stored, bytes) else stored.read_bytes()
+        header_only = stored != data and len(stored) == len(data) and stored[100:] == data[100:]
+        # (never expected) more than the header differs: the checked copy stays.
+        self._as_exported(attached, name, attached_at, data if header_only else None)
+
     @staticmethod
     def _visible(row: tuple | None, thread_id: str, user_id: Any) -> bool:
         """Whether a thread's row (None: no such thread; its owner first) shows its attachment
@@ -395,6 +418,11 @@ class Attachments:
         raise NotImplementedError
 
     def _remove(self, thread_id: str, user_id: Any) -> bool:
+        raise NotImplementedError
+
+    def _as_exported(self, attached: Attachment, name: str, attached_at: str, exact: bytes | None) -> None:
+        """Give the attachment `attach` just stored its exported name and time, and
+        `exact` as its bytes unless None."""
         raise NotImplementedError
 
     # -- async twins (the file work blocks: a worker thread on every engine) --------
@@ -493,6 +521,21 @@ class AttachmentStore(Attachments):
             return None
         name, tables = self._open_text(row[1], thread_id, "name"), json.loads(self._open_text(row[4], thread_id, "tables"))
         return Attachment(thread_id, name, self.root / row[2], row[3], tables, row[5])
+
+    def _as_exported(self, attached: Attachment, name: str, attached_at: str, exact: bytes | None) -> None:
+        thread_id, stored, size = attached.thread_id, attached.path, None
+        if exact is not None:
+            cipher = self._store_cipher()
+            staging = stored.with_name(stored.name + ".part")
+            staging.write_bytes(exact if cipher is None else cipher.seal(exact, attachment_place(thread_id, "file")))
+            staging.replace(stored)
+            size = stored.stat().st_size
+        with self._saver._write():
+            self._saver.conn.execute(
+                "UPDATE attachments SET name = ?, attached_at = ?, bytes = coalesce(?, bytes) "
+                "WHERE thread_key = (SELECT thread_key FROM threads WHERE thread_id = ?)",
+                (self._seal_text(name, thread_id, "name"), attached_at, size, thread_id),
+            )
 
     def _remove(self, thread_id: str, user_id: Any) -> bool:
         with self._saver._write() as after_commit:

@@ -18,10 +18,12 @@ On SQLite every write holds the saver's lock from the ownership check to the
 commit, so two writers in one process cannot interleave. Writers in different
 processes (and on PostgreSQL, any two writers) can: each checkpoint extends the
 newest one it read, and of two that extend the same one, the later wins (as
-with any LangGraph checkpointer). `write`, `delete` and the saver's
-`load_conversation` work on both engines; the async twins are native asyncio
-where the saver's are (`saver.native_async`). `load`, `restore` and
-`date_messages` are the SQLite engine's (import and export).
+with any LangGraph checkpointer). `write`, `delete`, `restore`, `date_messages`
+and the saver's `load_conversation` work on both engines; the async twins are
+native asyncio where the saver's are (`saver.native_async`). `restore` and
+`date_messages` (the imports) are written once as steps
+(`checkpointers.engines.base`), their SQL the engine's (`saver.transfer`); `load`
+is the SQLite saver's `load_conversation`.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
 
-from checkpointers import stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
+from checkpointers.engines.base import Call, Plan, Steps, Transfer, Write, drive
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.threads import ANY_USER
 from checkpointers.messages import utc_now
@@ -110,7 +112,10 @@ def as_message(value: Any) -> BaseMessage:
 
 
 def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | None:
-    """The thread's current messages; None if it does not exist or is not the user's."""
+    """The thread's current messages; None if it does not exist or is not the user's.
+
+    The SQLite saver's `load_conversation`; engine-neutral code calls that method,
+    which each engine has."""
     with saver._read() as conn:
         row = conn.execute(
             "SELECT thread_key, user_id, created_at FROM threads WHERE thread_id = ?", (str(thread_id),)
@@ -138,9 +143,9 @@ def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | Non
 
 
 def owner_of(saver: ThreadSaver, thread_id: str) -> tuple[bool, str | None]:
-    """(whether the thread exists, its owner)."""
-    row = saver.conn.execute("SELECT user_id FROM threads WHERE thread_id = ?", (str(thread_id),)).fetchone()
-    return (row is not None, row[0] if row else None)
+    """(whether the thread exists, its owner), on either engine."""
+    found = _row_or_none(saver.threads.get, str(thread_id))
+    return (found is not None, None if found is None else found.user_id)
 
 
 def _config(saver: Any, thread_id: str, user_id: Any) -> dict[str, Any]:
@@ -255,79 +260,104 @@ def restore(
     export read back gives the same times. `message_metadata` maps message
     ids to their stored metadata JSON. The thread's times, title, pin and
     metadata are set in one transaction after its messages are written.
-    Raises ValueError if the thread exists.
+    Raises ValueError if the thread exists. Works on either engine: the SQL is
+    the engine's (`saver.transfer`); on SQLite the saver's lock is held throughout.
     """
-    thread_id = str(thread_id)
-    with saver._lock:
-        if owner_of(saver, thread_id)[0]:
-            raise ValueError(f"thread {thread_id} already exists")
-        write(saver, thread_id, messages, user_id=user_id if user_id is not None else ANY_USER)
+    drive(
+        saver.transfer,
+        _restore(
+            saver, str(thread_id), list(messages), user_id=user_id, created_at=created_at, updated_at=updated_at,
+            title=title, pinned=pinned, metadata_json=metadata_json, message_times=message_times,
+            message_metadata=message_metadata or {},
+        ),
+    )
 
-        with saver._write():
-            conn = saver.conn
-            if not messages:  # nothing written: the thread is its index row alone
-                now = utc_now()
-                conn.execute(
-                    "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    (thread_id, user_id, now, now),
-                )
-                stats.thread_created(conn, user_id)  # usage statistics
-            conn.execute(
-                "UPDATE threads SET user_id = ?, created_at = ?, updated_at = ?, pinned = ?, metadata = ? "
-                + ("" if title is DERIVED else ", title = ?")
-                + " WHERE thread_id = ?",
-                (user_id, created_at, updated_at, int(pinned), metadata_json)
-                + (() if title is DERIVED else (saver._seal_title(title, thread_id),))
-                + (thread_id,),
-            )
-        stored = load(saver, thread_id, ANY_USER)
-        if not stored.messages:
-            return
-        with saver._write():
-            _date_messages(saver.conn, stored, message_times, message_metadata or {})
+
+def _restore(
+    saver: ThreadSaver, thread_id: str, messages: list[BaseMessage], *, user_id: str | None, created_at: str,
+    updated_at: str, title: Any, pinned: bool, metadata_json: str, message_times: Sequence[int] | None,
+    message_metadata: dict[str, str],
+) -> Steps[None]:
+    engine = saver.transfer
+    if (yield _thread_row(saver, thread_id)) is not None:
+        raise ValueError(f"thread {thread_id} already exists")
+    if messages:
+        writer = ANY_USER if user_id is None else user_id
+        yield Call(
+            lambda: write(saver, thread_id, messages, user_id=writer),
+            lambda: awrite(saver, thread_id, messages, user_id=writer),
+        )
+
+    def origin() -> Plan[None]:
+        if not messages:  # nothing written: the thread is its index row alone
+            yield from engine.add_thread(thread_id, user_id, utc_now())
+        yield from engine.set_origin(
+            thread_id, owner=user_id, created_at=created_at, updated_at=updated_at, pinned=pinned,
+            metadata_json=metadata_json, title=None if title is DERIVED else engine.seal_title(title, thread_id),
+            keep_title=title is DERIVED,
+        )
+
+    yield Write(origin())
+    if not messages:
+        return
+    stored = yield _current(saver, thread_id)
+    if stored.messages:
+        yield Write(_dated(engine, stored, message_times, message_metadata))
 
 
 def date_messages(saver: ThreadSaver, thread_id: str, times: Mapping[str, int]) -> None:
     """Date the thread's current messages by message id (microseconds since the epoch,
     whole milliseconds), instead of when the store wrote them: an import writes
     messages long after they were said. A message missing from `times` takes the
-    time of the one before it (the first, the earliest time given)."""
-    if not times:
+    time of the one before it (the first, the earliest time given). Either engine."""
+    if times:
+        drive(saver.transfer, _date_by_id(saver, str(thread_id), times))
+
+
+def _date_by_id(saver: ThreadSaver, thread_id: str, times: Mapping[str, int]) -> Steps[None]:
+    stored = yield _current(saver, thread_id)
+    if stored is None or not stored.numbers:
         return
-    with saver._lock:
-        stored = load(saver, thread_id, ANY_USER)
-        if stored is None or not stored.numbers:
-            return
-        dated, last = [], min(times.values())
-        for message in stored.messages:
-            last = times.get(message.id, last) if message.id is not None else last
-            dated.append(last)
-        with saver._write():
-            _date_messages(saver.conn, stored, dated, {})
+    dated, last = [], min(times.values())
+    for message in stored.messages:
+        last = times.get(message.id, last) if message.id is not None else last
+        dated.append(last)
+    yield Write(_dated(saver.transfer, stored, dated, {}))
 
 
-def _date_messages(conn, stored: Conversation, times: Sequence[int] | None, metadata: dict[str, str]) -> None:
-    if times is None or not stored.numbers:  # keep the times the store recorded
-        times = []
-    else:
-        conn.execute("DELETE FROM message_times WHERE thread_key = ?", (stored.thread_key,))
-    steps: list[tuple[int, int, int]] = []
+def _thread_row(saver: ThreadSaver, thread_id: str) -> Call:
+    """A step: the thread's index row, or None."""
+
+    async def asynchronous() -> Any:
+        try:
+            return await saver.threads.aget(thread_id)
+        except ThreadNotFoundError:
+            return None
+
+    return Call(lambda: _row_or_none(saver.threads.get, thread_id), asynchronous)
+
+
+def _current(saver: ThreadSaver, thread_id: str) -> Call:
+    """A step: the thread's conversation as stored now (anyone's), or None."""
+    return Call(
+        lambda: saver.load_conversation(thread_id, ANY_USER), lambda: saver.aload_conversation(thread_id, ANY_USER)
+    )
+
+
+def _dated(engine: Transfer, stored: Conversation, times: Sequence[int] | None, metadata: dict[str, str]) -> Plan[None]:
+    """Record `times` (microseconds, one per stored message; None keeps the times the
+    store recorded) and `metadata` (message id -> JSON): whole milliseconds as the
+    starts of runs in `message_times`, which dates most messages with a few rows; a
+    time finer than that, and any metadata, as the message's record."""
+    starts: list[tuple[int, int]] | None = None if times is None or not stored.numbers else []
     exact: dict[str, int] = {}
     last = None
-    for message, number, micros in zip(stored.messages, stored.numbers or [], times):
+    for message, number, micros in zip(stored.messages, stored.numbers or [], times if starts is not None else []):
         if micros % 1_000 == 0:
             if micros // 1_000 != last:
                 last = micros // 1_000
-                steps.append((stored.thread_key, number, last))
+                starts.append((number, last))
         elif message.id is not None:
             exact[message.id] = micros
-    conn.executemany("INSERT INTO message_times (thread_key, message_no, created_at) VALUES (?, ?, ?)", steps)
-    rows = [
-        (stored.thread_key, mid, exact.get(mid), metadata.get(mid, "{}"))
-        for mid in set(exact) | set(metadata)
-    ]
-    conn.executemany(
-        "INSERT OR REPLACE INTO message_metadata (thread_key, message_id, created_at, metadata) VALUES (?, ?, ?, ?)",
-        rows,
-    )
-
+    records = [(mid, exact.get(mid), metadata.get(mid, "{}")) for mid in sorted(set(exact) | set(metadata))]
+    yield from engine.date_messages(stored.thread_key, starts, records)

@@ -121,6 +121,7 @@ from checkpointers.storable import check_id, check_text, check_value
 from checkpointers import conversation
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
+from checkpointers.engines.sqlite.transfer import SqliteTransfer
 from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
 
 logger = logging.getLogger(__name__)
@@ -592,6 +593,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self.threads = ThreadIndex(self)
         self.attachments = AttachmentStore(self)
         self.sessions = SessionStore(self, SqliteSessions(self))
+        self.transfer = SqliteTransfer(self)
+        """What import and export ask of this engine (`engines.base.Transfer`)."""
         try:
             self.setup()
         except BaseException:

@@ -36,12 +36,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, messages_from_dict, messages_to_dict
@@ -49,7 +47,6 @@ from langchain_core.messages import BaseMessage, messages_from_dict, messages_to
 from checkpointers import conversation, metadata as md
 from checkpointers.attachments import SQLITE_HEADER, AttachmentError
 from checkpointers.conversation import iso, to_micros
-from checkpointers.encryption import attachment_place
 from checkpointers.importer import json_problem
 from checkpointers.threads import ANY_USER
 from checkpointers.messages import utc_now
@@ -316,46 +313,6 @@ def _write_thread(saver: ThreadSaver, thread: _Thread, owner: str | None) -> Non
         message_times=thread.message_times,
         message_metadata=thread.message_metadata,
     )
-    if thread.attachment is None:
-        return
-    name, attached_at, data = thread.attachment
-    with tempfile.TemporaryDirectory(prefix="threadkeeper-import-") as folder:
-        source = Path(folder) / "attachment.db"
-        source.write_bytes(data)
-        # Attached as a database whatever its name: one uploaded as CSV is stored converted.
-        attached = saver.attachments.attach(thread.thread_id, source, user_id=owner)
-    _keep_exact_bytes(saver, thread.thread_id, attached.path, data)
-    cipher = saver._cipher
-    with saver._write():
-        saver.conn.execute(
-            "UPDATE attachments SET name = ?, attached_at = ? WHERE thread_key = "
-            "(SELECT thread_key FROM threads WHERE thread_id = ?)",
-            (
-                name if cipher is None else cipher.seal_text(name, attachment_place(thread.thread_id, "name")),
-                attached_at,
-                thread.thread_id,
-            ),
-        )
-
-
-def _keep_exact_bytes(saver: ThreadSaver, thread_id: str, stored: Path, data: bytes) -> None:
-    """Store the exported database byte for byte.
-
-    `attach` validated it and stored a copy; copying renumbers SQLite's header
-    counters (a database built from a CSV upload has other counts), so the
-    copy is replaced by the exact bytes when they differ only in the
-    100-byte header.
-    """
-    cipher = saver._cipher
-    place = attachment_place(thread_id, "file")
-    current = stored.read_bytes() if cipher is None else cipher.open(stored.read_bytes(), place)
-    if current == data or len(current) != len(data) or current[100:] != data[100:]:
-        return  # identical, or (never expected) more than the header differs: keep the checked copy
-    staging = stored.with_name(stored.name + ".part")
-    staging.write_bytes(data if cipher is None else cipher.seal(data, place))
-    staging.replace(stored)
-    with saver._write():
-        saver.conn.execute(
-            "UPDATE attachments SET bytes = ? WHERE file = ?",
-            (stored.stat().st_size, stored.relative_to(saver.attachments.root).as_posix()),
-        )
+    if thread.attachment is not None:
+        name, attached_at, data = thread.attachment
+        saver.attachments.restore(thread.thread_id, data, name=name, attached_at=attached_at, user_id=owner)

@@ -1,4 +1,5 @@
-"""`threadkeeper import-json`: a folder of <session-uuid>.json files becomes threads."""
+"""`threadkeeper import-json`: a folder of <session-uuid>.json files becomes threads, on
+either engine (each test that touches a store runs once per engine: `store_url`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage, messages_to_dict
 
-from checkpointers import ThreadSaver
+from checkpointers import open_saver
 from graph import build_graph
 from tests.scripted import ScriptedChatModel, echo
 from ui.cli import main
@@ -68,12 +69,18 @@ def folder(tmp_path: Path) -> Path:
     return folder
 
 
-def run(db_path: Path, *args: str) -> int:
-    return main(["--db", f"sqlite:///{db_path}", "import-json", *args])
+def run(url: str, *args: str) -> int:
+    return main(["--db", url, "import-json", *args])
 
 
-def test_each_good_file_becomes_a_thread_and_each_bad_one_is_reported(folder, db_path, capsys):
-    assert run(db_path, str(folder), "--user", "alice") == 1
+def checkpoint_count(saver) -> int:
+    with saver.maintenance.reading() as query:
+        ((n,),) = query("SELECT count(*) FROM checkpoints")
+    return n
+
+
+def test_each_good_file_becomes_a_thread_and_each_bad_one_is_reported(folder, store_url, capsys):
+    assert run(store_url, str(folder), "--user", "alice") == 1
     out = capsys.readouterr().out.splitlines()
     problems = {line.split(":")[0]: line for line in out[:-1]}
     assert len(problems) == 7 and len(out) == 8, out
@@ -94,12 +101,11 @@ def test_each_good_file_becomes_a_thread_and_each_bad_one_is_reported(folder, db
     assert out[-1].endswith("sessions/s)")
 
 
-def test_an_imported_session_is_a_thread_like_any_other(folder, db_path, capsys):
-    run(db_path, str(folder), "--user", "alice")
+def test_an_imported_session_is_a_thread_like_any_other(folder, store_url, capsys):
+    run(store_url, str(folder), "--user", "alice")
     capsys.readouterr()
     good = sorted(p for p in folder.glob("*.json") if p.with_suffix(".db").exists())
-    saver = ThreadSaver(db_path)
-    try:
+    with open_saver(store_url) as saver:
         threads = saver.threads.list("alice").threads
         assert len(threads) == 4
         session_id = good[0].stem
@@ -118,70 +124,57 @@ def test_an_imported_session_is_a_thread_like_any_other(folder, db_path, capsys)
         agent.invoke({"messages": [HumanMessage("and now?")]}, {"configurable": {"thread_id": session_id, "user_id": "alice"}})
         assert [m.type for m in model.inputs[-1]][1:] == ["human", "ai", "tool", "ai", "human"]
         assert model.inputs[-1][1].content == first_human
-    finally:
-        saver.close()
 
 
-def test_a_second_run_adds_nothing_and_says_so(tmp_path, db_path, capsys):
+def test_a_second_run_adds_nothing_and_says_so(tmp_path, store_url, capsys):
     folder = tmp_path / "sessions"
     folder.mkdir()
     for n in range(3):
         session_file(folder, conversation(n))
-    assert run(db_path, str(folder)) == 0
+    assert run(store_url, str(folder)) == 0
     capsys.readouterr()
-    saver = ThreadSaver(db_path)
-    before = saver.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-    saver.close()
-    assert run(db_path, str(folder)) == 0
+    with open_saver(store_url) as saver:
+        before = checkpoint_count(saver)
+    assert run(store_url, str(folder)) == 0
     out = capsys.readouterr().out
     assert out.startswith("nothing new: all 3 sessions were imported before. imported 0 sessions (0 messages), skipped 3")
-    saver = ThreadSaver(db_path)
-    try:
-        assert saver.conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == before
+    with open_saver(store_url) as saver:
+        assert checkpoint_count(saver) == before
         assert saver.threads.count(None) == 3
-    finally:
-        saver.close()
 
 
-def test_a_session_whose_database_is_damaged_waits_for_a_fixed_file(tmp_path, db_path, capsys):
+def test_a_session_whose_database_is_damaged_waits_for_a_fixed_file(tmp_path, store_url, capsys):
     folder = tmp_path / "sessions"
     folder.mkdir()
     path = session_file(folder, conversation(1))
     path.with_suffix(".db").write_text("not a database")
-    assert run(db_path, str(folder), "--user", "bob") == 1
+    assert run(store_url, str(folder), "--user", "bob") == 1
     line = capsys.readouterr().out.splitlines()[0]
     assert line == f"{path.name}: not imported, its database cannot be attached: {path.stem}.db is not a SQLite database"
-    saver = ThreadSaver(db_path)
-    assert saver.threads.count("bob") == 0
-    saver.close()
+    with open_saver(store_url) as saver:
+        assert saver.threads.count("bob") == 0
     sqlite_file(path.with_suffix(".db").with_name("fixed.db"))
     path.with_suffix(".db").unlink()
     (path.parent / "fixed.db").rename(path.with_suffix(".db"))
-    assert run(db_path, str(folder), "--user", "bob") == 0
-    saver = ThreadSaver(db_path)
-    try:
+    assert run(store_url, str(folder), "--user", "bob") == 0
+    with open_saver(store_url) as saver:
         assert saver.attachments.get(path.stem, user_id="bob").tables == ["orders"]
-    finally:
-        saver.close()
 
 
-def test_a_thread_of_another_user_with_the_same_id_is_left_alone(tmp_path, db_path, capsys):
+def test_a_thread_of_another_user_with_the_same_id_is_left_alone(tmp_path, store_url, capsys):
     folder = tmp_path / "sessions"
     folder.mkdir()
     path = session_file(folder, conversation(1))
-    assert run(db_path, str(folder), "--user", "alice") == 0
-    assert run(db_path, str(folder), "--user", "bob") == 0
+    assert run(store_url, str(folder), "--user", "alice") == 0
+    assert run(store_url, str(folder), "--user", "bob") == 0
     out = capsys.readouterr().out
     assert f"{path.name}: skipped: a thread with this id already exists for another user" in out
-    saver = ThreadSaver(db_path)
-    try:
+    with open_saver(store_url) as saver:
         assert saver.threads.get(path.stem).user_id == "alice"
-    finally:
-        saver.close()
 
 
-def test_a_missing_folder_is_one_line(tmp_path, db_path, capsys):
-    assert run(db_path, str(tmp_path / "nope")) == 2
+def test_a_missing_folder_is_one_line(tmp_path, store_url, capsys):
+    assert run(store_url, str(tmp_path / "nope")) == 2
     assert capsys.readouterr().err.strip() == f"threadkeeper: {tmp_path / 'nope'} is not a folder"
 
 

@@ -8,11 +8,12 @@ import json
 import sqlite3
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import psycopg
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, messages_to_dict
 
 from checkpointers import ANY_USER, open_saver, stats
 from checkpointers.engines.postgres.maintenance import THREAD_TABLES
@@ -124,13 +125,21 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
         (["rotate-key"], "threadkeeper: threadkeeper rotate-key works on SQLite stores only"),
         (["attach", "t-9", "sales.db"], "threadkeeper: no thread with id 't-9'"),
         (["attach", "t-1", "missing.db"], "threadkeeper: "),
-        (["export", "--user", "alice"], "threadkeeper: threadkeeper export works on SQLite stores only"),
-        (["import", str(_exported(tmp_path))], "threadkeeper: threadkeeper import works on SQLite stores only"),
-        (["import-json", str(tmp_path)], "threadkeeper: threadkeeper import-json works on SQLite stores only"),
     ):
         assert cli(["--db", url, *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith(sentence) and err.count("\n") == 1, err
+
+    assert cli(["--db", url, "export", "--user", "alice", "--output", str(tmp_path / "t-1.json")]) == 0
+    assert "exported 1 threads of 'alice' (4 messages, 1 attachments) to " in capsys.readouterr().out
+    assert [t["thread_id"] for t in json.loads((tmp_path / "t-1.json").read_text())["threads"]] == ["t-1"]
+    assert cli(["--db", url, "import", str(_exported(tmp_path))]) == 0
+    assert "imported 1 threads (2 messages, 0 attachments) for 'alice'" in capsys.readouterr().out
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    (sessions / f"{uuid.uuid4()}.json").write_text(json.dumps(messages_to_dict([HumanMessage("from a file")])))
+    assert cli(["--db", url, "import-json", str(sessions), "--user", "alice"]) == 0
+    assert capsys.readouterr().out.startswith("imported 1 sessions (1 messages)")
 
     assert cli(["--db", url, "sweep", "--dry-run"]) == 0
     assert "dry run: 0 threads" in capsys.readouterr().out
@@ -138,7 +147,7 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
     assert cli(["--db", url, "delete-user", "bob", "--yes"]) == 0
     assert "deleted 1 threads of 'bob'; their rows are deleted and the tables vacuumed" in capsys.readouterr().out
     assert cli(["--db", url, "sweep", "--days", "0.000000001"]) == 0
-    assert "sweep deleted 1 threads" in capsys.readouterr().out
+    assert "sweep deleted 3 threads" in capsys.readouterr().out  # t-1 and the two imported
     assert cli(["--db", url, "status"]) == 0
     assert "last sweep" in capsys.readouterr().out
 

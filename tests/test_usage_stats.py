@@ -19,7 +19,6 @@ from hypothesis import given, settings, strategies as st
 from langchain_core.messages import AIMessage, ToolMessage
 
 from checkpointers import ANY_USER, ThreadSaver, open_saver, stats
-from checkpointers.url import is_postgres
 from checkpointers.retention import RetentionPolicy, Sweeper, delete_user
 from checkpointers.transfer import export_user, import_document, read_document
 from graph import build_graph
@@ -61,15 +60,12 @@ def counters(saver: ThreadSaver) -> dict:
 def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_sweep_and_an_import(
     store_url: str, tmp_path: Path, monkeypatch
 ):
-    """On both engines; the sessions API and export/import are SQLite's only, for now
-    (they come to PostgreSQL on another branch), so their steps run where they exist."""
+    """On both engines, every door included: the sessions API, export and import."""
     monkeypatch.setenv("THREADKEEPER_DATA_DIR", str(tmp_path))  # the web chat's secret, on PostgreSQL
     url = store_url
     created = 0
     users = {"alice", "dora", "carol"}
     with open_saver(url) as saver:
-        everywhere = hasattr(saver, "sessions")
-        importable = not is_postgres(url)  # export and import are SQLite's only in this release
         # The web chat's turn (offline model), twice on one thread, then a regenerate.
         web = WebChat(saver)
         token = web.identity.new_token()
@@ -91,14 +87,13 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
             agent.invoke({"messages": [("user", text)]}, {"configurable": {"thread_id": "py-1", "user_id": "alice"}})
         created += 1
         # The sessions API, with a tool result; and a thread made by attaching nothing but a session.
-        if everywhere:
-            session = saver.sessions.put_session("bob", session_id="sess-1")
-            saver.sessions.put_message(session.session_id, ("human", "look it up"), user_id="bob")
-            saver.sessions.put_message(session.session_id, ToolMessage("42 rows", tool_call_id="c1"), user_id="bob")
-            saver.sessions.put_message(session.session_id, ("ai", "there are 42"), user_id="bob")
-            saver.threads.pin("sess-1")
-            created += 1
-            users.add("bob")
+        session = saver.sessions.put_session("bob", session_id="sess-1")
+        saver.sessions.put_message(session.session_id, ("human", "look it up"), user_id="bob")
+        saver.sessions.put_message(session.session_id, ToolMessage("42 rows", tool_call_id="c1"), user_id="bob")
+        saver.sessions.put_message(session.session_id, ("ai", "there are 42"), user_id="bob")
+        saver.threads.pin("sess-1")
+        created += 1
+        users.add("bob")
         for i in range(3):
             agent_offline = build_graph(checkpointer=saver)
             agent_offline.invoke({"messages": [("user", f"old {i}")]}, {"configurable": {"thread_id": f"old-{i}", "user_id": "dora"}})
@@ -113,7 +108,7 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
 
     with open_saver(url) as saver:
         before = recount(saver, all_threads(saver))
-        document = read_document(_dump(export_user(saver, "dora"))) if importable else None
+        document = read_document(_dump(export_user(saver, "dora")))
         # Deletions by users: one thread, then everything of dora's; and a sweep of carol's.
         saver.delete_thread("web-1")
         deleted = 1 + delete_user(saver, "dora")
@@ -121,11 +116,9 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
         report = Sweeper(saver, RetentionPolicy(days=30), clock=lambda: later).sweep()
         assert report.threads == 1  # cli-1: the others are pinned or gone
         # An import brings dora's threads back: new threads, their messages stored again.
-        imported = Counter()
-        if document is not None:
-            import_document(saver, document, report=lambda line: None)
-            created += len(document.threads)
-            imported = recount(saver, [t.thread_id for t in document.threads])
+        import_document(saver, document, report=lambda line: None)
+        created += len(document.threads)
+        imported = recount(saver, [t.thread_id for t in document.threads])
         figures = counters(saver)
         remaining = len(all_threads(saver))
 
@@ -134,7 +127,7 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
                  "estimated_tokens_in", "estimated_tokens_out"):
         assert figures[name] == expected[name], name
     assert figures["tokens_in"] == 270 and figures["tokens_out"] == 16
-    assert figures["tool_messages"] == (1 if everywhere else 0)
+    assert figures["tool_messages"] == 1
     assert figures["threads_created"] == created
     assert figures["threads_deleted"] == deleted == 4
     assert figures["threads_swept"] == 1 and figures["sweeps"] == 1

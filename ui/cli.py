@@ -8,12 +8,6 @@
     threadkeeper attach THREAD_ID sales.db       give a thread a database to query
     threadkeeper status                          where the database is, what it holds
     threadkeeper stats [--days 7] [--json]       usage statistics (counts only, no text)
-
-Commands that read or change what is stored never create a store: with no
-file (or PostgreSQL schema) where the URL points they say so, instead of
-answering from an empty one. Every command works on a
-`postgresql://` store too, except those that need what that engine does not
-have yet (rotate-key, attach, export, import, import-json), which say so.
     threadkeeper sweep [--dry-run]               apply the retention policy now (for cron)
     threadkeeper delete-user alice               delete every thread of a user, leaving no trace
     threadkeeper rotate-key                      re-encrypt the store under a new key (keys from the environment)
@@ -21,6 +15,12 @@ have yet (rotate-key, attach, export, import, import-json), which say so.
     threadkeeper export --user alice -o a.json   a user's threads as one JSON document
     threadkeeper import a.json                   read such a document back
     threadkeeper import-checkpoints old.sqlite   copy the threads of a LangGraph SqliteSaver/PostgresSaver database
+
+Commands that read or change what is stored never create a store: with no
+file (or PostgreSQL schema) where the URL points they say so, instead of
+answering from an empty one. Every command works on a `postgresql://` store
+too (export and import move a user's threads between engines), except
+rotate-key, which says so: encryption is not available on PostgreSQL yet.
 """
 
 from __future__ import annotations
@@ -53,13 +53,6 @@ def _existing_store(args: argparse.Namespace) -> Iterator[ThreadSaver]:
         raise StoreUnavailableError(f"{missing} (set {ENV_VAR} or --db)")
     with open_saver(args.db) as saver:
         yield saver
-
-
-def _needs_sqlite(saver: ThreadSaver, command: str) -> None:
-    """Refuse, in one sentence, a command that works on SQLite stores only in this
-    release (export and import read and write the SQLite tables directly)."""
-    if not isinstance(saver, ThreadSaver):
-        raise StoreError(f"threadkeeper {command} works on SQLite stores only: export and import are not available on PostgreSQL yet")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -365,7 +358,6 @@ def _import_json(args: argparse.Namespace) -> int:
     from checkpointers.importer import import_json_folder
 
     with open_saver(args.db) as saver:
-        _needs_sqlite(saver, "import-json")
         summary = import_json_folder(saver, args.folder, user_id=args.user, report=print)
     print(summary.describe())
     return 1 if summary.failed else 0
@@ -411,7 +403,6 @@ def _export(args: argparse.Namespace) -> int:
     if not args.user:
         raise ValueError("export needs --user: whose threads to export")
     with _existing_store(args) as saver:
-        _needs_sqlite(saver, "export")
         document = export_user(saver, args.user)
     text = json.dumps(document, ensure_ascii=False, indent=1) + "\n"
     counts = summarize(document)
@@ -449,7 +440,6 @@ def _import(args: argparse.Namespace) -> int:
     document = read_document(text, source.name)
     owner = args.user if args.user is not None else document.user_id
     with open_saver(args.db) as saver:
-        _needs_sqlite(saver, "import")
         summary = import_document(saver, document, user_id=owner, replace=args.replace, report=print)
     print(
         f"imported {summary.threads:,} threads ({summary.messages:,} messages, {summary.attachments:,} attachments) "

@@ -12,8 +12,9 @@ pruning, deleting a thread) cannot run inside one transaction: it is written as
 *steps*, a generator that yields `Read` and `Write` (a plan in a transaction of
 its own) or `Call` (a saver method, with its async twin), and is sent back each
 result. `drive` runs steps for sync callers, `adrive` for asyncio ones; this way
-the engine-neutral logic (`checkpointers.sessions`, `checkpointers.attachments`)
-is written once for both engines and both kinds of caller.
+the engine-neutral logic (`checkpointers.sessions`, `checkpointers.attachments`,
+the imports' `checkpointers.conversation.restore`) is written once for both engines
+and both kinds of caller.
 
 The store's upkeep is the other half (`Maintenance`, below, carried by each saver
 as `saver.maintenance`). Retention (`checkpointers.retention`), erasure (`delete_user`) and the usage
@@ -148,6 +149,37 @@ async def adrive(runner: PlanRunner, steps: Steps[T]) -> T:
         except BaseException as exc:  # as in `drive`
             walk.failed(exc)
     return walk.answer
+
+
+class Transfer(PlanRunner, Protocol):
+    """What import and export ask of an engine beyond the public API (carried by each
+    saver as `saver.transfer`): putting a thread brought in from elsewhere back as it
+    was there (`checkpointers.conversation.restore`, `date_messages`). Each method but
+    `seal_title` is a plan fragment, run in the write transaction of the step that
+    uses it; the SQL is in `engines/sqlite/transfer.py` and `engines/postgres/transfer.py`."""
+
+    def seal_title(self, title: str | None, thread_id: str) -> str | None:
+        """The title as the engine stores it (encrypted in an encrypted SQLite store)."""
+
+    def add_thread(self, thread_id: str, owner: str | None, now: str) -> Plan[None]:
+        """Insert the index row of a thread that has no messages (no checkpoint made
+        one), and count it in the usage statistics."""
+
+    def set_origin(
+        self, thread_id: str, *, owner: str | None, created_at: str, updated_at: str, pinned: bool,
+        metadata_json: str, title: str | None, keep_title: bool,
+    ) -> Plan[None]:
+        """Set the thread's owner, times, pin and metadata (JSON text), and its title
+        (as stored) unless `keep_title`: the one the saver took from the first message."""
+
+    def date_messages(
+        self, thread_key: int, starts: list[tuple[int, int]] | None, records: list[tuple[str, int | None, str]]
+    ) -> Plan[None]:
+        """Replace the thread's `message_times` by `starts` ((message number, milliseconds):
+        that message and the ones after it until the next start were said then), unless
+        None; and put each (message id, microseconds or None, metadata JSON) in
+        `message_metadata`, replacing the message's earlier record."""
+
 
 class Maintenance(Protocol):
     location: str

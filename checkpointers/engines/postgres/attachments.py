@@ -57,10 +57,17 @@ _STORE_SQL = (
     "sha256 = EXCLUDED.sha256, bytes = EXCLUDED.bytes, tables = EXCLUDED.tables, "
     "attached_at = EXCLUDED.attached_at, data = EXCLUDED.data"
 )
+_OF_THREAD = " WHERE thread_key = (SELECT thread_key FROM threads WHERE thread_id = %s)"
 _GET_SQL = (
     "SELECT t.user_id, a.name, a.sha256, a.bytes, a.tables::text, a.attached_at, t.thread_key FROM threads t "
     "LEFT JOIN attachments a ON a.thread_key = t.thread_key WHERE t.thread_id = %s"
 )
+_AS_EXPORTED = "UPDATE attachments SET name = %s, attached_at = %s"
+_AS_EXPORTED_SQL = {
+    False: _AS_EXPORTED + _OF_THREAD,
+    True: _AS_EXPORTED + ", data = %s, sha256 = %s, bytes = %s" + _OF_THREAD,
+}
+"""Keyed by "the bytes change too"."""
 _DATA_SQL = "SELECT data FROM attachments WHERE thread_key = %s AND sha256 = %s"
 _IN_USE_SQL = "SELECT DISTINCT sha256 FROM attachments WHERE sha256 = ANY(%s)"
 
@@ -193,6 +200,16 @@ class PostgresAttachments(Attachments):
         self._drop_unused([gone])
         return True
 
+    def _as_exported(self, attached: Attachment, name: str, attached_at: str, exact: bytes | None) -> None:
+        thread_id, cipher = attached.thread_id, self._cipher()
+        params: tuple = (self._seal_text(name, thread_id, "name"), attached_at)
+        if exact is not None:
+            data = exact if cipher is None else cipher.seal(exact, attachment_place(thread_id, "file"))
+            params += (data, hashlib.sha256(data).hexdigest(), len(data))
+        self._run(_execute(_AS_EXPORTED_SQL[exact is not None], params + (attached.thread_id,)))
+        if exact is not None:
+            self._drop_unused([hashlib.sha256(attached.path.read_bytes()).hexdigest()])
+
     # -- the local copies ---------------------------------------------------
 
     def _cached(self, digest: str) -> Path:
@@ -243,3 +260,7 @@ class PostgresAttachments(Attachments):
 
 def _fetch_one(text: str, params: tuple) -> Plan[tuple | None]:
     return (yield Sql(text, params, FETCH_ONE))
+
+
+def _execute(text: str, params: tuple) -> Plan[None]:
+    yield Sql(text, params, FETCH_NONE)

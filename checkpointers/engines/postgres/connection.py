@@ -23,6 +23,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,6 +74,30 @@ async def arun(conn: psycopg.AsyncConnection, plan: Plan[T]) -> T:
 def qmark(text: str) -> str:
     """A statement written for both engines (`?` marks, no `%` of its own) in psycopg's style."""
     return text.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresRunner:
+    """Runs the plans of an engine-neutral module on a PostgreSQL saver (see
+    `checkpointers.engines.base.PlanRunner`): natively on its sync or asyncio pool."""
+
+    blocking = False
+
+    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Any] = lambda: None) -> None:
+        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
+        cipher (None: not encrypted)."""
+        self._run = run
+        self._arun = arun
+        self._cipher = cipher
+
+    def lock(self) -> AbstractContextManager[Any]:
+        # Writers of one thread queue on its row in the database, in every process alike.
+        return nullcontext()
+
+    def run(self, plan: Plan[T], *, write: bool) -> T:
+        return self._run(plan, read=not write)
+
+    async def arun(self, plan: Plan[T], *, write: bool) -> T:
+        return await self._arun(plan, read=not write)
 
 
 class _Statements(list):

@@ -79,6 +79,7 @@ from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.maintenance import PostgresMaintenance
 from checkpointers.engines.postgres.sessions import PostgresSessions
 from checkpointers.engines.postgres.threads import PostgresThreadIndex
+from checkpointers.engines.postgres.transfer import PostgresTransfer
 from checkpointers.conversation import Conversation
 from checkpointers.errors import ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
@@ -324,9 +325,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
-        self.threads = PostgresThreadIndex(self._run, self._arun, lambda: self._cipher)
-        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun, lambda: self._cipher))
-        self.attachments = PostgresAttachments(url, self._run, lambda: self._cipher)
+        cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
+        self.threads = PostgresThreadIndex(self._run, self._arun, cipher)
+        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun, cipher))
+        self.attachments = PostgresAttachments(url, self._run, cipher)
+        self.transfer = PostgresTransfer(self._run, self._arun, cipher)
+        """What import and export ask of this engine (`engines.base.Transfer`)."""
         self.maintenance = PostgresMaintenance(url, self._run, self._transaction)
         """Retention, erasure and statistics reads on this database (`engines.base.Maintenance`)."""
 

@@ -14,18 +14,13 @@ numbers as `numeric` (exact, as Python compares them), and every comparison is a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any
 
 from checkpointers import encryption, stats
 from checkpointers import metadata as md
-from checkpointers.encryption import Cipher
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
-from checkpointers.engines.postgres.connection import neutral
+from checkpointers.engines.postgres.connection import PostgresRunner, neutral
 from checkpointers.sessions import MessageQuery
-
-T = TypeVar("T")
 
 _COLUMNS = "thread_id, user_id, title, metadata::text, created_at, updated_at, message_count, pinned"
 _OWNED_BY = {True: " WHERE user_id IS NULL", False: " WHERE user_id = %s"}
@@ -101,27 +96,8 @@ class JsonbFilter(md.FilterCompiler):
         return f"(CASE WHEN {guard} THEN {extract} = ANY(%s::{array}) ELSE false END)"
 
 
-class PostgresSessions:
+class PostgresSessions(PostgresRunner):
     """`SessionEngine` on a PostgreSQL saver: plans run by the saver's runners."""
-
-    blocking = False
-
-    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Cipher | None]) -> None:
-        """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
-        cipher (None: not encrypted)."""
-        self._run = run
-        self._arun = arun
-        self._cipher = cipher
-
-    def lock(self) -> AbstractContextManager[Any]:
-        # Writers of one thread queue on its row in the database, in every process alike.
-        return nullcontext()
-
-    def run(self, plan: Plan[T], *, write: bool) -> T:
-        return self._run(plan, read=not write)
-
-    async def arun(self, plan: Plan[T], *, write: bool) -> T:
-        return await self._arun(plan, read=not write)
 
     def seal_title(self, title: str | None, session_id: str) -> str | None:
         return encryption.seal_title(self._cipher(), title, session_id)

@@ -1,5 +1,5 @@
-"""The SQLite halves of the engine-neutral modules: the SQL of sessions and
-attachments, run as plans (`checkpointers.engines.base`) on the saver's one
+"""The SQLite halves of the engine-neutral modules: the SQL of sessions, attachments
+and import (`transfer.py`), run as plans (`checkpointers.engines.base`) on the saver's one
 connection, and the store's upkeep (retention, erasure, statistics: `maintenance.py`).
 
 The SQLite saver itself is `checkpointers.sqlite` (with `checkpointers.schema`);
