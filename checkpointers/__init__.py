@@ -32,13 +32,15 @@ from checkpointers.errors import (
     ThreadExistsError,
     ThreadNotFoundError,
 )
-from checkpointers.attachments import Attachment, AttachmentError, AttachmentStore
+from checkpointers.attachments import Attachment, AttachmentError
+from checkpointers.engines.sqlite.attachments import AttachmentStore
 from checkpointers.encryption import KEY_VARIABLE
 from checkpointers.history import ThreadChatHistory, close_shared_savers
 from checkpointers.sessions import MessageNotFoundError, Session, SessionMessage, SessionStore
 from checkpointers.messages import MessagePage
-from checkpointers.sqlite import ThreadSaver
-from checkpointers.threads import ANY_USER, ThreadIndex, ThreadInfo, ThreadPage
+from checkpointers.engines.sqlite.saver import ThreadSaver
+from checkpointers.engines.sqlite.threads import ThreadIndex
+from checkpointers.threads import ANY_USER, ThreadInfo, ThreadPage
 from checkpointers.url import DEFAULT_URL, is_postgres, resolve_url, sqlite_path
 
 __all__ = [

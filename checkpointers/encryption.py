@@ -70,7 +70,7 @@ header.
 
 Format 1 (`b"\\xe1"`, `enc1:`, key record version 1), written before values
 were bound, authenticated the header only. A store in format 1 is upgraded
-when a saver first opens it with its key (`checkpointers.reseal.upgrade`), or
+when a saver first opens it with its key (`checkpointers.engines.sqlite.reseal.upgrade`), or
 by `threadkeeper rotate-key`: every value is re-sealed in place, resumably,
 and the key record then says version 2. From then on a format-1 value is
 refused like any other value that does not belong where it is found.

@@ -44,7 +44,7 @@ from langchain_core.messages import BaseMessage
 from checkpointers import conversation
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 _shared: dict[tuple[int, Path | str], tuple[ThreadSaver, ExitStack]] = {}
 _shared_lock = threading.Lock()

@@ -39,7 +39,7 @@ from checkpointers.attachments import AttachmentError
 from checkpointers.conversation import iso, to_micros
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 
 class BadSessionFile(ValueError):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from checkpointers.engines.postgres.saver import PostgresThreadSaver
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
     Saver = ThreadSaver | PostgresThreadSaver
 

@@ -1,53 +1,34 @@
-"""Full-text search over messages: an SQLite FTS5 index the saver keeps in step.
+"""Search words, as both engines index them: which words a message holds
+(`search_words`), how they are folded (whole words, any case, accents removed:
+`fold`, `lexemes`, the same as SQLite FTS5's `unicode61 remove_diacritics 2`
+tokenizer, asked of SQLite itself for characters outside ASCII), and, in an
+encrypted store, the keyed hashes that stand in for them (`hashed_words`).
 
-The index (`message_search`) is contentless (`content=''`, `detail=none`): it
-holds which words occur in which message and nothing else, about 140 bytes a
-turn, so message text is not stored a second time. Each row's rowid packs the
-thread and the message number (`thread_key << 32 | message_no`), so "does this
-thread mention X" is a rowid-range probe that touches one thread's entries.
-
-The words of a new message first go to `search_backlog`, in the transaction
-that stores the message, and move into `message_search` in batches
-(`merge_backlog`: the saver's flusher thread does it every `BACKLOG_MERGE_AT`
-rows, and on close and `purge_search_index`). Adding one row to FTS5 writes a new segment and
-its bookkeeping, about 7 pages and 70 µs per commit, as much as the rest of a
-chat turn's write; a backlog row is one row of an ordinary table. Search reads
-both: the backlog holds each message's words as the tokenizer folds them
-(`backlog_body`, `fold`), space-delimited, so a word is found there by `instr`
-exactly when FTS5 would find it after the merge.
-
-Rows are removed in the transaction that deletes their message (thread
-deletion, pruning, garbage collection), from the backlog or from the index. A
-contentless FTS5 table forgets a row only when told the words it was given, so
-removal recomputes them from the stored message with the same
-`search_words()`: change that function only together with a migration that
-rebuilds the index.
+Where the words go is each engine's: SQLite's FTS5 index and its backlog in
+`checkpointers.engines.sqlite.fts`, PostgreSQL's `tsvector` column in
+`checkpointers.engines.postgres`. So both engines find the same threads.
 
 Search matches whole words, case- and accent-insensitively; every word of the
-query must occur in one message. Deleted words stay in FTS5's older segments
-until they are merged, so deleting threads ends with `purge()` (FTS5's
-`optimize`), after which a deleted word is gone from the file.
+query must occur in one message.
 
-With an encryption key, no word is written to the index: each distinct word of
+With an encryption key, no word is written to an index: each distinct word of
 a message is indexed as an opaque token, the first 10 base32 characters of
 HMAC-SHA256 under a search subkey of the key (`hashed_words`), and a query's
-words are hashed the same way (`match_expression(query, token)`), so whole-word
+words are hashed the same way (`query_lexemes(query, token)`), so whole-word
 search still works. The trade-off: tokens are deterministic, so whoever holds
-the file learns which messages share a word and how often a token occurs
+the store learns which messages share a word and how often a token occurs
 (equality and frequency), though not the words; and there is no prefix or
 substring search of messages. Titles are encrypted too, so with a key they are
-matched in Python after decryption, over the user's own threads
-(`ThreadIndex.search`), not by SQL `LIKE`.
+matched in Python after decryption, over the user's own threads, not by SQL.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
@@ -59,12 +40,7 @@ MAX_QUERY_WORDS = 16
 TOKENIZE = "unicode61 remove_diacritics 2"
 """The tokenizer of `message_search` (`schema.m003_message_search`)."""
 
-BACKLOG_MERGE_AT = 512
-"""Backlog rows a saver writes before its flusher moves the backlog into the index."""
-
 _WORD = re.compile(r"[^\W_]+")
-ROWID_SHIFT = 32
-ROWID_SPAN = 1 << ROWID_SHIFT
 
 
 def message_text(message: BaseMessage) -> str:
@@ -107,10 +83,6 @@ def indexed_words(message: BaseMessage, token: Callable[[str], str] | None = Non
     return hashed_words(words, token)
 
 
-def rowid(thread_key: int, message_no: int) -> int:
-    return (thread_key << ROWID_SHIFT) | message_no
-
-
 def without_accents(word: str) -> str:
     """The word with combining marks removed, as the tokenizer's `remove_diacritics` sees it."""
     if word.isascii():
@@ -125,23 +97,13 @@ def hashed_words(words: str, token: Callable[[str], str]) -> str:
     return " ".join(dict.fromkeys(token(without_accents(w)) for w in words.split()))
 
 
-def _query_words(query: str, token: Callable[[str], str] | None) -> list[str]:
+def query_words(query: str, token: Callable[[str], str] | None) -> list[str]:
     """The distinct words of a query that a message must all contain; with `token`
     (an encrypted store), each replaced by its token."""
     words = list(dict.fromkeys(words_of(query)))[:MAX_QUERY_WORDS]
     if token is not None:
         words = [token(without_accents(w)) for w in words]
     return words
-
-
-def match_expression(query: str, token: Callable[[str], str] | None = None) -> str | None:
-    """An FTS5 MATCH expression requiring every word of `query` (None: no words).
-
-    Words are quoted, so nothing a user types is read as FTS5 syntax. With
-    `token` (an encrypted store), each word is replaced by its token.
-    """
-    words = _query_words(query, token)
-    return " AND ".join(f'"{w}"' for w in words) if words else None
 
 
 class _Folding:
@@ -199,69 +161,6 @@ def lexemes(words: str) -> list[str]:
 def query_lexemes(query: str, token: Callable[[str], str] | None = None) -> list[str]:
     """The tokens a message must all hold to match `query` (as `lexemes` makes them);
     with `token` (an encrypted store), each word's keyed hash, as `hashed_words` indexed it."""
-    return list(dict.fromkeys(fold(" ".join(_query_words(query, token))).split()))
+    return list(dict.fromkeys(fold(" ".join(query_words(query, token))).split()))
 
 
-def words_probe(query: str, token: Callable[[str], str] | None = None) -> tuple[str, list[str]] | None:
-    """SQL true when a thread (`thread_key` of the outer query) has a message holding
-    every word of `query`, in the index or in the backlog, and its parameters (None: no words).
-
-    Both halves probe only that thread's key range."""
-    match = match_expression(query, token)
-    if match is None:
-        return None
-    # In the backlog a word is found by `instr`, folded as the tokenizer folds it.
-    needles = [f" {fold(w)} " for w in _query_words(query, token)]
-    thread_range = f"BETWEEN thread_key << {ROWID_SHIFT} AND (thread_key << {ROWID_SHIFT}) + {ROWID_SPAN - 1}"
-    sql = (
-        f"(EXISTS (SELECT 1 FROM message_search WHERE message_search MATCH ? AND message_search.rowid {thread_range})"
-        f" OR EXISTS (SELECT 1 FROM search_backlog WHERE message_key {thread_range} AND "
-        + " AND ".join(["instr(body, ?) > 0"] * len(needles))
-        + "))"
-    )
-    return sql, [match, *needles]
-
-
-def add(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
-    """Index `(rowid, words)` pairs now, bypassing the backlog."""
-    conn.executemany("INSERT INTO message_search (rowid, body) VALUES (?, ?)", rows)
-
-
-def merge_backlog(conn: sqlite3.Connection) -> int:
-    """Move every backlog row into the index, inside the caller's transaction; returns how many."""
-    moved = conn.execute("INSERT INTO message_search (rowid, body) SELECT message_key, body FROM search_backlog").rowcount
-    if moved:
-        conn.execute("DELETE FROM search_backlog")
-    return moved
-
-
-def remove(conn: sqlite3.Connection, rows: Iterable[tuple[int, str]]) -> None:
-    """Forget `(rowid, words)` pairs (words as `search_words` gave them when added),
-    whether they still wait in the backlog or are in the index."""
-    rows = list(rows)
-    if not rows:
-        return
-    keys = json.dumps([key for key, _ in rows])
-    waiting = {
-        key for (key,) in conn.execute(
-            "SELECT message_key FROM search_backlog WHERE message_key IN (SELECT value FROM json_each(?))", (keys,)
-        )
-    }
-    if waiting:
-        conn.execute("DELETE FROM search_backlog WHERE message_key IN (SELECT value FROM json_each(?))", (keys,))
-    conn.executemany(
-        "INSERT INTO message_search (message_search, rowid, body) VALUES ('delete', ?, ?)",
-        [row for row in rows if row[0] not in waiting],
-    )
-
-
-def purge(conn: sqlite3.Connection) -> None:
-    """Merge the index into one segment, dropping every trace of removed rows.
-
-    Takes time in proportion to the whole index (about 0.1 s per 200,000
-    messages here), so callers run it once after a batch of deletions. It is
-    one statement on purpose: FTS5's incremental form ('merge' with a negative
-    page count) corrupts the index in SQLite 3.40 when other writes land
-    between its steps.
-    """
-    conn.execute("INSERT INTO message_search (message_search) VALUES ('optimize')")

@@ -66,7 +66,7 @@ from checkpointers.storable import check_id
 from checkpointers.threads import ANY_USER, checked_user, clean_title
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 MAX_COUNT = 10_000
 """The most a list call returns; iterate (`iter_recent_sessions`, `iter_messages`) for more."""

@@ -60,7 +60,7 @@ from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.url import sqlite_path
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 DEFAULT_USER_KEY = "metadata.user_id"
 

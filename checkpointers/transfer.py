@@ -52,7 +52,7 @@ from checkpointers.threads import ANY_USER
 from checkpointers.messages import utc_now
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 FORMAT = "threadkeeper-export"
 VERSION = 1

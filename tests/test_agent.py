@@ -74,7 +74,7 @@ def wal_commits(db_path: Path, since: int = 32) -> tuple[int, int]:
 
 def test_a_turn_commits_once_although_every_step_looks_for_an_attachment(db_path: Path, monkeypatch):
     # The flusher would write a slow turn's deferred checkpoints after 10 ms; give it no reason to.
-    monkeypatch.setattr("checkpointers.sqlite.DEFERRED_WRITES_FLUSH_AFTER", 60.0)
+    monkeypatch.setattr("checkpointers.engines.sqlite.saver.DEFERRED_WRITES_FLUSH_AFTER", 60.0)
     with ThreadSaver.from_conn_string(f"sqlite:///{db_path}") as saver:
         looked = []
         find = saver.attachment_database

@@ -152,7 +152,7 @@ def test_checkpoints_stored_the_generic_way_still_read_back(tmp_path, monkeypatc
 
 def test_no_stored_column_holds_the_stand_in_for_null(tmp_path):
     """A turn's rows go to SQLite with 0.5 standing for NULL (see `NULL_PARAM`); none is stored."""
-    from checkpointers.sqlite import NULL_PARAM
+    from checkpointers.engines.sqlite.saver import NULL_PARAM
 
     config = {"configurable": {"thread_id": "t", "user_id": "u"}}
     with open_saver(f"sqlite:///{tmp_path / 'c.db'}") as saver:

@@ -18,7 +18,7 @@ from typing_extensions import TypedDict
 
 from checkpointers import ThreadSaver
 from checkpointers.errors import ThreadNotFoundError
-from checkpointers.sqlite import DEFERRED_WRITES_FLUSH_AFTER
+from checkpointers.engines.sqlite.saver import DEFERRED_WRITES_FLUSH_AFTER
 from tests.chat import chat_graph, human
 
 ERROR = "__error__"  # LangGraph's channel for a task's exception

@@ -30,11 +30,11 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 
 from checkpointers import EncryptionKeyError, ThreadChatHistory, ThreadSaver, open_async_saver, open_saver
-from checkpointers import reseal
+from checkpointers.engines.sqlite import reseal
 from checkpointers.engines.postgres.connection import qmark, redacted
 from checkpointers.url import is_postgres, sqlite_path
 from checkpointers.encryption import Cipher, KeyRecord
-from checkpointers.key_rotation import rotate_key
+from checkpointers.engines.sqlite.key_rotation import rotate_key
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
 from tests.test_conformance import postgres_saver
@@ -489,7 +489,7 @@ def test_a_hard_kill_of_a_rotation_in_another_process_loses_nothing(tmp_path: Pa
     written = fill(db, tmp_path, None, threads=10)
     script = (
         "import os, sys\n"
-        "from checkpointers.key_rotation import rotate_key\n"
+        "from checkpointers.engines.sqlite.key_rotation import rotate_key\n"
         "def die(done, total):\n"
         "    if done >= 4: os._exit(9)\n"
         f"rotate_key(sys.argv[1], None, {KEY!r}, batch_rows=5, progress=die)\n"

@@ -8,7 +8,7 @@ import time
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from checkpointers import ThreadSaver
-from checkpointers.schema import MIGRATIONS
+from checkpointers.engines.sqlite.schema import MIGRATIONS
 from tests.chat import echo_graph
 
 
@@ -222,7 +222,7 @@ def test_deleting_a_thread_removes_its_words_whether_merged_or_waiting(saver, db
 
 
 def test_the_flusher_merges_the_backlog_once_it_is_long_and_close_merges_the_rest(db_path, monkeypatch):
-    monkeypatch.setattr("checkpointers.search.BACKLOG_MERGE_AT", 6)
+    monkeypatch.setattr("checkpointers.engines.sqlite.fts.BACKLOG_MERGE_AT", 6)
     saver = ThreadSaver(db_path)
 
     def indexed() -> int:

@@ -226,7 +226,7 @@ def _attach(args: argparse.Namespace) -> int:
 def _rotate_key(args: argparse.Namespace) -> int:
     from checkpointers.encryption import KEY_VARIABLE, NEW_KEY_VARIABLE
     from checkpointers.errors import EncryptionKeyError
-    from checkpointers.key_rotation import rotate_key
+    from checkpointers.engines.sqlite.key_rotation import rotate_key
 
     if is_postgres(resolve_url(args.db)):
         raise StoreError(

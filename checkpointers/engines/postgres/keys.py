@@ -18,7 +18,7 @@ the same on both engines; this module holds the SQL of it on this engine:
   again for the copy, and written back in one `UPDATE ... FROM unnest` per table.
 
 `threadkeeper rotate-key` is not available on this engine yet (the CLI says so):
-re-sealing a whole store resumably is `checkpointers.key_rotation`'s, on SQLite.
+re-sealing a whole store resumably is `checkpointers.engines.sqlite.key_rotation`'s, on SQLite.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The PostgreSQL schema, as numbered migrations applied in order and recorded.
 
-The same storage model as the SQLite file (see `checkpointers.schema` and
+The same storage model as the SQLite file (see `checkpointers.engines.sqlite.schema` and
 `docs/storage.md`), laid out in PostgreSQL's types: `threads` (the thread
 index; `metadata` is `jsonb`), `checkpoints` (without channel values),
 `channel_values` (a value written once per version; a message list as message

@@ -1,5 +1,5 @@
 """The thread index on PostgreSQL (`saver.threads`): the same calls and answers as
-`checkpointers.threads.ThreadIndex`, in PostgreSQL's SQL.
+`checkpointers.engines.sqlite.threads.ThreadIndex`, in PostgreSQL's SQL.
 
 Rows are written by the saver with each checkpoint; this reads them and applies
 a user's edits. Listing walks `threads_by_user_updated` backwards for one user

@@ -2,7 +2,7 @@
 and import (`transfer.py`), run as plans (`checkpointers.engines.base`) on the saver's one
 connection, and the store's upkeep (retention, erasure, statistics: `maintenance.py`).
 
-The SQLite saver itself is `checkpointers.sqlite` (with `checkpointers.schema`);
+The SQLite saver itself is `checkpointers.engines.sqlite.saver` (with `checkpointers.engines.sqlite.schema`);
 this package holds only what an engine-neutral module asks of an engine, so its
 PostgreSQL counterpart in `checkpointers.engines.postgres` has the same shape.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from checkpointers.engines.base import FETCH_ALL, FETCH_ONE, Plan, Sql
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 T = TypeVar("T")
 

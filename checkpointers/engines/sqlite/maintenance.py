@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from checkpointers import stats
-from checkpointers.schema import LATEST_VERSION, current_version
+from checkpointers.engines.sqlite.schema import LATEST_VERSION, current_version
 
 if TYPE_CHECKING:
-    from checkpointers.sqlite import ThreadSaver
+    from checkpointers.engines.sqlite.saver import ThreadSaver
 
 log = logging.getLogger("threadkeeper.retention")
 

@@ -29,8 +29,8 @@ How it stays resumable and loses nothing:
 
 Values are written in the current format, bound to their place, whatever the
 format they were read in: rotating a store in format 1 upgrades it too (an
-unfinished upgrade, see `checkpointers.reseal`, is finished first). The
-rewriting itself is `checkpointers.reseal.Resealer`, shared with that upgrade
+unfinished upgrade, see `checkpointers.engines.sqlite.reseal`, is finished first). The
+rewriting itself is `checkpointers.engines.sqlite.reseal.Resealer`, shared with that upgrade
 and with `copy_thread`.
 """
 
@@ -47,11 +47,13 @@ from pathlib import Path
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from checkpointers import codec, encryption, reseal, search
+from checkpointers import codec, encryption, search
+from checkpointers.engines.sqlite import fts
+from checkpointers.engines.sqlite import reseal
 from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.errors import EncryptionKeyError, StoreUnavailableError
-from checkpointers.schema import migrate
-from checkpointers.sqlite import ThreadSaver, _segment_rows, connect, load_message
+from checkpointers.engines.sqlite.schema import migrate
+from checkpointers.engines.sqlite.saver import ThreadSaver, _segment_rows, connect, load_message
 
 DEFAULT_BATCH_ROWS = 2_000
 
@@ -205,7 +207,7 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher
 def _finish(conn: sqlite3.Connection, new: Cipher | None, version: int) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        search.purge(conn)  # merge the new index fully
+        fts.purge(conn)  # merge the new index fully
         conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
         if new is None:
             conn.execute("DELETE FROM store_meta WHERE key = ?", (encryption.META_KEY,))
@@ -246,5 +248,5 @@ class _Rotation(reseal.Resealer):
             if words and self.new is not None:
                 words = search.hashed_words(words, self.new.search_token)
             if words:
-                entries.append((search.rowid(thread_key, no), words))
-        search.add(self.conn, entries)
+                entries.append((fts.rowid(thread_key, no), words))
+        fts.add(self.conn, entries)

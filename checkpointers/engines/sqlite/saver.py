@@ -76,7 +76,9 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
-from checkpointers import checkpoint_codec, codec, encryption, reseal, search, stats
+from checkpointers import checkpoint_codec, codec, encryption, search, stats
+from checkpointers.engines.sqlite import fts
+from checkpointers.engines.sqlite import reseal
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -86,7 +88,7 @@ from checkpointers.codec import (
     db_id,
     py_id,
 )
-from checkpointers.attachments import AttachmentStore
+from checkpointers.engines.sqlite.attachments import AttachmentStore
 from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import (
     ListCache as _ListCache,
@@ -116,13 +118,14 @@ from checkpointers.errors import (
     ThreadNotFoundError,
     UnstorableInputError,
 )
-from checkpointers.schema import migrate
+from checkpointers.engines.sqlite.schema import migrate
 from checkpointers.storable import check_id, check_text, check_value
 from checkpointers import conversation
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
-from checkpointers.threads import ANY_USER, ThreadIndex, title_from_messages
+from checkpointers.engines.sqlite.threads import ThreadIndex
+from checkpointers.threads import ANY_USER, title_from_messages
 
 logger = logging.getLogger(__name__)
 
@@ -615,7 +618,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
             if self._cipher is not None and self._cipher.reads_unbound:
                 # Values in format 1, not bound to their place: re-seal them all once,
-                # then open it again strict (see `checkpointers.reseal.upgrade`).
+                # then open it again strict (see `checkpointers.engines.sqlite.reseal.upgrade`).
                 reseal.upgrade(self.conn, self.path, self._cipher)
                 self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
             self.conn.executescript(WRITE_ROWS_SQL)
@@ -631,7 +634,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 return  # another process did it meanwhile
             keys = [k for (k,) in self.conn.execute("SELECT thread_key FROM threads").fetchall()]
             for thread_key in keys:
-                search.add(self.conn, self._thread_search_rows(thread_key))
+                fts.add(self.conn, self._thread_search_rows(thread_key))
             self.conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
 
     @property
@@ -895,7 +898,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _backlog_grew(self) -> None:
         """A message's words went to the search backlog; past `BACKLOG_MERGE_AT`, have the flusher merge it."""
         self._backlog_rows += 1
-        if self._backlog_rows >= search.BACKLOG_MERGE_AT and not self._backlog_merge_due:
+        if self._backlog_rows >= fts.BACKLOG_MERGE_AT and not self._backlog_merge_due:
             with self._deferred_cond:
                 if self._closing:
                     return
@@ -978,8 +981,8 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return self._merge_backlog()
 
     def _merge_backlog(self) -> int:
-        """`search.merge_backlog` in the open write transaction, and this saver's count starts over."""
-        moved = search.merge_backlog(self.conn)
+        """`fts.merge_backlog` in the open write transaction, and this saver's count starts over."""
+        moved = fts.merge_backlog(self.conn)
         self._backlog_rows = 0
         self._backlog_merge_due = False
         return moved
@@ -1147,7 +1150,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         txn.stored_messages += 1
         words = pre.words if pre.message is None else self._search_words(pre.message)
         if words:
-            txn.add_row(ROW_SEARCH, search.rowid(txn.thread_key, no), search.backlog_body(words))
+            txn.add_row(ROW_SEARCH, fts.rowid(txn.thread_key, no), search.backlog_body(words))
             txn.after_commit.append(self._backlog_grew)
         txn.new_digests[pre.digest] = no
         key = (txn.thread_key, pre.digest)
@@ -1277,7 +1280,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         for no, type_, blob in rows:
             words = self._search_words(self._load_message(type_, blob))
             if words:
-                found.append((search.rowid(thread_key, no), words))
+                found.append((fts.rowid(thread_key, no), words))
         return found
 
     def _seal_segment(self, txn: _ThreadTxn) -> None:
@@ -1946,7 +1949,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             keys_json = json.dumps(keys)
             files = self.attachments.files_of(keys)
             for thread_key in keys:
-                search.remove(self.conn, self._thread_search_rows(thread_key))
+                fts.remove(self.conn, self._thread_search_rows(thread_key))
             for table in _THREAD_TABLES + ("threads",):
                 self.conn.execute(
                     f"DELETE FROM {table} WHERE thread_key IN (SELECT value FROM json_each(?))", (keys_json,)
@@ -1963,7 +1966,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """Merge the full-text index (and the backlog into it) so words of deleted messages are gone from the file."""
         with self._write():
             self._merge_backlog()
-            search.purge(self.conn)
+            fts.purge(self.conn)
 
     def _forget(self, thread_keys: Sequence[int], deleted_ids: Sequence[str] | None = None) -> None:
         """Drop what is cached of threads whose rows changed, or (`deleted_ids`) that are gone.
@@ -2030,7 +2033,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 reseal.Resealer(self.conn, self.attachments.root, self._cipher, self._cipher).thread(
                     dst, copied_from=(src, source)
                 )
-            search.add(self.conn, self._thread_search_rows(dst))
+            fts.add(self.conn, self._thread_search_rows(dst))
             copied = self.attachments.copy_row(src, dst, target)
             if copied:
                 txn_failed.append(lambda: self.attachments._unlink([copied]))
@@ -2090,7 +2093,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 thread_key = row[0]
                 touched.append(thread_key)
                 if strategy == "delete":
-                    search.remove(self.conn, self._thread_search_rows(thread_key))
+                    fts.remove(self.conn, self._thread_search_rows(thread_key))
                     for table in _THREAD_TABLES:
                         if table != "attachments":  # the thread stays, and so does its database
                             self.conn.execute(f"DELETE FROM {table} WHERE thread_key = ?", (thread_key,))
@@ -2202,7 +2205,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             dead_rows += [row for row in rows if row[0] not in live_messages]
             if kept:
                 self._write_segment(conn, thread_key, kept)
-        search.remove(conn, self._search_rows(thread_key, dead_rows))
+        fts.remove(conn, self._search_rows(thread_key, dead_rows))
         conn.execute(
             "DELETE FROM channel_values WHERE thread_key = ? AND value_no IN (SELECT value FROM json_each(?))",
             (thread_key, json.dumps(dead_values)),

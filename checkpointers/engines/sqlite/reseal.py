@@ -4,7 +4,7 @@ Three callers rewrite sealed values row by row, and share this code so the
 list of what is sealed, and where each value is bound (see
 `checkpointers.encryption`), is written once:
 
-* `threadkeeper rotate-key` (`checkpointers.key_rotation`): from the old key
+* `threadkeeper rotate-key` (`checkpointers.engines.sqlite.key_rotation`): from the old key
   (or none) to the new one (or none);
 * `upgrade`, run by a saver that opens a store whose values are still in
   format 1 (not bound to their place): the same key, every value re-sealed
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from checkpointers import codec, encryption
-from checkpointers.attachments import CSV_SUFFIXES, ENCRYPTED_FILE_NAME, _safe_name
+from checkpointers.attachments import CSV_SUFFIXES, ENCRYPTED_FILE_NAME, safe_name
 from checkpointers.encryption import (
     Cipher,
     attachment_place,
@@ -195,7 +195,7 @@ class Resealer:
             stored_name = Path(plain_name).stem + ".db" if Path(plain_name).suffix.lower() in CSV_SUFFIXES else plain_name
         tag = "plain" if self.new is None else self.new.key_id.hex()
         prefix = hashlib.sha256(f"{file}\0{tag}".encode()).hexdigest()[:8]
-        relative = (Path(file).parent / f"{prefix}-{_safe_name(stored_name)}").as_posix()
+        relative = (Path(file).parent / f"{prefix}-{safe_name(stored_name)}").as_posix()
         file_place = attachment_place(thread_id, "file")
         data = self._seal(self._open(old_path.read_bytes(), file_place), file_place)
         write_file(self.root / relative, data)
