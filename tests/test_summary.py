@@ -408,6 +408,20 @@ def test_with_encryption_the_summary_is_not_in_the_file_in_clear(tmp_path):
     assert MARKER.encode() in disk_bytes(plain)  # the same check finds it in a store without a key
 
 
+def test_with_encryption_on_postgresql_the_summary_is_in_no_table_in_clear(postgres_url, monkeypatch):
+    from tests.postgres import fresh_schema, tables_holding
+
+    with open_saver(postgres_url) as saver:  # the same check finds it in a store without a key
+        set_facts(summarised_thread(saver), config(), [f"fact {MARKER}"])
+    assert tables_holding(postgres_url, MARKER)
+    with fresh_schema(postgres_url.split("?")[0]) as sealed:
+        with open_saver(sealed, encryption_key="pale-turquoise-otter-42") as saver:
+            app = summarised_thread(saver)
+            set_facts(app, config(), [f"fact {MARKER}"])
+            assert MARKER in summary_of(app, config()).summary
+        assert tables_holding(sealed, MARKER) == set()
+
+
 # -- the summary panel's interface ------------------------------------------------------
 
 
