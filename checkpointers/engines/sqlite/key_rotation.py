@@ -36,45 +36,30 @@ and with `copy_thread`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from checkpointers import codec, encryption, search
+from checkpointers.key_rotation import (
+    DEFAULT_BATCH_ROWS,
+    Progress,
+    RotationSummary,
+    current_cipher,
+    final_record,
+    new_rotation,
+    target_cipher,
+)
 from checkpointers.engines.sqlite import fts
 from checkpointers.engines.sqlite import reseal
-from checkpointers.encryption import Cipher, KeyRecord
+from checkpointers.encryption import Cipher
 from checkpointers.errors import EncryptionKeyError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
 from checkpointers.engines.sqlite.saver import ThreadSaver, _segment_rows, connect, load_message
-
-DEFAULT_BATCH_ROWS = 2_000
-
-
-@dataclass(frozen=True)
-class RotationSummary:
-    """What a finished `rotate_key` did."""
-
-    threads: int
-    values: int
-    """Encrypted values rewritten (checkpoints, values, writes, messages, segments, titles)."""
-    attachments: int
-    resumed: bool
-    """Whether this run finished a rotation an earlier run had started."""
-    encrypted: bool
-    """Whether the store is encrypted now."""
-    seconds: float
-
-
-Progress = Callable[[int, int], None]
-"""Called after each committed batch with (threads done, threads in all)."""
 
 
 def rotate_key(
@@ -105,20 +90,16 @@ def rotate_key(
         migrate(conn, str(path))
         record, rotation = encryption.read_records(conn)
         if encryption.is_upgrade(rotation):  # an interrupted upgrade to bound values: finish it first
-            reseal.upgrade(conn, path, _current_cipher(path, record, current_key), batch_rows=batch_rows)
+            reseal.upgrade(conn, path, current_cipher(path, record, current_key), batch_rows=batch_rows)
             record, rotation = encryption.read_records(conn)
-        old = _current_cipher(path, record, current_key)
+        old = current_cipher(path, record, current_key)
         resumed = rotation is not None
         if rotation is None:
-            if old is None and new_key is None:
-                raise EncryptionKeyError(
-                    f"{path} is not encrypted: set {encryption.NEW_KEY_VARIABLE} to the key to encrypt it with"
-                )
-            new = None if new_key is None else Cipher.new(new_key)
-            state = _begin(conn, path, record, new)
+            new, state = new_rotation(path, old, new_key)
+            _begin(conn, path, record, state)
         else:
             state = json.loads(rotation)
-            new = _new_cipher(path, state, new_key)
+            new = target_cipher(path, state, new_key)
         total = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
         rewriter = _Rotation(conn, path.parent / "attachments", old, new, serde)
         rewriter.unlink(state["unlink"])
@@ -129,9 +110,7 @@ def rotate_key(
             done += threads
             if progress is not None:
                 progress(done, total)
-        # A rotation that a release before bound values started wrote format 1 under
-        # the new key: the record says so, and the next saver to open the store upgrades it.
-        _finish(conn, new, KeyRecord.from_json(state["key"]).version if state["key"] else encryption.RECORD_VERSION)
+        _finish(conn, final_record(new, state))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return RotationSummary(
             threads=done,
@@ -145,46 +124,8 @@ def rotate_key(
         conn.close()
 
 
-def _current_cipher(path: Path, record: str | None, key: str | None) -> Cipher | None:
-    if record is None:
-        if key is not None:
-            raise EncryptionKeyError(
-                f"{path} is not encrypted: unset {encryption.KEY_VARIABLE} "
-                f"({encryption.NEW_KEY_VARIABLE} is the key to encrypt it with)"
-            )
-        return None
-    if key is None:
-        raise EncryptionKeyError(f"{path} is encrypted: set {encryption.KEY_VARIABLE} to its current key")
-    stored = KeyRecord.from_json(record)
-    cipher = Cipher.for_record(key, stored)
-    if not cipher.matches(stored):
-        raise EncryptionKeyError(f"{encryption.KEY_VARIABLE} is not the key {path} was encrypted with")
-    return cipher
-
-
-def _new_cipher(path: Path, state: dict, new_key: str | None) -> Cipher | None:
-    """The cipher of the unfinished rotation's target, if `new_key` is that target."""
-    target = state["key"]
-    if target is None or new_key is None:
-        if target is None and new_key is None:
-            return None
-        started_with = "--decrypt" if target is None else f"the {encryption.NEW_KEY_VARIABLE} it was started with"
-        raise EncryptionKeyError(
-            f"{path} is in the middle of a key rotation to another target: run `threadkeeper rotate-key` "
-            f"again with {started_with}"
-        )
-    record = KeyRecord.from_json(target)
-    cipher = Cipher.for_record(new_key, record)
-    if not cipher.matches(record):
-        raise EncryptionKeyError(
-            f"{encryption.NEW_KEY_VARIABLE} is not the key the unfinished rotation of {path} was started with"
-        )
-    return cipher
-
-
-def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher | None) -> dict:
+def _begin(conn: sqlite3.Connection, path: Path, record: str | None, state: dict) -> None:
     """Record the rotation, empty the search index and bump every thread's `gc_epoch`, in one transaction."""
-    state = {"version": 1, "key": None if new is None else new.record().to_json(), "done_upto": 0, "unlink": []}
     conn.execute("BEGIN IMMEDIATE")
     try:
         if encryption.read_records(conn) != (record, None):
@@ -201,21 +142,17 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, new: Cipher
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return state
 
 
-def _finish(conn: sqlite3.Connection, new: Cipher | None, version: int) -> None:
+def _finish(conn: sqlite3.Connection, record: str | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         fts.purge(conn)  # merge the new index fully
         conn.execute("UPDATE store_meta SET value = 'ready' WHERE key = 'message_search'")
-        if new is None:
+        if record is None:
             conn.execute("DELETE FROM store_meta WHERE key = ?", (encryption.META_KEY,))
         else:
-            conn.execute(
-                "INSERT OR REPLACE INTO store_meta (key, value) VALUES (?, ?)",
-                (encryption.META_KEY, dataclasses.replace(new.record(), version=version).to_json()),
-            )
+            conn.execute("INSERT OR REPLACE INTO store_meta (key, value) VALUES (?, ?)", (encryption.META_KEY, record))
         conn.execute("DELETE FROM store_meta WHERE key = ?", (encryption.ROTATION_META_KEY,))
         conn.execute("COMMIT")
     except BaseException:
