@@ -46,6 +46,26 @@ Progress = Callable[[int, int], None]
 """Called after each committed batch with (threads done, threads in all)."""
 
 
+def check_keys(current_key: str | None, new_key: str | None) -> None:
+    """Refuse, before anything is read, a key too short to be one (naming its variable)."""
+    if current_key is not None:
+        encryption.check_key(current_key)
+    if new_key is not None:
+        encryption.check_key(new_key, encryption.NEW_KEY_VARIABLE)
+
+
+def run_batches(batch: Callable[[], int | None], done: int, total: int, progress: Progress | None, resumed: bool) -> int:
+    """Run `batch` (threads it committed; None when none are left) until the end, telling
+    `progress` after each one (and where a resumed run starts); returns threads done."""
+    if progress is not None and resumed:
+        progress(done, total)
+    while (threads := batch()) is not None:
+        done += threads
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
 def current_cipher(where: Path | str, record: str | None, key: str | None) -> Cipher | None:
     """The cipher that opens the store now (None: it is not encrypted), from its key record;
     refuses a key for a plain store, no key for an encrypted one, and a wrong key."""

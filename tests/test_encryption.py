@@ -2,8 +2,8 @@
 their place, the upgrade of stores written before they were, and rotate-key.
 
 What both engines promise alike runs on both (`store_url`: a SQLite file in a tmp dir, a
-PostgreSQL schema of the test's own); rotate-key, the format-1 upgrade and the search
-backlog are the SQLite engine's. The real agent graph and saver; only the model is scripted.
+PostgreSQL schema of the test's own), rotate-key included; attachment files on disk, the
+format-1 upgrade and the search backlog are the SQLite engine's. The real agent graph and saver; only the model is scripted.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from checkpointers.engines.postgres.connection import qmark, redacted
 from checkpointers.url import is_postgres, sqlite_path
 from checkpointers.encryption import Cipher, KeyRecord
 from checkpointers.engines.sqlite.key_rotation import rotate_key
+from checkpointers.engines.postgres import key_rotation as postgres_rotation
+from checkpointers.engines.sqlite import key_rotation as sqlite_rotation
 from graph import Settings, build_graph
 from tests.chat import chat_graph, echo_graph, human
 from tests.test_conformance import postgres_saver
@@ -381,7 +383,12 @@ def test_the_cli_prints_the_refusal_as_one_line(store_url, monkeypatch, capsys):
 
 def fill(db: Path, tmp_path: Path, key: str | None, threads: int = 6) -> dict[str, list]:
     """Threads of a few turns (one with an attachment, one long enough for segments); their messages."""
-    with open_store(db, key) as saver:
+    return fill_url(f"sqlite:///{db}", tmp_path, key, threads)
+
+
+def fill_url(url: str, tmp_path: Path, key: str | None, threads: int = 6) -> dict[str, list]:
+    """`fill` on the store at `url`, of either engine."""
+    with open_url(url, key) as saver:
         chat_with_marker(saver, tmp_path, "t-attached")
         for n in range(threads):
             graph = chat_graph(saver, seed=n)
@@ -427,34 +434,6 @@ def test_rotate_key_encrypts_moves_to_a_new_key_and_decrypts_losing_nothing(tmp_
         assert snapshot(saver) == written
         saver.conn.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 0)")
     assert sorted(p.name for p in (data / "attachments").rglob("*") if p.is_file())[0].endswith(f"{MARKER}.db")
-
-
-def test_an_interrupted_rotation_blocks_the_store_and_resumes_to_the_end(tmp_path: Path):
-    db = tmp_path / "data" / "threadkeeper.db"
-    written = fill(db, tmp_path, KEY, threads=12)
-    batches = []
-
-    def stop_after_three(done: int, total: int) -> None:
-        batches.append(done)
-        if len(batches) == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        rotate_key(db, KEY, NEW_KEY, batch_rows=10, progress=stop_after_three)
-    for key in (KEY, NEW_KEY):
-        with pytest.raises(EncryptionKeyError, match="is in the middle of `threadkeeper rotate-key`: run it again"):
-            ThreadSaver(db, encryption_key=key)
-    with pytest.raises(EncryptionKeyError, match="rotation to another target"):
-        rotate_key(db, KEY, None)
-    with pytest.raises(EncryptionKeyError, match="not the key the unfinished rotation"):
-        rotate_key(db, KEY, "a third key entirely, long enough")
-
-    summary = rotate_key(db, KEY, NEW_KEY, batch_rows=10)
-    assert summary.resumed and summary.threads == 13
-    with open_store(db, NEW_KEY) as saver:
-        assert snapshot(saver) == written
-    with pytest.raises(EncryptionKeyError, match="is not the key"):
-        ThreadSaver(db, encryption_key=KEY)
 
 
 def test_a_rotation_killed_between_writing_an_attachment_and_committing_resumes_cleanly(tmp_path: Path, monkeypatch):
@@ -518,30 +497,147 @@ def test_a_process_that_opened_the_store_before_a_rotation_cannot_write_after_it
         assert [m.content for m in saver.read_messages("t1").messages] == ["first", "you said: first"]
 
 
-def test_rotate_key_on_the_command_line_takes_keys_from_the_environment(tmp_path: Path, monkeypatch, capsys):
-    db = tmp_path / "threadkeeper.db"
-    with open_store(db, None) as saver:
-        echo_graph(saver).invoke({"messages": [HumanMessage("hello")]}, config("t1"))
-    url = f"sqlite:///{db}"
+def rotate_url(url: str, current_key: str | None, new_key: str | None, **kwargs):
+    """`threadkeeper rotate-key`'s rotation of the store at `url`, on its engine."""
+    if is_postgres(url):
+        return postgres_rotation.rotate_key(url, current_key, new_key, **kwargs)
+    return sqlite_rotation.rotate_key(sqlite_path(url), current_key, new_key, **kwargs)
+
+
+def test_rotate_key_encrypts_a_plain_store_then_changes_its_key_then_decrypts_it_on_either_engine(
+    store_url, tmp_path: Path
+):
+    written = fill_url(store_url, tmp_path, None)
+    with open_url(store_url, None) as saver:
+        saver.sessions.put_session("alice", "s1", title="Field notes", metadata={"topic": "birds"})
+        saver.sessions.put_message("s1", ("human", "Where do herons nest?"), user_id="alice")
+    assert holding(store_url, MARKER)  # findable in clear before
+
+    summary = rotate_url(store_url, None, KEY)
+    assert (summary.threads, summary.attachments, summary.encrypted, summary.resumed) == (8, 1, True, False)
+    assert holding(store_url, MARKER) == set()
+    with pytest.raises(EncryptionKeyError, match="is encrypted: set THREADKEEPER_ENCRYPTION_KEY"):
+        open_url(store_url, None).__enter__()
+    with open_url(store_url, KEY) as saver:
+        assert {k: v for k, v in snapshot(saver).items() if k != "s1"} == written
+        assert searched(saver, "herons") == ["s1"]
+
+    rotate_url(store_url, KEY, NEW_KEY)
+    with pytest.raises(EncryptionKeyError, match=f"THREADKEEPER_ENCRYPTION_KEY is not the key {store_name(store_url)}"):
+        open_url(store_url, KEY).__enter__()
+    assert holding(store_url, MARKER) == set()
+    with open_url(store_url, NEW_KEY) as saver:
+        assert {k: v for k, v in snapshot(saver).items() if k != "s1"} == written
+        assert saver.sessions.get_session("s1", user_id="alice").title == "Field notes"
+        assert [m.message.content for m in saver.sessions.list_messages("s1", user_id="alice")] == ["Where do herons nest?"]
+        assert searched(saver, "herons") == ["s1"]
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=ask_the_database), settings=OFFLINE)
+        state = app.invoke({"messages": [HumanMessage("once more")]}, config("t-attached"))
+        assert f"the code word is {MARKER}" in state["messages"][-1].content
+        written = snapshot(saver)
+
+    summary = rotate_url(store_url, NEW_KEY, None)  # --decrypt
+    assert not summary.encrypted
+    with pytest.raises(EncryptionKeyError, match="is not encrypted: unset THREADKEEPER_ENCRYPTION_KEY"):
+        rotate_url(store_url, NEW_KEY, KEY)
+    with open_url(store_url, None) as saver:
+        assert snapshot(saver) == written
+    assert holding(store_url, MARKER)
+
+
+def test_an_interrupted_rotation_refuses_the_store_and_resumes_to_the_end_on_either_engine(store_url, tmp_path: Path):
+    written = fill_url(store_url, tmp_path, KEY, threads=12)
+
+    batches = []
+
+    def stop_after_three(done: int, total: int) -> None:
+        batches.append(done)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rotate_url(store_url, KEY, NEW_KEY, batch_rows=10, progress=stop_after_three)
+    for key in (KEY, NEW_KEY):
+        with pytest.raises(EncryptionKeyError, match="is in the middle of `threadkeeper rotate-key`: run it again"):
+            open_url(store_url, key).__enter__()
+    with pytest.raises(EncryptionKeyError, match="rotation to another target"):
+        rotate_url(store_url, KEY, None)
+    with pytest.raises(EncryptionKeyError, match="not the key the unfinished rotation"):
+        rotate_url(store_url, KEY, "a third key entirely, long enough")
+
+    summary = rotate_url(store_url, KEY, NEW_KEY, batch_rows=10)
+    assert summary.resumed and summary.threads == 13
+    with open_url(store_url, NEW_KEY) as saver:
+        assert snapshot(saver) == written
+    with pytest.raises(EncryptionKeyError, match="is not the key"):
+        open_url(store_url, KEY).__enter__()
+
+
+def test_a_postgresql_process_cannot_write_while_the_key_is_rotated_nor_with_the_old_key_after(postgres_url):
+    with open_url(postgres_url, KEY) as early:
+        echo_graph(early).invoke({"messages": [HumanMessage("first")]}, config("t1"))
+        latest = early.get_tuple(config("t1"))
+
+        def stop(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            postgres_rotation.rotate_key(postgres_url, KEY, NEW_KEY, progress=stop)
+        # Reads of re-sealed rows fail on their seal; writes are refused before they seal anything.
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`: this process cannot"):
+            early.put(latest.config, latest.checkpoint, {"source": "loop", "step": 9}, {})
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            early.put_writes(latest.config, [("messages", HumanMessage("a pending write"))], "task-1")
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            echo_graph(early).invoke({"messages": [HumanMessage("in a new thread")]}, config("t2"))
+        postgres_rotation.rotate_key(postgres_url, KEY, NEW_KEY)
+        with pytest.raises(EncryptionKeyError, match="was changed after this process opened it: restart it"):
+            early.put(latest.config, latest.checkpoint, {"source": "loop", "step": 9}, {})
+        with pytest.raises(EncryptionKeyError, match="another key .* rotate-key` ran since it started, restart it"):
+            echo_graph(early).invoke({"messages": [HumanMessage("after")]}, config("t1"))
+    with open_url(postgres_url, NEW_KEY) as saver:
+        assert [m.content for m in saver.read_messages("t1").messages] == ["first", "you said: first"]
+
+
+def test_a_second_rotation_of_a_postgresql_store_is_refused_while_one_runs(postgres_url):
+    with open_url(postgres_url, KEY) as saver:
+        echo_graph(saver).invoke({"messages": [HumanMessage("first")]}, config("t1"))
+    with psycopg.connect(postgres_url, autocommit=True) as holder:
+        holder.execute(postgres_rotation.LOCK_SQL)
+        with pytest.raises(EncryptionKeyError, match="another `threadkeeper rotate-key` is running on"):
+            postgres_rotation.rotate_key(postgres_url, KEY, NEW_KEY)
+    postgres_rotation.rotate_key(postgres_url, KEY, NEW_KEY)
+
+
+def test_rotate_key_on_the_command_line_of_either_engine_takes_keys_from_the_environment(
+    store_url, monkeypatch, capsys
+):
+    with open_url(store_url, None) as saver:
+        echo_graph(saver).invoke({"messages": [HumanMessage(f"hello {MARKER}")]}, config("t1"))
     monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY", raising=False)
     monkeypatch.delenv("THREADKEEPER_NEW_ENCRYPTION_KEY", raising=False)
-    assert main(["--db", url, "rotate-key"]) == 2
+    assert main(["--db", store_url, "rotate-key"]) == 2
     assert capsys.readouterr().err == (
         "threadkeeper: set THREADKEEPER_NEW_ENCRYPTION_KEY to the new key (or pass --decrypt to remove encryption)\n"
     )
     monkeypatch.setenv("THREADKEEPER_NEW_ENCRYPTION_KEY", KEY)
-    assert main(["--db", url, "rotate-key"]) == 0
+    assert main(["--db", store_url, "rotate-key", "--batch-rows", "5"]) == 0
     out = capsys.readouterr().out
-    assert "unencrypted -> encrypted with the new key" in out and "  1 of 1 threads" in out
-    assert "done: 1 threads, " in out and "set to the new key" in out
-    monkeypatch.delenv("THREADKEEPER_NEW_ENCRYPTION_KEY")
+    assert f"rotating the key of {store_name(store_url)}: unencrypted -> encrypted with the new key" in out
+    assert "  1 of 1 threads" in out and "done: 1 threads, " in out and "set to the new key" in out
+    assert holding(store_url, MARKER) == set()
     monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", KEY)
-    assert main(["--db", url, "threads", "--user", "alice"]) == 0
-    assert "hello" in capsys.readouterr().out
-    assert main(["--db", url, "rotate-key", "--decrypt"]) == 0
+    monkeypatch.setenv("THREADKEEPER_NEW_ENCRYPTION_KEY", NEW_KEY)
+    assert main(["--db", store_url, "rotate-key"]) == 0
+    assert "encrypted -> encrypted with the new key" in capsys.readouterr().out
+    assert main(["--db", store_url, "threads", "--user", "alice"]) == 2
+    assert "is not the key" in capsys.readouterr().err
+    monkeypatch.setenv("THREADKEEPER_ENCRYPTION_KEY", NEW_KEY)
+    monkeypatch.delenv("THREADKEEPER_NEW_ENCRYPTION_KEY")
+    assert main(["--db", store_url, "rotate-key", "--decrypt"]) == 0
     assert "no longer encrypted" in capsys.readouterr().out
-    with open_store(db, None) as saver:
-        assert saver.threads.get("t1").title == "hello"
+    with open_url(store_url, None) as saver:
+        assert saver.threads.get("t1").title == f"hello {MARKER}"
 
 
 # -- values are bound to their place ----------------------------------------------------

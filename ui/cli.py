@@ -19,8 +19,8 @@
 Commands that read or change what is stored never create a store: with no
 file (or PostgreSQL schema) where the URL points they say so, instead of
 answering from an empty one. Every command works on a `postgresql://` store
-too (export and import move a user's threads between engines), except
-rotate-key, which says so: encryption is not available on PostgreSQL yet.
+too (export and import move a user's threads between engines; rotate-key
+re-seals either engine's store in place).
 """
 
 from __future__ import annotations
@@ -226,25 +226,31 @@ def _attach(args: argparse.Namespace) -> int:
 def _rotate_key(args: argparse.Namespace) -> int:
     from checkpointers.encryption import KEY_VARIABLE, NEW_KEY_VARIABLE
     from checkpointers.errors import EncryptionKeyError
-    from checkpointers.engines.sqlite.key_rotation import rotate_key
 
-    if is_postgres(resolve_url(args.db)):
-        raise StoreError(
-            "threadkeeper rotate-key works on SQLite stores only: a PostgreSQL store is encrypted when it is "
-            "created with THREADKEEPER_ENCRYPTION_KEY set, and its key cannot be changed yet"
-        )
+    url = resolve_url(args.db)
     current = os.environ.get(KEY_VARIABLE) or None
     new = os.environ.get(NEW_KEY_VARIABLE) or None
     if args.decrypt and new is not None:
         raise EncryptionKeyError(f"--decrypt stores the data unencrypted: unset {NEW_KEY_VARIABLE}, or leave out --decrypt")
     if not args.decrypt and new is None:
         raise EncryptionKeyError(f"set {NEW_KEY_VARIABLE} to the new key (or pass --decrypt to remove encryption)")
-    path = sqlite_path(resolve_url(args.db))
-    if not path.exists():
-        raise StoreUnavailableError(f"no store at {path.resolve()} (set {ENV_VAR} or --db)")
+    if is_postgres(url):
+        from checkpointers.engines.postgres.connection import redacted
+        from checkpointers.engines.postgres.key_rotation import rotate_key
+
+        missing = missing_store(url)
+        if missing is not None:
+            raise StoreUnavailableError(f"{missing} (set {ENV_VAR} or --db)")
+        store, where = url, redacted(url)
+    else:
+        from checkpointers.engines.sqlite.key_rotation import rotate_key
+
+        store = where = sqlite_path(url).resolve()
+        if not store.exists():
+            raise StoreUnavailableError(f"no store at {store} (set {ENV_VAR} or --db)")
     before = "unencrypted" if current is None else "encrypted"
     after = "unencrypted" if new is None else "encrypted with the new key"
-    print(f"rotating the key of {path.resolve()}: {before} -> {after}", flush=True)
+    print(f"rotating the key of {where}: {before} -> {after}", flush=True)
 
     last = [0.0]
 
@@ -253,7 +259,7 @@ def _rotate_key(args: argparse.Namespace) -> int:
             last[0] = time.monotonic()
             print(f"  {done:,} of {total:,} threads", flush=True)
 
-    summary = rotate_key(path, current, new, batch_rows=args.batch_rows, progress=progress)
+    summary = rotate_key(store, current, new, batch_rows=args.batch_rows, progress=progress)
     resumed = " (finished an interrupted run)" if summary.resumed else ""
     print(
         f"done{resumed}: {summary.threads:,} threads, {summary.values:,} values and "

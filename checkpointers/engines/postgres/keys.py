@@ -11,14 +11,17 @@ the same on both engines; this module holds the SQL of it on this engine:
   salt wins and the others check their key against it).
 * `key_record_sql`: the scalar subquery a write reads its thread's row with, so
   a saver whose key no longer fits the store (another process made the store
-  encrypted after this one opened it without a key) refuses to write, as
-  `ThreadSaver._check_key_unchanged` does on SQLite, at no extra round trip.
-* `reseal_copy`: `copy_thread` copies rows with `INSERT ... SELECT`; their sealed
-  values are bound to the source thread, so each is opened there and sealed
-  again for the copy, and written back in one `UPDATE ... FROM unnest` per table.
-
-`threadkeeper rotate-key` is not available on this engine yet (the CLI says so):
-re-sealing a whole store resumably is `checkpointers.engines.sqlite.key_rotation`'s, on SQLite.
+  encrypted, or `threadkeeper rotate-key` changed its key, after this one
+  opened it) refuses to write, as `ThreadSaver._check_key_unchanged` does on
+  SQLite, at no extra round trip. While a rotation runs it reads `ROTATING`,
+  and the write is refused too (`check_unchanged`), rather than sealed with
+  the old key into rows the rotation may have re-sealed already.
+* `reseal_thread`: a thread's sealed rows opened with one cipher and sealed
+  with another, written back in one `UPDATE ... FROM unnest` per table:
+  `copy_thread` (`reseal_copy`: the copies are bound to the source thread, so
+  each is opened there and sealed again for the copy) and `rotate-key`
+  (`checkpointers.engines.postgres.key_rotation`: the same thread, the old
+  key to the new one, the search words hashed again).
 """
 
 from __future__ import annotations
@@ -35,8 +38,16 @@ _RECORDS_SQL = "SELECT key, value FROM store_meta WHERE key = ANY(%s)"
 _HOLDS_THREADS_SQL = "SELECT EXISTS (SELECT 1 FROM threads)"
 _NEW_RECORD_SQL = "INSERT INTO store_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING"
 
-key_record_sql = f"(SELECT value FROM store_meta WHERE key = '{encryption.META_KEY}')"
-"""The store's key record as a scalar subquery (a constant of this module), for a write's first read."""
+ROTATING = "rotating"
+"""What `key_record_sql` reads while `threadkeeper rotate-key` runs (never a key record, which is JSON)."""
+
+key_record_sql = (
+    f"(SELECT CASE WHEN bool_or(key = '{encryption.ROTATION_META_KEY}') THEN '{ROTATING}' "
+    f"ELSE max(value) FILTER (WHERE key = '{encryption.META_KEY}') END "
+    f"FROM store_meta WHERE key IN ('{encryption.META_KEY}', '{encryption.ROTATION_META_KEY}'))"
+)
+"""The store's key record as a scalar subquery (a constant of this module), for a write's first
+read: NULL for a store without a key, `ROTATING` while a rotation runs."""
 
 
 def _records() -> Plan[tuple[str | None, str | None]]:
@@ -58,6 +69,18 @@ def unlock(key: str | None, where: str) -> Plan[tuple[Cipher | None, str | None]
     yield Sql(_NEW_RECORD_SQL, (encryption.META_KEY, record), FETCH_NONE)
     # Another process may have made the store encrypted first: its record is the store's.
     return encryption.key_of_store(*(yield from _records()), key, where)
+
+
+def check_unchanged(read: str | None, opened_with: str | None, where: str) -> None:
+    """Refuse a write whose first read found (`key_record_sql`) another key record than the
+    one its saver opened the store with, or a key rotation running."""
+    if read == ROTATING:
+        raise EncryptionKeyError(
+            f"the encryption key of {where} is being changed by `threadkeeper rotate-key`: this process "
+            f"cannot write until it has finished; then restart it with the store's new {encryption.KEY_VARIABLE}"
+        )
+    if read != opened_with:
+        raise key_changed(where)
 
 
 def key_changed(where: str) -> EncryptionKeyError:
@@ -88,22 +111,47 @@ _WHICH = {"channel_values": f" AND kind = {KIND_SERDE}"}
 
 def reseal_copy(cipher: Cipher, source_key: int, target_key: int) -> Plan[None]:
     """Seal the values of rows copied from thread `source_key` to `target_key` to their new thread."""
+    yield from reseal_thread(cipher, cipher, source_key, target_key)
+
+
+Reindex = Callable[[str, bytes], "str | None"]
+"""A message's search lexemes (space-separated; None: none) from its type and plain stored value."""
+
+
+def reseal_thread(
+    old: Cipher | None, new: Cipher | None, source_key: int, target_key: int, reindex: Reindex | None = None
+) -> Plan[int]:
+    """Re-seal the sealed rows of thread `target_key`: each opened with `old` (None: it is
+    plain) where it was sealed, in thread `source_key`, and sealed with `new` (None: left
+    plain) to its own place. `reindex`: the messages' `words` are set from it too (a key
+    rotation: the keyed hashes change with the key). Returns how many rows."""
+    count = 0
     for table, keys, column, place in _SEALED:
         names = [name for name, _ in keys]
+        words = reindex is not None and table == "messages"
         rows = yield Sql(
-            f"SELECT {', '.join(names)}, {column} FROM {table} WHERE thread_key = %s{_WHICH.get(table, '')} "
-            f"AND {column} IS NOT NULL",
+            f"SELECT {', '.join(names)}, {column}{', type' if words else ''} FROM {table} "
+            f"WHERE thread_key = %s{_WHICH.get(table, '')} AND {column} IS NOT NULL",
             (target_key,),
         )
         if not rows:
             continue
-        sealed = [cipher.seal(cipher.open(bytes(r[-1]), place(source_key, *r[:-1])), place(target_key, *r[:-1])) for r in rows]
-        columns = [[r[i] for r in rows] for i in range(len(names))] + [sealed]
+        width = len(names)
+        plain = [bytes(r[width]) if old is None else old.open(bytes(r[width]), place(source_key, *r[:width])) for r in rows]
+        sealed = plain if new is None else [new.seal(p, place(target_key, *r[:width])) for p, r in zip(plain, rows)]
+        columns = [[r[i] for r in rows] for i in range(width)] + [sealed]
         unnest = ", ".join(f"%s::{kind}[]" for _, kind in keys)
         match = " AND ".join(f"t.{name} = u.{name}" for name in names)
+        if words:
+            columns.append([reindex(r[width + 1], p) for p, r in zip(plain, rows)])
+            unnest, setting, extra = unnest + ", %s::bytea[], %s::text[]", ", words = array_to_tsvector(string_to_array(u.words, ' '))", ", words"
+        else:
+            unnest, setting, extra = unnest + ", %s::bytea[]", "", ""
         yield Sql(
-            f"UPDATE {table} AS t SET {column} = u.sealed FROM unnest({unnest}, %s::bytea[]) "
-            f"AS u ({', '.join(names)}, sealed) WHERE t.thread_key = %s AND {match}",
+            f"UPDATE {table} AS t SET {column} = u.sealed{setting} FROM unnest({unnest}) "
+            f"AS u ({', '.join(names)}, sealed{extra}) WHERE t.thread_key = %s AND {match}",
             (*columns, target_key),
             FETCH_NONE,
         )
+        count += len(rows)
+    return count

@@ -31,10 +31,10 @@ sealed as on SQLite, with the same cipher, each bound to its place
 writes (sealed where their row is built, opened in `_load`), messages
 (`_store_message`, `_load_messages`), titles (`encryption.seal_title`) and the
 attachment (`engines.postgres.attachments`); the search words are keyed hashes.
-The key is checked at open against the record in `store_meta` (`keys.unlock`).
-
-Not on this engine yet (refused or absent, never faked): `threadkeeper
-rotate-key`, export/import.
+The key is checked at open against the record in `store_meta` (`keys.unlock`),
+and again by every write, in its first read (`keys.key_record_sql`), so a
+process refuses to write once `threadkeeper rotate-key`
+(`engines.postgres.key_rotation`) has begun changing the key.
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ _NEW_THREAD_SQL = (
     "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (thread_id) DO NOTHING"
 )
-_THREAD_KEY_SQL = f"SELECT thread_key, {keys.key_record_sql} FROM threads WHERE thread_id = %s"
+# FOR KEY SHARE: a write that checked the key holds a lock on `threads` until it commits,
+# so `rotate-key` (which locks the table before it records the rotation) waits for it.
+_THREAD_KEY_SQL = f"SELECT thread_key, {keys.key_record_sql} FROM threads WHERE thread_id = %s FOR KEY SHARE"
 
 _WRITE_CHECKPOINT_SQL = """
 WITH new_messages AS (
@@ -751,10 +753,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return found
 
     def _check_key_unchanged(self, record: str | None) -> None:
-        """Refuse to write if the store's key record is not the one this saver opened it with:
-        another process made the store encrypted after this one opened it without a key."""
-        if record != self._key_record:
-            raise keys.key_changed(self.location)
+        """Refuse to write if the store's key record is not the one this saver opened it with
+        (another process made the store encrypted after this one opened it without a key, or
+        `threadkeeper rotate-key` changed the key), or a rotation is running."""
+        keys.check_unchanged(record, self._key_record, self.location)
 
     def _new_thread(self, thread_id: str, user_id: str | None) -> Plan[None]:
         """Insert a thread's row unless another writer just did, and count it (usage statistics)."""

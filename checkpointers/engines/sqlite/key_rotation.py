@@ -49,9 +49,11 @@ from checkpointers.key_rotation import (
     DEFAULT_BATCH_ROWS,
     Progress,
     RotationSummary,
+    check_keys,
     current_cipher,
     final_record,
     new_rotation,
+    run_batches,
     target_cipher,
 )
 from checkpointers.engines.sqlite import fts
@@ -80,10 +82,7 @@ def rotate_key(
     path = Path(path)
     if not path.is_file():
         raise StoreUnavailableError(f"there is no database at {path}")
-    if current_key is not None:
-        encryption.check_key(current_key)
-    if new_key is not None:
-        encryption.check_key(new_key, encryption.NEW_KEY_VARIABLE)
+    check_keys(current_key, new_key)
     serde = serde or ThreadSaver.serde
     conn = connect(path)
     try:
@@ -104,12 +103,7 @@ def rotate_key(
         rewriter = _Rotation(conn, path.parent / "attachments", old, new, serde)
         rewriter.unlink(state["unlink"])
         done = conn.execute("SELECT count(*) FROM threads WHERE thread_key <= ?", (state["done_upto"],)).fetchone()[0]
-        if progress is not None and resumed:
-            progress(done, total)
-        while (threads := rewriter.batch(batch_rows)) is not None:
-            done += threads
-            if progress is not None:
-                progress(done, total)
+        done = run_batches(lambda: rewriter.batch(batch_rows), done, total, progress, resumed)
         _finish(conn, final_record(new, state))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return RotationSummary(
