@@ -573,7 +573,9 @@ def test_an_interrupted_rotation_refuses_the_store_and_resumes_to_the_end_on_eit
         open_url(store_url, KEY).__enter__()
 
 
-def test_a_postgresql_process_cannot_write_while_the_key_is_rotated_nor_with_the_old_key_after(postgres_url):
+def test_a_postgresql_process_cannot_write_while_the_key_is_rotated_nor_with_the_old_key_after(
+    postgres_url, tmp_path: Path
+):
     with open_url(postgres_url, KEY) as early:
         echo_graph(early).invoke({"messages": [HumanMessage("first")]}, config("t1"))
         latest = early.get_tuple(config("t1"))
@@ -590,13 +592,25 @@ def test_a_postgresql_process_cannot_write_while_the_key_is_rotated_nor_with_the
             early.put_writes(latest.config, [("messages", HumanMessage("a pending write"))], "task-1")
         with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
             echo_graph(early).invoke({"messages": [HumanMessage("in a new thread")]}, config("t2"))
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            early.threads.rename("t1", "a sealed title")
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            early.sessions.put_session("alice", "s1", title="a sealed title")
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            early.attachments.attach("t1", notes_db(tmp_path / "notes.db"), user_id="alice")
+        with pytest.raises(EncryptionKeyError, match="is being changed by `threadkeeper rotate-key`"):
+            early.copy_thread("t1", "t1-copy")
         postgres_rotation.rotate_key(postgres_url, KEY, NEW_KEY)
         with pytest.raises(EncryptionKeyError, match="was changed after this process opened it: restart it"):
             early.put(latest.config, latest.checkpoint, {"source": "loop", "step": 9}, {})
+        with pytest.raises(EncryptionKeyError, match="was changed after this process opened it: restart it"):
+            early.threads.rename("t1", "a sealed title")
         with pytest.raises(EncryptionKeyError, match="another key .* rotate-key` ran since it started, restart it"):
             echo_graph(early).invoke({"messages": [HumanMessage("after")]}, config("t1"))
     with open_url(postgres_url, NEW_KEY) as saver:
         assert [m.content for m in saver.read_messages("t1").messages] == ["first", "you said: first"]
+        assert [(t.thread_id, t.title) for t in saver.threads.list("alice").threads] == [("t1", "first")]
+        assert saver.attachments.get("t1") is None
 
 
 def test_a_second_rotation_of_a_postgresql_store_is_refused_while_one_runs(postgres_url):

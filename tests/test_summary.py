@@ -422,6 +422,19 @@ def test_with_encryption_on_postgresql_the_summary_is_in_no_table_in_clear(postg
         assert tables_holding(sealed, MARKER) == set()
 
 
+def test_after_rotate_key_the_summary_and_facts_read_back_with_the_new_key_on_either_engine(store_url):
+    from tests.test_encryption import holding, rotate_url
+
+    old, new = "pale-turquoise-otter-42", "brass-lantern-harbor-17"
+    with open_saver(store_url, encryption_key=old) as saver:
+        set_facts(summarised_thread(saver), config(), [f"fact {MARKER}"])
+    rotate_url(store_url, old, new)
+    assert holding(store_url, MARKER) == set()
+    with open_saver(store_url, encryption_key=new) as saver:
+        kept = summary_of(chat_app(saver), config())
+        assert MARKER in kept.summary and kept.facts == [f"fact {MARKER}"]
+
+
 # -- the summary panel's interface ------------------------------------------------------
 
 

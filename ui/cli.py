@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-encrypt every thread, title, search entry and attachment under a new key. "
         "Keys come from the environment, never the command line: the current key from "
         "THREADKEEPER_ENCRYPTION_KEY (unset if the store is not encrypted yet) and the new one from "
-        "THREADKEEPER_NEW_ENCRYPTION_KEY. Stop threadkeeper first. If it is interrupted, run it again "
+        "THREADKEEPER_NEW_ENCRYPTION_KEY. On SQLite, stop threadkeeper first; on PostgreSQL its processes may run, "
+        "and refuse to write until they are restarted with the new key. If it is interrupted, run it again "
         "with the same keys: it continues where it stopped; the store does not open until it has finished.",
         epilog="example: THREADKEEPER_ENCRYPTION_KEY=$OLD THREADKEEPER_NEW_ENCRYPTION_KEY=$NEW threadkeeper rotate-key",
     )

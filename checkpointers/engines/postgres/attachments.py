@@ -39,7 +39,8 @@ from checkpointers import stats
 from checkpointers.attachments import Attachment, Attachments, build_database, database_image
 from checkpointers.encryption import Cipher, attachment_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
-from checkpointers.engines.postgres.connection import neutral
+from checkpointers.engines.postgres import keys
+from checkpointers.engines.postgres.connection import neutral, redacted
 from checkpointers.errors import StoreError, ThreadNotFoundError
 from checkpointers.messages import utc_now
 from checkpointers.threads import ANY_USER
@@ -89,6 +90,7 @@ class PostgresAttachments(Attachments):
         runner; `cipher()`: the store's cipher (None: not encrypted)."""
         self._run = run
         self._cipher = cipher
+        self._where = redacted(url)
         # One folder per store: removing one store's copies never touches another's.
         self.root = cache_root() / hashlib.sha256(url.encode()).hexdigest()[:16]
 
@@ -120,6 +122,7 @@ class PostgresAttachments(Attachments):
             row = yield Sql(_THREAD_SQL, (thread_id,), FETCH_ONE)
         if user_id is not ANY_USER and row[0] != user_id:
             raise ThreadNotFoundError(thread_id)
+        yield from keys.check_writable(self._cipher(), self._where)  # its row is locked: see `check_writable`
         old = yield Sql("SELECT sha256 FROM attachments WHERE thread_key = %s", (row[1],), FETCH_ONE)
         yield Sql(_STORE_SQL, (row[1], name, digest, len(data), tables, now, data), FETCH_NONE)
         yield from neutral(stats.attachment_added)  # usage statistics
@@ -206,9 +209,14 @@ class PostgresAttachments(Attachments):
         if exact is not None:
             data = exact if cipher is None else cipher.seal(exact, attachment_place(thread_id, "file"))
             params += (data, hashlib.sha256(data).hexdigest(), len(data))
-        self._run(_execute(_AS_EXPORTED_SQL[exact is not None], params + (attached.thread_id,)))
+        self._run(self._rewrite(_AS_EXPORTED_SQL[exact is not None], params + (attached.thread_id,)))
         if exact is not None:
             self._drop_unused([hashlib.sha256(attached.path.read_bytes()).hexdigest()])
+
+    def _rewrite(self, text: str, params: tuple) -> Plan[None]:
+        """Run a statement that writes sealed values, then check the key (`keys.check_writable`)."""
+        yield from _execute(text, params)
+        yield from keys.check_writable(self._cipher(), self._where)
 
     # -- the local copies ---------------------------------------------------
 

@@ -82,12 +82,15 @@ class PostgresRunner:
 
     blocking = False
 
-    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Any] = lambda: None) -> None:
+    def __init__(
+        self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Any] = lambda: None, where: str = ""
+    ) -> None:
         """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
-        cipher (None: not encrypted)."""
+        cipher (None: not encrypted); `where`: the store, as refusals name it (`redacted`)."""
         self._run = run
         self._arun = arun
         self._cipher = cipher
+        self._where = where
 
     def lock(self) -> AbstractContextManager[Any]:
         # Writers of one thread queue on its row in the database, in every process alike.

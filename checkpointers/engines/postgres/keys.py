@@ -1,4 +1,4 @@
-"""Encryption at rest on PostgreSQL: the store's key record, and re-sealing a copied thread.
+"""Encryption at rest on PostgreSQL: the store's key record, its checks, and re-sealing a thread's rows.
 
 What is sealed, how, and where each value is bound are `checkpointers.encryption`'s,
 the same on both engines; this module holds the SQL of it on this engine:
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from checkpointers import encryption
 from checkpointers.codec import KIND_SERDE
-from checkpointers.encryption import Cipher, checkpoint_place, message_place, value_place, write_place
+from checkpointers.encryption import Cipher, KeyRecord, checkpoint_place, message_place, value_place, write_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import EncryptionKeyError
 
@@ -75,12 +75,30 @@ def check_unchanged(read: str | None, opened_with: str | None, where: str) -> No
     """Refuse a write whose first read found (`key_record_sql`) another key record than the
     one its saver opened the store with, or a key rotation running."""
     if read == ROTATING:
-        raise EncryptionKeyError(
-            f"the encryption key of {where} is being changed by `threadkeeper rotate-key`: this process "
-            f"cannot write until it has finished; then restart it with the store's new {encryption.KEY_VARIABLE}"
-        )
+        raise rotation_running(where)
     if read != opened_with:
         raise key_changed(where)
+
+
+def check_writable(cipher: Cipher | None, where: str) -> Plan[None]:
+    """The key check of a write whose first statement does not read `key_record_sql`
+    (a rename, a session, an attachment, a copy): run it after the statement that locked
+    the thread's row, so a rotation that had begun is seen, and refuse as `check_unchanged`
+    does when the store's key is no longer `cipher`'s (None: no key)."""
+    (read,) = yield Sql(f"SELECT {key_record_sql}", (), FETCH_ONE)
+    if read == ROTATING:
+        raise rotation_running(where)
+    fits = read is None if cipher is None else read is not None and cipher.matches(KeyRecord.from_json(read))
+    if not fits:
+        raise key_changed(where)
+
+
+def rotation_running(where: str) -> EncryptionKeyError:
+    """The refusal of a write while `threadkeeper rotate-key` changes the store's key."""
+    return EncryptionKeyError(
+        f"the encryption key of {where} is being changed by `threadkeeper rotate-key`: this process "
+        f"cannot write until it has finished; then restart it with the store's new {encryption.KEY_VARIABLE}"
+    )
 
 
 def key_changed(where: str) -> EncryptionKeyError:

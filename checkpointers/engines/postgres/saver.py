@@ -328,8 +328,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
-        self.threads = PostgresThreadIndex(self._run, self._arun, cipher)
-        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun, cipher))
+        where = connection.redacted(url)
+        self.threads = PostgresThreadIndex(self._run, self._arun, cipher, where)
+        self.sessions = SessionStore(self, PostgresSessions(self._run, self._arun, cipher, where))
         self.attachments = PostgresAttachments(url, self._run, cipher)
         self.transfer = PostgresTransfer(self._run, self._arun, cipher)
         """What import and export ask of this engine (`engines.base.Transfer`)."""
@@ -977,6 +978,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         src = yield Sql("SELECT thread_key FROM threads WHERE thread_id = %s FOR SHARE", (source,), FETCH_ONE)
         if src is None:
             raise ThreadNotFoundError(source)
+        yield from keys.check_writable(self._cipher, self.location)  # the copies are sealed with this saver's key
         dst = yield Sql(
             "SELECT thread_key, EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_key = t.thread_key) "
             "FROM threads t WHERE thread_id = %s FOR UPDATE",

@@ -19,6 +19,7 @@ from typing import Any
 from checkpointers import encryption, stats
 from checkpointers import metadata as md
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres import keys
 from checkpointers.engines.postgres.connection import PostgresRunner, neutral
 from checkpointers.sessions import MessageQuery
 
@@ -120,6 +121,7 @@ class PostgresSessions(PostgresRunner):
             (session_id, owner, title, now, now, stored),
             FETCH_NONE,
         )
+        yield from self._check_key(title)
         yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
@@ -128,6 +130,13 @@ class PostgresSessions(PostgresRunner):
             (stored, title, now, session_id),
             FETCH_NONE,
         )
+        yield from self._check_key(title)
+
+    def _check_key(self, title: str | None) -> Plan[None]:
+        """A sealed title is written only with the store's key, and not during a rotation
+        (`keys.check_writable`; after the statement that locked the row)."""
+        if title is not None:
+            yield from keys.check_writable(self._cipher(), self._where)
 
     def _sessions_sql(self, user_id, updated_before, metadata_filter, after, limit) -> tuple[str, list[Any]]:
         sql = f"SELECT {_COLUMNS} FROM threads" + _OWNED_BY[user_id is None]

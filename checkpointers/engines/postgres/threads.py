@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from checkpointers import encryption, search
 from checkpointers.encryption import Cipher
+from checkpointers.engines.postgres import keys
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.storable import check_id, check_text
@@ -93,12 +94,16 @@ class PostgresThreadIndex:
     for what each call promises. `user_id` scopes every call: another user's thread
     behaves exactly like a thread that does not exist."""
 
-    def __init__(self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Cipher | None]) -> None:
+    def __init__(
+        self, run: Callable[..., Any], arun: Callable[..., Any], cipher: Callable[[], Cipher | None], where: str = ""
+    ) -> None:
         """`run(plan, read=...)` / `arun(...)`: the saver's plan runners; `cipher()`: the store's
-        cipher (None: not encrypted), known once the saver checked its key."""
+        cipher (None: not encrypted), known once the saver checked its key; `where`: the store,
+        as refusals name it."""
         self._run = run
         self._arun = arun
         self._cipher = cipher
+        self._where = where
 
     def _info(self, row: tuple) -> ThreadInfo:
         """A row of `THREAD_COLUMNS` as a ThreadInfo, its title decrypted."""
@@ -191,6 +196,8 @@ class PostgresThreadIndex:
         if row is None or (user_id is not ANY_USER and row[1] != user_id):
             raise ThreadNotFoundError(thread_id)
         columns = changes(thread_info(row))
+        if "title" in columns:  # sealed: not with a key the store no longer has, nor during a rotation
+            yield from keys.check_writable(self._cipher(), self._where)
         assignments = ", ".join(f"{column} = %s" for column in columns)  # names from this module's constants
         yield Sql(f"UPDATE threads SET {assignments} WHERE thread_id = %s", [*columns.values(), thread_id], FETCH_NONE)
         return (yield from self._get(thread_id, ANY_USER))
