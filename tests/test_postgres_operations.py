@@ -121,14 +121,17 @@ def test_every_command_works_on_a_postgresql_store_or_says_in_one_sentence_why_n
     assert cli(["--db", url, "stats", "--days", "7"]) == 0
     assert "messages       4 (2 human, 2 AI" in capsys.readouterr().out
 
+    monkeypatch.delenv("THREADKEEPER_ENCRYPTION_KEY", raising=False)
+    monkeypatch.delenv("THREADKEEPER_NEW_ENCRYPTION_KEY", raising=False)
     for args, sentence in (
-        (["rotate-key"], "threadkeeper: threadkeeper rotate-key works on SQLite stores only"),
+        (["rotate-key", "--decrypt"], "threadkeeper: postgresql://postgres@127.0.0.1:5432/"),
         (["attach", "t-9", "sales.db"], "threadkeeper: no thread with id 't-9'"),
         (["attach", "t-1", "missing.db"], "threadkeeper: "),
     ):
         assert cli(["--db", url, *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith(sentence) and err.count("\n") == 1, err
+        assert args[0] != "rotate-key" or "is not encrypted: set THREADKEEPER_NEW_ENCRYPTION_KEY to the key" in err
 
     assert cli(["--db", url, "export", "--user", "alice", "--output", str(tmp_path / "t-1.json")]) == 0
     assert "exported 1 threads of 'alice' (4 messages, 1 attachments) to " in capsys.readouterr().out
