@@ -2,6 +2,7 @@
 
     python -m bench.store_cost                     # instructions per turn: this saver, the floor, the store's part
     python -m bench.store_cost --rate --threads 4  # turns per second, several threads in one process (wall clock)
+    python -m bench.store_cost --rate --against ../other-checkout   # the same, A/B/A/B against another saver
 
 Instruction counts are repeatable on a busy machine, so two versions of the
 saver can be compared by running this once with each on `PYTHONPATH`. The
@@ -190,31 +191,62 @@ def instructions(folder: Path, which: str) -> list[float]:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def rate(threads: int, seconds: float, rounds: int) -> None:
-    """Turns per second with `threads` Python threads, each on its own chat thread, one saver."""
+def other_saver_class(checkout: Path) -> type:
+    """`ThreadSaver` of another checkout's `checkpointers`, loaded beside this one in this
+    process: the package's modules are set aside under other names, and imported again."""
+    ours = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "checkpointers"}
+    sys.path.insert(0, str(checkout))
+    try:
+        import checkpointers as theirs
+
+        if Path(theirs.__file__).resolve().parent != (checkout / "checkpointers").resolve():
+            raise RuntimeError(f"{checkout} has no checkpointers package")
+        return theirs.ThreadSaver
+    finally:
+        sys.path.remove(str(checkout))
+        for name in [n for n in sys.modules if n.split(".")[0] == "checkpointers"]:
+            sys.modules[f"_other_{name}"] = sys.modules.pop(name)
+        sys.modules.update(ours)
+
+
+def rate(threads: int, seconds: float, rounds: int, against: Path | None = None) -> None:
+    """Turns per second with `threads` Python threads, each on its own chat thread, one saver.
+
+    With `against`, windows of this checkout's saver and that one's alternate (A/B/A/B)
+    in one process, so the load of the machine falls on both alike."""
+    savers = {"this": ThreadSaver}
+    if against is not None:
+        savers[str(against)] = other_saver_class(against)
+    results: dict[str, list[float]] = {label: [] for label in savers}
     with tempfile.TemporaryDirectory(prefix="tk-store-rate-") as tmp:
-        results = []
         for r in range(rounds):
-            saver = ThreadSaver(Path(tmp) / f"{r}.db")
-            app = chat(saver)
-            done = [0] * threads
-            stop = time.monotonic() + seconds
+            for label, saver_class in savers.items():
+                saver = saver_class(Path(tmp) / f"{len(os.listdir(tmp))}.db")
+                app = chat(saver)
+                done = [0] * threads
+                for n in range(threads):  # the threads' first turns (creating them) are not counted
+                    turn(app, f"u{n}", random.Random(n))
+                stop = time.monotonic() + seconds
 
-            def user(n: int) -> None:
-                rng = random.Random(n)
-                while time.monotonic() < stop:
-                    turn(app, f"u{n}", rng)
-                    done[n] += 1
+                def user(n: int) -> None:
+                    rng = random.Random(n)
+                    while time.monotonic() < stop:
+                        turn(app, f"u{n}", rng)
+                        done[n] += 1
 
-            workers = [threading.Thread(target=user, args=(n,)) for n in range(threads)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            saver.close()
-            results.append(sum(done) / seconds)
-        print(f"turns/s, {threads} threads, {seconds:g} s x {rounds}: median {statistics.median(results):.1f} "
-              f"({', '.join(f'{x:.1f}' for x in results)})")
+                workers = [threading.Thread(target=user, args=(n,)) for n in range(threads)]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                saver.close()
+                results[label].append(sum(done) / seconds)
+    for label, figures in results.items():
+        print(f"{label}: turns/s, {threads} threads, {seconds:g} s x {rounds}: median {statistics.median(figures):.1f} "
+              f"({', '.join(f'{x:.1f}' for x in figures)})")
+    if against is not None:
+        pairs = [a / b for a, b in zip(*results.values())]
+        print(f"this / {against}: median of the pairs {statistics.median(pairs):.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", type=Path, help="with --rate: another checkout whose saver alternates with this one")
     args = parser.parse_args(argv)
     if args.count:
         count(args.folder, args.count)
         return 0
     if args.rate:
-        rate(args.threads, args.seconds, args.rounds)
+        rate(args.threads, args.seconds, args.rounds, args.against)
         return 0
     prepare(args.folder)
     ours = instructions(args.folder, "ours")
