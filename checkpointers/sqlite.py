@@ -520,8 +520,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         read at that data_version, followed along the puts whose parent it is."""
         self._kept: OrderedDict[tuple[str, str], _KeptTuple] = OrderedDict()
         self._flusher: threading.Thread | None = None
-        self._flusher_armed = False
-        self._deferred_total = 0
         self._backlog_rows = 0
         """Search backlog rows this saver wrote since it last merged the backlog."""
         self._backlog_merge_due = False
@@ -789,7 +787,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if may is not None and not may():
                 return False
             self._deferred.append(entry)
-            self._deferred_total += 1
             self._wake_flusher()
             return True
 
@@ -801,31 +798,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if self._closing:
                     return
                 self._backlog_merge_due = True
-                self._flusher_armed = False
                 self._wake_flusher()
 
     def _wake_flusher(self) -> None:
-        """Start the flusher, or wake it unless it is armed (call holding `_deferred_cond`)."""
+        """Start the flusher, or wake it (call holding `_deferred_cond`)."""
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
             self._flusher.start()
             _OPEN_SAVERS.add(self)
-        elif not self._flusher_armed:
+        else:
             self._deferred_cond.notify()
 
     def _flush_when_due(self) -> None:
         """Flusher thread: write deferred writes nothing carried by their `due` time,
-        and merge the search backlog when `_backlog_grew` asks.
-
-        While writes keep being deferred the flusher stays armed: it wakes every
-        `DEFERRED_WRITES_FLUSH_AFTER` (or when the oldest entry is due, which is
-        sooner) without being told, so `_defer` need not wake it. Waking a thread
-        costs the graph's thread a GIL hand-over, and a chat turn defers three
-        times. After a period in which nothing was deferred it sleeps until `_defer` wakes it.
-        """
-        period = DEFERRED_WRITES_FLUSH_AFTER
-        seen_total = -1
-        armed_until = 0.0
+        and merge the search backlog when `_backlog_grew` asks."""
         backoff = 0.0
         logged: tuple[str, float] = ("", 0.0)
         while True:
@@ -833,19 +819,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if self._closing:
                     return
                 merge = self._backlog_merge_due
-                now = time.monotonic()
-                if not merge and not self._deferred and now >= armed_until:
-                    if self._deferred_total == seen_total:
-                        self._flusher_armed = False
-                        self._deferred_cond.wait()
-                    seen_total = self._deferred_total
-                    self._flusher_armed = True
-                    armed_until = time.monotonic() + period
+                if not merge and not self._deferred:
+                    self._deferred_cond.wait()
                     continue
-                wait = (self._deferred[0].due if self._deferred else armed_until) - now
+                wait = self._deferred[0].due - time.monotonic() if self._deferred else 0.0
                 if not merge and wait > 0:
-                    # Any entry deferred from now on is due after this wait ends.
-                    self._flusher_armed = True
                     self._deferred_cond.wait(wait)
                     continue
             try:
