@@ -408,8 +408,8 @@ class _ThreadTxn:
         owner = self.conn.execute(_THREAD_ROW_SQL, (
             self.next_value_no, self.next_message_no, self.updated_at, self.message_count, self.sealed_title,
             self.user_id, read.thread_key, self.thread_id, read.next_value_no, read.next_message_no, read.gc_epoch,
-        )).fetchone()
-        if owner is None:
+        )).fetchall()  # all: the statement is finished before COMMIT
+        if not owner:
             raise _StaleThreadState(self.thread_id)
         self.write_rows()
         # -- usage statistics: the day's counters, in the same transaction as the thread's rows
@@ -417,7 +417,7 @@ class _ThreadTxn:
             (database_bytes,) = self.conn.execute(
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
             ).fetchone()
-            stats.record_tally(self.conn, (self.updated_at or utc_now())[:10], owner[0], self.usage, database_bytes)
+            stats.record_tally(self.conn, (self.updated_at or utc_now())[:10], owner[0][0], self.usage, database_bytes)
         # --
         return _ThreadState(
             self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.title, self.sealed_upto
