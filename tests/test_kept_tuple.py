@@ -52,12 +52,20 @@ def test_the_agents_checkpoint_with_its_window_is_kept_and_each_read_gets_its_ow
     """The agent's state holds more than messages (the trimming node's `window`):
     it is kept serialised, and every get_tuple decodes a new object, as a read would."""
     config = {"configurable": {"thread_id": "t", "user_id": "u"}}
+    served = 0
     with open_saver(f"sqlite:///{db_path}") as saver:
         app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
-        for n in range(4):
+        for n in range(6):
             app.invoke({"messages": [HumanMessage(f"question {n}")]}, config, durability="sync")
+            # LangGraph's executor may land a task's writes after the run's last checkpoint
+            # (on another of its threads); then what was kept is stale and a read is right.
+            with saver._lock:
+                kept_entry = saver._kept.get(("t", ""))
+                untouched = kept_entry is not None and kept_entry.total_changes == saver.conn.total_changes
             kept, seen = statements(saver, lambda: saver.get_tuple(config))
-            assert seen == ["PRAGMA data_version"]
+            if untouched:
+                assert seen == ["PRAGMA data_version"]
+                served += 1
             assert set(kept.checkpoint["channel_values"]) >= {"messages", "window"}
             with open_saver(f"sqlite:///{db_path}") as other:
                 read = other.get_tuple(config)
@@ -65,6 +73,7 @@ def test_the_agents_checkpoint_with_its_window_is_kept_and_each_read_gets_its_ow
             kept.checkpoint["channel_values"]["window"]["start"] = -1  # a caller may change what it got
             again = saver.get_tuple(config)
             assert again.checkpoint["channel_values"]["window"] == read.checkpoint["channel_values"]["window"]
+    assert served >= 2  # most runs end with nothing written after their last checkpoint
 
 
 def test_a_checkpoint_another_connection_wrote_is_read_not_the_kept_one(db_path):
