@@ -80,7 +80,7 @@ def bench_long_thread(report: Report, database_url: str, turns: int) -> None:
         stock = run_thread(stock_saver, turns)
     ours_bytes, stock_bytes = schema_bytes(ours_url) / turns, schema_bytes(stock_url) / turns
     report.check(f"bytes per turn after {turns} turns, threadkeeper", ours_bytes, "<= 3072 B", ours_bytes <= 3072, " B")
-    report.check(f"  (stock PostgresSaver, same graph and turns)", stock_bytes, "reference", True, " B")
+    report.check("  (stock PostgresSaver, same graph and turns)", stock_bytes, "reference", True, " B")
     ratio_ours, ratio_stock = around(ours, turns) / around(ours, 10), around(stock, turns) / around(stock, 10)
     report.check(f"whole turn {turns} / turn 10, threadkeeper", ratio_ours, "<= 1.5", ratio_ours <= 1.5)
     report.check(f"  (whole turn {turns} / turn 10, stock PostgresSaver)", ratio_stock, "reference", True)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             run["covered"] = run["app"].get_state(config).values.get("summary", {}).get("count", 0)
             run["saver"].close()
             run["bytes"] = file_bytes(Path(tmp) / f"{name}.db")
-    off, on, extractive = runs["off"], runs["on"], runs["extractive"]
+    on, extractive = runs["on"], runs["extractive"]
     last = args.turns
     for name, run in runs.items():
         sent = run["model"]._sent

@@ -30,11 +30,10 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from checkpointers import stats
 from ui import metrics
