@@ -158,6 +158,14 @@ def _missing(messages: list, turns: list[AckedTurn]) -> list[str]:
 # -- library writers -----------------------------------------------------------------
 
 
+def _say(line: str) -> None:
+    """One line to the harness in one write(2): a pipe write that short is atomic, so a
+    writer killed mid-line cannot leave half a line for the fork server's next one to
+    join. (`print` makes two writes, text then newline, when stdout is unbuffered, as
+    PYTHONUNBUFFERED=1 makes it.)"""
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
+
+
 def _write_until_killed(url: str, label: str, settings: Any) -> None:
     """A writer's life: chat turns on a few threads, `acked` printed after each."""
     from langchain_core.messages import HumanMessage
@@ -176,9 +184,9 @@ def _write_until_killed(url: str, label: str, settings: Any) -> None:
             try:
                 graph.invoke({"messages": [HumanMessage(text)]}, config)
             except Exception as exc:  # the parent fails the run on any
-                print(f"error {label} {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
+                _say(f"error {label} {type(exc).__name__}: {exc}".replace("\n", " "))
                 return
-            print(f"acked {thread_id} {crc(text)} {prefix}", flush=True)
+            _say(f"acked {thread_id} {crc(text)} {prefix}")
 
 
 def serve_writers(url: str) -> int:
@@ -188,7 +196,7 @@ def serve_writers(url: str) -> int:
     settings = offline_settings()
     build_graph(None, settings=settings)  # lazy imports happen here, once, not in each writer
     child, label = 0, ""
-    print("ready", flush=True)
+    _say("ready")
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "go":
@@ -199,11 +207,11 @@ def serve_writers(url: str) -> int:
                 finally:
                     os._exit(1)
             child, label = pid, arg
-            print(f"pid {label} {pid}", flush=True)
+            _say(f"pid {label} {pid}")
         elif command == "reap":
             _, status = os.waitpid(child, 0)
             child = 0
-            print(f"exit {label} {os.waitstatus_to_exitcode(status)}", flush=True)
+            _say(f"exit {label} {os.waitstatus_to_exitcode(status)}")
     if child:  # the parent went away mid-run: leave no writer behind
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
