@@ -84,7 +84,6 @@ import hashlib
 import hmac
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,16 +361,6 @@ def describe(place: bytes) -> str:
 # -- the store's key ------------------------------------------------------------
 
 
-def read_records(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
-    """The `store_meta` values of the key record and of an unfinished rotation."""
-    rows = dict(
-        conn.execute(
-            "SELECT key, value FROM store_meta WHERE key IN (?, ?)", (META_KEY, ROTATION_META_KEY)
-        ).fetchall()
-    )
-    return rows.get(META_KEY), rows.get(ROTATION_META_KEY)
-
-
 def rotation_unfinished(path: Path | str) -> EncryptionKeyError:
     return EncryptionKeyError(
         f"{path} is in the middle of `threadkeeper rotate-key`: run it again with the same keys to finish it"
@@ -385,9 +374,9 @@ def is_upgrade(rotation: str | None) -> bool:
 
 def key_of_store(record: str | None, rotation: str | None, key: str | None, where: Path | str) -> tuple[Cipher | None, str | None] | None:
     """What opening a store with `key` gives, from its key record and rotation record
-    (as `read_records` returns them, on either engine): its cipher (None: not
+    (as each engine's `keys.read_records` returns them): its cipher (None: not
     encrypted) and key record; or None when a key is given for a store that has no
-    key yet, which the caller makes encrypted if it holds no conversations (`unlock`).
+    key yet, which the caller makes encrypted if it holds no conversations (each engine's `keys.unlock`).
 
     Refuses an encrypted store without the key or with another key, and a store
     in the middle of a key rotation. The cipher of a store in format 1, or in the
@@ -408,46 +397,12 @@ def key_of_store(record: str | None, rotation: str | None, key: str | None, wher
     return None
 
 
-def unlock(conn: sqlite3.Connection, path: Path | str, key: str | None) -> tuple[Cipher | None, str | None]:
-    """Check `key` against the SQLite store; returns its cipher (None: not encrypted) and key record.
-
-    Refuses, changing nothing, what `key_of_store` refuses, and a key on a store
-    that already holds unencrypted conversations. A key on a store with no
-    threads yet makes it encrypted from now on. The caller upgrades a store
-    whose cipher `reads_unbound` (`reseal.upgrade`) before using it.
-    """
-    opened = key_of_store(*read_records(conn), key, path)
-    if opened is not None:
-        return opened
-    if _holds_threads(conn):
-        raise unencrypted_store(path)
-    cipher = Cipher.new(key)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        opened = key_of_store(*read_records(conn), key, path)  # another process may have got here first
-        if opened is None:
-            if _holds_threads(conn):
-                raise unencrypted_store(path)
-            record = cipher.record().to_json()
-            conn.execute("INSERT INTO store_meta (key, value) VALUES (?, ?)", (META_KEY, record))
-            opened = cipher, record
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return opened
-
-
 def _cipher_for(key: str, record_json: str, path: Path | str) -> Cipher:
     record = KeyRecord.from_json(record_json)
     cipher = Cipher.for_record(key, record)
     if not cipher.matches(record):
         raise EncryptionKeyError(f"{KEY_VARIABLE} is not the key {path} was encrypted with")
     return cipher
-
-
-def _holds_threads(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM threads)").fetchone()[0] == 1
 
 
 def unencrypted_store(path: Path | str) -> EncryptionKeyError:

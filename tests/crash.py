@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 import uuid
@@ -174,19 +175,19 @@ def _write_until_killed(url: str, label: str, settings: Any) -> None:
     from graph import build_graph
 
     rng = random.Random(label)
-    with open_saver(url) as saver:
-        graph = build_graph(saver, settings=settings)
-        for n in itertools.count(1):
-            thread_id = f"thread-{rng.randrange(WRITER_THREADS)}"
-            prefix = f"{label} turn {n}"
-            text = turn_text(prefix, rng)
-            config = {"configurable": {"thread_id": thread_id, "user_id": WRITER_USER}}
-            try:
+    try:
+        with open_saver(url) as saver:
+            graph = build_graph(saver, settings=settings)
+            for n in itertools.count(1):
+                thread_id = f"thread-{rng.randrange(WRITER_THREADS)}"
+                prefix = f"{label} turn {n}"
+                text = turn_text(prefix, rng)
+                config = {"configurable": {"thread_id": thread_id, "user_id": WRITER_USER}}
                 graph.invoke({"messages": [HumanMessage(text)]}, config)
-            except Exception as exc:  # the parent fails the run on any
-                _say(f"error {label} {type(exc).__name__}: {exc}".replace("\n", " "))
-                return
-            _say(f"acked {thread_id} {crc(text)} {prefix}")
+                _say(f"acked {thread_id} {crc(text)} {prefix}")
+    except BaseException as exc:  # opening the store included; the parent fails the run on any
+        traceback.print_exc()
+        _say(f"error {label} {type(exc).__name__}: {exc}".replace("\n", " ")[:1000])
 
 
 def serve_writers(url: str) -> int:

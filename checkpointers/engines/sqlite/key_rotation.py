@@ -57,7 +57,7 @@ from checkpointers.key_rotation import (
     target_cipher,
 )
 from checkpointers.engines.sqlite import fts
-from checkpointers.engines.sqlite import reseal
+from checkpointers.engines.sqlite import keys, reseal
 from checkpointers.encryption import Cipher
 from checkpointers.errors import EncryptionKeyError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
@@ -87,10 +87,10 @@ def rotate_key(
     conn = connect(path)
     try:
         migrate(conn, str(path))
-        record, rotation = encryption.read_records(conn)
+        record, rotation = keys.read_records(conn)
         if encryption.is_upgrade(rotation):  # an interrupted upgrade to bound values: finish it first
             reseal.upgrade(conn, path, current_cipher(path, record, current_key), batch_rows=batch_rows)
-            record, rotation = encryption.read_records(conn)
+            record, rotation = keys.read_records(conn)
         old = current_cipher(path, record, current_key)
         resumed = rotation is not None
         if rotation is None:
@@ -122,7 +122,7 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, state: dict
     """Record the rotation, empty the search index and bump every thread's `gc_epoch`, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if encryption.read_records(conn) != (record, None):
+        if keys.read_records(conn) != (record, None):
             raise EncryptionKeyError(f"{path} changed its key while `threadkeeper rotate-key` started: run it again")
         conn.execute(
             "INSERT INTO store_meta (key, value) VALUES (?, ?)", (encryption.ROTATION_META_KEY, json.dumps(state))

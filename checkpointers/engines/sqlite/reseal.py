@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from checkpointers import codec, encryption
+from checkpointers.engines.sqlite.keys import read_records
 from checkpointers.attachments import CSV_SUFFIXES, ENCRYPTED_FILE_NAME, safe_name
 from checkpointers.encryption import (
     Cipher,
@@ -269,7 +270,7 @@ def upgrade(conn: sqlite3.Connection, path: Path | str, cipher: Cipher, *, batch
     record_json = cipher.record().to_json()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        record, rotation = encryption.read_records(conn)
+        record, rotation = read_records(conn)
         if rotation is None:
             if record is not None and encryption.KeyRecord.from_json(record).version == encryption.RECORD_VERSION:
                 conn.execute("COMMIT")  # another process finished it meanwhile
@@ -298,7 +299,7 @@ def upgrade(conn: sqlite3.Connection, path: Path | str, cipher: Cipher, *, batch
         pass
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if encryption.is_upgrade(encryption.read_records(conn)[1]):
+        if encryption.is_upgrade(read_records(conn)[1]):
             conn.execute("UPDATE store_meta SET value = ? WHERE key = ?", (record_json, encryption.META_KEY))
             conn.execute("DELETE FROM store_meta WHERE key = ?", (encryption.ROTATION_META_KEY,))
         conn.execute("COMMIT")

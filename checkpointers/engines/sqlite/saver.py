@@ -78,7 +78,7 @@ from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 
 from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.engines.sqlite import fts
-from checkpointers.engines.sqlite import reseal
+from checkpointers.engines.sqlite import keys, reseal
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
     KIND_MESSAGE,
@@ -560,7 +560,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     ) -> None:
         """`encryption_key`: by default `$THREADKEEPER_ENCRYPTION_KEY` (unset or empty: no key);
         None opens the store without a key. Raises `EncryptionKeyError` when the
-        key does not fit the store (see `checkpointers.encryption.unlock`).
+        key does not fit the store (see `engines.sqlite.keys.unlock`).
 
         `defer_writes`: let a task's writes ride in the transaction of the
         checkpoint that follows them (see `put_writes`); False writes each at once."""
@@ -615,12 +615,12 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if "not a database" in str(exc):
                     raise NotADatabaseError(f"{self.path} is not a SQLite database") from exc
                 raise
-            self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
+            self._cipher, self._key_record = keys.unlock(self.conn, self.path, self._encryption_key)
             if self._cipher is not None and self._cipher.reads_unbound:
                 # Values in format 1, not bound to their place: re-seal them all once,
                 # then open it again strict (see `checkpointers.engines.sqlite.reseal.upgrade`).
                 reseal.upgrade(self.conn, self.path, self._cipher)
-                self._cipher, self._key_record = encryption.unlock(self.conn, self.path, self._encryption_key)
+                self._cipher, self._key_record = keys.unlock(self.conn, self.path, self._encryption_key)
             self.conn.executescript(WRITE_ROWS_SQL)
             self._index_old_messages()
 
