@@ -211,7 +211,7 @@ def bench_turns(report: Report, tmp: Path, turns: int) -> None:
         True,
     )
     ratio = t["threadkeeper.turn10_ms"] / t["InMemorySaver.turn10_ms"]
-    report.check("cost of turn 10: threadkeeper / InMemorySaver", ratio, "<= 1.3", ratio <= 1.3)
+    report.check("cost of turn 10: threadkeeper / InMemorySaver (target retired by issue 19)", ratio, "reference", True)
     stock_ratio = t["SqliteSaver.turn10_ms"] / t["InMemorySaver.turn10_ms"]
     report.check("  (stock SqliteSaver / InMemorySaver at turn 10)", stock_ratio, "reference", True)
     report.check(f"bytes on disk per turn after {turns} turns, threadkeeper", ours_bytes, "<= 2048", ours_bytes <= 2048, " B")
