@@ -8,7 +8,11 @@ threadkeeper's own work: the trimming node, and the whole turn through the
 graph with this project's saver beside the same graph on LangGraph's stock
 `SqliteSaver` and `InMemorySaver`, in the same process and run, and the bytes
 the file holds per turn after the long thread (issue 19's targets: at most
-2 KB per turn, turn 1,000 / turn 10 at most 1.5).
+2 KB per turn, turn 1,000 / turn 10 at most 1.5). For that ratio it also
+prints the floor: the same graph on a saver that only keeps the newest
+checkpoint's objects (`bench.store_cost.KeepingSaver`), where what grows with
+the thread is LangGraph's own (`add_messages` indexes the whole list at each
+update) and the trimming node's.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=1000, help="turns in the thread (default 1000)")
     args = parser.parse_args(argv)
+    from bench.store_cost import KeepingSaver  # it imports this module's InstantModel
+
     report = Report()
     last = args.turns
     print(f"\n== the agent graph, one thread, {last} turns, budget {Settings().max_input_tokens} tokens ==", flush=True)
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             stock = run_thread(stock_saver, last)
         stock_bytes = file_bytes(Path(tmp) / "stock.db") / last
         memory = run_thread(InMemorySaver(), last)
+        floor = run_thread(KeepingSaver(), last)
     trim_10, trim_last = around(timer.costs, 10), around(timer.costs, last)
     report.check(f"trimming node: turn {last} / turn 10", trim_last / trim_10, "<= 1.5", trim_last / trim_10 <= 1.5)
     report.check("  (trimming node at turn 10)", trim_10 * 1000, "reference", True, " ms")
@@ -114,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     report.check(f"whole turn {last} / turn 10, threadkeeper saver", ratio_ours, "<= 1.5", ratio_ours <= 1.5)
     report.check(f"  (stock SqliteSaver: turn {last} / turn 10)", around(stock, last) / around(stock, 10), "reference", True)
     report.check(f"  (InMemorySaver: turn {last} / turn 10)", around(memory, last) / around(memory, 10), "reference", True)
+    report.check(
+        f"  (no store, LangGraph and the agent's nodes alone: turn {last} / turn 10)",
+        around(floor, last) / around(floor, 10), "reference", True,
+    )
     report.check(f"bytes on disk per turn after {last} turns, threadkeeper", ours_bytes, "<= 2048", ours_bytes <= 2048, " B")
     report.check(f"  (stock SqliteSaver per turn after {last} turns)", stock_bytes, "reference", True, " B")
     report.finish(what="agent checks")
