@@ -13,7 +13,6 @@ import zlib
 from array import array
 from itertools import accumulate
 
-from checkpointers.gil_deflate import Deflater
 
 # Value kinds, in `channel_values.kind` and `writes.kind`.
 KIND_SERDE = 0  # the serializer's own (type, bytes)
@@ -69,15 +68,8 @@ COMPRESSED_SUFFIX = "+z1"
 _COMPRESS_MIN = 48
 
 
-_DEFLATE_HOLDING_GIL = Deflater(ZDICT_V1, 6, -15, 9)
-_HOLD_GIL_UP_TO = 16_384
-"""Bytes; larger data is worth compressing while other threads run (see `checkpointers.gil_deflate`)."""
-
-
 def deflate(data: bytes) -> bytes:
     """Raw deflate with the preset dictionary; `inflate` reverses it."""
-    if len(data) <= _HOLD_GIL_UP_TO and Deflater.available:
-        return _DEFLATE_HOLDING_GIL(data)
     packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZDICT_V1)
     return packer.compress(data) + packer.flush()
 

@@ -11,9 +11,8 @@ scanning messages afterwards:
 * a message is counted when it first appears in a thread's conversation (the
   `messages` channel of the root namespace, against the list stored before):
   `figures(message)`, a `Tally` per thread write, and one `usage_days` upsert
-  plus one `usage_user_days` upsert in the same statement as the thread's rows (the SQLite engine sends the tally as a
-  row of its `write_rows` view, see `SQLITE_USAGE_TRIGGER`; an engine without
-  that view calls `record_tally`);
+  plus one `usage_user_days` upsert in the same transaction as the thread's rows
+  (`record_tally`);
 * thread creation, deletion, sweeps and attachments call the small functions
   below (`thread_created`, `threads_deleted`, `sweep_recorded`,
   `attachment_added`) inside the transaction that does the work.
@@ -32,9 +31,8 @@ model re-reads at every turn; they are what there is when the model reports
 no usage (the offline mode, some local servers).
 
 The SQL is plain SQLite and PostgreSQL alike (`INSERT ... ON CONFLICT DO
-UPDATE`, `excluded.`, columns qualified by their table) except
-`SQLITE_USAGE_TRIGGER`, and the database size (`database_bytes`), which each
-engine measures its own way. The PostgreSQL saver runs the same functions
+UPDATE`, `excluded.`, columns qualified by their table) except the database
+size (`database_bytes`), which each engine measures its own way. The PostgreSQL saver runs the same functions
 inside its write plans (`engines.postgres.connection.neutral`), and the reads
 go through the engine's `saver.maintenance.reading()`.
 """
@@ -125,41 +123,6 @@ class Tally:
         c[7] += estimated_out
 
 
-SQLITE_USAGE_TRIGGER = """
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_usage INSTEAD OF INSERT ON write_rows WHEN NEW.kind = {kind} BEGIN
-    INSERT INTO usage_days (day, human_messages, ai_messages, tool_messages, other_messages, tokens_in, tokens_out,
-        estimated_tokens_in, estimated_tokens_out, database_bytes)
-    VALUES (NEW.a, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h, NEW.i, NEW.j,
-        (SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()))
-    ON CONFLICT (day) DO UPDATE SET human_messages = human_messages + excluded.human_messages,
-        ai_messages = ai_messages + excluded.ai_messages, tool_messages = tool_messages + excluded.tool_messages,
-        other_messages = other_messages + excluded.other_messages, tokens_in = tokens_in + excluded.tokens_in,
-        tokens_out = tokens_out + excluded.tokens_out,
-        estimated_tokens_in = estimated_tokens_in + excluded.estimated_tokens_in,
-        estimated_tokens_out = estimated_tokens_out + excluded.estimated_tokens_out,
-        database_bytes = excluded.database_bytes;
-    INSERT INTO usage_user_days (day, user_id, messages)
-        SELECT NEW.a, user_id, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
-        WHERE thread_key = NEW.b AND user_id IS NOT NULL
-    ON CONFLICT (day, user_id) DO UPDATE SET messages = messages + excluded.messages;
-    INSERT INTO usage_users (user_id, last_day, active_days, messages)
-        SELECT user_id, NEW.a, 1, NEW.c + NEW.d + NEW.e + NEW.f FROM main.threads
-        WHERE thread_key = NEW.b AND user_id IS NOT NULL
-    ON CONFLICT (user_id) DO UPDATE SET messages = messages + excluded.messages,
-        active_days = active_days + (last_day IS NOT excluded.last_day), last_day = excluded.last_day;
-END;
-"""
-"""The SQLite engine's hook: a row of kind `kind` in its `write_rows` view is one
-thread write's `Tally` (a = day, b = thread_key, c..j = `Tally.counts`), so the
-counters go to disk in the very statement that writes the messages. The thread's
-owner is read from its row, which that statement has already brought up to date."""
-
-
-def usage_row(kind: int, day: str, thread_key: int, tally: Tally) -> tuple:
-    """The `write_rows` row of `SQLITE_USAGE_TRIGGER` (padded by the caller)."""
-    return (kind, day, thread_key, *tally.counts)
-
-
 def new_messages(base_nos: Sequence[int] | None, messages: Sequence[Any], nos: Sequence[int]) -> Iterator[tuple]:
     """The `figures` of the messages of a stored list (`nos`, their numbers) that its base
     (`base_nos`) did not hold: what a write of the conversation's list adds to the counters.
@@ -171,7 +134,7 @@ def new_messages(base_nos: Sequence[int] | None, messages: Sequence[Any], nos: S
 
 
 def record_tally(conn: Any, day: str, user_id: str | None, tally: Tally, database_bytes: int | None = None) -> None:
-    """`SQLITE_USAGE_TRIGGER` as statements, for an engine without the `write_rows` view."""
+    """Add one thread write's `Tally` to the day's, the user's day's and the user's counters."""
     names = ("human_messages", "ai_messages", "tool_messages", "other_messages", "tokens_in", "tokens_out",
              "estimated_tokens_in", "estimated_tokens_out")
     record(conn, day, **dict(zip(names, tally.counts)), database_bytes=database_bytes)

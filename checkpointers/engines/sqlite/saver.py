@@ -307,90 +307,42 @@ class _StaleThreadState(Exception):
     """The thread's row changed since it was cached; the write is retried."""
 
 
-class _NeedsTransaction(Exception):
-    """A one-statement write (see `_ThreadTxn`) met work that must read inside its transaction."""
+# The statements of a thread write's rows, by table (see `_ThreadTxn.add_row`).
+ROW_CHANNEL_VALUE = (
+    "INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value, "
+    "base_no, keep, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+ROW_CHECKPOINT = (
+    "INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, "
+    "type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+ROW_MESSAGE = "INSERT INTO messages (thread_key, message_no, type, value) VALUES (?, ?, ?, ?)"
+ROW_SEARCH = "INSERT INTO search_backlog (message_key, body) VALUES (?, ?)"
+_WRITE_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value)"
+ROW_WRITE_IGNORE = f"INSERT OR IGNORE INTO writes {_WRITE_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ROW_WRITE_REPLACE = f"INSERT OR REPLACE INTO writes {_WRITE_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
-
-# What each row of the `temp.write_rows` view holds (see `WRITE_ROWS_SQL`).
-ROW_CHANNEL_VALUE, ROW_CHECKPOINT, ROW_MESSAGE, ROW_SEARCH, ROW_WRITE_IGNORE, ROW_WRITE_REPLACE, ROW_THREAD, ROW_USAGE = range(1, 9)
-_ROW_WIDTH = 12
-
-NULL_PARAM = 0.5
-"""Stands for NULL among the parameters of `write_rows` (see `WRITE_ROWS_SQL`)."""
-
-WRITE_ROWS_SQL = f"""
-CREATE TEMP VIEW IF NOT EXISTS write_rows (kind, a, b, c, d, e, f, g, h, i, j, k) AS
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_value INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 1 BEGIN
-    INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
-        base_no, keep, depth) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, nullif(NEW.g, {NULL_PARAM}),
-        nullif(NEW.h, {NULL_PARAM}), nullif(NEW.i, {NULL_PARAM}), nullif(NEW.j, {NULL_PARAM}), NEW.k);
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_checkpoint INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 2 BEGIN
-    INSERT OR REPLACE INTO checkpoints (thread_key, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id,
-        type, checkpoint, metadata) VALUES (NEW.a, NEW.b, NEW.c, nullif(NEW.d, {NULL_PARAM}),
-        nullif(NEW.e, {NULL_PARAM}), NEW.f, NEW.g, NEW.h);
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_message INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 3 BEGIN
-    INSERT INTO messages (thread_key, message_no, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d);
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_search INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 4 BEGIN
-    INSERT INTO search_backlog (message_key, body) VALUES (NEW.a, NEW.b);
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_write INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 5 BEGIN
-    INSERT OR IGNORE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
-        kind, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h,
-        nullif(NEW.i, {NULL_PARAM}), nullif(NEW.j, {NULL_PARAM}));
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_special_write INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 6 BEGIN
-    INSERT OR REPLACE INTO writes (thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
-        kind, type, value) VALUES (NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h,
-        nullif(NEW.i, {NULL_PARAM}), nullif(NEW.j, {NULL_PARAM}));
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS write_rows_thread INSTEAD OF INSERT ON write_rows WHEN NEW.kind = 7 BEGIN
-    SELECT RAISE(ABORT, 'threadkeeper: stale thread row') WHERE NOT EXISTS (
-        SELECT 1 FROM main.threads WHERE thread_key = NEW.a AND thread_id = NEW.b AND next_value_no = NEW.c
-        AND next_message_no = NEW.d AND gc_epoch = NEW.e);
-    UPDATE threads SET next_value_no = NEW.f, next_message_no = NEW.g,
-        updated_at = coalesce(nullif(NEW.h, {NULL_PARAM}), updated_at),
-        message_count = coalesce(nullif(NEW.i, {NULL_PARAM}), message_count),
-        title = coalesce(title, nullif(NEW.j, {NULL_PARAM})), user_id = coalesce(user_id, nullif(NEW.k, {NULL_PARAM}))
-        WHERE thread_key = NEW.a;
-END;
-""" + stats.SQLITE_USAGE_TRIGGER.format(kind=ROW_USAGE)
-"""One INSERT of rows into this view writes a whole thread write (a trigger per
-kind of row sends it to its table). Outside `BEGIN` that one statement is its own
-transaction: one call into SQLite, so a save running on a LangGraph worker
-gives up Python's GIL once rather than once per statement, and each such
-hand-over costs the graph's own thread tens of microseconds. The thread-row
-check aborts the statement, and with it everything it wrote. It also stands in
-for `_check_key_unchanged`: `threadkeeper rotate-key` bumps every thread's
-`gc_epoch` when it starts, so no cached thread row survives a key change.
-
-Parameters are of the types Python's sqlite3 module binds directly: int, float,
-str and bytearray. It passes None and bytes through its adapter lookup, which
-fails by raising two AttributeErrors inside C, about a third of a microsecond
-for each of the ~80 such values of a chat turn's write. A nullable column reads
-`nullif(NEW.x, NULL_PARAM)`: a REAL 0.5 never equals a value of those columns
-(text, blobs, and whole numbers)."""
+_THREAD_ROW_SQL = (
+    "UPDATE threads SET next_value_no = ?, next_message_no = ?, updated_at = coalesce(?, updated_at), "
+    "message_count = coalesce(?, message_count), title = coalesce(title, ?), user_id = coalesce(user_id, ?) "
+    "WHERE thread_key = ? AND thread_id = ? AND next_value_no = ? AND next_message_no = ? AND gc_epoch = ? "
+    "RETURNING user_id"
+)
+"""A thread write's mark on its row, made only if the row is as the write read it."""
 
 
 @dataclass
 class _ThreadTxn:
     """One thread's write: number allocation, and the rows to write.
 
-    Rows gather in `rows` and go to the database in one statement
-    (`write_rows`). With `in_transaction` the caller holds `BEGIN IMMEDIATE`
-    and work that must read what was written (sealing a segment) may run;
-    without it the rows are written by one autocommit statement and such work
-    raises `_NeedsTransaction`.
+    Rows gather in `rows`, by statement, and go to the database with one
+    `executemany` per table (`write_rows`) inside the caller's `BEGIN IMMEDIATE`.
     """
 
     conn: sqlite3.Connection
     thread_id: str
     read: _ThreadState
     after_commit: list
-    in_transaction: bool = True
     next_value_no: int = 0
     next_message_no: int = 0
     sealed_upto: int | None = None
@@ -398,7 +350,7 @@ class _ThreadTxn:
     new_digests: dict[bytes, int] = field(default_factory=dict)
     lists: dict[tuple[str, str], _StoredList] = field(default_factory=dict)
     """Message lists stored by this write, by (ns, channel): a later checkpoint in it stores against them."""
-    rows: list[tuple] = field(default_factory=list)
+    rows: dict[str, list[tuple]] = field(default_factory=dict)
     updated_at: str | None = None
     message_count: int | None = None
     title: str | None = None
@@ -437,8 +389,8 @@ class _ThreadTxn:
         self.next_message_no += 1
         return self.next_message_no - 1
 
-    def add_row(self, *row: Any) -> None:
-        self.rows.append(row + _PADDING[len(row)])
+    def add_row(self, sql: str, *row: Any) -> None:
+        self.rows.setdefault(sql, []).append(row)
 
     def count_message(self, figures: tuple[int, int, int, int, int] | None) -> None:
         """Usage statistics: one new message of this write (see `stats.figures`)."""
@@ -449,46 +401,31 @@ class _ThreadTxn:
         self.usage.add(figures)
 
     def write_rows(self) -> None:
-        """Write the gathered rows in one statement (None and bytes as `WRITE_ROWS_SQL` says)."""
-        if self.rows:
-            rows, self.rows = self.rows, []
-            self.conn.execute(
-                "INSERT INTO temp.write_rows VALUES " + ", ".join([_ROW_PLACEHOLDERS] * len(rows)),
-                [
-                    NULL_PARAM if v is None else bytearray(v) if type(v) is bytes else v
-                    for row in rows
-                    for v in row
-                ],
-            )
+        """Write the gathered rows."""
+        rows, self.rows = self.rows, {}
+        for sql, params in rows.items():
+            self.conn.executemany(sql, params)
 
     def close(self) -> _ThreadState:
-        """Write the counters (and what `touch` noted) if the thread row is still as it was read.
-
-        The check runs first, so a stale row stops the statement before any other row."""
+        """Write the rows, the counters and what `touch` noted, if the thread row is still as it was read."""
         read = self.read
-        self.rows.insert(0, (
-            ROW_THREAD, read.thread_key, self.thread_id, read.next_value_no, read.next_message_no, read.gc_epoch,
+        owner = self.conn.execute(_THREAD_ROW_SQL, (
             self.next_value_no, self.next_message_no, self.updated_at, self.message_count, self.sealed_title,
-            self.user_id,
-        ))
-        # -- usage statistics: the day's counters, in the same statement as the thread's rows
+            self.user_id, read.thread_key, self.thread_id, read.next_value_no, read.next_message_no, read.gc_epoch,
+        )).fetchall()  # all: the statement is finished before COMMIT
+        if not owner:
+            raise _StaleThreadState(self.thread_id)
+        self.write_rows()
+        # -- usage statistics: the day's counters, in the same transaction as the thread's rows
         if self.usage is not None:
-            self.add_row(*stats.usage_row(ROW_USAGE, (self.updated_at or utc_now())[:10], read.thread_key, self.usage))
+            (database_bytes,) = self.conn.execute(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+            ).fetchone()
+            stats.record_tally(self.conn, (self.updated_at or utc_now())[:10], owner[0][0], self.usage, database_bytes)
         # --
-        if self.in_transaction:
-            try:
-                self.write_rows()
-            except sqlite3.IntegrityError as exc:
-                if "stale thread row" in str(exc):
-                    raise _StaleThreadState(self.thread_id) from None
-                raise
         return _ThreadState(
             self.thread_key, self.next_value_no, self.next_message_no, self.read.gc_epoch, self.title, self.sealed_upto
         )
-
-
-_ROW_PLACEHOLDERS = "(" + ", ".join(["?"] * _ROW_WIDTH) + ")"
-_PADDING = [(NULL_PARAM,) * (_ROW_WIDTH - n) for n in range(_ROW_WIDTH + 1)]
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
@@ -587,8 +524,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         read at that data_version, followed along the puts whose parent it is."""
         self._kept: OrderedDict[tuple[str, str], _KeptTuple] = OrderedDict()
         self._flusher: threading.Thread | None = None
-        self._flusher_armed = False
-        self._deferred_total = 0
         self._backlog_rows = 0
         """Search backlog rows this saver wrote since it last merged the backlog."""
         self._backlog_merge_due = False
@@ -621,7 +556,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 # then open it again strict (see `checkpointers.engines.sqlite.reseal.upgrade`).
                 reseal.upgrade(self.conn, self.path, self._cipher)
                 self._cipher, self._key_record = keys.unlock(self.conn, self.path, self._encryption_key)
-            self.conn.executescript(WRITE_ROWS_SQL)
             self._index_old_messages()
 
     def _index_old_messages(self) -> None:
@@ -765,10 +699,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         """Run `body` in a write transaction on one thread, starting over once if
         the thread's row changed since this saver last wrote it.
 
-        A thread this saver wrote before is written by one statement (see
-        `WRITE_ROWS_SQL`) when nothing needs a transaction around it; otherwise,
-        and after any refusal of that statement, under `BEGIN IMMEDIATE`.
-
         A write that fails also drops the thread's deferred writes it carried:
         the run they belong to fails with it, so what the caller is told ("nothing
         was saved") stays true; and one that can never be written (see
@@ -783,9 +713,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             raise
 
     def _write_thread_now(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
-        with self._lock:
-            if self._write_thread_at_once(thread_id, body):
-                return
         for attempt in (1, 2):
             cached = None
             try:
@@ -807,31 +734,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 self._drop_cached_thread(thread_id)
                 if attempt == 2:
                     raise RuntimeError(f"thread {thread_id!r} changed during a write that held the lock") from None
-
-    def _write_thread_at_once(self, thread_id: str, body: Callable[[_ThreadTxn], _ThreadState]) -> bool:
-        """The one-statement write of `_write_thread`; False if it was not possible (nothing written)."""
-        cached = self._thread_states.get(thread_id)
-        if cached is None or self.conn.in_transaction or any(e.thread_id != thread_id for e in self._deferred):
-            return False
-        txn = _ThreadTxn(self.conn, thread_id, cached, [], in_transaction=False)
-        try:
-            self._carry_deferred(txn)
-            new_state = body(txn)
-            txn.write_rows()
-        except _NeedsTransaction:
-            return False
-        except sqlite3.OperationalError as exc:
-            raise self._unwritable(exc) from exc
-        except sqlite3.IntegrityError:
-            # A changed thread row (another writer, a collection, a key rotation),
-            # or numbers that collided with another writer's: the statement wrote
-            # nothing; the transaction path sorts it out.
-            self._drop_cached_thread(thread_id)
-            return False
-        for callback in txn.after_commit:
-            callback()
-        _remember(self._thread_states, thread_id, new_state, 10_000)
-        return True
 
     def _drop_cached_thread(self, thread_id: str) -> None:
         """Forget what this saver cached of a thread whose row changed under it."""
@@ -891,7 +793,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             if may is not None and not may():
                 return False
             self._deferred.append(entry)
-            self._deferred_total += 1
             self._wake_flusher()
             return True
 
@@ -903,31 +804,20 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if self._closing:
                     return
                 self._backlog_merge_due = True
-                self._flusher_armed = False
                 self._wake_flusher()
 
     def _wake_flusher(self) -> None:
-        """Start the flusher, or wake it unless it is armed (call holding `_deferred_cond`)."""
+        """Start the flusher, or wake it (call holding `_deferred_cond`)."""
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_when_due, name="threadkeeper-flush", daemon=True)
             self._flusher.start()
             _OPEN_SAVERS.add(self)
-        elif not self._flusher_armed:
+        else:
             self._deferred_cond.notify()
 
     def _flush_when_due(self) -> None:
         """Flusher thread: write deferred writes nothing carried by their `due` time,
-        and merge the search backlog when `_backlog_grew` asks.
-
-        While writes keep being deferred the flusher stays armed: it wakes every
-        `DEFERRED_WRITES_FLUSH_AFTER` (or when the oldest entry is due, which is
-        sooner) without being told, so `_defer` need not wake it. Waking a thread
-        costs the graph's thread a GIL hand-over, and a chat turn defers three
-        times. After a period in which nothing was deferred it sleeps until `_defer` wakes it.
-        """
-        period = DEFERRED_WRITES_FLUSH_AFTER
-        seen_total = -1
-        armed_until = 0.0
+        and merge the search backlog when `_backlog_grew` asks."""
         backoff = 0.0
         logged: tuple[str, float] = ("", 0.0)
         while True:
@@ -935,19 +825,11 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 if self._closing:
                     return
                 merge = self._backlog_merge_due
-                now = time.monotonic()
-                if not merge and not self._deferred and now >= armed_until:
-                    if self._deferred_total == seen_total:
-                        self._flusher_armed = False
-                        self._deferred_cond.wait()
-                    seen_total = self._deferred_total
-                    self._flusher_armed = True
-                    armed_until = time.monotonic() + period
+                if not merge and not self._deferred:
+                    self._deferred_cond.wait()
                     continue
-                wait = (self._deferred[0].due if self._deferred else armed_until) - now
+                wait = self._deferred[0].due - time.monotonic() if self._deferred else 0.0
                 if not merge and wait > 0:
-                    # Any entry deferred from now on is due after this wait ends.
-                    self._flusher_armed = True
                     self._deferred_cond.wait(wait)
                     continue
             try:
@@ -1289,8 +1171,6 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         # since the last sealed one means fewer loose rows: no need to count.
         if txn.sealed_upto is not None and txn.next_message_no - 1 - txn.sealed_upto < SEGMENT_SIZE:
             return
-        if not txn.in_transaction:
-            raise _NeedsTransaction
         txn.write_rows()
         count, first, last = txn.conn.execute(
             "SELECT count(*), min(message_no), max(message_no) FROM messages WHERE thread_key = ?",
