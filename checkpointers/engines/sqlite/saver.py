@@ -49,7 +49,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -517,8 +517,16 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
         self._defer_writes = defer_writes
         self._deferred: list[_DeferredWrites | _DeferredPut] = []
-        self._deferred_cond = threading.Condition(threading.Lock())
-        self._latest_put: OrderedDict[tuple[str, str], str] = OrderedDict()
+        deferred_lock = threading.Lock()
+        self._deferred_cond = threading.Condition(deferred_lock)
+        """Guards `_deferred`, `_latest_put` and `_preparing`; the flusher waits on it."""
+        self._preparing: Counter[str] = Counter()
+        """`put_writes` calls, by thread, that will wait in `_deferred` and are still serialising."""
+        self._writes_queued = threading.Condition(deferred_lock)
+        """Notified when `_preparing` goes down; a run's last `put` waits on it."""
+        self._latest_put: OrderedDict[tuple[str, str], tuple[str, bool]] = OrderedDict()
+        """(checkpoint id, waits) by (thread, ns): the newest checkpoint `put` was asked to store,
+        and whether it waits for a later transaction (see `_may_defer`)."""
         self._newest: OrderedDict[tuple[str, str], tuple[str | None, int]] = OrderedDict()
         """(checkpoint id, data_version) by (thread, ns): the newest checkpoint as of a
         read at that data_version, followed along the puts whose parent it is."""
@@ -762,39 +770,61 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _may_defer(self, thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str, channels: list[str]) -> bool:
         """Whether a `put_writes` call can wait for the next checkpoint of its thread.
 
-        Only a running graph's ordinary task writes (they carry a task path) on
-        the newest checkpoint this saver was asked to put for the thread (its put
-        may still be running on another worker: LangGraph saves in the
-        background): LangGraph puts the next checkpoint right after a step's
-        tasks finish. Errors, interrupts, resumes and updates (no task path, or
-        the null task) are written at once, since nothing may follow them.
-        Checkpoint ids sort by time, so an older one means a later put came first.
+        Only a running graph's ordinary task writes (they carry a task path), and
+        only while a put that carries them is still to come: the writes are on the
+        newest checkpoint this saver was asked to put for the thread (its put may
+        still be running on another worker: LangGraph saves in the background and
+        puts the next checkpoint right after a step's tasks finish), or that
+        newest put waits itself (a worker that started late on a step's writes
+        finds the next step's checkpoint already put). Checkpoint ids sort by
+        time, so an older one means a later put came first; if that put is
+        written at once it may have taken what waited already, so these are
+        written at once too. Errors, interrupts, resumes and updates (no task
+        path, or the null task) are written at once, since nothing may follow them.
+        Call holding `_deferred_cond`.
         """
         latest = self._latest_put.get((thread_id, ns))
         return (
             self._defer_writes
             and latest is not None
-            and checkpoint_id >= latest
+            and (checkpoint_id >= latest[0] or latest[1])
             and bool(task_path)
             and task_id != NULL_TASK_ID
             and not any(channel in WRITES_IDX_MAP for channel in channels)
         )
 
-    def _defer(self, entry: _DeferredWrites | _DeferredPut, may: Callable[[], bool] | None = None) -> bool:
-        """Queue `entry` for the transaction that carries it; with `may`, only if it says so.
+    def _reserve(self, thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str, channels: list[str]) -> bool:
+        """Whether a `put_writes` call will wait for the next checkpoint of its thread
+        (`_may_defer`); if so it counts in `_preparing` until `_defer(entry, reserved=True)`.
 
-        `may` is asked under the same lock that `put` holds to record a thread's
-        newest checkpoint, which it does before it takes what waits for the
-        thread: so writes either wait and are carried by that checkpoint, or
-        (the checkpoint came first) are written at once, never left behind."""
+        Asked before the writes are serialised, under the lock `put` holds to
+        record a thread's newest checkpoint: serialising lets the graph's thread
+        run on (zlib gives up the GIL) and put the run's last checkpoint, and
+        that put waits for the writes counted here before it takes what waits
+        for the thread. So writes either wait and are carried by it, or (it came
+        first) are written at once, never left behind."""
         with self._deferred_cond:
+            if not self._may_defer(thread_id, ns, checkpoint_id, task_id, task_path, channels):
+                return False
+            self._preparing[thread_id] += 1
+            return True
+
+    def _unreserve(self, thread_id: str) -> None:
+        """A reserved `put_writes` is queued or gave up (call holding `_deferred_cond`)."""
+        self._preparing[thread_id] -= 1
+        if not self._preparing[thread_id]:
+            del self._preparing[thread_id]
+        self._writes_queued.notify_all()
+
+    def _defer(self, entry: _DeferredWrites | _DeferredPut, *, reserved: bool = False) -> None:
+        """Queue `entry` for the transaction that carries it (`reserved`: see `_reserve`)."""
+        with self._deferred_cond:
+            if reserved:
+                self._unreserve(entry.thread_id)
             if self._closing:
                 raise StoreUnavailableError(f"{self.path}: the saver is closed")
-            if may is not None and not may():
-                return False
             self._deferred.append(entry)
             self._wake_flusher()
-            return True
 
     def _backlog_grew(self) -> None:
         """A message's words went to the search backlog; past `BACKLOG_MERGE_AT`, have the flusher merge it."""
@@ -1579,15 +1609,19 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             updated_at=utc_now(),
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        with self._deferred_cond:  # see `_defer`
-            latest = self._latest_put.get((thread_id, ns))
-            if latest is None or checkpoint["id"] > latest:
-                _remember(self._latest_put, (thread_id, ns), checkpoint["id"], 10_000)
-            self._follow_newest(thread_id, ns, entry)
-        if self._defer_writes and (
+        waits = self._defer_writes and (
             full_metadata.get("source") == "input"
             or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
-        ):
+        )
+        with self._deferred_cond:  # see `_defer`
+            latest = self._latest_put.get((thread_id, ns))
+            if latest is None or checkpoint["id"] > latest[0]:
+                _remember(self._latest_put, (thread_id, ns), (checkpoint["id"], waits), 10_000)
+            self._follow_newest(thread_id, ns, entry)
+            if not waits:
+                # Task writes of this run still being serialised on other workers go with this checkpoint.
+                self._writes_queued.wait_for(lambda: not self._preparing[thread_id])
+        if waits:
             entry.values = self._captured_values(entry.values, new_versions)
             self._defer(entry)
         else:
@@ -1742,21 +1776,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
         channels = [channel for channel, _ in writes]
+        user_id = _checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
+        reserved = self._reserve(thread_id, ns, checkpoint_id, task_id, task_path, channels)
+        try:
+            values = [
+                (WRITES_IDX_MAP.get(channel, idx), channel, self._pre_encode(value))
+                for idx, (channel, value) in enumerate(writes)
+            ]
+        except BaseException:
+            if reserved:
+                with self._deferred_cond:
+                    self._unreserve(thread_id)
+            raise
         entry = _DeferredWrites(
             thread_id=thread_id,
-            user_id=_checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id")),
+            user_id=user_id,
             ns=ns,
             checkpoint_id=checkpoint_id,
             task_id=task_id,
             task_path=task_path,
             replace=all(c in WRITES_IDX_MAP for c in channels),
-            values=[
-                (WRITES_IDX_MAP.get(channel, idx), channel, self._pre_encode(value))
-                for idx, (channel, value) in enumerate(writes)
-            ],
+            values=values,
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        if self._defer(entry, lambda: self._may_defer(thread_id, ns, checkpoint_id, task_id, task_path, channels)):
+        if reserved:
+            self._defer(entry, reserved=True)
             return
 
         def write(txn: _ThreadTxn) -> _ThreadState:
