@@ -129,8 +129,8 @@ def _begin(conn: sqlite3.Connection, path: Path, record: str | None, state: dict
         )
         conn.execute("INSERT INTO message_search (message_search) VALUES ('delete-all')")
         conn.execute("DELETE FROM search_backlog")
-        # Every thread row changes, so a process that cached one (and would write
-        # it without a transaction, see `WRITE_ROWS_SQL`) checks the key first.
+        # Every thread row changes, so a process that cached one reads it (and the
+        # thread's messages, re-sealed by this rotation) afresh before it writes.
         conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1")
         conn.execute("COMMIT")
     except BaseException:

@@ -280,8 +280,8 @@ def upgrade(conn: sqlite3.Connection, path: Path | str, cipher: Cipher, *, batch
                 "INSERT INTO store_meta (key, value) VALUES (?, ?)", (encryption.ROTATION_META_KEY, json.dumps(state))
             )
             # As for a rotation: every cached thread row changes, so a saver that
-            # opened the store before (and would write format-1 values without a
-            # transaction, see `WRITE_ROWS_SQL`) checks the key record first, and refuses.
+            # opened the store before reads the thread afresh, and its key check
+            # (`_check_key_unchanged`) refuses to write while this runs and after.
             conn.execute("UPDATE threads SET gc_epoch = gc_epoch + 1")
         elif not encryption.is_upgrade(rotation):
             raise encryption.rotation_unfinished(path)
