@@ -131,7 +131,7 @@ def test_checkpoints_stored_the_generic_way_still_read_back(tmp_path, monkeypatc
     config = {"configurable": {"thread_id": "t"}}
     memory = graph(InMemorySaver())
     path = tmp_path / "c.db"
-    monkeypatch.setattr(checkpoint_codec, "encode", lambda stored: None)
+    monkeypatch.setattr(checkpoint_codec, "encode", lambda *args: None)
     with open_saver(f"sqlite:///{path}") as saver:
         app = graph(saver)
         for n in range(2):
