@@ -85,7 +85,9 @@ from checkpointers.codec import (
     KIND_MESSAGE_LIST,
     KIND_SERDE,
     db_id,
+    db_task_path,
     py_id,
+    py_task_path,
 )
 from checkpointers.engines.sqlite.attachments import AttachmentStore
 from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
@@ -1511,7 +1513,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "AND checkpoint_ns = ? AND checkpoint_id = ?",
             (thread_key, ns, stored_id),
         ).fetchall()
-        rows = [(path, py_id(task), task, *rest) for path, task, *rest in rows]
+        rows = [(py_task_path(path), py_id(task), task, *rest) for path, task, *rest in rows]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[3]))
         sealed = self._cipher is not None
         return [
@@ -1914,6 +1916,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _insert_writes(self, txn: _ThreadTxn, entry: _DeferredWrites) -> None:
         row_kind = ROW_WRITE_REPLACE if entry.replace else ROW_WRITE_IGNORE
         checkpoint_id, task_id = db_id(entry.checkpoint_id), db_id(entry.task_id)
+        task_path = db_task_path(entry.task_path)
         for idx, channel, value in entry.values:
             place = (
                 None if self._cipher is None else write_place(txn.thread_key, entry.ns, checkpoint_id, task_id, idx)
@@ -1921,7 +1924,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             kind, type_, blob = self._apply_encoded(txn, value, place)
             txn.add_row(
                 row_kind, txn.thread_key, entry.ns, checkpoint_id, task_id, idx,
-                entry.task_path, channel, kind, type_, blob,
+                task_path, channel, kind, type_, blob,
             )
 
     # -- deleting, copying, pruning -----------------------------------------
