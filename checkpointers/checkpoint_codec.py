@@ -19,7 +19,9 @@ those the generic way.
 Layout: msgpack `[v, ts, versions, indexes, shape]`.
 
 * `ts`: microseconds since the epoch when the stamp is LangGraph's usual UTC
-  ISO form (checked by formatting it back), else the string itself.
+  ISO form (checked by formatting it back), else the string itself. Since
+  `tk.cp2`, `[difference]` from the time in the checkpoint's id (a version-6
+  UUID, made microseconds after the stamp): 1-3 bytes instead of 9.
 * `versions`: the distinct versions as little-endian doubles, one bytes value;
   `indexes`: for each version of `channel_versions` and then of `versions_seen`,
   in order, its place in `versions`.
@@ -128,6 +130,24 @@ def _ts_text(micros: int) -> str:
     return (_EPOCH + timedelta(microseconds=micros)).isoformat()
 
 
+_UUID_EPOCH_TICKS = 0x01B21DD213814000
+"""100-ns intervals from the UUID epoch (1582-10-15) to the Unix epoch."""
+
+
+def _id_micros(checkpoint_id: Any) -> int | None:
+    """The time in a version-6 UUID (LangGraph's checkpoint ids; as text or as stored, 16
+    bytes) in microseconds since the epoch; None for any other id."""
+    if type(checkpoint_id) is str and len(checkpoint_id) == 36:
+        try:
+            checkpoint_id = bytes.fromhex(checkpoint_id.replace("-", ""))
+        except ValueError:
+            return None
+    if type(checkpoint_id) is not bytes or len(checkpoint_id) != 16 or checkpoint_id[6] >> 4 != 6:
+        return None
+    ticks = int.from_bytes(checkpoint_id[:6], "big") << 12 | (checkpoint_id[6] & 0x0F) << 8 | checkpoint_id[7]
+    return (ticks - _UUID_EPOCH_TICKS) // 10
+
+
 def _shape(
     channels: tuple[str, ...], nodes: tuple[str, ...], seen: tuple[tuple[str, ...], ...], updated: Any
 ) -> list | None:
@@ -193,11 +213,14 @@ _SHAPES_KEPT = 512
 _MISSING = object()
 
 
-def encode(stored: dict[str, Any], metadata: dict[str, Any] | None = None, nones: Any = ()) -> bytes | None:
+def encode(
+    stored: dict[str, Any], metadata: dict[str, Any] | None = None, nones: Any = (), checkpoint_id: Any = None
+) -> bytes | None:
     """The encoding of a checkpoint dict without its id and values; None if it does not fit.
 
     `metadata`: the checkpoint's metadata as JSON gives it back (None: kept elsewhere);
-    `nones`: the channels whose value is None, which `decode` gives back as such."""
+    `nones`: the channels whose value is None, which `decode` gives back as such;
+    `checkpoint_id`: the checkpoint's id, which `decode_row` is then given too."""
     if not (_REQUIRED <= stored.keys() <= _KEY_SET):
         return None
     v, ts = stored["v"], _ts_micros(stored["ts"])
@@ -240,6 +263,9 @@ def encode(stored: dict[str, Any], metadata: dict[str, Any] | None = None, nones
         for bit, channel in enumerate(channel_versions):
             if channel in nones:
                 mask |= 1 << bit
+    base = _id_micros(checkpoint_id) if type(ts) is int else None
+    if base is not None and -(2**31) < ts - base < 2**31:
+        ts = [ts - base]
     row = [v, ts, struct.pack(f"<{len(index)}d", *index), [index[x] for x in values], shape, updated, mask, None]
     if metadata is not None:
         row[7] = _metadata(metadata)
@@ -280,13 +306,13 @@ def _unpack_metadata(packed: list) -> dict[str, Any]:
     return metadata
 
 
-def decode(blob: bytes) -> dict[str, Any]:
+def decode(blob: bytes, checkpoint_id: Any = None) -> dict[str, Any]:
     """The checkpoint dict `encode` was given, with `"channel_values"`: the channels
     that held None (`nones`), when there were any."""
-    return decode_row(blob)[0]
+    return decode_row(blob, checkpoint_id)[0]
 
 
-def decode_row(blob: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def decode_row(blob: bytes, checkpoint_id: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The checkpoint (as `decode`) and the metadata `encode` was given, None if it was not
     given or could not be held (`tk.cp1` rows: never)."""
     v, ts, packed_versions, indexes, shape, *since_cp2 = ormsgpack.unpackb(blob)
@@ -305,7 +331,7 @@ def decode_row(blob: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
     values = iter([versions[i] for i in indexes])
     checkpoint: dict[str, Any] = {
         "v": v,
-        "ts": ts if type(ts) is str else _ts_text(ts),
+        "ts": ts if type(ts) is str else _ts_text(ts) if type(ts) is int else _ts_text(_id_micros(checkpoint_id) + ts[0]),
         "channel_versions": {name(code): next(values) for code in channel_codes},
     }
     seen: dict[str, dict[str, float]] = {}

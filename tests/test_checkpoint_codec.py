@@ -267,3 +267,18 @@ def test_a_channel_set_to_none_reads_back_as_the_stock_saver_has_it(tmp_path):
             memory.invoke({"count": n * 10}, config)
         assert states(ours, config) == states(memory, config)
         assert ours.get_state(config).values == {"note": None, "count": 31}
+
+
+def test_the_time_stamp_is_stored_as_its_distance_from_the_ids_time():
+    from langgraph.checkpoint.base.id import uuid6
+
+    from checkpointers.codec import db_id
+
+    checkpoint_id = str(uuid6(clock_seq=3))
+    checkpoint = chat_checkpoint(ts=checkpoint_codec._ts_text(checkpoint_codec._id_micros(checkpoint_id) - 7))
+    blob = checkpoint_codec.encode(checkpoint, {}, (), checkpoint_id)
+    assert len(blob) <= len(checkpoint_codec.encode(checkpoint, {})) - 7
+    assert checkpoint_codec.decode(blob, checkpoint_id) == checkpoint
+    assert checkpoint_codec.decode(blob, db_id(checkpoint_id)) == checkpoint  # the id as stored
+    for other_id in ("not-a-uuid", "1f0a2b3c-4d5e-1f60-8a9b-0c1d2e3f4a5b"):  # the second a version-1 UUID
+        assert checkpoint_codec.decode(checkpoint_codec.encode(checkpoint, {}, (), other_id), other_id) == checkpoint

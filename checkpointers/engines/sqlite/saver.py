@@ -1068,17 +1068,17 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             blob = self._cipher.open(blob, place)
         return self._decode(type_, blob)
 
-    def _decode(self, type_: str, blob: bytes) -> Any:
-        """A value from its plain (decrypted) serialised form."""
+    def _decode(self, type_: str, blob: bytes, checkpoint_id: str | bytes | None = None) -> Any:
+        """A value (or the checkpoint `checkpoint_id`) from its plain (decrypted) serialised form."""
         if type_ in checkpoint_codec.TYPES:
-            return checkpoint_codec.decode(blob)
+            return checkpoint_codec.decode(blob, checkpoint_id)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
     def _load_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str | bytes, type_: str, blob: bytes) -> Any:
         """A stored checkpoint (`checkpoint_id` as stored)."""
         if self._cipher is not None:
             blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
-        return self._decode(type_, blob)
+        return self._decode(type_, blob, checkpoint_id)
 
     def _load_checkpoint_row(
         self, thread_key: int, ns: str, checkpoint_id: str | bytes, type_: str, blob: bytes, metadata: str
@@ -1088,13 +1088,15 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             return self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob), json.loads(metadata)
         if self._cipher is not None:
             blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
-        checkpoint, held = checkpoint_codec.decode_row(blob)
+        checkpoint, held = checkpoint_codec.decode_row(blob, checkpoint_id)
         return checkpoint, json.loads(metadata) if held is None else held
 
-    def _dump_checkpoint(self, stored: dict[str, Any], metadata: dict[str, Any], nones: list[str]) -> tuple[str, bytes]:
+    def _dump_checkpoint(
+        self, stored: dict[str, Any], metadata: dict[str, Any], nones: list[str], checkpoint_id: str
+    ) -> tuple[str, bytes]:
         """A checkpoint without its id and values, in `checkpoint_codec`'s encoding (with its
         metadata, and which channels hold None) where it fits; not yet sealed."""
-        blob = checkpoint_codec.encode(stored, metadata, nones)
+        blob = checkpoint_codec.encode(stored, metadata, nones, checkpoint_id)
         if blob is None:
             return self._dump(stored)
         return checkpoint_codec.TYPE, blob
@@ -1611,7 +1613,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ):
             return None
         entry = kept.entry
-        checkpoint = self._decode(entry.type_, entry.blob)
+        checkpoint = self._decode(entry.type_, entry.blob, entry.checkpoint_id)
         checkpoint["id"] = entry.checkpoint_id
         checkpoint["channel_values"] = {
             **checkpoint.get("channel_values", {}),  # the Nones the row holds
@@ -1702,7 +1704,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
         values = checkpoint["channel_values"]
         nones = [channel for channel, value in values.items() if value is None and channel in checkpoint["channel_versions"]]
-        type_, blob = self._dump_checkpoint(stored, json.loads(metadata_json), nones)
+        type_, blob = self._dump_checkpoint(stored, json.loads(metadata_json), nones, checkpoint["id"])
         if nones and type_ == checkpoint_codec.TYPE:
             # The row says which channels hold None: no value rows for them.
             values = {channel: value for channel, value in values.items() if value is not None}
