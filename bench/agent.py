@@ -2,6 +2,7 @@
 
     make bench                       # runs this after the storage benchmark
     python -m bench.agent --turns 300
+    python -m bench.agent --turns 300 --tables   # and where the bytes are, table by table
 
 The model answers instantly with a 200-character reply, so what is measured is
 threadkeeper's own work: the trimming node, and the whole turn through the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -84,9 +86,25 @@ def run_thread(saver: Any, turns: int, timer: NodeTimer | None = None) -> list[f
     return costs
 
 
+def print_tables(path: Path, turns: int) -> None:
+    """Bytes per turn of each table and index (SQLite's `dbstat`): pages, and the rows' own bytes."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT name, sum(pgsize), sum(payload), sum(ncell) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+        ).fetchall()
+    finally:
+        conn.close()
+    print(f"  {'table or index':32} {'pages B/turn':>12} {'rows B/turn':>12} {'rows/turn':>10}")
+    for name, pages, payload, cells in rows:
+        if pages / turns >= 10:
+            print(f"  {name:32} {pages / turns:12.1f} {payload / turns:12.1f} {cells / turns:10.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=1000, help="turns in the thread (default 1000)")
+    parser.add_argument("--tables", action="store_true", help="print threadkeeper's bytes per turn table by table")
     args = parser.parse_args(argv)
     from bench.store_cost import KeepingSaver  # it imports this module's InstantModel
 
@@ -99,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_thread(ours_saver, last, timer)
         ours_saver.close()
         ours_bytes = file_bytes(Path(tmp) / "ours.db") / last
+        if args.tables:
+            print_tables(Path(tmp) / "ours.db", last)
         with SqliteSaver.from_conn_string(str(Path(tmp) / "stock.db")) as stock_saver:
             stock = run_thread(stock_saver, last)
         stock_bytes = file_bytes(Path(tmp) / "stock.db") / last

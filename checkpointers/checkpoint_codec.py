@@ -19,7 +19,9 @@ those the generic way.
 Layout: msgpack `[v, ts, versions, indexes, shape]`.
 
 * `ts`: microseconds since the epoch when the stamp is LangGraph's usual UTC
-  ISO form (checked by formatting it back), else the string itself.
+  ISO form (checked by formatting it back), else the string itself. Since
+  `tk.cp2`, `[difference]` from the time in the checkpoint's id (a version-6
+  UUID, made microseconds after the stamp): 1-3 bytes instead of 9.
 * `versions`: the distinct versions as little-endian doubles, one bytes value;
   `indexes`: for each version of `channel_versions` and then of `versions_seen`,
   in order, its place in `versions`.
@@ -32,7 +34,29 @@ Layout: msgpack `[v, ts, versions, indexes, shape]`.
   how many channels it has seen, and their codes. `updated` is the list of codes
   of `updated_channels`, None when that was None, False when it was absent.
 
-`NAMES` is part of the stored format: never change it; add a new type tag.
+Since `tk.cp2` the row also holds what was stored beside the checkpoint (measured
+through the agent graph, 1,000 turns, four checkpoints a turn):
+
+* Its metadata, as `[source, step, parents, rest]`: `source` a code of
+  `SOURCES`, `step` and `parents` as they are, and every other key in `rest`,
+  flat (`[key, value, ...]`, a key of `METADATA_KEYS` as its code). A slot is
+  None when the key is absent or unusual, and the key is then in `rest`. The
+  JSON text this replaces was about 59 bytes a checkpoint
+  (`{"source":"loop","step":118,"parents":{},"user_id":"bench"}`), this is 13.
+  Metadata msgpack cannot hold exactly makes the checkpoint one for the generic way.
+* Which channels hold None (LangGraph's `branch:to:*` triggers, when set), as a
+  bit mask over `channel_versions`: the saver writes no value row for them, which
+  were two of the six rows of a turn's values (about 130 bytes with their index).
+
+* Its shape without `updated`, `[extra_names, channels, seen]`, which is the same
+  for every checkpoint of a thread of the agent graph: as its place in
+  `KNOWN_SHAPES` when it is one of those.
+
+Layout of `tk.cp2`: msgpack `[v, ts, versions, indexes, shape, updated, nones, metadata]`.
+`tk.cp1` rows (`[v, ts, versions, indexes, shape]`, `updated` in the shape) still decode.
+
+`NAMES`, `SOURCES` and `METADATA_KEYS` are part of the stored format: never
+change them; add a new type tag.
 """
 
 from __future__ import annotations
@@ -44,8 +68,10 @@ from typing import Any
 
 import ormsgpack
 
-TYPE = "tk.cp1"
+TYPE = "tk.cp2"
 """The `checkpoints.type` of a row in this encoding."""
+TYPES = ("tk.cp1", TYPE)
+"""Every `checkpoints.type` of this encoding: `tk.cp1` rows were written before metadata moved in."""
 
 NAMES = (
     "__start__",
@@ -60,6 +86,10 @@ NAMES = (
     "trim",
 )
 _CODES = {name: code for code, name in enumerate(NAMES)}
+SOURCES = ("input", "loop", "update", "fork")
+_SOURCE_CODES = {source: code for code, source in enumerate(SOURCES)}
+METADATA_KEYS = ("user_id", "run_id", "thread_id", "graph_id", "assistant_id", "counters_since_delta_snapshot")
+_METADATA_CODES = {key: code for code, key in enumerate(METADATA_KEYS)}
 _BRANCH = "branch:to:"
 _KEYS = ("v", "ts", "channel_versions", "versions_seen", "updated_channels")
 _KEY_SET = frozenset(_KEYS)
@@ -100,6 +130,24 @@ def _ts_text(micros: int) -> str:
     return (_EPOCH + timedelta(microseconds=micros)).isoformat()
 
 
+_UUID_EPOCH_TICKS = 0x01B21DD213814000
+"""100-ns intervals from the UUID epoch (1582-10-15) to the Unix epoch."""
+
+
+def _id_micros(checkpoint_id: Any) -> int | None:
+    """The time in a version-6 UUID (LangGraph's checkpoint ids; as text or as stored, 16
+    bytes) in microseconds since the epoch; None for any other id."""
+    if type(checkpoint_id) is str and len(checkpoint_id) == 36:
+        try:
+            checkpoint_id = bytes.fromhex(checkpoint_id.replace("-", ""))
+        except ValueError:
+            return None
+    if type(checkpoint_id) is not bytes or len(checkpoint_id) != 16 or checkpoint_id[6] >> 4 != 6:
+        return None
+    ticks = int.from_bytes(checkpoint_id[:6], "big") << 12 | (checkpoint_id[6] & 0x0F) << 8 | checkpoint_id[7]
+    return (ticks - _UUID_EPOCH_TICKS) // 10
+
+
 def _shape(
     channels: tuple[str, ...], nodes: tuple[str, ...], seen: tuple[tuple[str, ...], ...], updated: Any
 ) -> list | None:
@@ -133,13 +181,46 @@ def _shape(
     return [extra, channel_codes, layout, updated]
 
 
-_SHAPES: dict[tuple, bytes | None] = {}
+_AGENT_CHANNELS = ("__start__", "messages", "branch:to:trim", "window", "branch:to:model")
+_AGENT_SEEN = {"__input__": (), "__start__": ("__start__",), "trim": ("branch:to:trim",), "model": ("branch:to:model",)}
+_TOOLS_SEEN = {**_AGENT_SEEN, "tools": ("branch:to:tools",)}
+KNOWN_SHAPES = (
+    (_AGENT_CHANNELS, _AGENT_SEEN),
+    (_AGENT_CHANNELS + ("branch:to:tools",), _TOOLS_SEEN),
+    (_AGENT_CHANNELS + ("summary",), _AGENT_SEEN),
+    (_AGENT_CHANNELS + ("branch:to:tools", "summary"), _TOOLS_SEEN),
+    (_AGENT_CHANNELS + ("summary", "branch:to:tools"), _TOOLS_SEEN),
+    (_AGENT_CHANNELS + ("summary", "facts"), _AGENT_SEEN),
+    (_AGENT_CHANNELS + ("branch:to:tools", "summary", "facts"), _TOOLS_SEEN),
+)
+"""The channels and `versions_seen` of threadkeeper's agent graph (`graph/agent.py`) once a
+thread has had a turn, without and with tools, summary and kept facts: a `tk.cp2` row
+names one of them by its place here (one byte) instead of holding it (about 28 bytes,
+in each of a turn's four checkpoints). Any other shape is held by the row. Part of the
+stored format: append only."""
+
+
+def _packed_shape(channels: tuple[str, ...], seen: dict[str, tuple[str, ...]]) -> bytes:
+    extra, channel_codes, layout, _ = _shape(channels, tuple(seen), tuple(seen.values()), False)
+    return ormsgpack.packb([extra, channel_codes, layout])
+
+
+_KNOWN_PACKED = [_packed_shape(channels, seen) for channels, seen in KNOWN_SHAPES]
+_KNOWN_PLACES = {packed: place for place, packed in enumerate(_KNOWN_PACKED)}
+
+_SHAPES: dict[tuple, tuple[int | bytes, Any] | None] = {}
 _SHAPES_KEPT = 512
 _MISSING = object()
 
 
-def encode(stored: dict[str, Any]) -> bytes | None:
-    """The encoding of a checkpoint dict without its id and values; None if it does not fit."""
+def encode(
+    stored: dict[str, Any], metadata: dict[str, Any] | None = None, nones: Any = (), checkpoint_id: Any = None
+) -> bytes | None:
+    """The encoding of a checkpoint dict without its id and values; None if it does not fit.
+
+    `metadata`: the checkpoint's metadata as JSON gives it back (None: kept elsewhere);
+    `nones`: the channels whose value is None, which `decode` gives back as such;
+    `checkpoint_id`: the checkpoint's id, which `decode_row` is then given too."""
     if not (_REQUIRED <= stored.keys() <= _KEY_SET):
         return None
     v, ts = stored["v"], _ts_micros(stored["ts"])
@@ -164,9 +245,11 @@ def encode(stored: dict[str, Any]) -> bytes | None:
             _SHAPES.clear()
         shape = _SHAPES[key] = _shape(key[0], key[1], key[2], updated)
         if shape is not None:
-            shape = _SHAPES[key] = ormsgpack.packb(shape)
+            packed = ormsgpack.packb(shape[:3])
+            shape = _SHAPES[key] = (_KNOWN_PLACES.get(packed, packed), shape[3])
     if shape is None:
         return None
+    shape, updated = shape
     values = [*channel_versions.values()]
     for node_versions in versions_seen.values():
         values += node_versions.values()
@@ -175,13 +258,70 @@ def encode(stored: dict[str, Any]) -> bytes | None:
     if not all(type(value) is float for value in distinct) or 0.0 in distinct:
         return None
     index = {value: i for i, value in enumerate(distinct)}
-    return ormsgpack.packb([v, ts, struct.pack(f"<{len(index)}d", *index), [index[x] for x in values], shape])
+    mask = 0
+    if nones:
+        for bit, channel in enumerate(channel_versions):
+            if channel in nones:
+                mask |= 1 << bit
+    base = _id_micros(checkpoint_id) if type(ts) is int else None
+    if base is not None and -(2**31) < ts - base < 2**31:
+        ts = [ts - base]
+    row = [v, ts, struct.pack(f"<{len(index)}d", *index), [index[x] for x in values], shape, updated, mask, None]
+    if metadata is not None:
+        row[7] = _metadata(metadata)
+    try:
+        return ormsgpack.packb(row)
+    except TypeError:  # metadata msgpack cannot hold (an integer beyond 64 bits)
+        return None
 
 
-def decode(blob: bytes) -> dict[str, Any]:
-    """The checkpoint dict `encode` was given."""
-    v, ts, packed_versions, indexes, shape = ormsgpack.unpackb(blob)
-    extra, channel_codes, layout, updated = ormsgpack.unpackb(shape)
+def _metadata(metadata: dict[str, Any]) -> list:
+    """`[source, step, parents, rest]` (see the module's docstring)."""
+    source, step, parents = metadata.get("source"), metadata.get("step"), metadata.get("parents")
+    source = _SOURCE_CODES.get(source) if type(source) is str else None
+    step = step if type(step) is int else None
+    parents = parents if type(parents) is dict else None
+    rest: list[Any] = []
+    for key, value in metadata.items():
+        if (key == "source" and source is not None) or (key == "step" and step is not None) or (
+            key == "parents" and parents is not None
+        ):
+            continue
+        rest += (_METADATA_CODES.get(key, key), value)
+    return [source, step, parents, rest]
+
+
+def _unpack_metadata(packed: list) -> dict[str, Any]:
+    source, step, parents, rest = packed
+    metadata: dict[str, Any] = {}
+    if source is not None:
+        metadata["source"] = SOURCES[source]
+    if step is not None:
+        metadata["step"] = step
+    if parents is not None:
+        metadata["parents"] = parents
+    for i in range(0, len(rest), 2):
+        key = rest[i]
+        metadata[METADATA_KEYS[key] if type(key) is int else key] = rest[i + 1]
+    return metadata
+
+
+def decode(blob: bytes, checkpoint_id: Any = None) -> dict[str, Any]:
+    """The checkpoint dict `encode` was given, with `"channel_values"`: the channels
+    that held None (`nones`), when there were any."""
+    return decode_row(blob, checkpoint_id)[0]
+
+
+def decode_row(blob: bytes, checkpoint_id: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The checkpoint (as `decode`) and the metadata `encode` was given, None if it was not
+    given or could not be held (`tk.cp1` rows: never)."""
+    v, ts, packed_versions, indexes, shape, *since_cp2 = ormsgpack.unpackb(blob)
+    if since_cp2:
+        updated, mask, metadata = since_cp2
+        extra, channel_codes, layout = ormsgpack.unpackb(_KNOWN_PACKED[shape] if type(shape) is int else shape)
+    else:
+        mask, metadata = 0, None
+        extra, channel_codes, layout, updated = ormsgpack.unpackb(shape)
     versions = struct.unpack(f"<{len(packed_versions) // 8}d", packed_versions)
     names = NAMES + tuple(extra)
 
@@ -191,7 +331,7 @@ def decode(blob: bytes) -> dict[str, Any]:
     values = iter([versions[i] for i in indexes])
     checkpoint: dict[str, Any] = {
         "v": v,
-        "ts": ts if type(ts) is str else _ts_text(ts),
+        "ts": ts if type(ts) is str else _ts_text(ts) if type(ts) is int else _ts_text(_id_micros(checkpoint_id) + ts[0]),
         "channel_versions": {name(code): next(values) for code in channel_codes},
     }
     seen: dict[str, dict[str, float]] = {}
@@ -203,7 +343,11 @@ def decode(blob: bytes) -> dict[str, Any]:
     checkpoint["versions_seen"] = seen
     if updated is not False:
         checkpoint["updated_channels"] = None if updated is None else [name(code) for code in updated]
-    return checkpoint
+    if mask:
+        checkpoint["channel_values"] = {
+            channel: None for bit, channel in enumerate(checkpoint["channel_versions"]) if mask >> bit & 1
+        }
+    return checkpoint, None if metadata is None else _unpack_metadata(metadata)
 
 
 def next_version(current: Any) -> float | str:

@@ -120,3 +120,26 @@ def py_id(value: str | bytes | None) -> str | None:
         h = value.hex()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return value
+
+
+# -- task paths ------------------------------------------------------------------
+#
+# Almost every write's task path is LangGraph's "~__pregel_pull, NODE" (a node
+# run because a channel it reads was written). Stored as NODE's UTF-8 bytes, a
+# BLOB where every other path is TEXT, it takes 16 bytes less in each of a chat
+# turn's five write rows (about 80 bytes a turn through the agent graph). Rows
+# written before hold the whole text and read back as ever.
+
+_PULL_PREFIX = "~__pregel_pull, "
+
+
+def db_task_path(path: str) -> str | bytes:
+    if path.startswith(_PULL_PREFIX):
+        return path[len(_PULL_PREFIX) :].encode("utf-8", "surrogatepass")
+    return path
+
+
+def py_task_path(stored: str | bytes) -> str:
+    if isinstance(stored, bytes):
+        return _PULL_PREFIX + stored.decode("utf-8", "surrogatepass")
+    return stored

@@ -20,9 +20,11 @@ What it does not protect against:
 * What stays in clear, on purpose: thread ids, user ids, times, counts, pins,
   message types and sizes, which rows exist, the packed lists of message
   numbers (which messages a checkpoint holds, in what order), and metadata
-  (checkpoint metadata and thread metadata JSON), because those are filtered
-  in SQL. LangGraph's own `EncryptedSerializer` leaves checkpoint metadata in
-  clear for the same reason. Do not put secrets in metadata. Someone who can
+  (thread metadata JSON, and on PostgreSQL and in SQLite checkpoint rows older
+  than `tk.cp2` checkpoint metadata), because those are filtered in SQL.
+  LangGraph's own `EncryptedSerializer` leaves checkpoint metadata in clear for
+  the same reason. SQLite's `tk.cp2` rows hold it inside the sealed checkpoint
+  (`checkpointers/checkpoint_codec.py`). Do not put secrets in metadata. Someone who can
   write the file can change any of these (reassign a thread to another user,
   drop or repeat message numbers in a list) without breaking a seal.
 * Removal and rollback: deleting whole rows (a message, a checkpoint, a

@@ -336,15 +336,16 @@ def encode_list(
 
 
 def checkpoint_tuple(
-    thread_id: str, ns: str, checkpoint: Checkpoint, metadata_json: str, parent_id: str | None, pending_writes: list
+    thread_id: str, ns: str, checkpoint: Checkpoint, metadata: dict | str, parent_id: str | None, pending_writes: list
 ) -> CheckpointTuple:
+    """`metadata`: a new dict, or JSON text."""
     def config(checkpoint_id: str) -> RunnableConfig:
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}}
 
     return CheckpointTuple(
         config=config(checkpoint["id"]),
         checkpoint=checkpoint,
-        metadata=json.loads(metadata_json),
+        metadata=json.loads(metadata) if type(metadata) is str else metadata,
         parent_config=config(parent_id) if parent_id else None,
         pending_writes=pending_writes,
     )

@@ -131,7 +131,7 @@ def test_checkpoints_stored_the_generic_way_still_read_back(tmp_path, monkeypatc
     config = {"configurable": {"thread_id": "t"}}
     memory = graph(InMemorySaver())
     path = tmp_path / "c.db"
-    monkeypatch.setattr(checkpoint_codec, "encode", lambda stored: None)
+    monkeypatch.setattr(checkpoint_codec, "encode", lambda *args: None)
     with open_saver(f"sqlite:///{path}") as saver:
         app = graph(saver)
         for n in range(2):
@@ -167,3 +167,111 @@ def test_a_turns_nullable_columns_are_stored_as_null(tmp_path):
         assert null_types > 0
         title, count = conn.execute("SELECT title, message_count FROM threads").fetchone()
         assert title == "hello 0" and count == 6
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"source": "loop", "step": 118, "parents": {}, "user_id": "bench"},
+        {"source": "input", "step": -1, "parents": {"": "1f0a"}, "run_id": "r", "thread_id": "t", "graph_id": "g"},
+        {},
+        {"source": "elsewhere", "step": "3", "parents": None, "writes": {"model": {"messages": [1, 2.5, None, True]}}},
+        {"step": 1.0, "source": None, "user_id": {"nested": ["x"]}, "über": "ñ", "0": 0},
+        {"user_id": "u", "source": "update"},
+    ],
+)
+def test_metadata_comes_back_exactly_with_the_checkpoint(metadata):
+    blob = checkpoint_codec.encode(chat_checkpoint(), metadata)
+    checkpoint, decoded = checkpoint_codec.decode_row(blob)
+    assert checkpoint == chat_checkpoint() and decoded == metadata
+    assert [type(v) for v in decoded.values()] == [type(v) for v in metadata.values()]
+
+
+def test_the_usual_metadata_takes_a_fifth_of_its_json():
+    metadata = {"source": "loop", "step": 118, "parents": {}, "user_id": "bench"}
+    without = checkpoint_codec.encode(chat_checkpoint())
+    assert len(checkpoint_codec.encode(chat_checkpoint(), metadata)) - len(without) <= 13  # the JSON is 59
+
+
+def test_metadata_msgpack_cannot_hold_is_left_to_the_generic_way():
+    assert checkpoint_codec.encode(chat_checkpoint(), {"source": "loop", "n": 2**70}) is None
+
+
+def test_channels_holding_none_come_back_as_values_of_the_checkpoint():
+    checkpoint = chat_checkpoint()
+    decoded = checkpoint_codec.decode(checkpoint_codec.encode(checkpoint, {}, ["branch:to:model"]))
+    assert decoded.pop("channel_values") == {"branch:to:model": None}
+    assert decoded == checkpoint
+
+
+def test_a_row_written_before_metadata_moved_in_still_decodes():
+    """`tk.cp1`: `[v, ts, versions, indexes, shape]`, `updated` inside the shape, no metadata."""
+    import struct
+
+    import ormsgpack
+
+    shape = ormsgpack.packb([[], [0, 5, -7], [1, 0, 0, 1, 0, 6, 1, -7], [5]])
+    blob = ormsgpack.packb(
+        [4, 1_795_242_879_526_328, struct.pack("<3d", 32.61, 33.84, 31.09), [0, 1, 1, 2, 0], shape]
+    )
+    assert checkpoint_codec.decode_row(blob) == (chat_checkpoint(), None)
+
+
+def test_the_agent_graphs_usual_shape_is_one_byte():
+    import ormsgpack
+
+    channels, seen = checkpoint_codec.KNOWN_SHAPES[0]
+    checkpoint = chat_checkpoint(
+        channel_versions={channel: 2.5 for channel in channels},
+        versions_seen={node: {channel: 1.5 for channel in node_seen} for node, node_seen in seen.items()},
+    )
+    assert ormsgpack.unpackb(round_trip(checkpoint))[4] == 0  # its place in KNOWN_SHAPES
+
+
+def test_a_channel_set_to_none_reads_back_as_the_stock_saver_has_it(tmp_path):
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict, total=False):
+        note: str | None
+        count: int
+
+    def step(state: State) -> dict:
+        count = state.get("count", 0) + 1
+        return {"note": None if count % 2 else f"note {count}", "count": count}
+
+    def build(saver):
+        builder = StateGraph(State)
+        builder.add_node("step", step)
+        builder.add_edge(START, "step")
+        builder.add_edge("step", END)
+        return builder.compile(checkpointer=saver)
+
+    def states(app, config):
+        return [(s.values, s.next, s.metadata, [w[1:] for w in s.tasks]) for s in app.get_state_history(config)]
+
+    config = {"configurable": {"thread_id": "t"}}
+    memory = build(InMemorySaver())
+    with open_saver(f"sqlite:///{tmp_path / 'c.db'}") as saver:
+        ours = build(saver)
+        for n in range(4):
+            ours.invoke({"count": n * 10}, config)
+            memory.invoke({"count": n * 10}, config)
+        assert states(ours, config) == states(memory, config)
+        assert ours.get_state(config).values == {"note": None, "count": 31}
+
+
+def test_the_time_stamp_is_stored_as_its_distance_from_the_ids_time():
+    from langgraph.checkpoint.base.id import uuid6
+
+    from checkpointers.codec import db_id
+
+    checkpoint_id = str(uuid6(clock_seq=3))
+    checkpoint = chat_checkpoint(ts=checkpoint_codec._ts_text(checkpoint_codec._id_micros(checkpoint_id) - 7))
+    blob = checkpoint_codec.encode(checkpoint, {}, (), checkpoint_id)
+    assert len(blob) <= len(checkpoint_codec.encode(checkpoint, {})) - 7
+    assert checkpoint_codec.decode(blob, checkpoint_id) == checkpoint
+    assert checkpoint_codec.decode(blob, db_id(checkpoint_id)) == checkpoint  # the id as stored
+    for other_id in ("not-a-uuid", "1f0a2b3c-4d5e-1f60-8a9b-0c1d2e3f4a5b"):  # the second a version-1 UUID
+        assert checkpoint_codec.decode(checkpoint_codec.encode(checkpoint, {}, (), other_id), other_id) == checkpoint

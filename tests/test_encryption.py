@@ -787,11 +787,11 @@ def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(store_url):
 def test_a_serialised_value_moved_to_another_thread_is_refused(store_url):
     two_threads(store_url)
     key_a, key_b = thread_key(store_url, "a"), thread_key(store_url, "b")
-    # Values the serializer wrote (not lists of message numbers): same value_no in both threads.
+    # Values the serializer wrote (the input dicts; not lists of message numbers): same value_no in both threads.
     tamper_url(
         store_url,
         "UPDATE channel_values SET value = (SELECT b.value FROM channel_values b WHERE b.thread_key = ? "
-        "AND b.value_no = channel_values.value_no) WHERE thread_key = ? AND kind IN (0, 3) AND value IS NOT NULL "
+        "AND b.value_no = channel_values.value_no) WHERE thread_key = ? AND kind IN (0, 5) AND value IS NOT NULL "
         "AND EXISTS (SELECT 1 FROM channel_values b WHERE b.thread_key = ? AND b.value_no = channel_values.value_no "
         "AND b.kind = channel_values.kind)",
         (key_b, key_a, key_b),

@@ -99,3 +99,17 @@ def test_on_postgresql_a_turn_writes_what_is_new_and_storage_grows_linearly(post
     late = (sizes[600] - sizes[300]) / 300
     early = (sizes[300] - sizes[100]) / 200
     assert late <= early * 1.25, (early, late)
+
+
+def test_through_the_agent_graph_a_turn_stores_at_most_2kb_after_1000_turns(db_path):
+    """Issue 19's bound, as `python -m bench.agent` measures it: trim -> model, an instant model."""
+    from bench.agent import run_thread
+    from bench.storage import file_bytes
+
+    saver = ThreadSaver(db_path)
+    try:
+        run_thread(saver, 1000)
+    finally:
+        saver.close()
+    per_turn = file_bytes(db_path) / 1000
+    assert per_turn <= 2048, per_turn

@@ -44,7 +44,6 @@ import json
 import logging
 import operator
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -86,7 +85,9 @@ from checkpointers.codec import (
     KIND_MESSAGE_LIST,
     KIND_SERDE,
     db_id,
+    db_task_path,
     py_id,
+    py_task_path,
 )
 from checkpointers.engines.sqlite.attachments import AttachmentStore
 from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
@@ -159,9 +160,6 @@ def _remember(cache: OrderedDict, key: Any, value: Any, limit: int) -> None:
         cache.popitem(last=False)
 
 
-_PLAIN_KEY = re.compile(r'[ !#-\[\]-~]*')
-"""Metadata keys a JSON path names exactly across SQLite versions (printable ASCII,
-no `"` or `\\`); `list` filters on any other key in Python."""
 
 
 _IN_A_RUN = "__pregel_runtime"
@@ -242,6 +240,8 @@ class _DeferredPut:
     blob: bytes
     """The checkpoint serialised (`_dump_checkpoint`), not yet sealed."""
     metadata_json: str
+    metadata_column: str
+    """What `checkpoints.metadata` holds: `metadata_json`, or '' when `blob` holds the metadata."""
     new_versions: ChannelVersions
     values: dict[str, Any]
     """Channel values: live objects, or (deferred) captured by `ThreadSaver._captured_values`."""
@@ -980,21 +980,35 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             blob = self._cipher.open(blob, place)
         return self._decode(type_, blob)
 
-    def _decode(self, type_: str, blob: bytes) -> Any:
-        """A value from its plain (decrypted) serialised form."""
-        if type_ == checkpoint_codec.TYPE:
-            return checkpoint_codec.decode(blob)
+    def _decode(self, type_: str, blob: bytes, checkpoint_id: str | bytes | None = None) -> Any:
+        """A value (or the checkpoint `checkpoint_id`) from its plain (decrypted) serialised form."""
+        if type_ in checkpoint_codec.TYPES:
+            return checkpoint_codec.decode(blob, checkpoint_id)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
     def _load_checkpoint(self, thread_key: int, ns: str, checkpoint_id: str | bytes, type_: str, blob: bytes) -> Any:
         """A stored checkpoint (`checkpoint_id` as stored)."""
         if self._cipher is not None:
             blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
-        return self._decode(type_, blob)
+        return self._decode(type_, blob, checkpoint_id)
 
-    def _dump_checkpoint(self, stored: dict[str, Any]) -> tuple[str, bytes]:
-        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding where it fits; not yet sealed."""
-        blob = checkpoint_codec.encode(stored)
+    def _load_checkpoint_row(
+        self, thread_key: int, ns: str, checkpoint_id: str | bytes, type_: str, blob: bytes, metadata: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A stored checkpoint and its metadata (`metadata`: the column; '' when the blob holds it)."""
+        if type_ != checkpoint_codec.TYPE:
+            return self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob), json.loads(metadata)
+        if self._cipher is not None:
+            blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
+        checkpoint, held = checkpoint_codec.decode_row(blob, checkpoint_id)
+        return checkpoint, json.loads(metadata) if held is None else held
+
+    def _dump_checkpoint(
+        self, stored: dict[str, Any], metadata: dict[str, Any], nones: list[str], checkpoint_id: str
+    ) -> tuple[str, bytes]:
+        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding (with its
+        metadata, and which channels hold None) where it fits; not yet sealed."""
+        blob = checkpoint_codec.encode(stored, metadata, nones, checkpoint_id)
         if blob is None:
             return self._dump(stored)
         return checkpoint_codec.TYPE, blob
@@ -1411,7 +1425,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "AND checkpoint_ns = ? AND checkpoint_id = ?",
             (thread_key, ns, stored_id),
         ).fetchall()
-        rows = [(path, py_id(task), task, *rest) for path, task, *rest in rows]
+        rows = [(py_task_path(path), py_id(task), task, *rest) for path, task, *rest in rows]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[3]))
         sealed = self._cipher is not None
         return [
@@ -1432,19 +1446,22 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         thread_key: int,
         thread_id: str,
         ns: str,
-        checkpoint_id: str,
-        parent_id: str | None,
-        type_: str,
-        blob: bytes,
-        metadata: str,
+        checkpoint_id: str | bytes,
+        parent_id: str | bytes | None,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
         *,
         own: bool = False,
     ) -> CheckpointTuple:
-        """A stored checkpoint; `own`: its messages new objects (see `_IN_A_RUN`)."""
-        checkpoint = self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)
+        """A stored checkpoint (ids as stored; the rest as `_load_checkpoint_row` gives it)
+        with its values and writes; `own`: its messages new objects (see `_IN_A_RUN`)."""
         checkpoint_id, parent_id = py_id(checkpoint_id), py_id(parent_id)
         checkpoint["id"] = checkpoint_id
-        checkpoint["channel_values"] = self._channel_values(conn, thread_key, ns, checkpoint["channel_versions"], own=own)
+        versions = checkpoint["channel_versions"]
+        nones = checkpoint.get("channel_values")  # the channels the row says hold None
+        if nones:
+            versions = {channel: version for channel, version in versions.items() if channel not in nones}
+        checkpoint["channel_values"] = {**(nones or {}), **self._channel_values(conn, thread_key, ns, versions, own=own)}
         pending_writes = self._pending_writes(conn, thread_key, ns, checkpoint_id)
         return _checkpoint_tuple(thread_id, ns, checkpoint, metadata, parent_id, pending_writes)
 
@@ -1482,7 +1499,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
                 row = thread_key and self._checkpoint_row(
                     conn, thread_key, ns, config, "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata"
                 )
-                found = self._tuple(conn, thread_key, thread_id, ns, *row, own=own) if row else None
+                found = row and self._tuple(
+                    conn, thread_key, thread_id, ns, row[0], row[1],
+                    *self._load_checkpoint_row(thread_key, ns, row[0], *row[2:]), own=own,
+                )
             if checkpoint_id is None:
                 # A new thread's first put follows "no checkpoint" (parent None).
                 newest = (found and found.checkpoint["id"], data_version)
@@ -1503,11 +1523,14 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         ):
             return None
         entry = kept.entry
-        checkpoint = self._decode(entry.type_, entry.blob)
+        checkpoint = self._decode(entry.type_, entry.blob, entry.checkpoint_id)
         checkpoint["id"] = entry.checkpoint_id
         checkpoint["channel_values"] = {
-            channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else value.hand_out(own)
-            for channel, value in kept.values.items()
+            **checkpoint.get("channel_values", {}),  # the Nones the row holds
+            **{
+                channel: self.serde.loads_typed((value.type_, value.blob)) if type(value) is _KeptValue else value.hand_out(own)
+                for channel, value in kept.values.items()
+            },
         }
         return _checkpoint_tuple(thread_id, ns, checkpoint, entry.metadata_json, entry.parent_id, [])
 
@@ -1534,35 +1557,31 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < ?")
             params.append(db_id(before_id))
-        python_filter: dict[str, Any] = {}
+        # Metadata is matched in Python: a row since `tk.cp2` holds it in its (maybe sealed) blob.
+        metadata_filter: dict[str, Any] = {}
         for key, value in (filter or {}).items():
             key = check_text(str(key), "filter")
             if isinstance(value, str):
                 check_text(value, "filter")
-            if _PLAIN_KEY.fullmatch(key) and (value is None or isinstance(value, (str, float)) or (
-                isinstance(value, int) and -(2**63) <= value < 2**63
-            )):
-                # The path is a bound value too: nothing of a filter becomes SQL text.
-                where.append("json_extract(c.metadata, ?) IS ?")
-                params += [f'$."{key}"', value]
-            else:
-                python_filter[key] = value
+            metadata_filter[key] = value
         sql = (
             "SELECT c.thread_key, t.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, "
             "c.type, c.checkpoint, c.metadata FROM checkpoints c JOIN threads t ON t.thread_key = c.thread_key"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.checkpoint_id DESC"
         )
-        if limit is not None and not python_filter:
+        if limit is not None and not metadata_filter:
             sql += " LIMIT ?"
             params.append(int(limit))
         with self._read() as conn:
             results = []
-            for row in conn.execute(sql, params).fetchall():
-                metadata = json.loads(row[7])
-                if any(metadata.get(k) != v for k, v in python_filter.items()):
+            for thread_key, thread_id, ns, checkpoint_id, parent_id, *stored in conn.execute(sql, params).fetchall():
+                checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, checkpoint_id, *stored)
+                if any(metadata.get(k) != v for k, v in metadata_filter.items()):
                     continue
-                results.append(self._tuple(conn, *row, own=True))
+                results.append(
+                    self._tuple(conn, thread_key, thread_id, ns, checkpoint_id, parent_id, checkpoint, metadata, own=True)
+                )
                 if limit is not None and len(results) >= limit:
                     break
         yield from results
@@ -1588,9 +1607,21 @@ class ThreadSaver(BaseCheckpointSaver[float]):
         thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
+        metadata_json = check_text(
+            json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
+        )
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
-        type_, blob = self._dump_checkpoint(stored)
+        values = checkpoint["channel_values"]
+        nones = [channel for channel, value in values.items() if value is None and channel in checkpoint["channel_versions"]]
+        type_, blob = self._dump_checkpoint(stored, json.loads(metadata_json), nones, checkpoint["id"])
+        if nones and type_ == checkpoint_codec.TYPE:
+            # The row says which channels hold None: no value rows for them.
+            values = {channel: value for channel, value in values.items() if value is not None}
+        elif nones:
+            # A row that cannot say so: rows for every None, not only new ones, as a
+            # version first stored by a row that could has none of its own.
+            new_versions = {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
         run_id = full_metadata.get("run_id")
         entry = _DeferredPut(
             thread_id=thread_id,
@@ -1601,11 +1632,10 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             run_id=None if run_id is None else str(run_id),
             type_=type_,
             blob=blob,
-            metadata_json=check_text(
-                json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
-            ),
+            metadata_json=metadata_json,
+            metadata_column="" if type_ == checkpoint_codec.TYPE else metadata_json,
             new_versions=new_versions,
-            values=checkpoint["channel_values"],
+            values=values,
             updated_at=utc_now(),
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
@@ -1686,7 +1716,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             entry.type_,
             entry.blob if self._cipher is None
             else self._cipher.seal(entry.blob, checkpoint_place(txn.thread_key, ns, checkpoint_id)),
-            entry.metadata_json,
+            entry.metadata_column,
         )
         if txn.stored_messages:
             self._seal_segment(txn)
@@ -1812,6 +1842,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
     def _insert_writes(self, txn: _ThreadTxn, entry: _DeferredWrites) -> None:
         row_kind = ROW_WRITE_REPLACE if entry.replace else ROW_WRITE_IGNORE
         checkpoint_id, task_id = db_id(entry.checkpoint_id), db_id(entry.task_id)
+        task_path = db_task_path(entry.task_path)
         for idx, channel, value in entry.values:
             place = (
                 None if self._cipher is None else write_place(txn.thread_key, entry.ns, checkpoint_id, task_id, idx)
@@ -1819,7 +1850,7 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             kind, type_, blob = self._apply_encoded(txn, value, place)
             txn.add_row(
                 row_kind, txn.thread_key, entry.ns, checkpoint_id, task_id, idx,
-                entry.task_path, channel, kind, type_, blob,
+                task_path, channel, kind, type_, blob,
             )
 
     # -- deleting, copying, pruning -----------------------------------------
@@ -2050,8 +2081,9 @@ class ThreadSaver(BaseCheckpointSaver[float]):
             "WHERE thread_key = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
             (thread_key, ns, checkpoint_id),
         ).fetchone()
-        versions = self._load_checkpoint(thread_key, ns, checkpoint_id, row[1], row[2])["channel_versions"]
-        delta_channels = json.loads(row[3]).get("counters_since_delta_snapshot") or {}
+        checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, checkpoint_id, *row[1:])
+        versions = checkpoint["channel_versions"]
+        delta_channels = metadata.get("counters_since_delta_snapshot") or {}
         unseeded = {
             ch for ch in delta_channels
             if ch in versions and self._lookup_value(self.conn, thread_key, ns, ch, versions[ch]) is None
