@@ -201,9 +201,12 @@ def test_defer_writes_false_writes_every_call_at_once(db_path):
         saver.close()
 
 
-def test_a_chat_turn_commits_once(db_path):
+def test_a_chat_turn_commits_once(db_path, monkeypatch):
     """A chat turn makes three checkpoints and two sets of task writes; all but
-    the checkpoint that ends the run ride along with it, so it commits once."""
+    the checkpoint that ends the run ride along with it, so it commits once.
+    (The flusher's delay is made long: on a busy machine a step can outlast its
+    10 ms, and the flusher then rightly commits what waits, as for a slow model.)"""
+    monkeypatch.setattr("checkpointers.engines.sqlite.saver.DEFERRED_WRITES_FLUSH_AFTER", 60.0)
     saver = ThreadSaver(db_path)
     graph = chat_graph(saver)
     config = {"configurable": {"thread_id": "t", "user_id": "u"}}
