@@ -7,7 +7,7 @@ The same linear storage as the SQLite engine (see `docs/storage.md`):
 * A message list (the `messages` channel, a `DeltaChannel` snapshot) is stored
   as message numbers, a delta against the channel's previous list
   (`messages.encode_list`); each message is stored once per thread, deflated,
-  with its search words (`tsvector`).
+  with its search words (lexemes, under a GIN index of their `tsvector`).
 
 A checkpoint is written in one transaction of two statements: the thread's row
 is locked (`SELECT ... FOR UPDATE`, which also queues writers of the same
@@ -133,7 +133,7 @@ _THREAD_KEY_SQL = f"SELECT thread_key, {keys.key_record_sql} FROM threads WHERE 
 _WRITE_CHECKPOINT_SQL = """
 WITH new_messages AS (
     INSERT INTO messages (thread_key, message_no, type, value, words)
-    SELECT %(thread_key)s, m.no, m.type, m.value, array_to_tsvector(string_to_array(m.words, ' '))
+    SELECT %(thread_key)s, m.no, m.type, m.value, m.words
     FROM unnest(%(m_no)s::integer[], %(m_type)s::text[], %(m_value)s::bytea[], %(m_words)s::text[])
         AS m (no, type, value, words)
 ), new_values AS (
