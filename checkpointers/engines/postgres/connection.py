@@ -111,6 +111,20 @@ class _Driving:
     def answered(self) -> None:
         self.waiting = None
 
+    def single(self) -> Sql:
+        """The statement of a plan of one (run without a transaction)."""
+        sql = self.next(None)
+        if sql is None:
+            raise RuntimeError("a plan of one statement yielded none")
+        return sql
+
+    def last(self, result: Any) -> Any:
+        """The answer of a plan of one statement, sent its statement's `result`."""
+        self.answered()
+        if self.next(result) is not None:
+            raise RuntimeError("a plan of one statement yielded a second")
+        return self.value
+
     def lost(self, conn: Any, exc: BaseException) -> LostBeforeStart | None:
         """`LostBeforeStart` when `exc` is the connection's loss before the plan was sent any result."""
         if isinstance(exc, psycopg.OperationalError) and conn.broken:
@@ -119,17 +133,21 @@ class _Driving:
         return None
 
 
-def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str = BEGIN, first: Sql | None = None) -> T:
+def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None = BEGIN, first: Sql | None = None) -> T:
     """Drive `plan` in a transaction of its own on a pool's connection (in autocommit), in
     pipeline mode, and commit it: the round trips are the statements whose results the plan
     reads, and one more. `BEGIN` goes with the first statement (psycopg's own would wait for
     it), and the `COMMIT` with the `FETCH_LATER` statements not yet sent. A chat turn read and
     wrote in 55 round trips, and 10 more checking connections; now in about 20.
 
+    `begin` None: the plan is one statement, run on its own in autocommit (one round trip).
     `first`: the statement `plan` yielded last and waits for (after `LostBeforeStart`).
     Raises `LostBeforeStart` when the connection turns out closed before anything was read."""
     driving = _Driving(plan, first)
     try:
+        if begin is None:
+            sql = driving.single()
+            return driving.last(_result(conn.execute(sql.text, sql.params), sql.fetch))
         with conn.pipeline() as pipeline:
             conn.execute(begin)
             result: Any = None
@@ -149,11 +167,14 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str = BEGIN,
 
 
 async def arun_transaction(
-    conn: psycopg.AsyncConnection, plan: Plan[T], begin: str = BEGIN, first: Sql | None = None
+    conn: psycopg.AsyncConnection, plan: Plan[T], begin: str | None = BEGIN, first: Sql | None = None
 ) -> T:
     """`run_transaction` on an asyncio connection: the same statements and round trips."""
     driving = _Driving(plan, first)
     try:
+        if begin is None:
+            sql = driving.single()
+            return driving.last(await _aresult(await conn.execute(sql.text, sql.params), sql.fetch))
         async with conn.pipeline() as pipeline:
             await conn.execute(begin)
             result: Any = None

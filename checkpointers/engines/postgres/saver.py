@@ -392,13 +392,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
 
     # -- running plans -----------------------------------------------------
 
-    def _run(self, plan: Plan[Any], *, read: bool = False) -> Any:
+    def _run(self, plan: Plan[Any], *, read: bool = False, single: bool = False) -> Any:
         """Run a plan in one transaction on a pooled connection (`read`: a read-only
         REPEATABLE READ one, so every statement sees one snapshot), in as few round trips as
-        its reads allow (`connection.run_transaction`)."""
+        its reads allow (`connection.run_transaction`). `single`: the plan is one statement,
+        run without a transaction (one round trip)."""
         if self._pool is None:
             self._pool = connection.acquire(self.url)
-        begin, first = connection.BEGIN_SNAPSHOT if read else connection.BEGIN, None
+        begin, first = _begin(read, single), None
         for _ in range(connection.pool_size()):
             try:
                 with self._pool.connection() as conn:
@@ -421,7 +422,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             finally:
                 conn.isolation_level, conn.read_only = None, None
 
-    async def _arun(self, plan: Plan[Any], *, read: bool = False) -> Any:
+    async def _arun(self, plan: Plan[Any], *, read: bool = False, single: bool = False) -> Any:
         """`_run` on the asyncio pool of the running loop."""
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
@@ -430,7 +431,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             if loop in self._async_pools:  # another task of this loop took a share meanwhile
                 await connection.release_async(self.url)
             self._async_pools[loop] = pool
-        begin, first = connection.BEGIN_SNAPSHOT if read else connection.BEGIN, None
+        begin, first = _begin(read, single), None
         for _ in range(connection.pool_size()):
             try:
                 async with pool.connection() as conn:
@@ -1249,6 +1250,13 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
 
 
 _SNAPSHOT = psycopg.IsolationLevel.REPEATABLE_READ
+
+
+def _begin(read: bool, single: bool) -> str | None:
+    """How `_run` starts a plan's transaction (None: a plan of one statement needs none)."""
+    if single:
+        return None
+    return connection.BEGIN_SNAPSHOT if read else connection.BEGIN
 _DIGESTS_KEPT = 20_000
 
 _DELETE_CHECKPOINT_SQL = tuple(
