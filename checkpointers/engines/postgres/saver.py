@@ -10,12 +10,14 @@ The same linear storage as the SQLite engine (see `docs/storage.md`):
   with its search words (lexemes, under a GIN index of their `tsvector`).
 
 A checkpoint is written in one transaction of two statements: the thread's row
-is locked (`SELECT ... FOR UPDATE`, which also queues writers of the same
-thread in any process, while other threads' writes go on beside it) and then
-one statement writes the new messages, values, the checkpoint and the thread
-index row together (data-modifying CTEs). The lock read also returns the
-thread's `gc_epoch`: a garbage collection (prune, `delete_for_runs`) bumps it,
-and a saver whose cached lists of the thread are older drops them.
+is locked (`SELECT ... FOR NO KEY UPDATE`, which also queues writers of the same
+thread in any process, while other threads' writes, and this thread's task
+writes, go on beside it) and then one statement writes the new messages,
+values, the checkpoint and the thread index row together (data-modifying
+CTEs), sent with the usage counters and the `COMMIT`: two round trips
+(`connection.run_transaction`). The lock read also returns the thread's
+`gc_epoch`: a garbage collection (prune, `delete_for_runs`) bumps it, and a
+saver whose cached lists of the thread are older drops them.
 
 Every method is written once as a plan (see `connection`): the sync methods
 run it on the process's sync pool, the async ones natively on its asyncio
