@@ -1,5 +1,6 @@
 """What only the PostgreSQL engine has to promise: migrating once when processes start
-together, refusing what it cannot do, and surviving connections the server dropped."""
+together, refusing what it cannot do, surviving connections the server dropped, and
+a chat turn in few round trips."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import threading
 
 import psycopg
 import pytest
+from psycopg.pq import Trace
 
 from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_saver
 from checkpointers.engines.postgres.schema import MIGRATIONS
+from graph import Settings, build_graph
 from tests.chat import chat_graph, human
+from tests.scripted import ScriptedChatModel, echo
 
 
 def test_savers_starting_together_migrate_once(postgres_url):
@@ -75,3 +79,51 @@ def test_connections_the_server_dropped_never_reach_a_user(postgres_url):
             )
         graph.invoke({"messages": [human(1)]}, config)
         assert saver.threads.get("t").message_count == 4
+
+
+class _RoundTrips:
+    """Counts the times a connection waits for the server, from libpq's trace of each new
+    connection (a file of its own): a Sync or Flush the client sends, then reads the answer."""
+
+    def __init__(self, folder, monkeypatch) -> None:
+        self.files: list = []
+        connect = psycopg.Connection.connect.__func__
+
+        def traced(cls, *args, **kwargs):
+            conn = connect(cls, *args, **kwargs)
+            trace = open(folder / f"conn{len(self.files)}.trace", "w+")
+            self.files.append(trace)
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+            return conn
+
+        monkeypatch.setattr(psycopg.Connection, "connect", classmethod(traced))
+
+    def count(self) -> int:
+        waits = 0
+        for trace in self.files:
+            trace.seek(0)
+            sent = False
+            for line in trace:
+                if line.startswith("F\t"):
+                    sent = sent or line.split("\t")[2].split(" ")[0].strip() in ("Sync", "Flush", "Query")
+                elif line.startswith("B\t") and sent:
+                    waits, sent = waits + 1, False
+            trace.seek(0, 2)
+        return waits
+
+
+def test_a_chat_turn_waits_for_the_server_at_most_24_times(postgres_url, tmp_path, monkeypatch):
+    # Through the product's graph (trim -> model), at its tenth turn: the run's read, two
+    # attachment lookups, four checkpoints and three batches of task writes, 20 round trips
+    # (and a check of a connection idle for 2 s or more, on a machine that stalled). It was
+    # 60: every transaction checked its connection, and waited for BEGIN, each statement and COMMIT.
+    trips = _RoundTrips(tmp_path, monkeypatch)
+    with open_saver(postgres_url) as saver:
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+        config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+        for n in range(9):
+            app.invoke({"messages": [human(n)]}, config)
+        before = trips.count()
+        app.invoke({"messages": [human(9)]}, config)
+        assert trips.count() - before <= 24

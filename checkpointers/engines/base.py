@@ -39,7 +39,10 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
-FETCH_ALL, FETCH_ONE, FETCH_NONE = "all", "one", "none"
+FETCH_ALL, FETCH_ONE, FETCH_NONE, FETCH_LATER = "all", "one", "none", "later"
+"""What a plan is sent back for a statement. `FETCH_LATER`: nothing it looks at (its row count,
+which it ignores); an engine may send the statement with the ones after it, or with the commit,
+and report its error there (PostgreSQL's pipeline: one round trip for all of them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,8 @@ class Sql:
     text: str
     params: Any = ()
     fetch: str = FETCH_ALL
-    """`FETCH_ALL` (a list of rows), `FETCH_ONE` (a row or None) or `FETCH_NONE` (the row count)."""
+    """`FETCH_ALL` (a list of rows), `FETCH_ONE` (a row or None), `FETCH_NONE` (the row count) or
+    `FETCH_LATER` (the row count, or None where the engine sends the statement later)."""
 
 
 Plan = Generator[Sql, Any, T]

@@ -186,7 +186,8 @@ class PostgresAttachments(Attachments):
         return Attachment(thread_id, display, path, len(data), tables, now)
 
     def _get(self, thread_id: str, user_id: Any, *, flush: bool) -> Attachment | None:
-        row = self._run(_fetch_one(_GET_SQL, (thread_id,)), read=True)
+        # Every model call asks (graph.agent's tools): one round trip, no transaction.
+        row = self._run(_fetch_one(_GET_SQL, (thread_id,)), read=True, single=True)
         if not self._visible(row, thread_id, user_id) or row[1] is None:
             return None
         _owner, name, digest, size, tables, attached_at, thread_key = row

@@ -162,7 +162,7 @@ def reseal_thread(
         match = " AND ".join(f"t.{name} = u.{name}" for name in names)
         if words:
             columns.append([reindex(r[width + 1], p) for p, r in zip(plain, rows)])
-            unnest, setting, extra = unnest + ", %s::bytea[], %s::text[]", ", words = array_to_tsvector(string_to_array(u.words, ' '))", ", words"
+            unnest, setting, extra = unnest + ", %s::bytea[], %s::text[]", ", words = u.words", ", words"
         else:
             unnest, setting, extra = unnest + ", %s::bytea[]", "", ""
         yield Sql(

@@ -67,6 +67,7 @@ class PostgresMaintenance:
     ) -> None:
         """`run(plan, read=...)` and `transaction(read=...)`: the saver's, on its pool."""
         self.url = url
+        self._location = connection.redacted(url)  # every write names it when it checks the key
         self._run = run
         self._transaction = transaction
         self._leases: dict[str, psycopg.Connection] = {}
@@ -74,7 +75,7 @@ class PostgresMaintenance:
 
     @property
     def location(self) -> str:
-        return connection.redacted(self.url)
+        return self._location
 
     @property
     def data_dir(self) -> str:

@@ -6,8 +6,8 @@ a user's edits. Listing walks `threads_by_user_updated` backwards for one user
 (`user_id = %s`, or `IS NULL` for threads without an owner, each its own
 constant statement so the index is used). Metadata filters compare `jsonb`
 values (`metadata -> key = value`). Search matches a title by `ILIKE`, or a
-message holding every word of the query through the GIN index on
-`messages.words` (lexemes made by `checkpointers.search.lexemes`, the same
+message holding every word of the query through the GIN index of
+`messages.words` (`schema.WORDS_TSVECTOR`: lexemes made by `checkpointers.search.lexemes`, the same
 whole-word, case- and accent-insensitive rules as SQLite's FTS5 index).
 In an encrypted store, as on SQLite, titles are sealed (decrypted as rows are
 read, matched in Python after decryption) and `messages.words` holds keyed
@@ -28,6 +28,7 @@ from checkpointers import encryption, search
 from checkpointers.encryption import Cipher
 from checkpointers.engines.postgres import keys
 from checkpointers.engines.postgres.connection import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres.schema import WORDS_TSVECTOR
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.storable import check_id, check_text
 from checkpointers.threads import (
@@ -86,7 +87,10 @@ def _merged(target: Any, patch: Any) -> Any:
 
 _SCAN_ROWS = 200
 """Rows an encrypted search reads at a time while it looks for its page of matches."""
-_WORDS_HIT = "EXISTS (SELECT 1 FROM messages m WHERE m.thread_key = t.thread_key AND m.words @@ %s::tsquery)"
+_WORDS_HIT = (
+    f"EXISTS (SELECT 1 FROM messages WHERE messages.thread_key = t.thread_key AND {WORDS_TSVECTOR} @@ %s::tsquery)"
+)
+"""A thread with a message holding every word: matched on the expression `messages_by_words` indexes."""
 
 
 class PostgresThreadIndex:
