@@ -27,7 +27,7 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
 from checkpointers import codec
 from checkpointers.engines.sqlite import fts
-from checkpointers.codec import KIND_MESSAGE_LIST
+from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
 from checkpointers.messages import (
     MAX_CHAIN_DEPTH,
     MessagePage,
@@ -288,7 +288,30 @@ class _MessageReads:
     def load_conversation(self, thread_id: str, user_id: Any) -> conversation.Conversation | None:
         """The thread's current messages (see `checkpointers.conversation`); None if the
         thread does not exist or is not the user's (`ANY_USER`: anyone's)."""
-        return conversation.load(self, thread_id, user_id)
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT thread_key, user_id, created_at FROM threads WHERE thread_id = ?", (str(thread_id),)
+            ).fetchone()
+            if row is None or (user_id is not ANY_USER and row[1] != user_id):
+                return None
+            thread_key, owner, created_at = row
+            latest = conn.execute(
+                "SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
+                (thread_key,),
+            ).fetchone()
+            version = self._load_checkpoint(thread_key, "", *latest)["channel_versions"].get("messages") if latest else None
+            found = self._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
+            if found is None:
+                return conversation.Conversation(thread_key, owner, created_at, [], [])
+            value_no, kind, type_, blob = found
+            if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
+                stored = self._load_list(conn, thread_key, value_no)
+                return conversation.Conversation(thread_key, owner, created_at, stored.hand_out(), list(stored.nos))
+            value = self._decode_value(conn, thread_key, value_no, kind, type_, blob)
+        value = getattr(value, "value", value)
+        messages = list(value) if isinstance(value, list) else []
+        return conversation.Conversation(thread_key, owner, created_at, messages, [] if not messages else None)
 
     async def aload_conversation(self, thread_id: str, user_id: Any) -> conversation.Conversation | None:
         return await asyncio.to_thread(self.load_conversation, thread_id, user_id)
