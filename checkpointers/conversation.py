@@ -22,8 +22,10 @@ with any LangGraph checkpointer). `write`, `delete`, `restore`, `date_messages`
 and the saver's `load_conversation` work on both engines; the async twins are
 native asyncio where the saver's are (`saver.native_async`). `restore` and
 `date_messages` (the imports) are written once as steps
-(`checkpointers.engines.base`), their SQL the engine's (`saver.transfer`); `load`
-is the SQLite saver's `load_conversation`.
+(`checkpointers.engines.base`), their SQL the engine's (`saver.transfer`); a
+conversation is read by each engine's `load_conversation` (SQLite's in
+`checkpointers.engines.sqlite.message_reads`), which returns a `Conversation`.
+No SQL is left here.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, convert_to_messages, messages_from_dict
 
-from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
 from checkpointers.engines.base import Call, Plan, Steps, Transfer, Write, drive
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.threads import ANY_USER
@@ -109,37 +110,6 @@ def as_message(value: Any) -> BaseMessage:
         return convert_to_messages([value])[0]
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise ValueError(f"not a chat message: {str(value)[:80]!r}") from exc
-
-
-def load(saver: ThreadSaver, thread_id: str, user_id: Any) -> Conversation | None:
-    """The thread's current messages; None if it does not exist or is not the user's.
-
-    The SQLite saver's `load_conversation`; engine-neutral code calls that method,
-    which each engine has."""
-    with saver._read() as conn:
-        row = conn.execute(
-            "SELECT thread_key, user_id, created_at FROM threads WHERE thread_id = ?", (str(thread_id),)
-        ).fetchone()
-        if row is None or (user_id is not ANY_USER and row[1] != user_id):
-            return None
-        thread_key, owner, created_at = row
-        latest = conn.execute(
-            "SELECT checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = ? AND checkpoint_ns = '' "
-            "ORDER BY checkpoint_id DESC LIMIT 1",
-            (thread_key,),
-        ).fetchone()
-        version = saver._load_checkpoint(thread_key, "", *latest)["channel_versions"].get("messages") if latest else None
-        found = saver._lookup_value(conn, thread_key, "", "messages", version) if version is not None else None
-        if found is None:
-            return Conversation(thread_key, owner, created_at, [], [])
-        value_no, kind, type_, blob = found
-        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
-            stored = saver._load_list(conn, thread_key, value_no)
-            return Conversation(thread_key, owner, created_at, stored.hand_out(), list(stored.nos))
-        value = saver._decode_value(conn, thread_key, value_no, kind, type_, blob)
-    value = getattr(value, "value", value)
-    messages = list(value) if isinstance(value, list) else []
-    return Conversation(thread_key, owner, created_at, messages, [] if not messages else None)
 
 
 def owner_of(saver: ThreadSaver, thread_id: str) -> tuple[bool, str | None]:

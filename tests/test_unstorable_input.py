@@ -90,10 +90,10 @@ def test_a_deferred_write_that_can_never_be_written_is_dropped_with_one_log_line
     # The doors refuse such text now; this stands in for any value SQLite cannot take,
     # to show the store's own last line of defence: it is not retried forever and
     # does not fail the writes of other threads.
-    monkeypatch.setattr("checkpointers.engines.sqlite.saver.check_value", lambda value, what="message": None)
+    monkeypatch.setattr("checkpointers.engines.sqlite.values.check_value", lambda value, what="message": None)
     good = chat_graph(saver)
     good.invoke({"messages": [human(1)]}, config("bob-thread", "bob"))
-    with caplog.at_level(logging.WARNING, logger="checkpointers.engines.sqlite.saver"):
+    with caplog.at_level(logging.WARNING, logger="checkpointers.engines.sqlite.deferred"):
         try:
             # The title, taken from the first message, is text SQLite cannot bind.
             good.invoke({"messages": [HumanMessage("poison \ud800")]}, config("mallory-thread", "mallory"))

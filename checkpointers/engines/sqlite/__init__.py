@@ -2,7 +2,8 @@
 and import (`transfer.py`), run as plans (`checkpointers.engines.base`) on the saver's one
 connection, and the store's upkeep (retention, erasure, statistics: `maintenance.py`).
 
-The SQLite saver itself is `checkpointers.engines.sqlite.saver` (with `checkpointers.engines.sqlite.schema`);
+The SQLite saver itself is `checkpointers.engines.sqlite.saver` (with its parts, listed in
+that module's docstring, and `checkpointers.engines.sqlite.schema`);
 this package holds only what an engine-neutral module asks of an engine, so its
 PostgreSQL counterpart in `checkpointers.engines.postgres` has the same shape.
 """

@@ -61,7 +61,9 @@ from checkpointers.engines.sqlite import keys, reseal
 from checkpointers.encryption import Cipher
 from checkpointers.errors import EncryptionKeyError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
-from checkpointers.engines.sqlite.saver import ThreadSaver, _segment_rows, connect, load_message
+from checkpointers.engines.sqlite.message_reads import _segment_rows
+from checkpointers.engines.sqlite.saver import ThreadSaver, connect
+from checkpointers.messages import load_message
 
 
 def rotate_key(
