@@ -407,8 +407,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 with self._pool.connection() as conn:
                     return connection.run_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:  # a connection the server dropped: the pool drops it too
-                first = lost.first
-        raise lost.cause
+                first, cause = lost.first, lost.cause
+        raise cause
 
     @contextmanager
     def _transaction(self, *, read: bool = False) -> Iterator[psycopg.Connection]:
@@ -439,8 +439,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 async with pool.connection() as conn:
                     return await connection.arun_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:
-                first = lost.first
-        raise lost.cause
+                first, cause = lost.first, lost.cause
+        raise cause
 
     # -- encoding ----------------------------------------------------------
 
