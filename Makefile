@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/threadkeeper serve
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(PY) -m bench.storage
