@@ -29,7 +29,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import Checkpoint, CheckpointTuple
+from langgraph.checkpoint.base import Checkpoint, CheckpointTuple, DeltaChannelHistory, PendingWrite
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
@@ -333,6 +333,21 @@ def encode_list(
         return entry, pack_numbers(nos), None, None
     entry = StoredList(value_no, nos, list(messages), base.depth + 1, snaps)
     return entry, pack_numbers(nos[keep:]), base.value_no, keep
+
+
+def delta_channel_history(
+    channels: Iterable[str], collected: dict[str, list[PendingWrite]], seeds: dict[str, Any]
+) -> dict[str, DeltaChannelHistory]:
+    """`get_delta_channel_history`'s answer from what an engine's walk up the parent chain
+    found: each channel's writes (collected newest first) oldest first, and its seed
+    (the value it started from) where one was found."""
+    result: dict[str, DeltaChannelHistory] = {}
+    for channel in channels:
+        entry: DeltaChannelHistory = {"writes": list(reversed(collected[channel]))}
+        if channel in seeds:
+            entry["seed"] = seeds[channel]
+        result[channel] = entry
+    return result
 
 
 def checkpoint_tuple(

@@ -85,6 +85,7 @@ from checkpointers.engines.postgres.transfer import PostgresTransfer
 from checkpointers.conversation import Conversation
 from checkpointers.errors import ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
+    delta_channel_history,
     MAX_CHAIN_DEPTH,
     ListCache,
     MessagePage,
@@ -1213,13 +1214,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                     seeds[channel] = yield from self._decode_value(thread_key, value_no, kind, type_, value, own=True)
                     remaining.discard(channel)
             cursor = row[0]
-        result: dict[str, DeltaChannelHistory] = {}
-        for channel in channels:
-            entry: DeltaChannelHistory = {"writes": list(reversed(collected[channel]))}
-            if channel in seeds:
-                entry["seed"] = seeds[channel]
-            result[channel] = entry
-        return result
+        return delta_channel_history(channels, collected, seeds)
 
     def get_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

@@ -39,7 +39,7 @@ from checkpointers.codec import (
     py_id,
     py_task_path,
 )
-from checkpointers.messages import checkpoint_tuple as _checkpoint_tuple
+from checkpointers.messages import checkpoint_tuple as _checkpoint_tuple, delta_channel_history
 from checkpointers.encryption import checkpoint_place, value_place, write_place
 
 _SEALED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
@@ -250,13 +250,7 @@ class _CheckpointReads:
                         seeds[ch] = self._decode_value(conn, thread_key, *found)
                         remaining.discard(ch)
                 cursor = row[0]
-        result: dict[str, DeltaChannelHistory] = {}
-        for ch in channels:
-            entry: DeltaChannelHistory = {"writes": list(reversed(collected[ch]))}
-            if ch in seeds:
-                entry["seed"] = seeds[ch]
-            result[ch] = entry
-        return result
+        return delta_channel_history(channels, collected, seeds)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
