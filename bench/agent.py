@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     last = args.turns
     print(f"\n== the agent graph, one thread, {last} turns, budget {Settings().max_input_tokens} tokens ==", flush=True)
     with tempfile.TemporaryDirectory(prefix="tk-bench-agent-") as tmp:
-        timer = NodeTimer("trim")
         ours_saver = ThreadSaver(Path(tmp) / "ours.db")
-        ours = run_thread(ours_saver, last, timer)
+        ours = run_thread(ours_saver, last)
         ours_saver.close()
         ours_bytes = file_bytes(Path(tmp) / "ours.db") / last
         if args.tables:
@@ -124,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         stock_bytes = file_bytes(Path(tmp) / "stock.db") / last
         memory = run_thread(InMemorySaver(), last)
         floor = run_thread(KeepingSaver(), last)
+        # The trimming node on a run of its own: a callback handler makes LangChain hand
+        # every node's input to it, work that grows with the thread, so the runs timed
+        # as whole turns above have none.
+        timer = NodeTimer("trim")
+        run_thread(KeepingSaver(), last, timer)
     trim_10, trim_last = around(timer.costs, 10), around(timer.costs, last)
     report.check(f"trimming node: turn {last} / turn 10", trim_last / trim_10, "<= 1.5", trim_last / trim_10 <= 1.5)
     report.check("  (trimming node at turn 10)", trim_10 * 1000, "reference", True, " ms")

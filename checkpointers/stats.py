@@ -126,9 +126,13 @@ class Tally:
 def new_messages(base_nos: Sequence[int] | None, messages: Sequence[Any], nos: Sequence[int]) -> Iterator[tuple]:
     """The `figures` of the messages of a stored list (`nos`, their numbers) that its base
     (`base_nos`) did not hold: what a write of the conversation's list adds to the counters.
-    Both engines call it on the root namespace's `messages` channel."""
-    had = set(base_nos or ())
-    for message, no in zip(messages, nos):
+    Both engines call it on the root namespace's `messages` channel. A turn's list
+    usually starts with its base's: that part is passed over at C speed, so a long
+    conversation does not cost a Python step per message at every turn."""
+    base_nos = list(base_nos or ())
+    start = len(base_nos) if list(nos[: len(base_nos)]) == base_nos else 0
+    had = set(base_nos)
+    for message, no in zip(messages[start:], nos[start:]):
         if no not in had and (found := figures(message)) is not None:
             yield found
 
