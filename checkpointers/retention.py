@@ -332,15 +332,17 @@ def recent_sweeps(saver: Saver, limit: int = 10) -> list[dict[str, Any]]:
 
 
 def delete_user(saver: Saver, user_id: str | None) -> int:
-    """Delete every thread of a user, with attachments, and erase their traces; returns how many.
+    """Delete every thread of a user, with attachments, take their id out of the usage
+    statistics, and erase their traces; returns how many threads.
 
     What "erase their traces" covers differs by engine: see docs/storage.md,
     "Erasure on PostgreSQL"."""
     deleted = 0
     while page := saver.threads.list(user_id, limit=500).threads:
         deleted += saver.delete_threads([t.thread_id for t in page], purge=False)
-    if deleted:
-        saver.maintenance.erase_traces()
+    if user_id is not None:
+        saver.maintenance.forget_user(user_id)
+    saver.maintenance.erase_traces()
     return deleted
 
 

@@ -203,6 +203,14 @@ def thread_created(conn: Any, user_id: str | None) -> None:
         record_user(conn, day, user_id, threads_created=1)
 
 
+def user_erased(conn: Any, user_id: str) -> None:
+    """A user's erasure (`delete-user`): their rows, the only ones that hold their id, go.
+    The day totals keep what they counted (they name no one); a past day's count of
+    active users drops by one."""
+    conn.execute("DELETE FROM usage_user_days WHERE user_id = ?", [user_id])
+    conn.execute("DELETE FROM usage_users WHERE user_id = ?", [user_id])
+
+
 def threads_deleted(conn: Any, count: int, *, swept: bool) -> None:
     """`count` threads were deleted: by the retention sweep (`swept`), or at a person's
     or program's request (the web chat, `delete-user`, the API, an import replacing one)."""

@@ -280,6 +280,23 @@ def test_delete_user_removes_all_their_threads_and_leaves_no_trace(saver, db_pat
     _marker_test(saver, db_path, lambda: delete_user(saver, "alice"), {"bobs"})
 
 
+def test_delete_user_leaves_their_id_nowhere_on_disk_not_even_in_the_usage_statistics(saver, db_path):
+    user = "zqx-user-marker-4419"
+    _say(saver, "theirs", user=user)
+    _say(saver, "bobs", user="bob")
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert user.encode() in _disk_bytes(db_path.parent)  # the check below can fail
+    assert delete_user(saver, user) == 1
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert user.encode() not in _disk_bytes(db_path.parent)
+    # a user with no thread left (they deleted each one) is still erased from the statistics
+    _say(saver, "again", user=user)
+    saver.delete_thread("again")
+    assert delete_user(saver, user) == 0
+    saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert user.encode() not in _disk_bytes(db_path.parent)
+
+
 def test_delete_user_and_sweep_on_the_command_line(db_path, capsys, monkeypatch):
     monkeypatch.chdir(db_path.parent)
     with open_saver(f"sqlite:///{db_path}") as saver:

@@ -136,6 +136,24 @@ def test_counters_equal_a_full_recount_after_chats_at_every_door_deletions_a_swe
     assert figures["messages"] == sum(expected[k] for k in ("human_messages", "ai_messages", "tool_messages", "other_messages"))
 
 
+def test_delete_user_takes_their_id_out_of_the_statistics_and_keeps_the_day_totals(store_url: str):
+    with open_saver(store_url) as saver:
+        agent = build_graph(checkpointer=saver)
+        for user in ("alice", "bob"):
+            agent.invoke({"messages": [("user", "hello")]}, {"configurable": {"thread_id": f"{user}-1", "user_id": user}})
+        saver.delete_thread("bob-1")  # bob keeps no thread, only his counters
+        before = counters(saver)
+        assert delete_user(saver, "alice") == 1
+        assert delete_user(saver, "bob") == 0
+        with saver.maintenance.reading() as query:
+            kept = query("SELECT user_id FROM usage_user_days UNION ALL SELECT user_id FROM usage_users")
+        after = counters(saver)
+    assert kept == []
+    assert after["human_messages"] == before["human_messages"] == 2
+    assert after["threads_created"] == before["threads_created"] == 2
+    assert after["active_users"] == 0 and before["active_users"] == 2
+
+
 def _read_line() -> str:
     import sys
 

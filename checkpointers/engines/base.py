@@ -225,6 +225,9 @@ class Maintenance(Protocol):
     ) -> None:
         """After deletions: take deleted text out of what the engine keeps beside live rows."""
 
+    def forget_user(self, user_id: str) -> None:
+        """Take a user's id out of the usage statistics (`stats.user_erased`), in one transaction."""
+
     def record_sweep(self, report: Any, host: str, *, keep_latest: bool) -> None:
         """Add a row to `sweeps` and, for a real sweep, count it in the usage statistics."""
 

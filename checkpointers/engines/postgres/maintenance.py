@@ -38,8 +38,9 @@ SWEEP_LOCK = 0x746B7377
 
 THREAD_TABLES = (
     "threads", "checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata", "attachments",
+    "usage_user_days", "usage_users",
 )
-"""The tables a thread's text lives in: what VACUUM goes over after deletions."""
+"""The tables a thread's text or a user's id lives in: what VACUUM goes over after deletions."""
 
 _VACUUM = {True: "VACUUM " + ", ".join(THREAD_TABLES), False: "VACUUM (SKIP_LOCKED) " + ", ".join(THREAD_TABLES)}
 """Keyed by `wait`: the background sweeper skips a table another VACUUM holds (autovacuum yields to it)."""
@@ -171,6 +172,12 @@ class PostgresMaintenance:
         and indexes (the space is kept for new rows; see docs/storage.md for what remains)."""
         with self._own_connection() as conn:
             conn.execute(_VACUUM[wait])
+
+    def forget_user(self, user_id: str) -> None:
+        def plan() -> Plan[None]:
+            yield from neutral(lambda conn: stats.user_erased(conn, user_id))
+
+        self._run(plan())
 
     def record_sweep(self, report: Any, host: str, *, keep_latest: bool) -> None:
         database_bytes = self.database_bytes()

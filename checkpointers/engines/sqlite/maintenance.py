@@ -141,6 +141,10 @@ class SqliteMaintenance:
         self.saver.purge_search_index()
         self.saver.erase_traces(wait=wait, between_steps=between_steps, hold_s=hold_s)
 
+    def forget_user(self, user_id: str) -> None:
+        with self.saver._write():
+            stats.user_erased(self.saver.conn, user_id)
+
     def record_sweep(self, report: Any, host: str, *, keep_latest: bool) -> None:
         with self.saver._write():
             self.saver.conn.execute(
