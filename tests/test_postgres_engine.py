@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from langgraph.graph import START, MessagesState, StateGraph
 from psycopg.pq import Trace
 
 from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_saver
@@ -191,3 +192,27 @@ def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgre
         delta_config = {"configurable": {"thread_id": "old-delta", "user_id": "alice"}}
         delta.invoke({"messages": [human(4)]}, delta_config)
         assert [m.content for m in delta.get_state(delta_config).values["messages"]][: len(contents)] == contents
+
+
+def test_a_turn_moves_the_threads_updated_at_once_and_a_failed_run_moves_it_too(postgres_url):
+    """Only the checkpoint that ends a run (or its error) sets `updated_at`: the steps it goes
+    on from update the row in place, so its two indexes on `updated_at` gain one entry a turn."""
+
+    def fails(state: dict) -> dict:
+        raise RuntimeError("the model is down")
+
+    with open_saver(postgres_url) as saver:
+        app = chat_graph(saver)
+        config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+        app.invoke({"messages": [human(0)]}, config)
+        first = saver.threads.get("t")
+        app.invoke({"messages": [human(1)]}, config)
+        second = saver.threads.get("t")
+        assert second.updated_at > first.updated_at and second.message_count == 4
+        builder = StateGraph(MessagesState)
+        builder.add_node("model", fails)
+        builder.add_edge(START, "model")
+        with pytest.raises(RuntimeError, match="the model is down"):
+            builder.compile(checkpointer=saver).invoke({"messages": [human(2)]}, config)
+        third = saver.threads.get("t")
+        assert third.updated_at > second.updated_at and third.message_count == 5

@@ -159,12 +159,20 @@ WITH new_messages AS (
         checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
 )
 UPDATE threads SET next_value_no = %(next_value_no)s, next_message_no = %(next_message_no)s,
-    updated_at = %(updated_at)s, message_count = coalesce(%(message_count)s, message_count),
+    updated_at = coalesce(%(updated_at)s, updated_at), message_count = coalesce(%(message_count)s, message_count),
     title = coalesce(title, %(title)s), user_id = coalesce(user_id, %(user_id)s)
 WHERE thread_key = %(thread_key)s
 """
 """A checkpoint's whole write after its thread's row is locked: one statement, sent with the
-usage counters' and the `COMMIT` (nothing of it is read back)."""
+usage counters' and the `COMMIT` (nothing of it is read back). `updated_at` is None for a
+checkpoint the run goes on from (`checkpoint_codec.run_goes_on`): the thread's row then
+changes no indexed column, so PostgreSQL updates it in place (HOT) without new entries in
+its two indexes on `updated_at`, and the checkpoint that ends the run, or the run's error
+or interrupt (`_TOUCH_THREAD_SQL`), sets the time. Measured through the agent graph: four
+updates of `updated_at` a turn took 573 bytes of index a turn."""
+_TOUCH_THREAD_SQL = "UPDATE threads SET updated_at = %s WHERE thread_key = %s"
+"""A run's error or interrupt (special writes) ends it without a checkpoint: the thread's row
+shows it was updated, as a checkpoint that ends a run does."""
 
 _WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value)"
 _WRITES_ROWS = (
@@ -870,7 +878,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "ns": ns, "checkpoint_id": _stored_id(checkpoint["id"]), "parent_id": _stored_id(configurable.get("checkpoint_id")),
                 "run_id": _stored_id(run_id), "type": type_, "checkpoint": blob,
                 "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
-                "updated_at": utc_now(), "message_count": message_count,
+                "updated_at": None if checkpoint_codec.run_goes_on(checkpoint, full_metadata) else utc_now(),
+                "message_count": message_count,
                 "title": encryption.seal_title(self._cipher, title, thread_id), "user_id": user_id,
             },
             FETCH_LATER,
@@ -936,6 +945,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             (row[0], ns, _stored_id(checkpoint_id), _stored_id(task_id), *_columns(rows, 5)),
             FETCH_LATER,
         )
+        if replace:
+            yield Sql(_TOUCH_THREAD_SQL, (utc_now(), row[0]), FETCH_LATER)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         """Store a task's writes against a checkpoint (at once, in their own transaction)."""

@@ -74,7 +74,6 @@ from checkpointers.engines.sqlite.deferred import (
     _DeferredPut,
     _DeferredWrites,
     _DeferredWriting,
-    _more_steps_follow,
     _retry_may_help,
 )
 from checkpointers.engines.sqlite.kept import _KeptCheckpoint, _KeptTuple
@@ -546,7 +545,7 @@ class ThreadSaver(
         """Store a checkpoint.
 
         A run's input checkpoint (source "input"), and a step's checkpoint after
-        which the run goes on (`_more_steps_follow`), are captured now and written
+        which the run goes on (`checkpoint_codec.run_goes_on`), are captured now and written
         in the transaction of what LangGraph saves next for the thread, or by the
         flusher after `DEFERRED_WRITES_FLUSH_AFTER` (see `put_writes`): a chat
         turn commits once, with the checkpoint that ends it.
@@ -587,10 +586,7 @@ class ThreadSaver(
             updated_at=utc_now(),
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        waits = self._defer_writes and (
-            full_metadata.get("source") == "input"
-            or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
-        )
+        waits = self._defer_writes and checkpoint_codec.run_goes_on(checkpoint, full_metadata)
         with self._deferred_cond:  # see `_defer`
             latest = self._latest_put.get((thread_id, ns))
             if latest is None or checkpoint["id"] > latest[0]:
