@@ -380,3 +380,23 @@ def run_goes_on(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bool:
         source == "loop"
         and any(c == TASKS or c.startswith("branch:to:") for c in checkpoint.get("updated_channels") or ())
     )
+
+
+def none_channels(checkpoint: dict[str, Any]) -> list[str]:
+    """The channels of a checkpoint whose value is None (what `encode` takes as `nones`)."""
+    return [c for c, value in checkpoint["channel_values"].items() if value is None and c in checkpoint["channel_versions"]]
+
+
+def values_to_store(
+    checkpoint: dict[str, Any], new_versions: dict[str, Any], nones: list[str], held: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The channel values and new versions a saver writes value rows for. `held`: the checkpoint's
+    row says which channels hold None (it is in this encoding), so they get no rows; else every
+    None gets one, not only new ones, as a version first stored by a row that could say so has
+    none of its own."""
+    values = checkpoint["channel_values"]
+    if nones and held:
+        return {channel: value for channel, value in values.items() if value is not None}, new_versions
+    if nones:
+        return values, {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
+    return values, new_versions

@@ -466,21 +466,27 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         when the store is encrypted)."""
         if self._cipher is not None:
             blob = self._cipher.open(blob, place)
-        if type_ == checkpoint_codec.TYPE:
-            return checkpoint_codec.decode(blob)
         return self.serde.loads_typed(codec.decompress_blob(type_, blob))
 
     def _load_checkpoint(self, thread_key: int, ns: str, stored_id: bytes, type_: str, blob: bytes) -> Any:
-        """A checkpoint row's own value; `stored_id` is its id as the row holds it (`codec.id_bytes`)."""
-        return self._load(type_, blob, checkpoint_place(thread_key, ns, codec.id_text(stored_id)))
+        """A checkpoint row's own value; `stored_id` is its id as the row holds it (`codec.id_bytes`).
+        In `checkpoint_codec`'s encoding, its `channel_values` are the channels that hold None."""
+        checkpoint_id = codec.id_text(stored_id)
+        if type_ not in checkpoint_codec.TYPES:
+            return self._load(type_, blob, checkpoint_place(thread_key, ns, checkpoint_id))
+        if self._cipher is not None:
+            blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
+        return checkpoint_codec.decode(blob, checkpoint_id)
 
     def _sealed(self, blob: bytes, place: bytes) -> bytes:
         """A serialised value as its row stores it: sealed to `place` when the store is encrypted."""
         return blob if self._cipher is None else self._cipher.seal(blob, place)
 
-    def _dump_checkpoint(self, checkpoint: Checkpoint) -> tuple[str, bytes]:
+    def _dump_checkpoint(self, checkpoint: Checkpoint, nones: list[str]) -> tuple[str, bytes]:
+        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding (with which
+        channels hold None; the metadata has its own `jsonb` column) where it fits; not yet sealed."""
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
-        blob = checkpoint_codec.encode(stored)
+        blob = checkpoint_codec.encode(stored, None, nones, checkpoint["id"])
         return (checkpoint_codec.TYPE, blob) if blob is not None else self._dump(stored)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
@@ -599,9 +605,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         stored_id, parent_id, type_, blob, metadata = row
         checkpoint = self._load_checkpoint(thread_key, ns, stored_id, type_, blob)
         checkpoint["id"] = codec.id_text(stored_id)
-        checkpoint["channel_values"] = yield from self._channel_values(
-            thread_key, ns, checkpoint["channel_versions"], own=own
-        )
+        nones = checkpoint.get("channel_values") or {}  # the channels the row says hold None
+        versions = {channel: version for channel, version in checkpoint["channel_versions"].items() if channel not in nones}
+        checkpoint["channel_values"] = {**nones, **(yield from self._channel_values(thread_key, ns, versions, own=own))}
         writes = yield from self._pending_writes(thread_key, ns, stored_id)
         return checkpoint_tuple(thread_id, ns, checkpoint, json.dumps(metadata), codec.id_text(parent_id), writes)
 
@@ -850,11 +856,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
         )
         user_id = checked_owner(full_metadata.get("user_id"), configurable.get("user_id"))
-        type_, blob = self._dump_checkpoint(checkpoint)
+        nones = checkpoint_codec.none_channels(checkpoint)
+        type_, blob = self._dump_checkpoint(checkpoint, nones)
+        values, new_versions = checkpoint_codec.values_to_store(
+            checkpoint, new_versions, nones, type_ == checkpoint_codec.TYPE
+        )
         run_id = full_metadata.get("run_id")
         txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
         blob = self._sealed(blob, checkpoint_place(txn.thread_key, ns, checkpoint["id"]))
-        values = checkpoint["channel_values"]
         for channel, version in new_versions.items():
             row = yield from self._value_row(txn, ns, channel, version, values.get(channel, _MISSING))
             if row is not None:

@@ -559,16 +559,11 @@ class ThreadSaver(
         )
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
-        values = checkpoint["channel_values"]
-        nones = [channel for channel, value in values.items() if value is None and channel in checkpoint["channel_versions"]]
+        nones = checkpoint_codec.none_channels(checkpoint)
         type_, blob = self._dump_checkpoint(stored, json.loads(metadata_json), nones, checkpoint["id"])
-        if nones and type_ == checkpoint_codec.TYPE:
-            # The row says which channels hold None: no value rows for them.
-            values = {channel: value for channel, value in values.items() if value is not None}
-        elif nones:
-            # A row that cannot say so: rows for every None, not only new ones, as a
-            # version first stored by a row that could has none of its own.
-            new_versions = {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
+        values, new_versions = checkpoint_codec.values_to_store(
+            checkpoint, new_versions, nones, type_ == checkpoint_codec.TYPE
+        )
         run_id = full_metadata.get("run_id")
         entry = _DeferredPut(
             thread_id=thread_id,
