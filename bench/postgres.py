@@ -2,6 +2,7 @@
 
     make bench                                   # runs this after the SQLite benchmarks
     python -m bench.postgres --turns 300 --threads 3000
+    python -m bench.postgres --bytes             # only threadkeeper's bytes per turn, table by table
 
 Everything goes through the product's agent graph (trim -> model) with an
 instant model, so what is measured is the store's own work. Each saver gets
@@ -67,6 +68,35 @@ def schema_bytes(url: str) -> int:
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
         ).fetchone()
     return int(total)
+
+
+def print_tables(url: str, turns: int) -> None:
+    """Bytes per turn of each table (after `schema_bytes`' VACUUM): heap, indexes and TOAST, and rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, pg_relation_size(c.oid), pg_indexes_size(c.oid), "
+            "pg_total_relation_size(c.oid) - pg_relation_size(c.oid) - pg_indexes_size(c.oid), c.reltuples "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC"
+        ).fetchall()
+    print(f"  {'table':20} {'all B/turn':>10} {'heap':>8} {'indexes':>8} {'toast':>8} {'rows/turn':>10}")
+    for name, heap, indexes, toast, tuples in rows:
+        total = heap + indexes + toast
+        if total / turns >= 10:
+            print(
+                f"  {name:20} {total / turns:10.1f} {heap / turns:8.1f} {indexes / turns:8.1f} {toast / turns:8.1f} "
+                f"{max(tuples, 0) / turns:10.2f}"
+            )
+
+
+def bench_bytes(report: Report, database_url: str, turns: int) -> None:
+    print(f"\n== the agent graph, one thread, {turns} turns, on PostgreSQL: bytes only ==", flush=True)
+    url = schema_url(database_url, "ours_bytes")
+    with open_saver(url) as saver:
+        run_thread(saver, turns)
+    per_turn = schema_bytes(url) / turns
+    print_tables(url, turns)
+    report.check(f"bytes per turn after {turns} turns, threadkeeper", per_turn, "<= 3072 B", per_turn <= 3072, " B")
 
 
 def bench_long_thread(report: Report, database_url: str, turns: int) -> None:
@@ -152,9 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=1000, help="turns in the long thread (default 1000)")
     parser.add_argument("--threads", type=int, default=10_000, help="threads in the large index (default 10000)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of each throughput run (default 10)")
+    parser.add_argument(
+        "--bytes", action="store_true", help="only threadkeeper's bytes per turn after --turns turns, table by table"
+    )
     args = parser.parse_args(argv)
     report = Report()
     with bench_database() as database_url:
+        if args.bytes:
+            bench_bytes(report, database_url, args.turns)
+            report.finish(what="PostgreSQL checks")
+            return 0
         bench_long_thread(report, database_url, args.turns)
         bench_index(report, database_url, max(1, args.threads // 10), args.threads)
         bench_processes(report, database_url, args.seconds)

@@ -67,6 +67,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import ormsgpack
+from langgraph.checkpoint.serde.types import TASKS
 
 TYPE = "tk.cp2"
 """The `checkpoints.type` of a row in this encoding."""
@@ -365,3 +366,37 @@ def next_version(current: Any) -> float | str:
     else:
         return f"{int(str(current).split('.')[0]) + 1:032}.{random.random():.16f}"
     return whole + 1 + random.random() * 0.999
+
+
+def run_goes_on(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bool:
+    """Whether the run that put this checkpoint goes on after it: it is the run's input
+    (source "input"), or a step's that triggered a node (`branch:to:<node>`) or pushed a
+    task (`Send`). Such a checkpoint is followed by its tasks' writes and the next step's
+    checkpoint, unless the run stops at a static `interrupt_before`/`interrupt_after` or its
+    step limit. SQLite defers writing it; PostgreSQL leaves the thread's `updated_at` for
+    the checkpoint that ends the run."""
+    source = metadata.get("source")
+    return source == "input" or (
+        source == "loop"
+        and any(c == TASKS or c.startswith("branch:to:") for c in checkpoint.get("updated_channels") or ())
+    )
+
+
+def none_channels(checkpoint: dict[str, Any]) -> list[str]:
+    """The channels of a checkpoint whose value is None (what `encode` takes as `nones`)."""
+    return [c for c, value in checkpoint["channel_values"].items() if value is None and c in checkpoint["channel_versions"]]
+
+
+def values_to_store(
+    checkpoint: dict[str, Any], new_versions: dict[str, Any], nones: list[str], held: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The channel values and new versions a saver writes value rows for. `held`: the checkpoint's
+    row says which channels hold None (it is in this encoding), so they get no rows; else every
+    None gets one, not only new ones, as a version first stored by a row that could say so has
+    none of its own."""
+    values = checkpoint["channel_values"]
+    if nones and held:
+        return {channel: value for channel, value in values.items() if value is not None}, new_versions
+    if nones:
+        return values, {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
+    return values, new_versions

@@ -122,6 +122,37 @@ def py_id(value: str | bytes | None) -> str | None:
     return value
 
 
+# A column of PostgreSQL has one type, so there an id is always `bytea`: a UUID's
+# 16 bytes as above, any other id its UTF-8, with a NUL byte after it when that
+# is 16 bytes long, so that only a UUID is (ids hold no NUL: `storable.check_id`).
+# `id_bytes_sql` is the same in SQL, for the migration that converted the text ids.
+
+def id_bytes(value: str) -> bytes:
+    """An id as PostgreSQL stores it (`id_text` gives it back)."""
+    stored = db_id(value)
+    if type(stored) is bytes:
+        return stored
+    raw = stored.encode()
+    return raw + b"\0" if len(raw) == 16 else raw
+
+
+def id_text(stored: bytes | None) -> str | None:
+    """An id stored by `id_bytes`, as the caller gave it."""
+    if stored is None or len(stored) == 16:
+        return py_id(None if stored is None else bytes(stored))
+    return bytes(stored).removesuffix(b"\0").decode()
+
+
+def id_bytes_sql(column: str) -> str:
+    """`id_bytes` of a text column, as a SQL expression (`column` is a constant name)."""
+    return (
+        f"CASE WHEN {column} ~ '^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$' "
+        f"THEN decode(replace({column}, '-', ''), 'hex') "
+        f"WHEN octet_length({column}) = 16 THEN convert_to({column}, 'UTF8') || '\\x00'::bytea "
+        f"ELSE convert_to({column}, 'UTF8') END"
+    )
+
+
 # -- task paths ------------------------------------------------------------------
 #
 # Almost every write's task path is LangGraph's "~__pregel_pull, NODE" (a node

@@ -773,7 +773,7 @@ def test_a_checkpoint_blob_moved_to_another_checkpoint_is_refused(store_url):
         store_url,
         "UPDATE checkpoints SET checkpoint = (SELECT checkpoint FROM checkpoints WHERE thread_key = ? "
         "ORDER BY checkpoint_id LIMIT 1) WHERE thread_key = ? AND checkpoint_id = "
-        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_key = ?)",
+        "(SELECT checkpoint_id FROM checkpoints WHERE thread_key = ? ORDER BY checkpoint_id DESC LIMIT 1)",
         (key, key, key),
     )
     with open_url(store_url, KEY) as saver:

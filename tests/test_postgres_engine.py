@@ -4,10 +4,18 @@ a chat turn in few round trips."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
+from langgraph.graph import START, MessagesState, StateGraph
 from psycopg.pq import Trace
 
 from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_saver
@@ -127,3 +135,84 @@ def test_a_chat_turn_waits_for_the_server_at_most_24_times(postgres_url, tmp_pat
         before = trips.count()
         app.invoke({"messages": [human(9)]}, config)
         assert trips.count() - before <= 24
+
+
+PREVIOUS_RELEASE = "cbc4702"
+"""The last commit whose schema is version 5 (before ids were stored as bytes)."""
+
+_WRITE_AS_PREVIOUS_RELEASE = """
+import json, sys
+from checkpointers import open_saver
+from tests.chat import chat_graph, human
+with open_saver(sys.argv[1], encryption_key=sys.argv[2]) as saver:
+    for thread_id, delta in (("old", False), ("old-delta", True)):
+        app = chat_graph(saver, delta=delta)
+        config = {"configurable": {"thread_id": thread_id, "user_id": "alice"}}
+        for n in range(4):
+            app.invoke({"messages": [human(n)]}, config)
+    state = chat_graph(saver).get_state({"configurable": {"thread_id": "old"}})
+    print(json.dumps([m.content for m in state.values["messages"]]))
+"""
+
+
+def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgres_url, tmp_path):
+    """Written by the previous release's code (schema version 5, ids as text, sealed with a
+    key), migrated when this release opens it: every thread reads back and goes on."""
+    repo = Path(__file__).resolve().parent.parent
+    old_code = tmp_path / "previous-release"
+    old_code.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", PREVIOUS_RELEASE, "checkpointers", "tests/chat.py"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        pytest.skip(f"the previous release's code is not in this checkout's history ({PREVIOUS_RELEASE})")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(old_code, filter="data")
+    key = "a key of at least sixteen characters"
+    written = subprocess.run(
+        [sys.executable, "-c", _WRITE_AS_PREVIOUS_RELEASE, postgres_url, key],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(old_code)}, cwd=old_code, check=True,
+    )
+    contents = json.loads(written.stdout)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (5,)
+    with open_saver(postgres_url, encryption_key=key) as saver:
+        app = chat_graph(saver)
+        config = {"configurable": {"thread_id": "old", "user_id": "alice"}}
+        assert [m.content for m in app.get_state(config).values["messages"]] == contents
+        history = list(app.get_state_history(config))
+        assert len(history) == 4 * 3  # a run's input, its step into the model, the model's step
+        assert [h.parent_config["configurable"]["checkpoint_id"] for h in history[:-1]] == [
+            h.config["configurable"]["checkpoint_id"] for h in history[1:]
+        ]
+        app.invoke({"messages": [human(4)]}, config)
+        assert len(app.get_state(config).values["messages"]) == len(contents) + 2
+        delta = chat_graph(saver, delta=True)
+        delta_config = {"configurable": {"thread_id": "old-delta", "user_id": "alice"}}
+        delta.invoke({"messages": [human(4)]}, delta_config)
+        assert [m.content for m in delta.get_state(delta_config).values["messages"]][: len(contents)] == contents
+
+
+def test_a_turn_moves_the_threads_updated_at_once_and_a_failed_run_moves_it_too(postgres_url):
+    """Only the checkpoint that ends a run (or its error) sets `updated_at`: the steps it goes
+    on from update the row in place, so its two indexes on `updated_at` gain one entry a turn."""
+
+    def fails(state: dict) -> dict:
+        raise RuntimeError("the model is down")
+
+    with open_saver(postgres_url) as saver:
+        app = chat_graph(saver)
+        config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+        app.invoke({"messages": [human(0)]}, config)
+        first = saver.threads.get("t")
+        app.invoke({"messages": [human(1)]}, config)
+        second = saver.threads.get("t")
+        assert second.updated_at > first.updated_at and second.message_count == 4
+        builder = StateGraph(MessagesState)
+        builder.add_node("model", fails)
+        builder.add_edge(START, "model")
+        with pytest.raises(RuntimeError, match="the model is down"):
+            builder.compile(checkpointer=saver).invoke({"messages": [human(2)]}, config)
+        third = saver.threads.get("t")
+        assert third.updated_at > second.updated_at and third.message_count == 5

@@ -259,3 +259,19 @@ def test_a_copied_thread_keeps_its_messages_times_and_metadata(store):
         (m.message_id, m.created_at, m.metadata) for m in original
     ]
     assert copied[0].created_at == given and copied[0].metadata == {"lang": "en", "n": 3}
+
+
+@pytest.mark.parametrize("checkpoint_id", ["not-a-uuid", "exactly16chars!!", "1EF4F797-8335-6428-8001-8A1503F9B875"])
+def test_a_checkpoint_id_that_is_not_a_lowercase_uuid_reads_back_as_given(store, checkpoint_id):
+    """LangGraph's ids are lowercase UUIDs, kept as 16 bytes; any other id a caller gives stays
+    its text (one of 16 bytes too: it must not read back as a UUID)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    checkpoint = {**empty_checkpoint(), "id": checkpoint_id}
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    saved = store.put(config, checkpoint, {"source": "input", "step": -1}, {})
+    store.put_writes(saved, [("messages", "hello")], task_id="task-of-a-caller")
+    found = store.get_tuple(saved)
+    assert found.checkpoint["id"] == checkpoint_id
+    assert found.pending_writes == [("task-of-a-caller", "messages", "hello")]
+    assert [t.checkpoint["id"] for t in store.list({"configurable": {"thread_id": "t"}})] == [checkpoint_id]

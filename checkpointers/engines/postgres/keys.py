@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from checkpointers import encryption
-from checkpointers.codec import KIND_SERDE
+from checkpointers.codec import KIND_SERDE, id_text
 from checkpointers.encryption import Cipher, KeyRecord, checkpoint_place, message_place, value_place, write_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import EncryptionKeyError
@@ -110,18 +110,24 @@ def key_changed(where: str) -> EncryptionKeyError:
 
 
 _SEALED: tuple[tuple[str, tuple[tuple[str, str], ...], str, Callable[..., bytes]], ...] = (
-    ("checkpoints", (("checkpoint_ns", "text"), ("checkpoint_id", "text")), "checkpoint", checkpoint_place),
+    (
+        "checkpoints",
+        (("checkpoint_ns", "text"), ("checkpoint_id", "bytea")),
+        "checkpoint",
+        lambda key, ns, checkpoint_id: checkpoint_place(key, ns, id_text(checkpoint_id)),
+    ),
     ("channel_values", (("value_no", "integer"),), "value", value_place),
     ("messages", (("message_no", "integer"),), "value", message_place),
     (
         "writes",
-        (("checkpoint_ns", "text"), ("checkpoint_id", "text"), ("task_id", "text"), ("idx", "integer")),
+        (("checkpoint_ns", "text"), ("checkpoint_id", "bytea"), ("task_id", "bytea"), ("idx", "integer")),
         "value",
-        write_place,
+        lambda key, ns, checkpoint_id, task_id, idx: write_place(key, ns, id_text(checkpoint_id), id_text(task_id), idx),
     ),
 )
 """Per-thread tables with a sealed column: (table, its key columns after thread_key with
-their types, the sealed column, the place of a row's value). Names are constants."""
+their types, the sealed column, the place of a row's value: ids in places are the ids'
+text, as callers gave them, whatever their column holds). Names are constants."""
 
 _WHICH = {"channel_values": f" AND kind = {KIND_SERDE}"}
 """Rows whose value is sealed, where not every row's is (lists of message numbers stay in clear)."""

@@ -2,7 +2,7 @@
 part of `ThreadSaver` (see `checkpointers.engines.sqlite.saver`).
 
 A run's input checkpoint, a step's checkpoint the run goes on from
-(`_more_steps_follow`), and a running graph's task writes (`_may_defer`) are
+(`checkpoint_codec.run_goes_on`), and a running graph's task writes (`_may_defer`) are
 serialised when LangGraph hands them over and wait in `_deferred` for the
 transaction of what the thread saves next (`_carry_deferred`), or for any
 other write of the saver (`_write_deferred`); what nothing carries within
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, ChannelVersions, Checkpoint
-from langgraph.checkpoint.serde.types import TASKS
 
 from checkpointers.engines.sqlite import fts
 from checkpointers.messages import (
@@ -103,18 +102,6 @@ class _DeferredPut:
     """Channel values: live objects, or (deferred) captured by `ThreadSaver._captured_values`."""
     updated_at: str
     due: float
-
-
-def _more_steps_follow(checkpoint: Checkpoint) -> bool:
-    """Whether the run that put this step's checkpoint goes on to another step:
-    it triggered a node (`branch:to:<node>`) or pushed a task (`Send`).
-
-    Such a checkpoint is followed by its tasks' writes and the next step's
-    checkpoint unless the run stops at a static `interrupt_before`/`interrupt_after`
-    or its step limit; then the flusher writes it within `DEFERRED_WRITES_FLUSH_AFTER`.
-    A checkpoint that ends a run is written before `put` returns.
-    """
-    return any(c == TASKS or c.startswith("branch:to:") for c in checkpoint.get("updated_channels") or ())
 
 
 class _DeferredWriting:

@@ -74,7 +74,6 @@ from checkpointers.engines.sqlite.deferred import (
     _DeferredPut,
     _DeferredWrites,
     _DeferredWriting,
-    _more_steps_follow,
     _retry_may_help,
 )
 from checkpointers.engines.sqlite.kept import _KeptCheckpoint, _KeptTuple
@@ -546,7 +545,7 @@ class ThreadSaver(
         """Store a checkpoint.
 
         A run's input checkpoint (source "input"), and a step's checkpoint after
-        which the run goes on (`_more_steps_follow`), are captured now and written
+        which the run goes on (`checkpoint_codec.run_goes_on`), are captured now and written
         in the transaction of what LangGraph saves next for the thread, or by the
         flusher after `DEFERRED_WRITES_FLUSH_AFTER` (see `put_writes`): a chat
         turn commits once, with the checkpoint that ends it.
@@ -560,16 +559,11 @@ class ThreadSaver(
         )
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
-        values = checkpoint["channel_values"]
-        nones = [channel for channel, value in values.items() if value is None and channel in checkpoint["channel_versions"]]
+        nones = checkpoint_codec.none_channels(checkpoint)
         type_, blob = self._dump_checkpoint(stored, json.loads(metadata_json), nones, checkpoint["id"])
-        if nones and type_ == checkpoint_codec.TYPE:
-            # The row says which channels hold None: no value rows for them.
-            values = {channel: value for channel, value in values.items() if value is not None}
-        elif nones:
-            # A row that cannot say so: rows for every None, not only new ones, as a
-            # version first stored by a row that could has none of its own.
-            new_versions = {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
+        values, new_versions = checkpoint_codec.values_to_store(
+            checkpoint, new_versions, nones, type_ == checkpoint_codec.TYPE
+        )
         run_id = full_metadata.get("run_id")
         entry = _DeferredPut(
             thread_id=thread_id,
@@ -587,10 +581,7 @@ class ThreadSaver(
             updated_at=utc_now(),
             due=time.monotonic() + DEFERRED_WRITES_FLUSH_AFTER,
         )
-        waits = self._defer_writes and (
-            full_metadata.get("source") == "input"
-            or (full_metadata.get("source") == "loop" and _more_steps_follow(checkpoint))
-        )
+        waits = self._defer_writes and checkpoint_codec.run_goes_on(checkpoint, full_metadata)
         with self._deferred_cond:  # see `_defer`
             latest = self._latest_put.get((thread_id, ns))
             if latest is None or checkpoint["id"] > latest[0]:
