@@ -194,9 +194,10 @@ def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgre
         assert [m.content for m in delta.get_state(delta_config).values["messages"]][: len(contents)] == contents
 
 
-def test_a_turn_moves_the_threads_updated_at_once_and_a_failed_run_moves_it_too(postgres_url):
-    """Only the checkpoint that ends a run (or its error) sets `updated_at`: the steps it goes
-    on from update the row in place, so its two indexes on `updated_at` gain one entry a turn."""
+def test_a_turn_moves_the_threads_updated_at_and_so_do_a_failed_run_and_a_static_interrupt(postgres_url):
+    """A run's input and the checkpoint that ends it (or its error) set `updated_at`: the steps
+    it goes on from update the row in place, so its two indexes on `updated_at` gain two
+    entries a turn. A run stopped by a static `interrupt_before` has no ending checkpoint."""
 
     def fails(state: dict) -> dict:
         raise RuntimeError("the model is down")
@@ -216,3 +217,8 @@ def test_a_turn_moves_the_threads_updated_at_once_and_a_failed_run_moves_it_too(
             builder.compile(checkpointer=saver).invoke({"messages": [human(2)]}, config)
         third = saver.threads.get("t")
         assert third.updated_at > second.updated_at and third.message_count == 5
+        paused = chat_graph(saver).builder.compile(checkpointer=saver, interrupt_before=["model"])
+        paused.invoke({"messages": [human(3)]}, config)
+        assert paused.get_state(config).next == ("model",)
+        fourth = saver.threads.get("t")
+        assert fourth.updated_at > third.updated_at and fourth.message_count == 6

@@ -165,12 +165,21 @@ WHERE thread_key = %(thread_key)s
 """
 """A checkpoint's whole write after its thread's row is locked: one statement, sent with the
 usage counters' and the `COMMIT` (nothing of it is read back). `updated_at` is None for a
-checkpoint the run goes on from (`checkpoint_codec.run_goes_on`): the thread's row then
-changes no indexed column, so PostgreSQL updates it in place (HOT) without new entries in
-its two indexes on `updated_at`, and the checkpoint that ends the run, or the run's error
-or interrupt (`_TOUCH_THREAD_SQL`), sets the time. Measured through the agent graph: four
-updates of `updated_at` a turn took 573 bytes of index a turn."""
+step's checkpoint the run goes on from (`_sets_updated_at`): the thread's row then changes
+no indexed column, so PostgreSQL updates it in place (HOT) without new entries in its two
+indexes on `updated_at`. The run's input checkpoint sets the time, and so does the
+checkpoint that ends the run, or the run's error or interrupt (`_TOUCH_THREAD_SQL`).
+Measured through the agent graph: four updates of `updated_at` a turn took 573 bytes of
+index a turn."""
 _TOUCH_THREAD_SQL = "UPDATE threads SET updated_at = %s WHERE thread_key = %s"
+
+
+def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bool:
+    """Whether writing this checkpoint sets its thread's `updated_at`: all but the steps a run
+    goes on from (`checkpoint_codec.run_goes_on`). The run's input sets it, so a run that
+    stops where no checkpoint ends it (a static `interrupt_before`) still moves the thread
+    up the list with the message it brought."""
+    return metadata.get("source") != "loop" or not checkpoint_codec.run_goes_on(checkpoint, metadata)
 """A run's error or interrupt (special writes) ends it without a checkpoint: the thread's row
 shows it was updated, as a checkpoint that ends a run does."""
 
@@ -887,7 +896,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "ns": ns, "checkpoint_id": _stored_id(checkpoint["id"]), "parent_id": _stored_id(configurable.get("checkpoint_id")),
                 "run_id": _stored_id(run_id), "type": type_, "checkpoint": blob,
                 "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
-                "updated_at": None if checkpoint_codec.run_goes_on(checkpoint, full_metadata) else utc_now(),
+                "updated_at": utc_now() if _sets_updated_at(checkpoint, full_metadata) else None,
                 "message_count": message_count,
                 "title": encryption.seal_title(self._cipher, title, thread_id), "user_id": user_id,
             },
