@@ -11,6 +11,8 @@ sentence, before anything is queued or written.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from checkpointers.errors import UnstorableInputError
@@ -45,6 +47,20 @@ def check_value(value: Any, what: str = "message") -> None:
         raise UnstorableInputError(
             f"The {what} contains a character that is not valid Unicode (a lone surrogate); it cannot be stored."
         )
+
+
+def checkpoint_metadata_json(metadata: dict[str, Any]) -> str:
+    """A checkpoint's metadata (with what the run's config adds) as the JSON both engines
+    keep; `UnstorableInputError` if it holds a lone surrogate, or a NUL, which PostgreSQL's
+    `jsonb` cannot hold (refused on both engines alike, so a store can move)."""
+    text = check_text(json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata")
+    if _JSON_NUL.search(text):
+        raise UnstorableInputError("The run's metadata cannot contain the NUL character.")
+    return text
+
+
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+r"""A NUL in JSON text: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then "u0000")."""
 
 
 def storable_text(text: str) -> bool:

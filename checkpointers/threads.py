@@ -36,11 +36,21 @@ ANY_USER: Any = object()
 """Pass as `user_id` to skip the ownership check (operators and tests only)."""
 
 
+_CONTROLS_TO_SPACE = dict.fromkeys([*range(32), 127], " ")
+
+
+def one_line(text: str) -> str:
+    """`text` with each run of white space and control characters made one space, and
+    trimmed: a title, or a search for one (a title holds no control character, and
+    PostgreSQL's `text` cannot hold NUL)."""
+    return " ".join(str(text).translate(_CONTROLS_TO_SPACE).split())
+
+
 def title_from_messages(messages: list[BaseMessage]) -> str | None:
     """The start of the first human message, on one line, or None if there is none."""
     for message in messages:
         if isinstance(message, HumanMessage):
-            text = " ".join(message_text(message).split())
+            text = one_line(message_text(message))
             if not text:
                 continue
             return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rstrip() + "…"
@@ -155,10 +165,22 @@ def metadata_patch(changes: dict[str, Any]) -> str:
     """Metadata changes as the JSON merge patch both engines apply (a key set to None is removed)."""
     if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
         raise ValueError("thread metadata must be a dict with string keys")
+    if _holds_nul(changes):  # PostgreSQL's jsonb has none: refused on both engines alike
+        raise ValueError("thread metadata cannot contain the NUL character")
     try:
         return json.dumps(changes, allow_nan=False)  # neither engine's JSON has NaN or Infinity
     except (TypeError, ValueError) as exc:
         raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(map(_holds_nul, value))
+    return False
 
 
 def check_limit(limit: int) -> None:

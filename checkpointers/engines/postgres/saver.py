@@ -101,7 +101,7 @@ from checkpointers.messages import (
     utc_now,
 )
 from checkpointers.sessions import SessionStore
-from checkpointers.storable import check_id, check_text, check_value
+from checkpointers.storable import check_id, check_text, check_value, checkpoint_metadata_json
 from checkpointers.threads import ANY_USER, title_from_messages
 
 MESSAGES_CHANNEL = "messages"
@@ -861,9 +861,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
-        metadata_json = check_text(
-            json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
-        )
+        metadata_json = checkpoint_metadata_json(full_metadata)
         user_id = checked_owner(full_metadata.get("user_id"), configurable.get("user_id"))
         nones = checkpoint_codec.none_channels(checkpoint)
         type_, blob = self._dump_checkpoint(checkpoint, nones)

@@ -40,6 +40,7 @@ from checkpointers.threads import (
     check_limit,
     checked_metadata_filter,
     checked_user,
+    one_line,
     clean_title,
     decode_cursor,
     encode_cursor,
@@ -143,7 +144,7 @@ class PostgresThreadIndex:
 
     def _search(self, user_id: Any, query: str, limit: int, cursor: str | None) -> Plan[ThreadPage]:
         check_limit(limit)
-        text = " ".join(str(query).split())
+        text = one_line(query)
         if not text:
             return (yield from self._list(user_id, limit, cursor, None, None))
         user_id, text = checked_user(user_id), check_text(text, "search")

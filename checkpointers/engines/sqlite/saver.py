@@ -64,7 +64,7 @@ from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, utc_now
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
-from checkpointers.storable import check_id, check_text
+from checkpointers.storable import check_id, check_text, checkpoint_metadata_json
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
@@ -554,9 +554,7 @@ class ThreadSaver(
         thread_id = check_id(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
-        metadata_json = check_text(
-            json.dumps(full_metadata, ensure_ascii=False, separators=(",", ":"), default=repr), "metadata"
-        )
+        metadata_json = checkpoint_metadata_json(full_metadata)
         # The id lives in its own column; the values in channel_values.
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
         nones = checkpoint_codec.none_channels(checkpoint)

@@ -27,6 +27,7 @@ from checkpointers.threads import (
     check_limit,
     checked_metadata_filter,
     checked_user,
+    one_line,
     clean_title,
     decode_cursor,
     encode_cursor,
@@ -69,7 +70,7 @@ def _search_sql(user_id: str | None, query: str, limit: int, cursor: str | None)
     the full-text index by rowid range, so it stops after `limit` hits and
     never reads another user's rows or index entries.
     """
-    text = " ".join(str(query).split())
+    text = one_line(query)
     like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     probe = fts.words_probe(text)
     sql, params = _user_rows(user_id, cursor)
@@ -152,7 +153,7 @@ class ThreadIndex:
         their hashed tokens.
         """
         check_limit(limit)
-        if not " ".join(str(query).split()):
+        if not one_line(query):
             return self.list(user_id, limit=limit, cursor=cursor)
         user_id, query = checked_user(user_id), check_text(str(query), "search")
         if self._saver._cipher is not None:
@@ -168,7 +169,7 @@ class ThreadIndex:
         """`search` when titles are encrypted: the user's rows newest first, each
         with SQL's answer to "does a message have every word" (hashed tokens),
         and the title matched here after decryption; stops after `limit` hits."""
-        text = " ".join(str(query).split())
+        text = one_line(query)
         needle = text.casefold()
         probe = fts.words_probe(text, self._saver._cipher.search_token)
         words_hit, words_params = probe if probe is not None else ("0", [])

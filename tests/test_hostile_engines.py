@@ -1,0 +1,51 @@
+"""Hostile text through the doors that reach a store's own columns, on both engines.
+
+`tests/test_hostile_input.py` attacks every door of a SQLite store. PostgreSQL's
+`text` and `jsonb` refuse what SQLite keeps (a NUL), so the same text is sent here
+to both engines: as a chat message (the thread's title comes from it), as run
+metadata, as a search, as thread metadata and as a title. Each is stored, or
+refused with one sentence of ours, never a driver's error; and another user's
+thread still reads and takes a turn afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import example, given
+from langchain_core.messages import HumanMessage
+
+from graph import Settings, build_graph
+from tests.hostile import Refused, attempt, hostile_text, scaled
+from tests.scripted import ScriptedChatModel, echo
+
+_numbers = itertools.count()
+
+
+@given(text=hostile_text())
+@example(text="\x00")
+@example(text="a\x00b")
+@example(text="\\u0000")
+@scaled(20)
+def test_any_text_reaches_either_engines_columns_or_is_refused_with_one_sentence(store, text: str):
+    saver = store
+    agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+    if not saver.threads.count("bob"):
+        agent.invoke({"messages": [HumanMessage("bob's note")]}, {"configurable": {"thread_id": "bobs", "user_id": "bob"}})
+    thread_id = f"t-{next(_numbers)}"
+    config = {"configurable": {"thread_id": thread_id, "user_id": "alice"}}
+    said = attempt("message", agent.invoke, {"messages": [HumanMessage(text)]}, config)
+    if not isinstance(said, Refused):
+        assert said["messages"][0].content == text
+        title = saver.threads.get(thread_id, user_id="alice").title
+        assert title is None or not any(ord(c) < 32 for c in title)
+        attempt("thread metadata", saver.threads.update_metadata, thread_id, {"note": text, text: 1}, user_id="alice")
+        attempt("title", saver.threads.rename, thread_id, text, user_id="alice")
+    run = {"configurable": {"thread_id": f"{thread_id}-m", "user_id": "alice"}, "metadata": {text: text}}
+    attempt("run metadata", agent.invoke, {"messages": [HumanMessage("hello")]}, run)
+    found = attempt("search", saver.threads.search, "alice", text)
+    if not isinstance(found, Refused):
+        assert "bobs" not in [t.thread_id for t in found.threads]
+    state = agent.invoke({"messages": [HumanMessage("still there?")]}, {"configurable": {"thread_id": "bobs", "user_id": "bob"}})
+    assert state["messages"][-1].content.endswith("still there?")
+    assert [t.thread_id for t in saver.threads.list("bob").threads] == ["bobs"]
