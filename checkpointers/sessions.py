@@ -156,7 +156,9 @@ class SessionEngine(PlanRunner, Protocol):
     def owner_and_metadata(self, session_id: str) -> Plan[tuple | None]:
         """(user_id, metadata JSON) of the session, locked against other writers until commit."""
 
-    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[None]: ...
+    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[bool]:
+        """Insert the session's row unless a row of that id exists (another process made it since
+        `owner_and_metadata` looked); whether it did."""
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
         """Replace metadata, set the title unless None, and set updated_at."""
@@ -217,11 +219,13 @@ class SessionStore:
         sealed = self._engine.seal_title(_clean_title(title), session_id)
         found = yield from self._engine.owner_and_metadata(session_id)
         now = utc_now()
-        if found is None:
-            yield from self._engine.insert_session(session_id, None if user_id is ANY_USER else user_id, sealed, now, stored)
-        elif user_id is not ANY_USER and found[0] != user_id:
-            raise ThreadNotFoundError(session_id)
-        else:
+        owner = None if user_id is ANY_USER else user_id
+        inserted = found is None and (yield from self._engine.insert_session(session_id, owner, sealed, now, stored))
+        if found is None and not inserted:  # another process made it since we looked
+            found = yield from self._engine.owner_and_metadata(session_id)
+        if not inserted:
+            if found is None or (user_id is not ANY_USER and found[0] != user_id):
+                raise ThreadNotFoundError(session_id)
             yield from self._engine.update_session(session_id, stored, sealed, now)
         return self._session((yield from self._engine.session_row(session_id)))
 
@@ -258,6 +262,8 @@ class SessionStore:
         self, user_id: Any, updated_before: Any, metadata_filter: Any, after: tuple[str, str] | None, limit: int
     ) -> Plan[tuple[list[Session], tuple[str, str] | None]]:
         """A page of sessions and the cursor (updated_at, id as stored) after it."""
+        if user_id is ANY_USER:
+            raise ValueError("sessions are listed one user at a time: give a user id, or None for those without one")
         rows = yield from self._engine.sessions(
             checked_user(user_id),
             updated_before=None if updated_before is None else iso(updated_before),

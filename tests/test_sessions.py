@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from checkpointers import ANY_USER, MessageNotFoundError, ThreadNotFoundError, open_saver
+from checkpointers import ANY_USER, MessageNotFoundError, ThreadNotFoundError, open_saver, stats
 from checkpointers.errors import UnstorableInputError
 from checkpointers.conversation import iso
 from graph import build_graph
@@ -436,6 +436,8 @@ def test_operators_see_every_user_with_any_user(store):
     saver = store
     saver.sessions.put_session("alice", "s-a")
     assert saver.sessions.get_session("s-a", user_id=ANY_USER).user_id == "alice"
+    with pytest.raises(ValueError, match="one user at a time"):
+        saver.sessions.list_recent_sessions(ANY_USER)
 
 
 async def test_async_twins(async_store):
@@ -471,3 +473,43 @@ def test_a_replacement_that_cannot_be_written_leaves_the_message_as_it_was(store
     with pytest.raises(UnstorableInputError):
         sessions.put_message("s-1", HumanMessage("lone \ud800", id="m"), user_id="alice", metadata={"k": 2})
     assert sessions.get_message("s-1", "m", user_id="alice") == before
+
+
+def test_two_processes_putting_one_new_session_at_once_make_it_once(postgres_url: str):
+    """Two savers (each with its own pool, as two app processes have) put the same new
+    session at the same moment: both find no row, one inserts it, and the other, whose
+    insert finds the row made meanwhile, updates it as its owner or is told it does not
+    exist, never a duplicate-key error."""
+    import threading
+
+    rounds = 40
+    with open_saver(postgres_url) as one, open_saver(postgres_url) as two:
+        for owners in (("alice", "alice"), ("alice", "bob")):
+            outcomes: list[str] = []
+            for n in range(rounds):
+                barrier = threading.Barrier(2)
+                session_id = f"{owners[1]}-race-{n}"
+
+                def put(saver, user: str) -> None:
+                    barrier.wait()
+                    try:
+                        saver.sessions.put_session(user, session_id=session_id, metadata={"by": user})
+                        outcomes.append("put")
+                    except ThreadNotFoundError:
+                        outcomes.append("not found")
+
+                workers = [threading.Thread(target=put, args=pair) for pair in zip((one, two), owners)]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+            if owners[0] == owners[1]:
+                assert outcomes == ["put"] * 2 * rounds
+            else:
+                assert sorted(outcomes) == ["not found"] * rounds + ["put"] * rounds
+            prefix = f"{owners[1]}-race-"
+            made = [s.session_id for user in set(owners) for s in one.sessions.iter_recent_sessions(user)
+                    if s.session_id.startswith(prefix)]
+            assert sorted(made) == sorted(f"{prefix}{n}" for n in range(rounds))
+        figures = stats.usage(one, None)["totals"]
+    assert figures["threads_created"] == 2 * rounds

@@ -114,15 +114,18 @@ class PostgresSessions(PostgresRunner):
             yield Sql("SELECT user_id, metadata::text FROM threads WHERE thread_id = %s FOR UPDATE", (session_id,), FETCH_ONE)
         )
 
-    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[None]:
-        yield Sql(
+    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[bool]:
+        inserted = yield Sql(
             "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, metadata) "
-            "VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+            "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (thread_id) DO NOTHING",
             (session_id, owner, title, now, now, stored),
             FETCH_NONE,
         )
+        if not inserted:
+            return False
         yield from self._check_key(title)
         yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
+        return True
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
         yield Sql(

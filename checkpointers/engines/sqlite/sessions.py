@@ -63,13 +63,16 @@ class SqliteSessions(SqliteRunner):
         # A write transaction on SQLite already excludes every other writer.
         return (yield Sql("SELECT user_id, metadata FROM threads WHERE thread_id = ?", (session_id,), FETCH_ONE))
 
-    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[None]:
+    def insert_session(self, session_id: str, owner: str | None, title: str | None, now: str, stored: str) -> Plan[bool]:
+        # Writers take turns (`BEGIN IMMEDIATE`), so the row `owner_and_metadata` did not find
+        # is still missing: the insert always happens.
         yield Sql(
             "INSERT INTO threads (thread_id, user_id, title, created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?)",
             (session_id, owner, title, now, now, stored),
             FETCH_NONE,
         )
         yield lambda conn: stats.thread_created(conn, owner)  # usage statistics
+        return True
 
     def update_session(self, session_id: str, stored: str, title: str | None, now: str) -> Plan[None]:
         yield Sql(
