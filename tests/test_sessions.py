@@ -12,6 +12,7 @@ from __future__ import annotations
 import operator
 from contextlib import nullcontext
 import random
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -122,10 +123,8 @@ def random_filter(rng: random.Random, depth: int = 0) -> dict:
 YEAR_START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def populated_store(request, tmp_path_factory):
-    """A store of this module's own, once per engine: the tests that use `populated` only read
-    it (or try writes that must be refused), so it is filled once."""
+def store_of_this_module(request, tmp_path_factory):
+    """An open saver on an empty store of this module's own, on `request.param`'s engine."""
     from tests.postgres import fresh_schema
 
     if request.param == "sqlite":
@@ -134,6 +133,13 @@ def populated_store(request, tmp_path_factory):
         place = fresh_schema(request.getfixturevalue("postgres_database"))
     with place as url, open_saver(url) as saver:
         yield saver
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def populated_store(request, tmp_path_factory):
+    """A store of this module's own, once per engine: the tests that use `populated` only read
+    it (or try writes that must be refused), so it is filled once."""
+    yield from store_of_this_module(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -300,21 +306,33 @@ def test_bad_metadata_and_filters_are_one_sentence(store):
 # -- messages -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def conversation(request, tmp_path_factory):
+    """One session, "chat", of 600 messages with random metadata and creation times (with ties),
+    in a store of this module's own, once per engine. Filled once (600 writes take 3-4 s on SQLite,
+    8-12 s on PostgreSQL here): the tests that use it only read it, and a test that edits takes
+    `own_conversation`."""
+    for saver in store_of_this_module(request, tmp_path_factory):
+        rng = random.Random(99)
+        saver.sessions.put_session("alice", "chat")
+        moments = [YEAR_START + timedelta(seconds=rng.randrange(10**7), microseconds=rng.randrange(10**6)) for _ in range(200)]
+        expected = []
+        for n in range(600):
+            message = (HumanMessage if n % 2 == 0 else AIMessage)(f"message {n}", id=f"m-{n:03d}")
+            metadata = random_metadata(rng)
+            created = rng.choice(moments)
+            saver.sessions.put_message("chat", message, user_id="alice", metadata=metadata, created_at=created)
+            expected.append((created, n, f"m-{n:03d}", metadata))
+        yield saver, expected, moments
+
+
 @pytest.fixture
-def conversation(store):
-    saver = store
-    """One session of 600 messages with random metadata and creation times (with ties)."""
-    rng = random.Random(99)
-    saver.sessions.put_session("alice", "chat")
-    moments = [YEAR_START + timedelta(seconds=rng.randrange(10**7), microseconds=rng.randrange(10**6)) for _ in range(200)]
-    expected = []
-    for n in range(600):
-        message = (HumanMessage if n % 2 == 0 else AIMessage)(f"message {n}", id=f"m-{n:03d}")
-        metadata = random_metadata(rng)
-        created = rng.choice(moments)
-        saver.sessions.put_message("chat", message, user_id="alice", metadata=metadata, created_at=created)
-        expected.append((created, n, f"m-{n:03d}", metadata))
-    return saver, expected, moments
+def own_conversation(conversation):
+    """`conversation`'s session copied, its whole history with it, to a session of this test's own."""
+    saver, expected, moments = conversation
+    session_id = f"chat-{uuid.uuid4().hex[:8]}"
+    saver.copy_thread("chat", session_id)
+    return saver, session_id, expected
 
 
 def reference_messages(expected, *, order="asc", after=None, before=None, expr=None):
@@ -361,22 +379,25 @@ def test_iterating_messages_pages_in_both_orders(conversation):
         assert got == reference_messages(expected, order=order, expr=expr)
 
 
-def test_update_keeps_position_and_time_and_delete_erases(conversation):
-    saver, expected, _ = conversation
+def test_update_keeps_position_and_time_and_delete_erases(own_conversation):
+    saver, chat, expected = own_conversation
     sessions = saver.sessions
     created, _, mid, metadata = expected[10]
-    updated = sessions.update_message("chat", mid, user_id="alice", message="edited", metadata={"topic": "new", "blob": None})
+    updated = sessions.update_message(chat, mid, user_id="alice", message="edited", metadata={"topic": "new", "blob": None})
     assert (updated.position, updated.created_at, updated.message.content) == (10, created, "edited")
     assert updated.metadata == {**{k: v for k, v in metadata.items() if k != "blob"}, "topic": "new"}
-    with pytest.raises(MessageNotFoundError, match="no message with id 'nope' in session 'chat'"):
-        sessions.update_message("chat", "nope", user_id="alice", message="x")
-    assert sessions.delete_message("chat", "m-011", user_id="alice") is True
-    assert sessions.delete_message("chat", "m-011", user_id="alice") is False
-    assert sessions.get_message("chat", "m-012", user_id="alice").position == 11
+    with pytest.raises(MessageNotFoundError, match=f"no message with id 'nope' in session '{chat}'"):
+        sessions.update_message(chat, "nope", user_id="alice", message="x")
+    assert sessions.delete_message(chat, "m-011", user_id="alice") is True
+    assert sessions.delete_message(chat, "m-011", user_id="alice") is False
+    assert sessions.get_message(chat, "m-012", user_id="alice").position == 11
     # Erased: no checkpoint of the thread holds it any more.
-    for checkpoint in saver.list({"configurable": {"thread_id": "chat"}}):
+    for checkpoint in saver.list({"configurable": {"thread_id": chat}}):
         assert "m-011" not in {m.id for m in checkpoint.checkpoint["channel_values"].get("messages", [])}
-    assert len(sessions.list_messages("chat", user_id="alice")) == 599
+    assert len(sessions.list_messages(chat, user_id="alice")) == 599
+    # ...of this session only: the one it was copied from is as it was.
+    assert sessions.get_message("chat", mid, user_id="alice").message.content == "message 10"
+    assert len(sessions.list_messages("chat", user_id="alice")) == 600
 
 
 def test_delete_all_messages_keeps_the_session(store):
