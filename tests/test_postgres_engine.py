@@ -19,6 +19,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from psycopg.pq import Trace
 
 from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_saver
+from checkpointers.engines.postgres import connection
 from checkpointers.engines.postgres.schema import MIGRATIONS
 from graph import Settings, build_graph
 from tests.chat import chat_graph, human
@@ -68,7 +69,10 @@ def test_an_encryption_key_from_the_environment_is_used_rather_than_ignored(post
             pass
 
 
-def test_an_unreachable_server_is_one_clear_sentence_without_the_password():
+def test_an_unreachable_server_is_one_clear_sentence_without_the_password(monkeypatch):
+    # The pool retries a refused connection until this timeout (10 s), then gives up: the
+    # sentence is the same after one second, and the test is not spent waiting.
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT_S", 1.0)
     with pytest.raises(StoreUnavailableError) as raised:
         with open_saver("postgresql://someone:hunter2@127.0.0.1:1/nothing"):
             pass
