@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+from pathlib import Path
 from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, HumanMessage
@@ -11,6 +12,8 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
+
+from checkpointers import open_saver
 
 WORDS = "the of and to in is you that it was for on are as with they at be this have from or one had by".split()
 
@@ -48,6 +51,16 @@ def chat_graph(checkpointer: Any, *, seed: int = 0, delta: bool = False):
 
 def human(n: int, rng: random.Random | None = None) -> HumanMessage:
     return HumanMessage(sentence(rng or random.Random(n), 100), id=f"human-{n}")
+
+
+def long_thread(where: Path | str, turns: int) -> list:
+    """A thread of `turns` turns in the store at `where` (a SQLite file or a store URL)."""
+    with open_saver(where if isinstance(where, str) else f"sqlite:///{where}") as saver:
+        graph = chat_graph(saver)
+        config = {"configurable": {"thread_id": "long", "user_id": "alice"}}
+        for n in range(turns):
+            graph.invoke({"messages": [human(n)]}, config)
+        return graph.get_state(config).values["messages"]
 
 
 def echo_graph(checkpointer: Any, prefix: str = "you said: "):

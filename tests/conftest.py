@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,24 @@ def saver(db_path: Path):
     s = ThreadSaver(db_path)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def _thousand_turn_store(tmp_path_factory) -> Path:
+    from tests.chat import long_thread
+
+    path = tmp_path_factory.mktemp("thousand-turns") / "threadkeeper.db"
+    long_thread(path, 1000)
+    return path
+
+
+@pytest.fixture
+def thousand_turn_thread(_thousand_turn_store: Path, db_path: Path) -> Path:
+    """`db_path`, a SQLite store holding one thread, "long" of user alice: 1,000 turns of
+    `tests.chat.chat_graph` (2,000 messages). Written once per test session (1,000 turns
+    take 6-9 s here) and copied for each test, which may change its copy as it likes."""
+    shutil.copyfile(_thousand_turn_store, db_path)
+    return db_path
 
 
 @pytest.fixture(scope="session")

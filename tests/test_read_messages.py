@@ -8,17 +8,7 @@ from pathlib import Path
 import pytest
 
 from checkpointers import ThreadNotFoundError, ThreadSaver, open_saver
-from tests.chat import chat_graph, human
-
-
-def long_thread(where: Path | str, turns: int) -> list:
-    """A thread of `turns` turns in the store at `where` (a SQLite file or a store URL)."""
-    with open_saver(where if isinstance(where, str) else f"sqlite:///{where}") as saver:
-        graph = chat_graph(saver)
-        config = {"configurable": {"thread_id": "long", "user_id": "alice"}}
-        for n in range(turns):
-            graph.invoke({"messages": [human(n)]}, config)
-        return graph.get_state(config).values["messages"]
+from tests.chat import chat_graph, human, long_thread
 
 
 def test_pages_of_the_newest_messages_match_the_state(store_url: str):
@@ -51,8 +41,8 @@ def segment_steps(saver: ThreadSaver, thread_id: str) -> int:
     return steps["segments"]
 
 
-def test_a_page_of_a_1000_turn_thread_loads_only_that_page(db_path: Path):
-    long_thread(db_path, 1000)
+def test_a_page_of_a_1000_turn_thread_loads_only_that_page(thousand_turn_thread: Path):
+    db_path = thousand_turn_thread
     saver = ThreadSaver(db_path)
     loaded = []
     original = saver._load_message

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.chat import human
 from tests.fake_openai import FakeOpenAI
 from tests.serve import ROOT, Server
 
@@ -275,16 +276,8 @@ def test_model_errors_are_one_line_and_retry_works(browser, server: Server, mode
     context.close()
 
 
-def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser, tmp_path: Path):
-    from checkpointers import ThreadSaver
-    from tests.chat import chat_graph, human
-
-    saver = ThreadSaver(tmp_path / "threadkeeper.db")
-    graph = chat_graph(saver)
-    for n in range(1000):
-        graph.invoke({"messages": [human(n)]}, {"configurable": {"thread_id": "long", "user_id": "alice"}})
-    saver.close()
-    server = Server(tmp_path, THREADKEEPER_USERS="alice:wonderland,bob:builder").start()
+def test_signed_in_user_opens_a_1000_turn_thread_at_its_newest_messages(browser, thousand_turn_thread: Path):
+    server = Server(thousand_turn_thread.parent, THREADKEEPER_USERS="alice:wonderland,bob:builder").start()
     try:
         context = browser.new_context(viewport={"width": 390, "height": 844})
         page = context.new_page()
