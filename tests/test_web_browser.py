@@ -34,17 +34,27 @@ def browser():
         b.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model_server():
     with FakeOpenAI() as s:
         yield s
 
 
-@pytest.fixture
-def server(tmp_path: Path, model_server: FakeOpenAI):
-    s = Server(tmp_path, OPENAI_BASE_URL=model_server.base_url, OPENAI_API_KEY="k", THREADKEEPER_MODEL="fake-model", THREADKEEPER_MODEL_RETRIES="0").start()
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, model_server: FakeOpenAI):
+    data = tmp_path_factory.mktemp("web-browser")
+    s = Server(data, OPENAI_BASE_URL=model_server.base_url, OPENAI_API_KEY="k", THREADKEEPER_MODEL="fake-model", THREADKEEPER_MODEL_RETRIES="0").start()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def server(shared_server: Server, model_server: FakeOpenAI):
+    """One server for the module (a start is 5-6 s): each test is a visitor of its own (a
+    new browser context, so a new anonymous person who sees only their threads), and the
+    model's plan starts empty."""
+    model_server.plan.clear()
+    return shared_server
 
 
 def shot(page: Page, name: str) -> None:
@@ -136,6 +146,7 @@ def files_holding(folder: Path, text: str) -> list[Path]:
 
 
 def test_rename_pin_search_export_and_delete(browser, model_server: FakeOpenAI, tmp_path: Path):
+    model_server.plan.clear()
     temp = tmp_path / "server-temp"  # the server's temporary directory: its exports and Gradio's copies
     temp.mkdir()
     server = Server(
@@ -227,6 +238,7 @@ def test_an_uploaded_database_answers_questions(browser, server: Server, model_s
     conn.close()
     bad = tmp_path / "notes.db"
     bad.write_text("not a database")
+    asked = len(model_server.requests)
     model_server.plan.extend([
         ("tool", ("query_database", {"sql": "SELECT sum(total) FROM orders WHERE customer = 'Ada'"})),
         ("tool_result", "The database says:"),
@@ -247,7 +259,7 @@ def test_an_uploaded_database_answers_questions(browser, server: Server, model_s
     send(page, "How much did Ada spend?")
     bot_said(page, "162.75")
     shot(page, "database-answer")
-    assert model_server.requests[0]["tools"][2]["function"]["name"] == "query_database"
+    assert model_server.requests[asked]["tools"][2]["function"]["name"] == "query_database"
     page.reload()
     open_app(page, server.url)
     page.locator("#thread-list label").first.click()
