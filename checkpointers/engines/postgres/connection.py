@@ -339,6 +339,7 @@ def acquire(url: str) -> ConnectionPool:
     with _pools_lock:
         shared = _pools.get(url)
         if shared is None:
+            _probe(url)
             pool = ConnectionPool(url, check=_check, reset=_note_return, **_pool_options())
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -368,6 +369,10 @@ async def acquire_async(url: str) -> AsyncConnectionPool:
     `release_async`. Raises `StoreUnavailableError` when the server cannot be reached."""
     key = (url, asyncio.get_running_loop())
     with _pools_lock:
+        opened = key in _pools
+    if not opened:
+        await _aprobe(url)
+    with _pools_lock:
         shared = _pools.get(key)
         if shared is None:
             pool = AsyncConnectionPool(url, check=_acheck, reset=_anote_return, **_pool_options())
@@ -395,6 +400,24 @@ async def release_async(url: str) -> None:
     await shared.pool.close()
 
 
+def _probe(url: str) -> None:
+    """Connect once before a pool is opened: a pool retries a refused connection until its
+    timeout and then says only that it is not ready, where this fails at once with the
+    server's or the network's reason ("Connection refused", an unknown database, a wrong
+    password)."""
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+    except psycopg.Error as exc:
+        raise unavailable(url, exc) from exc
+
+
+async def _aprobe(url: str) -> None:
+    try:
+        await (await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S))).close()
+    except psycopg.Error as exc:
+        raise unavailable(url, exc) from exc
+
+
 def has_store(url: str) -> bool:
     """Whether the database (the schema its URL's `search_path` names) holds a threadkeeper
     store, found without creating one. Raises `StoreUnavailableError` when unreachable."""
@@ -407,8 +430,10 @@ def has_store(url: str) -> bool:
 
 
 def unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
-    """The store's one sentence for a server that cannot be reached (the password left out)."""
-    return StoreUnavailableError(f"cannot reach the PostgreSQL database {redacted(url)}: {exc}")
+    """The store's one sentence for a server that cannot be reached (the password left out; libpq's
+    reason on one line)."""
+    reason = " ".join(str(exc).split())
+    return StoreUnavailableError(f"cannot reach the PostgreSQL database {redacted(url)}: {reason}")
 
 
 def redacted(url: str) -> str:
