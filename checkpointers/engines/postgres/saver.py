@@ -172,6 +172,8 @@ checkpoint that ends the run, or the run's error or interrupt (`_TOUCH_THREAD_SQ
 Measured through the agent graph: four updates of `updated_at` a turn took 573 bytes of
 index a turn."""
 _TOUCH_THREAD_SQL = "UPDATE threads SET updated_at = %s WHERE thread_key = %s"
+"""A run's error or interrupt (special writes) ends it without a checkpoint: the thread's row
+shows it was updated, as a checkpoint that ends a run does."""
 
 
 def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bool:
@@ -180,8 +182,6 @@ def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bo
     stops where no checkpoint ends it (a static `interrupt_before`) still moves the thread
     up the list with the message it brought."""
     return metadata.get("source") != "loop" or not checkpoint_codec.run_goes_on(checkpoint, metadata)
-"""A run's error or interrupt (special writes) ends it without a checkpoint: the thread's row
-shows it was updated, as a checkpoint that ends a run does."""
 
 _WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value)"
 _WRITES_ROWS = (
