@@ -373,8 +373,8 @@ def run_goes_on(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bool:
     (source "input"), or a step's that triggered a node (`branch:to:<node>`) or pushed a
     task (`Send`). Such a checkpoint is followed by its tasks' writes and the next step's
     checkpoint, unless the run stops at a static `interrupt_before`/`interrupt_after` or its
-    step limit. SQLite defers writing it; PostgreSQL leaves the thread's `updated_at` for
-    the checkpoint that ends the run."""
+    step limit. SQLite defers writing it; PostgreSQL leaves the thread's `updated_at` as it
+    is for such a step's checkpoint (the run's input and its end set it)."""
     source = metadata.get("source")
     return source == "input" or (
         source == "loop"
