@@ -41,6 +41,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from checkpointers.threads import checked_user
+
 if TYPE_CHECKING:
     from checkpointers.engines.postgres.saver import PostgresThreadSaver
     from checkpointers.engines.sqlite.saver import ThreadSaver
@@ -337,6 +339,7 @@ def delete_user(saver: Saver, user_id: str | None) -> int:
 
     What "erase their traces" covers differs by engine: see docs/storage.md,
     "Erasure on PostgreSQL"."""
+    user_id = checked_user(user_id)
     deleted = 0
     while page := saver.threads.list(user_id, limit=500).threads:
         deleted += saver.delete_threads([t.thread_id for t in page], purge=False)

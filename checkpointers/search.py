@@ -151,16 +151,22 @@ def backlog_body(words: str) -> str:
     return f" {fold(words)} "
 
 
+MAX_LEXEME_CHARS = 500
+"""PostgreSQL's `tsvector` and `tsquery` hold words of at most 2,047 bytes: a longer one
+(a pasted blob; no one types it) is cut to this many characters, in what is indexed and
+in a query alike, so it still finds itself."""
+
+
 def lexemes(words: str) -> list[str]:
     """The distinct tokens of `words` (from `search_words`) as this module's tokenizer
     makes them: what the PostgreSQL engine indexes for a message, so both engines
     match by the same rules."""
-    return list(dict.fromkeys(fold(words).split()))
+    return list(dict.fromkeys(w[:MAX_LEXEME_CHARS] for w in fold(words).split()))
 
 
 def query_lexemes(query: str, token: Callable[[str], str] | None = None) -> list[str]:
     """The tokens a message must all hold to match `query` (as `lexemes` makes them);
     with `token` (an encrypted store), each word's keyed hash, as `hashed_words` indexed it."""
-    return list(dict.fromkeys(fold(" ".join(query_words(query, token))).split()))
+    return lexemes(" ".join(query_words(query, token)))
 
 

@@ -63,6 +63,13 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 r"""A NUL in JSON text: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then "u0000")."""
 
 
+def jsonb_storable(value: Any) -> bool:
+    """Whether PostgreSQL's `jsonb` can hold `value` (JSON-like): no NUL and no lone surrogate
+    in any key or text of it."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return storable_text(text) and not _JSON_NUL.search(text)
+
+
 def storable_text(text: str) -> bool:
     """Whether `text` can be stored exactly (it has a UTF-8 form)."""
     return text.isascii() or _encodes(text)

@@ -25,7 +25,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 
 from checkpointers.errors import InvalidCursorError
 from checkpointers.search import message_text
-from checkpointers.storable import check_id, check_text
+from checkpointers.storable import check_id, check_text, jsonb_storable
 
 
 TITLE_LENGTH = 60
@@ -139,8 +139,12 @@ def checked_metadata_filter(metadata: dict[str, Any] | None) -> list[tuple[str, 
             raise ValueError(
                 f"metadata filter for {key!r} must be a string, number, boolean or null"
             )
-        if '"' in key or "\\" in key or (isinstance(value, int) and not -(2**63) <= value < 2**63):
-            raise ValueError(f"metadata filter for {key!r} cannot be matched: keys without quotes or backslashes, whole numbers of 64 bits")
+        if '"' in key or "\\" in key or "\x00" in key or (isinstance(value, int) and not -(2**63) <= value < 2**63):
+            raise ValueError(
+                f"metadata filter for {key!r} cannot be matched: keys without quotes, backslashes or NUL, whole numbers of 64 bits"
+            )
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"metadata filter for {key!r} cannot be matched: text without the NUL character")
         check_text(key, "filter")
         if isinstance(value, str):
             check_text(value, "filter")
@@ -165,22 +169,12 @@ def metadata_patch(changes: dict[str, Any]) -> str:
     """Metadata changes as the JSON merge patch both engines apply (a key set to None is removed)."""
     if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
         raise ValueError("thread metadata must be a dict with string keys")
-    if _holds_nul(changes):  # PostgreSQL's jsonb has none: refused on both engines alike
-        raise ValueError("thread metadata cannot contain the NUL character")
+    if not jsonb_storable(changes):  # refused on both engines alike, so a store can move
+        raise ValueError("thread metadata cannot contain the NUL character or invalid Unicode (a lone surrogate)")
     try:
         return json.dumps(changes, allow_nan=False)  # neither engine's JSON has NaN or Infinity
     except (TypeError, ValueError) as exc:
         raise ValueError(f"thread metadata must be JSON-serialisable: {exc}") from exc
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(map(_holds_nul, value))
-    return False
 
 
 def check_limit(limit: int) -> None:

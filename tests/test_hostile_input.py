@@ -32,7 +32,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 
-from checkpointers import ThreadNotFoundError, ThreadSaver
+from checkpointers import ANY_USER, ThreadNotFoundError, ThreadSaver, open_saver
 from checkpointers.retention import delete_user
 from graph import Settings, build_graph
 from graph.tools import describe, table_names
@@ -77,13 +77,19 @@ def owner_as_stored(user_id: Any) -> str | None:
 
 
 class Store:
-    """A real store under `root`, the agent graph on it (scripted model), and
-    another user's thread written before anything hostile arrives."""
+    """A real store under `root` (a SQLite file, or with `url` a PostgreSQL schema), the
+    agent graph on it (scripted model), and another user's thread written before anything
+    hostile arrives."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, url: str | None = None) -> None:
         self.root = root
         self.path = root / "data" / "threadkeeper.db"
-        self.saver = ThreadSaver(self.path, encryption_key=None)
+        self._opened = contextlib.ExitStack()
+        if url is None:
+            self.saver = ThreadSaver(self.path, encryption_key=None)
+            self._opened.callback(self.saver.close)
+        else:
+            self.saver = self._opened.enter_context(open_saver(url, encryption_key=None))
         self.graph = build_graph(checkpointer=self.saver, model=ScriptedChatModel(script=echo), settings=Settings())
         self.turn(OTHER_TEXT, OTHER_THREAD, OTHER_USER)
         self.turn("my own first thread", OWN_THREAD, USER)
@@ -105,6 +111,8 @@ class Store:
         assert [m.content for m in first] == [OTHER_TEXT]
         assert OTHER_THREAD in [t.thread_id for t in saver.threads.list(OTHER_USER).threads]
         assert [t.thread_id for t in saver.threads.search(OTHER_USER, "vault").threads] == [OTHER_THREAD]
+        if not isinstance(saver, ThreadSaver):
+            return
         conn = sqlite3.connect(self.path)
         try:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -113,14 +121,21 @@ class Store:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # a poisoned saver has failed its test already
-            within(TIMEOUT_S, self.saver.close)
+            within(TIMEOUT_S, self._opened.close)
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path)
+def store(request, tmp_path: Path):
+    """SQLite, or PostgreSQL for a test marked `BOTH_ENGINES`."""
+    engine = getattr(request, "param", "sqlite")
+    s = Store(tmp_path, request.getfixturevalue("postgres_url") if engine == "postgres" else None)
     yield s
     s.close()
+
+
+BOTH_ENGINES = pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+"""On a test whose inputs reach the store's own columns: PostgreSQL's `text` and `jsonb`
+refuse some of what SQLite keeps, and its errors must become our sentences too."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,6 +171,7 @@ def not_other_users(threads: list, surface: str) -> None:
 # -- messages -------------------------------------------------------------------
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(text=hostile_text_or_big())
 @example(text="\ud800")
@@ -184,6 +200,7 @@ def test_any_message_is_stored_exactly_or_refused_and_the_store_goes_on(store: S
 # -- titles -------------------------------------------------------------------------
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(title=hostile_text_or_big())
 @example(title="\ud800")
@@ -204,6 +221,7 @@ def test_any_title_is_kept_as_one_line_or_refused(store: Store, title: str):
 # -- thread ids -----------------------------------------------------------------------
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(thread_id=hostile_id())
 @example(thread_id="x\x00y")
@@ -259,6 +277,7 @@ def test_any_thread_id_round_trips_or_is_refused_everywhere(store: Store, thread
 BAD_IDS = ["x\x00y", "\x00", "a\ud800", "é\x00x"]
 
 
+@BOTH_ENGINES
 @pytest.mark.parametrize("bad", BAD_IDS)
 def test_an_id_that_cannot_be_stored_exactly_is_refused_by_every_write(store: Store, bad: str, tmp_path: Path):
     """A NUL or a lone surrogate in an id: refused with one sentence, never written, never silently ignored."""
@@ -280,9 +299,7 @@ def test_an_id_that_cannot_be_stored_exactly_is_refused_by_every_write(store: St
     for name, write in writes.items():
         outcome = attempt(f"bad id: {name}", write, echoed=(bad,))
         assert isinstance(outcome, Refused), f"{name} accepted an id with {bad!r} (returned {outcome!r})"
-    conn = sqlite3.connect(store.path)
-    ids = [i for row in conn.execute("SELECT thread_id, user_id FROM threads") for i in row]
-    conn.close()
+    ids = [i for t in saver.threads.list(ANY_USER, limit=500).threads for i in (t.thread_id, t.user_id)]
     assert not [i for i in ids if isinstance(i, str) and "\x00" in i], "an id with NUL was written"
     store.check_usable()
 
@@ -290,6 +307,7 @@ def test_an_id_that_cannot_be_stored_exactly_is_refused_by_every_write(store: St
 # -- user ids ------------------------------------------------------------------------
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(user_id=hostile_id())
 @example(user_id="")
@@ -337,6 +355,7 @@ def test_any_user_id_owns_exactly_its_threads_or_is_refused(store: Store, user_i
 # -- search queries -------------------------------------------------------------------
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(query=hostile_text_or_big())
 @example(query='"')
@@ -356,6 +375,7 @@ def test_any_search_query_answers_from_the_callers_threads_only(store: Store, qu
     store.check_usable()
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(cursor=st.one_of(hostile_text(), st.builds(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).decode(), json_value())),
        limit=st.one_of(st.integers(min_value=-3, max_value=2**70), st.just(20)))
@@ -377,6 +397,7 @@ def as_stored(value: Any) -> Any:
     return bytes(value) if isinstance(value, (bytearray, memoryview)) else value
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(metadata=st.one_of(st.dictionaries(metadata_keys(), metadata_values(), max_size=4), metadata_values()))
 @example(metadata={"k": "\ud800"})
@@ -396,6 +417,7 @@ def test_any_metadata_is_kept_exactly_or_refused(store: Store, metadata: Any):
     store.check_usable()
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(expr=metadata_filters())
 @example(expr={"$or": [{"a\\": 1}, {"$not": {"k": {"$in": ["\ud800"]}}}]})
@@ -413,6 +435,7 @@ def test_any_session_filter_selects_the_callers_sessions_or_is_refused(store: St
     store.check_usable()
 
 
+@BOTH_ENGINES
 @HOSTILE
 @given(expr=st.dictionaries(st.one_of(hostile_text(4), metadata_keys().filter(lambda k: isinstance(k, str))), json_value(), max_size=3))
 @example(expr={"a\\": 1})

@@ -101,7 +101,7 @@ from checkpointers.messages import (
     utc_now,
 )
 from checkpointers.sessions import SessionStore
-from checkpointers.storable import check_id, check_text, check_value, checkpoint_metadata_json
+from checkpointers.storable import check_id, check_text, check_value, checkpoint_metadata_json, jsonb_storable
 from checkpointers.threads import ANY_USER, title_from_messages
 
 MESSAGES_CHANNEL = "messages"
@@ -658,6 +658,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < %s")
             params.append(_stored_id(before_id))
+        if not jsonb_storable(filter or {}):
+            return []  # stored metadata holds no NUL or lone surrogate: nothing matches, as on SQLite
         for key, value in (filter or {}).items():
             # Key and value are bound parameters: nothing of a filter becomes SQL text.
             key = check_text(str(key), "filter")
