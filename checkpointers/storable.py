@@ -32,6 +32,13 @@ def check_id(value: Any, what: str = "thread id") -> str:
     return text
 
 
+def check_ns(value: Any) -> str:
+    """A checkpoint namespace (LangGraph makes them from node names and task ids; a caller's
+    config may hold any) as `check_id` takes an id: PostgreSQL's `text` cannot hold a NUL,
+    so both engines refuse one alike."""
+    return check_id(value, "checkpoint namespace")
+
+
 def check_text(text: str, what: str = "message") -> str:
     """`text` unchanged if it can be stored exactly; `UnstorableInputError` otherwise."""
     if not text.isascii() and not _encodes(text):

@@ -49,3 +49,19 @@ def test_any_text_reaches_either_engines_columns_or_is_refused_with_one_sentence
     state = agent.invoke({"messages": [HumanMessage("still there?")]}, {"configurable": {"thread_id": "bobs", "user_id": "bob"}})
     assert state["messages"][-1].content.endswith("still there?")
     assert [t.thread_id for t in saver.threads.list("bob").threads] == ["bobs"]
+
+
+def test_a_checkpoint_namespace_with_a_nul_is_refused_by_either_engine_with_one_sentence(store):
+    """A caller's config may name any namespace; PostgreSQL's `text` cannot hold a NUL."""
+    saver = store
+    agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+    agent.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "t", "user_id": "alice"}})
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": "a\x00b"}}
+    for surface, call in [
+        ("get_tuple", lambda: saver.get_tuple(config)),
+        ("list", lambda: list(saver.list(config))),
+        ("get_state", lambda: agent.get_state(config)),
+    ]:
+        outcome = attempt(f"namespace: {surface}", call)
+        assert isinstance(outcome, Refused), f"{surface} answered {outcome!r}"
+    assert agent.get_state({"configurable": {"thread_id": "t"}}).values["messages"][-1].content.endswith("hello")

@@ -101,7 +101,7 @@ from checkpointers.messages import (
     utc_now,
 )
 from checkpointers.sessions import SessionStore
-from checkpointers.storable import check_id, check_text, check_value, checkpoint_metadata_json, jsonb_storable
+from checkpointers.storable import check_id, check_ns, check_text, check_value, checkpoint_metadata_json, jsonb_storable
 from checkpointers.threads import ANY_USER, title_from_messages
 
 MESSAGES_CHANNEL = "messages"
@@ -625,7 +625,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _get_tuple(self, config: RunnableConfig) -> Plan[CheckpointTuple | None]:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         if checkpoint_id := get_checkpoint_id(config):
             row = yield Sql(_CHECKPOINT_BY_ID_SQL, (thread_id, ns, _stored_id(checkpoint_id)), FETCH_ONE)
         else:
@@ -651,7 +651,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             params.append(check_id(configurable["thread_id"]))
         if configurable.get("checkpoint_ns") is not None:
             where.append("c.checkpoint_ns = %s")
-            params.append(configurable["checkpoint_ns"])
+            params.append(check_ns(configurable["checkpoint_ns"]))
         if checkpoint_id := configurable.get("checkpoint_id"):
             where.append("c.checkpoint_id = %s")
             params.append(_stored_id(checkpoint_id))
@@ -861,7 +861,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     ) -> Plan[tuple[RunnableConfig, _ThreadTxn]]:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
         metadata_json = checkpoint_metadata_json(full_metadata)
         user_id = checked_owner(full_metadata.get("user_id"), configurable.get("user_id"))
@@ -943,7 +943,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
         user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
-        ns, checkpoint_id = configurable.get("checkpoint_ns", ""), configurable["checkpoint_id"]
+        ns, checkpoint_id = check_ns(configurable.get("checkpoint_ns", "")), configurable["checkpoint_id"]
         dumped = []
         for idx, (channel, value) in enumerate(writes):
             check_value(value, "input")
@@ -1223,7 +1223,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _delta_channel_history(self, config: RunnableConfig, channels: list[str]) -> Plan[dict[str, DeltaChannelHistory]]:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
         if checkpoint_id := get_checkpoint_id(config):

@@ -41,6 +41,7 @@ from checkpointers.codec import (
 )
 from checkpointers.messages import checkpoint_tuple as _checkpoint_tuple, delta_channel_history
 from checkpointers.encryption import checkpoint_place, value_place, write_place
+from checkpointers.storable import check_ns
 
 _SEALED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
 """Kinds of stored values that are serialised (and sealed in an encrypted store); the others are message numbers."""
@@ -217,7 +218,7 @@ class _CheckpointReads:
         channels = list(channels)
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
         with self._read() as conn:

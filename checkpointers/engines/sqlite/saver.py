@@ -64,7 +64,7 @@ from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, utc_now
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
-from checkpointers.storable import check_id, check_text, checkpoint_metadata_json
+from checkpointers.storable import check_id, check_ns, check_text, checkpoint_metadata_json
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
@@ -453,7 +453,7 @@ class ThreadSaver(
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         checkpoint_id = get_checkpoint_id(config)
         with self._lock:
             own = _IN_A_RUN not in configurable
@@ -493,7 +493,7 @@ class ThreadSaver(
             params.append(check_id(configurable["thread_id"]))
         if configurable.get("checkpoint_ns") is not None:
             where.append("c.checkpoint_ns = ?")
-            params.append(configurable["checkpoint_ns"])
+            params.append(check_ns(configurable["checkpoint_ns"]))
         if checkpoint_id := configurable.get("checkpoint_id"):
             where.append("c.checkpoint_id = ?")
             params.append(db_id(checkpoint_id))
@@ -552,7 +552,7 @@ class ThreadSaver(
         """
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         full_metadata = get_serializable_checkpoint_metadata(config, metadata)
         metadata_json = checkpoint_metadata_json(full_metadata)
         # The id lives in its own column; the values in channel_values.
@@ -623,7 +623,7 @@ class ThreadSaver(
             return
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
-        ns = configurable.get("checkpoint_ns", "")
+        ns = check_ns(configurable.get("checkpoint_ns", ""))
         checkpoint_id = configurable["checkpoint_id"]
         channels = [channel for channel, _ in writes]
         user_id = _checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
