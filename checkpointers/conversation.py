@@ -42,7 +42,7 @@ from langchain_core.messages import BaseMessage, convert_to_messages, messages_f
 from checkpointers.engines.base import Call, Plan, Steps, Transfer, Write, drive
 from checkpointers.errors import ThreadNotFoundError
 from checkpointers.threads import ANY_USER
-from checkpointers.messages import utc_now
+from checkpointers.messages import KEPT_OBJECTS_READ, utc_now
 
 if TYPE_CHECKING:
     from checkpointers.engines.sqlite.saver import ThreadSaver
@@ -121,7 +121,10 @@ def owner_of(saver: ThreadSaver, thread_id: str) -> tuple[bool, str | None]:
 def _config(saver: Any, thread_id: str, user_id: Any) -> dict[str, Any]:
     from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 
-    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": "", CONFIG_KEY_CHECKPOINTER: saver}
+    # update_state's read hands its objects to no caller: it may have the kept ones (no copies).
+    configurable: dict[str, Any] = {
+        "thread_id": thread_id, "checkpoint_ns": "", CONFIG_KEY_CHECKPOINTER: saver, KEPT_OBJECTS_READ: True,
+    }
     if user_id is not ANY_USER and user_id is not None:
         configurable["user_id"] = user_id
     return {"configurable": configurable}

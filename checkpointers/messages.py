@@ -188,6 +188,20 @@ class StoredList:
 
 FIELDS = operator.attrgetter("__dict__")
 
+KEPT_OBJECTS_READ = "__threadkeeper_kept_objects"
+"""Put in a read's `configurable` by this project's own `update_state` calls (the sessions
+API, `ThreadChatHistory`), whose reads hand their objects to no caller (see `hands_out_kept`).
+LangGraph keeps keys starting with "__" out of checkpoint metadata."""
+
+
+def hands_out_kept(configurable: dict[str, Any]) -> bool:
+    """Whether a checkpoint read gets the kept objects of its message lists (`StoredList.hand_out`,
+    checked against their snapshots) rather than new copies: the read a LangGraph run starts from
+    (`__pregel_runtime` in its config), or one marked `KEPT_OBJECTS_READ`. Every other read
+    (`get_state`, history, `list`) gets its own copies, as from a stock saver. Copying costs
+    2-4 us a message, so a read that copies grows with the thread."""
+    return "__pregel_runtime" in configurable or KEPT_OBJECTS_READ in configurable
+
 
 def _copy_fields(value: Any) -> Any:
     """`value` with its dicts and lists copied all the way down (other values are shared:

@@ -534,3 +534,22 @@ def test_two_processes_putting_one_new_session_at_once_make_it_once(postgres_url
             assert sorted(made) == sorted(f"{prefix}{n}" for n in range(rounds))
         figures = stats.usage(one, None)["totals"]
     assert figures["threads_created"] == 2 * rounds
+
+
+def test_adding_a_message_does_not_copy_the_conversation(store, monkeypatch):
+    """`put_message` goes through LangGraph's `update_state`, whose read hands its objects to
+    no caller: it gets the kept objects, not a copy of every message (which made each write
+    grow with the session: 18 ms of CPU at 600 messages on PostgreSQL, 7 ms after)."""
+    from checkpointers.messages import StoredList
+
+    saver = store
+    session = saver.sessions.put_session("alice")
+    for n in range(40):
+        saver.sessions.put_message(session.session_id, ("human" if n % 2 == 0 else "ai", f"message {n}"), user_id="alice")
+    copied: list[int] = []
+    original = StoredList.copies
+    monkeypatch.setattr(StoredList, "copies", lambda self: copied.append(len(self.objs)) or original(self))
+    saver.sessions.put_message(session.session_id, ("human", "one more"), user_id="alice")
+    assert copied == []
+    listed = saver.sessions.list_messages(session.session_id, user_id="alice")
+    assert [m.message.content for m in listed] == [f"message {n}" for n in range(40)] + ["one more"]

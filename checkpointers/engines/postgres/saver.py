@@ -91,6 +91,7 @@ from checkpointers.messages import (
     MessagePage,
     StoredList,
     checked_owner,
+    hands_out_kept,
     checkpoint_tuple,
     dump_message,
     encode_list,
@@ -107,9 +108,6 @@ from checkpointers.threads import ANY_USER, title_from_messages
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
 
-_IN_A_RUN = "__pregel_runtime"
-"""In the config of the read a LangGraph run starts from: that read gets the list cache's
-objects, checked against their snapshots (see `StoredList`); every other read gets copies."""
 
 _MISSING = object()
 
@@ -632,7 +630,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             row = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
         if row is None:
             return None
-        return (yield from self._tuple(row[0], thread_id, ns, row[1:], own=_IN_A_RUN not in configurable))
+        return (yield from self._tuple(row[0], thread_id, ns, row[1:], own=not hands_out_kept(configurable)))
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         return self._run(self._get_tuple(config), read=True)

@@ -178,7 +178,7 @@ class _CheckpointReads:
         own: bool = False,
     ) -> CheckpointTuple:
         """A stored checkpoint (ids as stored; the rest as `_load_checkpoint_row` gives it)
-        with its values and writes; `own`: its messages new objects (see `_IN_A_RUN`)."""
+        with its values and writes; `own`: its messages new objects (see `messages.hands_out_kept`)."""
         checkpoint_id, parent_id = py_id(checkpoint_id), py_id(parent_id)
         checkpoint["id"] = checkpoint_id
         versions = checkpoint["channel_versions"]

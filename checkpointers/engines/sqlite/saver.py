@@ -61,7 +61,7 @@ from checkpointers.engines.sqlite import keys, reseal
 from checkpointers.codec import db_id
 from checkpointers.engines.sqlite.attachments import AttachmentStore
 from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
-from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, utc_now
+from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, hands_out_kept, utc_now
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
 from checkpointers.storable import check_id, check_ns, check_text, checkpoint_metadata_json
@@ -92,11 +92,6 @@ DEFERRED_WRITES_FLUSH_AFTER = 0.01
 
 FROM_ENVIRONMENT: Any = object()
 """Default of `ThreadSaver(encryption_key=...)`: read `$THREADKEEPER_ENCRYPTION_KEY`."""
-
-_IN_A_RUN = "__pregel_runtime"
-"""In the config of the read a LangGraph run starts from. That read gets the list cache's
-message objects, checked against their snapshots (see `_StoredList`); every other read
-(`get_state`, history, `list`) gets its own copies, as from a stock saver."""
 
 _KEY_STATE_SQL = (
     f"SELECT (SELECT value FROM store_meta WHERE key = '{encryption.META_KEY}'), "
@@ -456,7 +451,7 @@ class ThreadSaver(
         ns = check_ns(configurable.get("checkpoint_ns", ""))
         checkpoint_id = get_checkpoint_id(config)
         with self._lock:
-            own = _IN_A_RUN not in configurable
+            own = not hands_out_kept(configurable)
             found = self._kept_tuple(thread_id, ns, checkpoint_id, own=own)
             if found is not None:
                 return found
