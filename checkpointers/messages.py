@@ -33,7 +33,7 @@ from langgraph.checkpoint.base import Checkpoint, CheckpointTuple, DeltaChannelH
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
-from checkpointers.codec import pack_numbers
+from checkpointers.codec import pack_numbers, unpack_numbers
 from checkpointers.storable import check_id
 
 # Messages of these exact classes are stored as their field values and rebuilt
@@ -365,6 +365,21 @@ def encode_list(
         return entry, pack_numbers(nos), None, None
     entry = StoredList(value_no, nos, list(messages), base.depth + 1, snaps)
     return entry, pack_numbers(nos[keep:]), base.value_no, keep
+
+
+def chain_numbers(start: StoredList | None, links: list[tuple[bytes, int | None]]) -> list[int]:
+    """A stored list's message numbers from its delta chain: `links` newest first, each (packed
+    numbers, keep), a whole list where keep is None, else a delta that keeps the first `keep`
+    numbers of the list before it; `start` is the cached list the walk stopped at, if any."""
+    nos = list(start.nos) if start else []
+    for blob, keep in reversed(links):
+        tail = unpack_numbers(blob)
+        if keep is None:
+            nos = tail
+        else:  # in place: a link changes the end of the list, not the thousands before it
+            del nos[keep:]
+            nos.extend(tail)
+    return nos
 
 
 def delta_channel_history(

@@ -92,6 +92,7 @@ from checkpointers.messages import (
     StoredList,
     checked_owner,
     hands_out_kept,
+    chain_numbers,
     checkpoint_tuple,
     dump_message,
     encode_list,
@@ -554,13 +555,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 break
         if start is None and cursor is not None:
             raise RuntimeError(f"thread {thread_key}: message list {cursor} is missing")
-        nos = list(start.nos) if start else []
-        for value, keep, _depth in reversed(steps):
-            if keep is None:
-                nos = codec.unpack_numbers(value)
-            else:
-                del nos[keep:]
-                nos.extend(codec.unpack_numbers(value))
+        nos = chain_numbers(start, [(value, keep) for value, keep, _depth in steps])
         ns, channel = rows[0][5], rows[0][6]
         return nos, start, ns, channel, steps[0][2]
 

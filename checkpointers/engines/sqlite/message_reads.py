@@ -30,6 +30,7 @@ from checkpointers.engines.sqlite import fts
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST
 from checkpointers.messages import (
     MAX_CHAIN_DEPTH,
+    chain_numbers,
     MessagePage,
     StoredList as _StoredList,
     load_message,
@@ -220,15 +221,8 @@ class _MessageReads:
                     break
             if start is None and cursor is not None:
                 raise RuntimeError(f"thread {thread_key}: message list {cursor} is missing")
-        nos = list(start.nos) if start else []
+        nos = chain_numbers(start, [(blob, keep) for _, blob, _base, keep, _depth in steps])
         known = start.known() if start else {}
-        for _, blob, _base, keep, _depth in reversed(steps):
-            tail = codec.unpack_numbers(blob)
-            if keep is None:
-                nos = tail
-            else:  # in place: a link changes the end of the list, not the thousands before it
-                del nos[keep:]
-                nos.extend(tail)
         return nos, known, ns, channel, steps[0][4] if steps else start.depth
 
     def read_messages(
