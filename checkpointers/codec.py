@@ -174,3 +174,20 @@ def py_task_path(stored: str | bytes) -> str:
     if isinstance(stored, bytes):
         return _PULL_PREFIX + stored.decode("utf-8", "surrogatepass")
     return stored
+
+
+# PostgreSQL's `writes.task_path` is `bytea` (migration m007): the usual path as a NUL and
+# NODE's bytes, any other as its UTF-8 (a path holding a NUL is refused before it is stored,
+# as PostgreSQL's text never held one, so only the usual path starts with one).
+
+
+def task_path_bytes(path: str) -> bytes:
+    if path.startswith(_PULL_PREFIX):
+        return b"\0" + path[len(_PULL_PREFIX) :].encode("utf-8")
+    return path.encode("utf-8")
+
+
+def task_path_from_bytes(stored: bytes) -> str:
+    if stored[:1] == b"\0":
+        return _PULL_PREFIX + stored[1:].decode("utf-8")
+    return stored.decode("utf-8")

@@ -33,7 +33,15 @@ from langgraph.checkpoint.base import Checkpoint, CheckpointTuple, DeltaChannelH
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 
-from checkpointers.codec import pack_numbers, unpack_numbers
+from checkpointers.codec import (
+    KIND_DELTA_SNAPSHOT,
+    KIND_MESSAGE,
+    KIND_MESSAGE_DICT,
+    KIND_MESSAGE_LIST,
+    KIND_SERDE,
+    pack_numbers,
+    unpack_numbers,
+)
 from checkpointers.storable import check_id
 
 # Messages of these exact classes are stored as their field values and rebuilt
@@ -137,6 +145,55 @@ def holds_messages(value: Any) -> bool:
 def is_message_dict(value: Any) -> bool:
     """A dict with messages among its values: a graph's input, e.g. {"messages": [HumanMessage(...)]}."""
     return type(value) is dict and any(map(holds_messages, value.values()))
+
+
+def numbered(value: Any, number: Callable[[BaseMessage], int]) -> tuple[int, Any]:
+    """A task's write or a channel value with its messages as message numbers, as both engines
+    store it: (kind, form). `number(message)` gives a message's number, storing it if it is new.
+    The form is the packed numbers of a list (`KIND_MESSAGE_LIST`) or of one message
+    (`KIND_MESSAGE`); for a dict holding messages (a graph's input, `KIND_MESSAGE_DICT`) the
+    dict to serialise: its keys' order, each message-holding key's (kind, packed numbers) and
+    the other keys' values; anything else is itself (`KIND_SERDE`), serialised as it is."""
+    if is_message_list(value):
+        return KIND_MESSAGE_LIST, pack_numbers([number(m) for m in value])
+    if isinstance(value, BaseMessage):
+        return KIND_MESSAGE, pack_numbers([number(value)])
+    if is_message_dict(value):
+        refs = {key: numbered(item, number) for key, item in value.items() if holds_messages(item)}
+        rest = {key: item for key, item in value.items() if key not in refs}
+        return KIND_MESSAGE_DICT, {"order": list(value), "refs": refs, "rest": rest}
+    return KIND_SERDE, value
+
+
+SERIALISED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
+"""Kinds of stored values and writes that are serialised (and sealed in an encrypted store);
+the others are message numbers, stored in clear."""
+
+
+def referenced_numbers(kind: int, form: Any) -> list[int]:
+    """The message numbers a stored value or write refers to: `form` is its column (packed
+    numbers), or for `KIND_MESSAGE_DICT` the dict it deserialises to."""
+    if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
+        return unpack_numbers(form)
+    if kind == KIND_MESSAGE_DICT:
+        return [n for _kind, packed in form["refs"].values() for n in unpack_numbers(packed)]
+    return []
+
+
+def from_numbered(kind: int, form: Any, messages: dict[int, BaseMessage]) -> Any:
+    """A write or value stored by `numbered` (not `KIND_SERDE`), back from its form and its
+    messages by number (new objects: a write is the caller's own)."""
+    if kind == KIND_MESSAGE_DICT:
+        rest = form["rest"]
+        for key, (ref_kind, packed) in form["refs"].items():
+            rest[key] = from_numbered(ref_kind, packed, messages)
+        return {key: rest[key] for key in form["order"]}
+    nos = unpack_numbers(form)
+    if kind == KIND_MESSAGE:
+        return messages[nos[0]]
+    if kind == KIND_MESSAGE_LIST:
+        return [messages[n] for n in nos]
+    raise RuntimeError(f"unknown stored value kind {kind}")
 
 
 @dataclass

@@ -39,6 +39,16 @@ def check_ns(value: Any) -> str:
     return check_id(value, "checkpoint namespace")
 
 
+def check_task_path(value: Any) -> str:
+    """A task's path as `put_writes` takes it (LangGraph's "~__pregel_pull, NODE" and the like):
+    any length, but no NUL, which PostgreSQL's column uses to mark the usual path, and no
+    lone surrogate; both engines refuse them alike."""
+    text = value if type(value) is str else str(value)
+    if "\x00" in text:
+        raise UnstorableInputError("A task path cannot contain the NUL character.")
+    return check_text(text, "task path")
+
+
 def check_text(text: str, what: str = "message") -> str:
     """`text` unchanged if it can be stored exactly; `UnstorableInputError` otherwise."""
     if not text.isascii() and not _encodes(text):

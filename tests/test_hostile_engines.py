@@ -65,3 +65,16 @@ def test_a_checkpoint_namespace_with_a_nul_is_refused_by_either_engine_with_one_
         outcome = attempt(f"namespace: {surface}", call)
         assert isinstance(outcome, Refused), f"{surface} answered {outcome!r}"
     assert agent.get_state({"configurable": {"thread_id": "t"}}).values["messages"][-1].content.endswith("hello")
+
+
+def test_a_task_path_with_a_nul_is_refused_by_either_engine_with_one_sentence(store):
+    """PostgreSQL's column marks LangGraph's usual task path with a leading NUL: a caller's
+    path holding one is refused, on both engines alike, and nothing is written."""
+    saver = store
+    agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+    agent.invoke({"messages": [HumanMessage("hello")]}, {"configurable": {"thread_id": "t", "user_id": "alice"}})
+    latest = saver.get_tuple({"configurable": {"thread_id": "t"}}).config
+    for path in ("\x00model", "~__pregel_pull, a\x00b"):
+        outcome = attempt("task path", saver.put_writes, latest, [("messages", [HumanMessage("x")])], "task-1", path)
+        assert isinstance(outcome, Refused), f"{path!r} was taken: {outcome!r}"
+    assert saver.get_tuple(latest).pending_writes == []

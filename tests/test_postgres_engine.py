@@ -146,8 +146,9 @@ def test_a_chat_turn_waits_for_the_server_at_most_24_times(postgres_url, tmp_pat
         assert trips.count() - before <= 24
 
 
-PREVIOUS_RELEASE = "cbc4702"
-"""The last commit whose schema is version 5 (before ids were stored as bytes)."""
+PREVIOUS_RELEASES = {"cbc4702": 5, "b966b69": 6}
+"""Commits that wrote earlier schemas, by version: 5 (ids as text), 6 (task writes serialised
+whole, their task paths as text)."""
 
 _WRITE_AS_PREVIOUS_RELEASE = """
 import json, sys
@@ -164,18 +165,18 @@ with open_saver(sys.argv[1], encryption_key=sys.argv[2]) as saver:
 """
 
 
-def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgres_url, tmp_path):
-    """Written by the previous release's code (schema version 5, ids as text, sealed with a
-    key), migrated when this release opens it: every thread reads back and goes on."""
+@pytest.mark.parametrize("release", PREVIOUS_RELEASES)
+def test_a_store_of_a_previous_release_opens_and_its_threads_read_back(postgres_url, tmp_path, release):
+    """Written by an earlier release's code (sealed with a key), migrated when this release
+    opens it: every thread reads back, with its pending writes, and goes on."""
     repo = Path(__file__).resolve().parent.parent
     old_code = tmp_path / "previous-release"
     old_code.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", PREVIOUS_RELEASE, "checkpointers", "tests/chat.py"],
+        ["git", "-C", str(repo), "archive", release, "checkpointers", "tests/chat.py"],
         capture_output=True,
     )
-    if archive.returncode != 0:
-        pytest.skip(f"the previous release's code is not in this checkout's history ({PREVIOUS_RELEASE})")
+    assert archive.returncode == 0, f"the release's code must be in this clone's history: {archive.stderr!r}"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(old_code, filter="data")
     key = "a key of at least sixteen characters"
@@ -185,7 +186,7 @@ def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgre
     )
     contents = json.loads(written.stdout)
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (5,)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (PREVIOUS_RELEASES[release],)
     with open_saver(postgres_url, encryption_key=key) as saver:
         app = chat_graph(saver)
         config = {"configurable": {"thread_id": "old", "user_id": "alice"}}
@@ -194,6 +195,11 @@ def test_a_store_of_the_previous_release_opens_and_its_threads_read_back(postgre
         assert len(history) == 4 * 3  # a run's input, its step into the model, the model's step
         assert [h.parent_config["configurable"]["checkpoint_id"] for h in history[:-1]] == [
             h.config["configurable"]["checkpoint_id"] for h in history[1:]
+        ]
+        inputs = [t.pending_writes for t in saver.list(config) if t.metadata["source"] == "input"]
+        assert [[(channel, [m.content for m in value] if channel == "messages" else value)
+                 for _task, channel, value in writes] for writes in inputs] == [
+            [("messages", [contents[2 * n]]), ("branch:to:model", None)] for n in reversed(range(4))
         ]
         app.invoke({"messages": [human(4)]}, config)
         assert len(app.get_state(config).values["messages"]) == len(contents) + 2

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from checkpointers import encryption
-from checkpointers.codec import KIND_SERDE, id_text
+from checkpointers.codec import KIND_MESSAGE_DICT, KIND_SERDE, id_text
 from checkpointers.encryption import Cipher, KeyRecord, checkpoint_place, message_place, value_place, write_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
 from checkpointers.errors import EncryptionKeyError
@@ -129,8 +129,11 @@ _SEALED: tuple[tuple[str, tuple[tuple[str, str], ...], str, Callable[..., bytes]
 their types, the sealed column, the place of a row's value: ids in places are the ids'
 text, as callers gave them, whatever their column holds). Names are constants."""
 
-_WHICH = {"channel_values": f" AND kind = {KIND_SERDE}"}
-"""Rows whose value is sealed, where not every row's is (lists of message numbers stay in clear)."""
+_WHICH = {
+    table: f" AND kind IN ({KIND_SERDE}, {KIND_MESSAGE_DICT})" for table in ("channel_values", "writes")
+}
+"""Rows whose value is sealed, where not every row's is (message numbers stay in clear;
+`messages.SERIALISED_KINDS`)."""
 
 
 def reseal_copy(cipher: Cipher, source_key: int, target_key: int) -> Plan[None]:

@@ -45,6 +45,7 @@ import hashlib
 import json
 import asyncio
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -73,7 +74,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from checkpointers import checkpoint_codec, codec, encryption, search, stats
-from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_LIST, KIND_SERDE
+from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_DICT, KIND_MESSAGE_LIST, KIND_SERDE
 from checkpointers.encryption import Cipher, checkpoint_place, message_place, value_place, write_place
 from checkpointers.engines.postgres import connection, keys, schema
 from checkpointers.engines.postgres.connection import FETCH_LATER, FETCH_NONE, FETCH_ONE, Plan, Sql, neutral
@@ -85,7 +86,13 @@ from checkpointers.engines.postgres.transfer import PostgresTransfer
 from checkpointers.conversation import Conversation
 from checkpointers.errors import ThreadExistsError, ThreadNotFoundError
 from checkpointers.messages import (
+    SERIALISED_KINDS,
     delta_channel_history,
+    from_numbered,
+    holds_messages,
+    is_message_dict,
+    numbered,
+    referenced_numbers,
     MAX_CHAIN_DEPTH,
     ListCache,
     MessagePage,
@@ -103,7 +110,15 @@ from checkpointers.messages import (
     utc_now,
 )
 from checkpointers.sessions import SessionStore
-from checkpointers.storable import check_id, check_ns, check_text, check_value, checkpoint_metadata_json, jsonb_storable
+from checkpointers.storable import (
+    check_id,
+    check_ns,
+    check_task_path,
+    check_text,
+    check_value,
+    checkpoint_metadata_json,
+    jsonb_storable,
+)
 from checkpointers.threads import ANY_USER, title_from_messages
 
 MESSAGES_CHANNEL = "messages"
@@ -136,13 +151,22 @@ _NEW_THREAD_SQL = (
 # so `rotate-key` (which locks the table before it records the rotation) waits for it.
 _THREAD_KEY_SQL = f"SELECT thread_key, {keys.key_record_sql} FROM threads WHERE thread_id = %s FOR KEY SHARE"
 
-_WRITE_CHECKPOINT_SQL = """
-WITH new_messages AS (
+_NEW_MESSAGES_CTE = """
+new_messages AS (
     INSERT INTO messages (thread_key, message_no, type, value, words)
     SELECT %(thread_key)s, m.no, m.type, m.value, m.words
     FROM unnest(%(m_no)s::integer[], %(m_type)s::text[], %(m_value)s::bytea[], %(m_words)s::text[])
         AS m (no, type, value, words)
-), new_values AS (
+), named_messages AS (
+    UPDATE messages AS m SET type = r.type, value = r.value
+    FROM unnest(%(r_no)s::integer[], %(r_type)s::text[], %(r_value)s::bytea[]) AS r (no, type, value)
+    WHERE m.thread_key = %(thread_key)s AND m.message_no = r.no
+)"""
+"""The messages a write stores (`_ThreadTxn.messages`), with their search words, and the
+messages it stores again now that they have an id (`_ThreadTxn.named`, see `_store_message`)."""
+
+_WRITE_CHECKPOINT_SQL = f"""
+WITH {_NEW_MESSAGES_CTE}, new_values AS (
     INSERT INTO channel_values (thread_key, value_no, checkpoint_ns, channel, version, kind, type, value,
         base_no, keep, depth)
     SELECT %(thread_key)s, v.* FROM unnest(%(v_no)s::integer[], %(v_ns)s::text[], %(v_channel)s::text[],
@@ -182,17 +206,25 @@ def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bo
     up the list with the message it brought."""
     return metadata.get("source") != "loop" or not checkpoint_codec.run_goes_on(checkpoint, metadata)
 
-_WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value)"
+_WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, kind, type, value)"
 _WRITES_ROWS = (
-    "SELECT %s, %s, %s, %s, w.* FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[], %s::bytea[]) AS w"
+    "SELECT %(thread_key)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s, w.* FROM unnest(%(w_idx)s::integer[], "
+    "%(w_channel)s::text[], %(w_kind)s::smallint[], %(w_type)s::text[], %(w_value)s::bytea[]) AS w"
 )
 _INSERT_WRITES_SQL = f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT DO NOTHING"
 _REPLACE_WRITES_SQL = (
     f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, "
     "task_id, idx) DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, "
-    "type = EXCLUDED.type, value = EXCLUDED.value"
+    "kind = EXCLUDED.kind, type = EXCLUDED.type, value = EXCLUDED.value"
 )
 """Special writes (errors, interrupts) replace earlier ones; others never do."""
+_WITH_MESSAGES_SQL = {
+    insert: f"WITH {_NEW_MESSAGES_CTE}, new_writes AS ({insert}) "
+    "UPDATE threads SET next_message_no = %(next_message_no)s WHERE thread_key = %(thread_key)s"
+    for insert in (_INSERT_WRITES_SQL, _REPLACE_WRITES_SQL)
+}
+"""Writes holding messages new to the thread (the model's answer, a run's input), stored with
+them: the writes refer to them by number, as the checkpoint that follows does."""
 
 _CHECKPOINT_COLUMNS = "c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata"
 _CHECKPOINT_BY_ID_SQL = (
@@ -220,7 +252,7 @@ _VALUES_AT_SQL = (
 """Each channel's value at its version, one index probe per channel (a join would read the
 whole thread's values); a version written twice resolves to its newest row."""
 _WRITES_OF_SQL = (
-    "SELECT task_path, task_id, idx, channel, type, value FROM writes "
+    "SELECT task_path, task_id, idx, channel, kind, type, value FROM writes "
     "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
 )
 _LATEST_LIST_SQL = (
@@ -245,7 +277,7 @@ _THREAD_TABLES_COPIED = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value, words",
-    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type, value",
+    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
     "message_times": "message_no, created_at",
     "message_metadata": "message_id, created_at, metadata",
     "attachments": "name, sha256, bytes, tables, attached_at, data",
@@ -282,6 +314,12 @@ class _ThreadTxn:
     next_value_no: int = 0
     next_message_no: int = 0
     messages: list[tuple[int, str, bytes, str | None]] = field(default_factory=list)
+    named: list[tuple[int, str, bytes]] = field(default_factory=list)
+    """(number, type, value) of messages stored before without an id, stored again with it."""
+    unnamed: dict[int, tuple[weakref.ref, int, bytes]] = field(default_factory=dict)
+    """Messages this write stores without an id: id(message) -> (the message, number, digest)."""
+    renamed: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    """(id(message), digest without its id, digest with it) of each message in `named`."""
     values: list[tuple] = field(default_factory=list)
     new_digests: dict[bytes, int] = field(default_factory=dict)
     lists: dict[tuple[str, str], StoredList] = field(default_factory=dict)
@@ -305,6 +343,15 @@ class _ThreadTxn:
         self.next_message_no += 1
         return self.next_message_no - 1
 
+    def message_params(self) -> dict[str, list]:
+        """The `_NEW_MESSAGES_CTE` parameters of what this write stores of its messages."""
+        m_no, m_type, m_value, m_words = _columns(self.messages, 4)
+        r_no, r_type, r_value = _columns(self.named, 3)
+        return {
+            "m_no": m_no, "m_type": m_type, "m_value": m_value, "m_words": m_words,
+            "r_no": r_no, "r_type": r_type, "r_value": r_value,
+        }
+
 
 def _stored_id(value: Any) -> bytes | None:
     """A checkpoint, task or run id as its column holds it (`codec.id_bytes`; None stays None)."""
@@ -314,6 +361,20 @@ def _stored_id(value: Any) -> bytes | None:
 def _columns(rows: list[tuple], width: int) -> list[list]:
     """Rows as one list per column (what `unnest` takes)."""
     return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+
+
+def _indexed(writes: Sequence[tuple[str, Any]]) -> list[tuple[int, str, Any]]:
+    """A task's writes with their `idx` (special writes, errors and interrupts, have their own)."""
+    return [(WRITES_IDX_MAP.get(channel, idx), channel, value) for idx, (channel, value) in enumerate(writes)]
+
+
+def _write_columns(thread_key: int, rows: list[tuple]) -> dict[str, Any]:
+    """The `_WRITES_ROWS` parameters of a task's write rows, each (idx, channel, kind, type, value)."""
+    w_idx, w_channel, w_kind, w_type, w_value = _columns(rows, 5)
+    return {
+        "thread_key": thread_key, "w_idx": w_idx, "w_channel": w_channel, "w_kind": w_kind, "w_type": w_type,
+        "w_value": w_value,
+    }
 
 
 class PostgresThreadSaver(BaseCheckpointSaver[float]):
@@ -354,6 +415,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._cache_lock = threading.Lock()
         self._lists = ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+        self._unnamed: OrderedDict[tuple[int, int], tuple[weakref.ref, int, bytes]] = OrderedDict()
+        """(thread_key, id(message)) -> (the message, its number, digest) of messages stored
+        without an id (see `_store_message`)."""
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
@@ -412,6 +476,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         with self._cache_lock:
             self._lists = ListCache(self._lists.max_messages)
             self._digests.clear()
+            self._unnamed.clear()
             self._epochs.clear()
 
     # -- running plans -----------------------------------------------------
@@ -498,17 +563,36 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return (checkpoint_codec.TYPE, blob) if blob is not None else self._dump(stored)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
-        """The number of a message in this thread, storing it (and its search words) if it is new."""
+        """The number of a message in this thread, storing it (and its search words) if it is new.
+
+        A run's input message has no id until LangGraph's reducer gives it one, in place,
+        while the input's task write and the `__start__` value holding it may already be
+        stored (they are written from other threads). The same object met again with an id
+        is stored again in its row, so the write, the value and the history share one row
+        (the write then reads back with the id, as on SQLite)."""
         check_value(message)
         type_, blob = dump_message(self.serde, message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
         known = txn.new_digests.get(digest)
-        if known is None:
-            with self._cache_lock:
-                known = self._digests.get((txn.thread_key, digest))
         if known is not None:
             return known
+        # The caches may hold numbers of a write that did not commit (they are filled before
+        # its COMMIT, see `_remember`): those are not below the thread's next number.
+        stored_below = txn.row.next_message_no
+        with self._cache_lock:
+            known = self._digests.get((txn.thread_key, digest))
+            earlier = self._unnamed.get((txn.thread_key, id(message))) if message.id is not None else None
+        if known is not None and known < stored_below:
+            return known
+        if earlier is not None and earlier[0]() is message and earlier[1] < stored_below:
+            _ref, no, old_digest = earlier
+            txn.named.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no))))
+            txn.renamed.append((id(message), old_digest, digest))
+            txn.new_digests[digest] = no
+            return no
         no = txn.message_no()
+        if message.id is None:
+            txn.unnamed[id(message)] = (weakref.ref(message), no, digest)
         words = search.indexed_words(message, None if self._cipher is None else self._cipher.search_token)
         lexemes = " ".join(search.lexemes(words)) if words else None
         txn.messages.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no)), lexemes or None))
@@ -577,10 +661,19 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _decode_value(self, thread_key: int, value_no: int, kind: int, type_: str | None, value: bytes | None, *, own: bool) -> Plan[Any]:
         """A stored channel value; a message list as the cache's objects checked (see `StoredList`), or with `own` copies."""
         if kind not in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
-            return self._load(type_, value, value_place(thread_key, value_no))
+            return (yield from self._decode_stored(thread_key, kind, type_, value, value_place(thread_key, value_no)))
         stored = yield from self._load_list(thread_key, value_no)
         messages = stored.copies() if own else stored.hand_out()
         return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
+
+    def _decode_stored(self, thread_key: int, kind: int, type_: str | None, value: bytes | None, place: bytes) -> Plan[Any]:
+        """A write, or a value other than a stored list: serialised (sealed at `place`), or
+        numbered (`messages.numbered`), its messages read as new objects."""
+        if kind == KIND_SERDE:
+            return self._load(type_, value, place)
+        form = self._load(type_, value, place) if kind == KIND_MESSAGE_DICT else value
+        loaded = yield from self._load_messages(thread_key, referenced_numbers(kind, form))
+        return from_numbered(kind, form, loaded)
 
     def _channel_values(self, thread_key: int, ns: str, versions: ChannelVersions, *, own: bool) -> Plan[dict[str, Any]]:
         if not versions:
@@ -596,12 +689,13 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """The writes of the checkpoint whose id is `stored_id` (as its row holds it)."""
         rows = yield Sql(_WRITES_OF_SQL, (thread_key, ns, stored_id))
         checkpoint_id = codec.id_text(stored_id)
-        rows = [(path, codec.id_text(task_id), *rest) for path, task_id, *rest in rows]
+        rows = [(codec.task_path_from_bytes(path), codec.id_text(task_id), *rest) for path, task_id, *rest in rows]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
-        return [
-            (task_id, channel, self._load(type_, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
-            for _path, task_id, idx, channel, type_, value in rows
-        ]
+        found = []
+        for _path, task_id, idx, channel, kind, type_, value in rows:
+            place = write_place(thread_key, ns, checkpoint_id, task_id, idx)
+            found.append((task_id, channel, (yield from self._decode_stored(thread_key, kind, type_, value, place))))
+        return found
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
         stored_id, parent_id, type_, blob, metadata = row
@@ -811,6 +905,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._lists.forget_threads([thread_key])
         for key in [k for k in self._digests if k[0] == thread_key]:
             del self._digests[key]
+        for key in [k for k in self._unnamed if k[0] == thread_key]:
+            del self._unnamed[key]
         self._epochs.pop(thread_key, None)
 
     def _base_list(self, txn: _ThreadTxn, ns: str, channel: str) -> Plan[StoredList | None]:
@@ -843,11 +939,19 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                     txn.usage.add(found)
             kind = KIND_DELTA_SNAPSHOT if delta else KIND_MESSAGE_LIST
             return (entry.value_no, ns, channel, version_key(version), kind, None, packed, base_no, keep, entry.depth)
-        check_value(value, "input")
-        type_, blob = self._dump(value)
         value_no = txn.value_no()
-        blob = self._sealed(blob, value_place(txn.thread_key, value_no))
-        return (value_no, ns, channel, version_key(version), KIND_SERDE, type_, blob, None, None, 0)
+        kind, type_, blob = self._encoded(txn, value, value_place(txn.thread_key, value_no))
+        return (value_no, ns, channel, version_key(version), kind, type_, blob, None, None, 0)
+
+    def _encoded(self, txn: _ThreadTxn, value: Any, place: bytes) -> tuple[int, str | None, bytes]:
+        """A write or a channel value's (kind, type, value) columns, its messages stored by
+        number (`messages.numbered`); a serialised one sealed to `place`."""
+        kind, form = numbered(value, lambda m: self._store_message(txn, m))
+        if kind not in SERIALISED_KINDS:
+            return kind, None, form
+        check_value(form, "input")
+        type_, blob = self._dump(form)
+        return kind, type_, self._sealed(blob, place)
 
     def _put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
@@ -877,13 +981,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             message_count = len(messages)
             if not txn.row.has_title:
                 title = title_from_messages(messages)
-        m_no, m_type, m_value, m_words = _columns(txn.messages, 4)
         (v_no, v_ns, v_channel, v_version, v_kind, v_type, v_value, v_base, v_keep, v_depth) = _columns(txn.values, 10)
         yield Sql(
             _WRITE_CHECKPOINT_SQL,
             {
                 "thread_key": txn.thread_key,
-                "m_no": m_no, "m_type": m_type, "m_value": m_value, "m_words": m_words,
+                **txn.message_params(),
                 "v_no": v_no, "v_ns": v_ns, "v_channel": v_channel, "v_version": v_version, "v_kind": v_kind,
                 "v_type": v_type, "v_value": v_value, "v_base": v_base, "v_keep": v_keep, "v_depth": v_depth,
                 "ns": ns, "checkpoint_id": _stored_id(checkpoint["id"]), "parent_id": _stored_id(configurable.get("checkpoint_id")),
@@ -898,22 +1001,44 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         owner = txn.row.user_id if txn.row.user_id is not None else user_id  # as the UPDATE leaves it
         if any(txn.usage.counts):  # usage statistics, in the checkpoint's transaction
             yield from neutral(lambda conn: stats.record_tally(conn, stats.today(), owner, txn.usage))
+        self._remember(txn)
         next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
         return next_config, txn
 
+    def _remember(self, txn: _ThreadTxn) -> None:
+        """Cache the digests (and the messages without an id) of the messages a write inserts,
+        as its last step before its COMMIT is sent. The next write of the thread waits for
+        this one's lock, and may find its row lock granted before `_committed` would run:
+        cached here, its messages are never stored twice (a number from a write that then
+        failed is not below the thread's next number, and `_store_message` passes over it)."""
+        key = txn.thread_key
+        named = {digest for _object_id, _old, digest in txn.renamed}
+        with self._cache_lock:
+            if self._epochs.get(key) != txn.row.gc_epoch:
+                return  # the thread was collected meanwhile: nothing of this write is cached
+            for digest, no in txn.new_digests.items():
+                if digest not in named:
+                    self._digests[(key, digest)] = no
+                    self._digests.move_to_end((key, digest))
+            while len(self._digests) > _DIGESTS_KEPT:
+                self._digests.popitem(last=False)
+            for object_id, entry in txn.unnamed.items():
+                self._unnamed[(key, object_id)] = entry
+            while len(self._unnamed) > _UNNAMED_KEPT:
+                self._unnamed.popitem(last=False)
+
     def _committed(self, txn: _ThreadTxn) -> None:
-        """Cache what a committed write stored: its lists, and its messages' digests."""
+        """Cache what a committed write stored: its lists, and messages stored again with their id."""
         key = txn.thread_key
         with self._cache_lock:
             if self._epochs.get(key) != txn.row.gc_epoch:
                 return  # the thread was collected meanwhile: nothing of this write is cached
             for (ns, channel), entry in txn.lists.items():
                 self._lists.add(key, ns, channel, entry)
-            for digest, no in txn.new_digests.items():
-                self._digests[(key, digest)] = no
-                self._digests.move_to_end((key, digest))
-            while len(self._digests) > _DIGESTS_KEPT:
-                self._digests.popitem(last=False)
+            for object_id, old_digest, digest in txn.renamed:  # their row now holds them with their id
+                self._digests.pop((key, old_digest), None)
+                self._unnamed.pop((key, object_id), None)
+                self._digests[(key, digest)] = txn.new_digests[digest]
 
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
@@ -930,43 +1055,68 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._committed(txn)
         return next_config
 
-    def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> Plan[None]:
+    def _put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+    ) -> Plan[_ThreadTxn | None]:
+        """A task's writes; the write transaction returned when it numbered messages (to cache them)."""
         if not writes:
-            return
+            return None
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
         user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
         ns, checkpoint_id = check_ns(configurable.get("checkpoint_ns", "")), configurable["checkpoint_id"]
-        dumped = []
-        for idx, (channel, value) in enumerate(writes):
-            check_value(value, "input")
-            dumped.append((WRITES_IDX_MAP.get(channel, idx), task_path, channel, *self._dump(value)))
-        row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
-        if row is None:
-            yield from self._new_thread(thread_id, user_id)
-            row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
-        self._check_key_unchanged(row[1])
-        rows = [
-            (idx, path, channel, type_, self._sealed(blob, write_place(row[0], ns, checkpoint_id, task_id, idx)))
-            for idx, path, channel, type_, blob in dumped
-        ]
+        params = {
+            "ns": ns, "checkpoint_id": _stored_id(checkpoint_id), "task_id": _stored_id(task_id),
+            "task_path": codec.task_path_bytes(check_task_path(task_path)),
+        }
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        yield Sql(
-            _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL,
-            (row[0], ns, _stored_id(checkpoint_id), _stored_id(task_id), *_columns(rows, 5)),
-            FETCH_LATER,
-        )
+        insert = _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL
+        txn = None
+        if any(holds_messages(value) or is_message_dict(value) for _, value in writes):
+            # Its messages are numbered and stored with it: the thread's row is locked as
+            # for a checkpoint, which numbers messages too.
+            txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
+            thread_key = txn.thread_key
+            rows = [
+                (idx, channel, *self._encoded(txn, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
+                for idx, channel, value in _indexed(writes)
+            ]
+            if txn.messages or txn.named:
+                params |= txn.message_params()
+                params["next_message_no"] = txn.next_message_no
+                insert = _WITH_MESSAGES_SQL[insert]
+        else:
+            dumped = []
+            for idx, channel, value in _indexed(writes):
+                check_value(value, "input")
+                dumped.append((idx, channel, *self._dump(value)))
+            row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+            if row is None:
+                yield from self._new_thread(thread_id, user_id)
+                row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+            self._check_key_unchanged(row[1])
+            thread_key = row[0]
+            rows = [
+                (idx, channel, KIND_SERDE, type_, self._sealed(blob, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
+                for idx, channel, type_, blob in dumped
+            ]
+        yield Sql(insert, params | _write_columns(thread_key, rows), FETCH_LATER)
         if replace:
-            yield Sql(_TOUCH_THREAD_SQL, (utc_now(), row[0]), FETCH_LATER)
+            yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
+        if txn is not None:
+            self._remember(txn)
+        return txn
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         """Store a task's writes against a checkpoint (at once, in their own transaction)."""
-        self._run(self._put_writes(config, writes, task_id, task_path))
+        if txn := self._run(self._put_writes(config, writes, task_id, task_path)):
+            self._committed(txn)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        await self._arun(self._put_writes(config, writes, task_id, task_path))
+        if txn := await self._arun(self._put_writes(config, writes, task_id, task_path)):
+            self._committed(txn)
 
     # -- deleting, copying, pruning -----------------------------------------
 
@@ -1183,7 +1333,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             for channel, version in self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)["channel_versions"].items()
         }
         rows = yield Sql(
-            "SELECT value_no, checkpoint_ns, channel, version, kind, value, base_no FROM channel_values "
+            "SELECT value_no, checkpoint_ns, channel, version, kind, value, base_no, type FROM channel_values "
             "WHERE thread_key = %s ORDER BY value_no",
             (thread_key,),
         )
@@ -1201,8 +1351,16 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 pending.append(base)
         live_messages: set[int] = set()
         for no in live:
-            if by_no[no][4] in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
-                live_messages.update(codec.unpack_numbers(by_no[no][5]))
+            kind, value, type_ = by_no[no][4], by_no[no][5], by_no[no][7]
+            live_messages.update(self._referenced(kind, type_, value, value_place(thread_key, no)))
+        writes = yield Sql(
+            "SELECT checkpoint_ns, checkpoint_id, task_id, idx, kind, type, value FROM writes "
+            "WHERE thread_key = %s AND kind <> %s",
+            (thread_key, KIND_SERDE),
+        )
+        for ns, checkpoint_id, task_id, idx, kind, type_, value in writes:
+            place = write_place(thread_key, ns, codec.id_text(checkpoint_id), codec.id_text(task_id), idx)
+            live_messages.update(self._referenced(kind, type_, value, place))
         dead_values = [no for no in by_no if no not in live]
         yield Sql(
             "DELETE FROM channel_values WHERE thread_key = %s AND value_no = ANY(%s)", (thread_key, dead_values), FETCH_NONE
@@ -1212,6 +1370,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             (thread_key, sorted(live_messages)),
             FETCH_NONE,
         )
+
+    def _referenced(self, kind: int, type_: str | None, value: bytes | None, place: bytes) -> list[int]:
+        """The message numbers a stored value or write (sealed at `place`) refers to."""
+        return referenced_numbers(kind, self._load(type_, value, place) if kind == KIND_MESSAGE_DICT else value)
 
     def _delta_channel_history(self, config: RunnableConfig, channels: list[str]) -> Plan[dict[str, DeltaChannelHistory]]:
         configurable = config["configurable"]
@@ -1287,6 +1449,7 @@ def _begin(read: bool, single: bool) -> str | None:
         return None
     return connection.BEGIN_SNAPSHOT if read else connection.BEGIN
 _DIGESTS_KEPT = 20_000
+_UNNAMED_KEPT = 1_000
 
 _DELETE_CHECKPOINT_SQL = tuple(
     f"DELETE FROM {table} WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"

@@ -259,6 +259,18 @@ M006_ID_BYTES = (
 )
 """Checkpoint, run and task ids as 16 bytes (`codec.id_bytes`)."""
 
+M007_NUMBERED_WRITES = (
+    # Measured through the agent graph (1,000 turns, `bench.postgres --bytes`): a turn's input
+    # and the model's answer were serialised again in two task writes and in the `__start__`
+    # channel's value, beside their rows in `messages`. A write now says what it holds
+    # (`kind`, as `channel_values.kind`: message numbers, a dict of them, or a serialised
+    # value; old rows are serialised values). And the usual task path "~__pregel_pull, NODE"
+    # is stored as a NUL and NODE's bytes (`codec.task_path_bytes`), any other as its UTF-8.
+    "ALTER TABLE writes ADD COLUMN kind smallint NOT NULL DEFAULT 0, ALTER COLUMN type DROP NOT NULL, "
+    "ALTER COLUMN task_path TYPE bytea USING convert_to(task_path, 'UTF8')",
+)
+"""Messages in task writes and a graph's input as message numbers; task paths as bytes."""
+
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
     ("m002_operations", M002_OPERATIONS),
@@ -266,6 +278,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m004_store_meta", M004_STORE_META),
     ("m005_compact_words", M005_COMPACT_WORDS),
     ("m006_id_bytes", M006_ID_BYTES),
+    ("m007_numbered_writes", M007_NUMBERED_WRITES),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 

@@ -24,14 +24,11 @@ from checkpointers import codec, stats
 from checkpointers.engines.sqlite import fts
 from checkpointers.engines.sqlite import reseal
 from checkpointers.codec import (
-    KIND_DELTA_SNAPSHOT,
-    KIND_MESSAGE,
     KIND_MESSAGE_DICT,
-    KIND_MESSAGE_LIST,
     KIND_SERDE,
     db_id,
 )
-from checkpointers.messages import utc_now
+from checkpointers.messages import referenced_numbers, utc_now
 from checkpointers.encryption import value_place, write_place
 from checkpointers.errors import ThreadExistsError, ThreadNotFoundError
 from checkpointers.storable import check_id
@@ -360,12 +357,7 @@ class _ThreadOperations:
 
     def _message_refs(self, kind: int, type_: str | None, value: bytes | None, place: bytes | None) -> list[int]:
         """The message numbers a stored value or write (sealed at `place`) refers to."""
-        if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT, KIND_MESSAGE):
-            return codec.unpack_numbers(value)
-        if kind == KIND_MESSAGE_DICT:
-            refs = self._load(type_, value, place)["refs"]
-            return [n for _, blob in refs.values() for n in codec.unpack_numbers(blob)]
-        return []
+        return referenced_numbers(kind, self._load(type_, value, place) if kind == KIND_MESSAGE_DICT else value)
 
     # -- storage maintenance -------------------------------------------------
 

@@ -31,7 +31,6 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from checkpointers import checkpoint_codec, codec
 from checkpointers.codec import (
     KIND_DELTA_SNAPSHOT,
-    KIND_MESSAGE,
     KIND_MESSAGE_DICT,
     KIND_MESSAGE_LIST,
     KIND_SERDE,
@@ -39,13 +38,15 @@ from checkpointers.codec import (
     py_id,
     py_task_path,
 )
-from checkpointers.messages import checkpoint_tuple as _checkpoint_tuple, delta_channel_history
+from checkpointers.messages import (
+    SERIALISED_KINDS,
+    checkpoint_tuple as _checkpoint_tuple,
+    delta_channel_history,
+    from_numbered,
+    referenced_numbers,
+)
 from checkpointers.encryption import checkpoint_place, value_place, write_place
 from checkpointers.storable import check_ns
-
-_SEALED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
-"""Kinds of stored values that are serialised (and sealed in an encrypted store); the others are message numbers."""
-
 
 class _CheckpointReads:
     """Reading checkpoints, their channel values and pending writes back (see the module docstring)."""
@@ -88,7 +89,7 @@ class _CheckpointReads:
         if kind in (KIND_MESSAGE_LIST, KIND_DELTA_SNAPSHOT):
             messages = self._own_list(conn, thread_key, value_no) if own else self._load_list(conn, thread_key, value_no).hand_out()
             return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
-        place = value_place(thread_key, value_no) if self._cipher is not None and kind in _SEALED_KINDS else None
+        place = value_place(thread_key, value_no) if self._cipher is not None and kind in SERIALISED_KINDS else None
         return self._decode_write(conn, thread_key, kind, type_, blob, place)
 
     def _decode_write(
@@ -97,19 +98,8 @@ class _CheckpointReads:
         """A stored value or write; `place`: where a serialised one is sealed (None: not encrypted)."""
         if kind == KIND_SERDE:
             return self._load(type_, blob, place)
-        if kind == KIND_MESSAGE_DICT:
-            parts = self._load(type_, blob, place)
-            rest = parts["rest"]
-            for key, (ref_kind, ref_blob) in parts["refs"].items():
-                rest[key] = self._decode_write(conn, thread_key, ref_kind, None, ref_blob, None)
-            return {key: rest[key] for key in parts["order"]}
-        if kind not in (KIND_MESSAGE, KIND_MESSAGE_LIST):
-            raise RuntimeError(f"unknown stored value kind {kind}")
-        nos = codec.unpack_numbers(blob)
-        found = self._load_messages(conn, thread_key, nos)
-        if kind == KIND_MESSAGE:
-            return found[nos[0]]
-        return [found[n] for n in nos]
+        form = self._load(type_, blob, place) if kind == KIND_MESSAGE_DICT else blob
+        return from_numbered(kind, form, self._load_messages(conn, thread_key, referenced_numbers(kind, form)))
 
     def _lookup_value(
         self, conn: sqlite3.Connection, thread_key: int, ns: str, channel: str, version: Any
@@ -158,7 +148,7 @@ class _CheckpointReads:
                 channel,
                 self._decode_write(
                     conn, thread_key, kind, t, v,
-                    write_place(thread_key, ns, stored_id, stored_task, idx) if sealed and kind in _SEALED_KINDS else None,
+                    write_place(thread_key, ns, stored_id, stored_task, idx) if sealed and kind in SERIALISED_KINDS else None,
                 ),
             )
             for _path, task_id, stored_task, idx, channel, kind, t, v in rows

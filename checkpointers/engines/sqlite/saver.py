@@ -64,7 +64,7 @@ from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, hands_out_kept, utc_now
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
-from checkpointers.storable import check_id, check_ns, check_text, checkpoint_metadata_json
+from checkpointers.storable import check_id, check_ns, check_task_path, check_text, checkpoint_metadata_json
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
@@ -620,6 +620,7 @@ class ThreadSaver(
         thread_id = check_id(configurable["thread_id"])
         ns = check_ns(configurable.get("checkpoint_ns", ""))
         checkpoint_id = configurable["checkpoint_id"]
+        task_path = check_task_path(task_path)
         channels = [channel for channel, _ in writes]
         user_id = _checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
         reserved = self._reserve(thread_id, ns, checkpoint_id, task_id, task_path, channels)

@@ -1,0 +1,119 @@
+"""Task writes and a graph's input hold their messages by number, on both engines.
+
+A chat turn's input and the model's answer are each one row of `messages`: the
+task writes that carry them and the `__start__` value refer to that row, as the
+conversation that follows does. Whatever a caller writes reads back as the
+stock `InMemorySaver` gives it back, in LangGraph's order of writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import psycopg
+from hypothesis import given, strategies as st
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.checkpoint.base import empty_checkpoint, writes_sort_key
+from langgraph.checkpoint.memory import InMemorySaver
+
+from graph import Settings, build_graph
+from tests.hostile import scaled
+from tests.scripted import ScriptedChatModel, echo
+
+_threads = itertools.count()
+
+_words = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+_ids = st.none() | st.uuids().map(str)
+_message = st.one_of(
+    st.builds(HumanMessage, content=_words, id=_ids),
+    st.builds(AIMessage, content=_words, id=_ids),
+    st.builds(ToolMessage, content=_words, tool_call_id=st.just("call-1"), id=_ids),
+)
+_value = st.one_of(
+    st.lists(_message, min_size=1, max_size=3),
+    _message,
+    st.builds(lambda messages, n: {"messages": messages, "n": n}, st.lists(_message, min_size=1, max_size=2), st.integers(-(2**63), 2**63 - 1)),
+    st.integers(-(2**63), 2**63 - 1),
+    _words,
+    st.none(),
+)
+_task_path = st.one_of(st.just("~__pregel_pull, model"), st.just("~__pregel_pull, __start__"), st.just(""), _words)
+_task = st.tuples(
+    _task_path,
+    st.lists(st.tuples(st.sampled_from(["messages", "window", "branch:to:model"]), _value), min_size=1, max_size=3),
+)
+
+
+@given(tasks=st.lists(_task, min_size=1, max_size=4), resume=st.none() | _value)
+@scaled(25)
+def test_task_writes_of_any_kind_read_back_as_the_stock_saver_gives_them(store, tasks, resume):
+    thread_id = f"t{next(_threads)}"
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    stock = InMemorySaver()
+    calls = [(str(uuid.uuid4()), path, writes) for path, writes in tasks]
+    if resume is not None:
+        calls.append((str(uuid.uuid4()), "", [("__resume__", resume)]))
+    found = []
+    for saver in (stock, store):
+        at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        for task_id, path, writes in calls:
+            saver.put_writes(at, writes, task_id, path)
+        found.append(saver.get_tuple(at).pending_writes)
+    expected, got = found
+    paths = {task_id: path for task_id, path, _ in calls}
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+    # In LangGraph's order of a step's writes: by task path, then task id (then index).
+    order = [(paths[task_id], task_id) for task_id, _, _ in got]
+    assert order == sorted(order, key=lambda key: writes_sort_key(*key))
+
+
+def test_pending_writes_holding_messages_outlive_a_prune_of_older_checkpoints(store):
+    saver = store
+    agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+    config = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+    for n in range(3):
+        agent.invoke({"messages": [HumanMessage(f"turn {n}")]}, config)
+    latest = saver.get_tuple(config).config
+    pending = [AIMessage("an answer not yet applied", id="a-1"), HumanMessage("and a question")]
+    saver.put_writes(latest, [("messages", pending), ("__start__", {"messages": pending[1:]})], "task-1")
+    saver.prune(["t"], strategy="keep_latest")
+    assert saver.get_tuple(config).pending_writes == [
+        ("task-1", "messages", pending), ("task-1", "__start__", {"messages": pending[1:]})
+    ]
+    assert len(list(saver.list(config))) == 1
+
+
+async def _chat(app, thread_id: str, turns: int, *, asynchronous: bool) -> None:
+    config = {"configurable": {"thread_id": thread_id, "user_id": "alice"}}
+    for n in range(turns):
+        message = {"messages": [HumanMessage(f"question {n} of {thread_id}")]}
+        if asynchronous:
+            await app.ainvoke(message, config)
+        else:
+            app.invoke(message, config)
+
+
+async def test_on_postgresql_a_turn_stores_its_two_messages_once_and_writes_them_by_number(postgres_url):
+    """The input has no id when its task write and the `__start__` value are stored (from
+    other threads, while LangGraph's reducer gives it one): it is still one row, holding
+    the id. Counted through the product's graph, sync and async."""
+    from checkpointers import open_async_saver
+
+    async with open_async_saver(postgres_url) as saver:
+        app = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+        await _chat(app, "sync", 15, asynchronous=False)
+        await _chat(app, "async", 15, asynchronous=True)
+        for thread_id in ("sync", "async"):
+            messages = (await app.aget_state({"configurable": {"thread_id": thread_id}})).values["messages"]
+            assert len(messages) == 30 and all(m.id for m in messages)
+    with psycopg.connect(postgres_url) as conn:
+        per_thread = conn.execute(
+            "SELECT t.thread_id, count(*) FROM messages m JOIN threads t USING (thread_key) GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert per_thread == [("async", 30), ("sync", 30)]
+        serialised = conn.execute(
+            "SELECT (SELECT count(*) FROM writes WHERE channel = 'messages' AND kind = 0), "
+            "(SELECT count(*) FROM channel_values WHERE channel = '__start__' AND kind = 0)"
+        ).fetchone()
+        assert serialised == (0, 0)
