@@ -71,7 +71,6 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 import psycopg
-from psycopg.types.json import Jsonb
 
 from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_DICT, KIND_MESSAGE_LIST, KIND_SERDE
@@ -117,7 +116,6 @@ from checkpointers.storable import (
     check_text,
     check_value,
     checkpoint_metadata_json,
-    jsonb_storable,
 )
 from checkpointers.threads import ANY_USER, title_from_messages
 
@@ -544,22 +542,31 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _load_checkpoint(self, thread_key: int, ns: str, stored_id: bytes, type_: str, blob: bytes) -> Any:
         """A checkpoint row's own value; `stored_id` is its id as the row holds it (`codec.id_bytes`).
         In `checkpoint_codec`'s encoding, its `channel_values` are the channels that hold None."""
+        return self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, None)[0]
+
+    def _load_checkpoint_row(
+        self, thread_key: int, ns: str, stored_id: bytes, type_: str, blob: bytes, metadata: Any
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A checkpoint row's value (as `_load_checkpoint`) and its metadata: held by a
+        `tk.cp2` blob since migration m007, else the row's `metadata` column (a dict here)."""
         checkpoint_id = codec.id_text(stored_id)
         if type_ not in checkpoint_codec.TYPES:
-            return self._load(type_, blob, checkpoint_place(thread_key, ns, checkpoint_id))
+            return self._load(type_, blob, checkpoint_place(thread_key, ns, checkpoint_id)), metadata
         if self._cipher is not None:
             blob = self._cipher.open(blob, checkpoint_place(thread_key, ns, checkpoint_id))
-        return checkpoint_codec.decode(blob, checkpoint_id)
+        checkpoint, held = checkpoint_codec.decode_row(blob, checkpoint_id)
+        return checkpoint, metadata if held is None else held
 
     def _sealed(self, blob: bytes, place: bytes) -> bytes:
         """A serialised value as its row stores it: sealed to `place` when the store is encrypted."""
         return blob if self._cipher is None else self._cipher.seal(blob, place)
 
-    def _dump_checkpoint(self, checkpoint: Checkpoint, nones: list[str]) -> tuple[str, bytes]:
-        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding (with which
-        channels hold None; the metadata has its own `jsonb` column) where it fits; not yet sealed."""
+    def _dump_checkpoint(self, checkpoint: Checkpoint, metadata: dict[str, Any], nones: list[str]) -> tuple[str, bytes]:
+        """A checkpoint without its id and values, in `checkpoint_codec`'s encoding (with its
+        metadata, and which channels hold None) where it fits; not yet sealed. Where it does
+        not, the metadata goes to the row's `jsonb` column."""
         stored = {k: v for k, v in checkpoint.items() if k not in ("channel_values", "id")}
-        blob = checkpoint_codec.encode(stored, None, nones, checkpoint["id"])
+        blob = checkpoint_codec.encode(stored, metadata, nones, checkpoint["id"])
         return (checkpoint_codec.TYPE, blob) if blob is not None else self._dump(stored)
 
     def _store_message(self, txn: _ThreadTxn, message: BaseMessage) -> int:
@@ -699,13 +706,16 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
         stored_id, parent_id, type_, blob, metadata = row
-        checkpoint = self._load_checkpoint(thread_key, ns, stored_id, type_, blob)
+        if metadata is None:
+            checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, None)
+        else:
+            checkpoint = self._load_checkpoint(thread_key, ns, stored_id, type_, blob)
         checkpoint["id"] = codec.id_text(stored_id)
         nones = checkpoint.get("channel_values") or {}  # the channels the row says hold None
         versions = {channel: version for channel, version in checkpoint["channel_versions"].items() if channel not in nones}
         checkpoint["channel_values"] = {**nones, **(yield from self._channel_values(thread_key, ns, versions, own=own))}
         writes = yield from self._pending_writes(thread_key, ns, stored_id)
-        return checkpoint_tuple(thread_id, ns, checkpoint, json.dumps(metadata), codec.id_text(parent_id), writes)
+        return checkpoint_tuple(thread_id, ns, checkpoint, metadata, codec.id_text(parent_id), writes)
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
 
@@ -745,30 +755,31 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < %s")
             params.append(_stored_id(before_id))
-        if not jsonb_storable(filter or {}):
-            return []  # stored metadata holds no NUL or lone surrogate: nothing matches, as on SQLite
+        # Metadata is matched in Python, as on SQLite: a `tk.cp2` row holds it in its (maybe sealed) blob.
+        metadata_filter: dict[str, Any] = {}
         for key, value in (filter or {}).items():
-            # Key and value are bound parameters: nothing of a filter becomes SQL text.
             key = check_text(str(key), "filter")
-            if value is None:  # as LangGraph's savers: a missing key matches None
-                where.append("coalesce(c.metadata -> %s, 'null'::jsonb) = 'null'::jsonb")
-                params.append(key)
-            else:
-                where.append("c.metadata -> %s = %s")
-                params += [key, Jsonb(value)]
+            if isinstance(value, str):
+                check_text(value, "filter")
+            metadata_filter[key] = value
         sql = (
             f"SELECT t.thread_key, t.thread_id, c.checkpoint_ns, {_CHECKPOINT_COLUMNS} FROM checkpoints c "
             "JOIN threads t ON t.thread_key = c.thread_key"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.checkpoint_id DESC"
         )
-        if limit is not None:
+        if limit is not None and not metadata_filter:
             sql += " LIMIT %s"
             params.append(int(limit))
         rows = yield Sql(sql, params)
         found = []
-        for thread_key, thread_id, ns, *row in rows:
-            found.append((yield from self._tuple(thread_key, thread_id, ns, tuple(row), own=True)))
+        for thread_key, thread_id, ns, stored_id, parent_id, type_, blob, metadata in rows:
+            checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
+            if any(metadata.get(k) != v for k, v in metadata_filter.items()):
+                continue
+            found.append((yield from self._tuple(thread_key, thread_id, ns, (stored_id, parent_id, type_, blob, metadata), own=True)))
+            if limit is not None and len(found) >= limit:
+                break
         return found
 
     def list(
@@ -963,7 +974,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         metadata_json = checkpoint_metadata_json(full_metadata)
         user_id = checked_owner(full_metadata.get("user_id"), configurable.get("user_id"))
         nones = checkpoint_codec.none_channels(checkpoint)
-        type_, blob = self._dump_checkpoint(checkpoint, nones)
+        type_, blob = self._dump_checkpoint(checkpoint, json.loads(metadata_json), nones)
         values, new_versions = checkpoint_codec.values_to_store(
             checkpoint, new_versions, nones, type_ == checkpoint_codec.TYPE
         )
@@ -991,7 +1002,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "v_type": v_type, "v_value": v_value, "v_base": v_base, "v_keep": v_keep, "v_depth": v_depth,
                 "ns": ns, "checkpoint_id": _stored_id(checkpoint["id"]), "parent_id": _stored_id(configurable.get("checkpoint_id")),
                 "run_id": _stored_id(run_id), "type": type_, "checkpoint": blob,
-                "metadata": metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
+                "metadata": None if type_ == checkpoint_codec.TYPE else metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
                 "updated_at": utc_now() if _sets_updated_at(checkpoint, full_metadata) else None,
                 "message_count": message_count,
                 "title": encryption.seal_title(self._cipher, title, thread_id), "user_id": user_id,
@@ -1298,8 +1309,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """The checkpoint plus the ancestors its DeltaChannels replay from (ids as stored)."""
         kept = [checkpoint_id]
         row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, checkpoint_id), FETCH_ONE)
-        versions = self._load_checkpoint(thread_key, ns, checkpoint_id, row[1], row[2])["channel_versions"]
-        delta_channels = [c for c in (row[3].get("counters_since_delta_snapshot") or {}) if c in versions]
+        checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, checkpoint_id, row[1], row[2], row[3])
+        versions = checkpoint["channel_versions"]
+        delta_channels = [c for c in (metadata.get("counters_since_delta_snapshot") or {}) if c in versions]
         found = yield from self._stored_channels(thread_key, ns, versions, delta_channels)
         unseeded = set(delta_channels) - found
         parent = row[0]

@@ -259,7 +259,7 @@ M006_ID_BYTES = (
 )
 """Checkpoint, run and task ids as 16 bytes (`codec.id_bytes`)."""
 
-M007_NUMBERED_WRITES = (
+M007_COMPACT_TURNS = (
     # Measured through the agent graph (1,000 turns, `bench.postgres --bytes`): a turn's input
     # and the model's answer were serialised again in two task writes and in the `__start__`
     # channel's value, beside their rows in `messages`. A write now says what it holds
@@ -268,8 +268,14 @@ M007_NUMBERED_WRITES = (
     # is stored as a NUL and NODE's bytes (`codec.task_path_bytes`), any other as its UTF-8.
     "ALTER TABLE writes ADD COLUMN kind smallint NOT NULL DEFAULT 0, ALTER COLUMN type DROP NOT NULL, "
     "ALTER COLUMN task_path TYPE bytea USING convert_to(task_path, 'UTF8')",
+    # A checkpoint's metadata inside its `tk.cp2` row (`checkpoint_codec`: about 13 bytes for
+    # the usual keys, against 83 of `jsonb` in the column); the column holds it only for
+    # checkpoints stored the generic way, and for rows written before. `list(filter=)`
+    # matches metadata in Python, as on SQLite.
+    "ALTER TABLE checkpoints ALTER COLUMN metadata DROP NOT NULL",
 )
-"""Messages in task writes and a graph's input as message numbers; task paths as bytes."""
+"""Messages in task writes and a graph's input as message numbers; task paths as bytes;
+checkpoint metadata inside the checkpoint's row."""
 
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
@@ -278,7 +284,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m004_store_meta", M004_STORE_META),
     ("m005_compact_words", M005_COMPACT_WORDS),
     ("m006_id_bytes", M006_ID_BYTES),
-    ("m007_numbered_writes", M007_NUMBERED_WRITES),
+    ("m007_compact_turns", M007_COMPACT_TURNS),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 
