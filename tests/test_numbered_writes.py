@@ -117,3 +117,27 @@ async def test_on_postgresql_a_turn_stores_its_two_messages_once_and_writes_them
             "(SELECT count(*) FROM channel_values WHERE channel = '__start__' AND kind = 0)"
         ).fetchone()
         assert serialised == (0, 0)
+
+
+def test_on_postgresql_a_write_that_fails_at_commit_leaves_no_number_behind_for_another_message(postgres_url):
+    """The digests of a write's new messages are cached before its COMMIT is sent (so the
+    thread's next write, which may run first, never stores them twice). A write that then
+    fails must not leave them cached: its numbers go to the next write's messages."""
+    from checkpointers import open_saver
+
+    with open_saver(postgres_url) as saver:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE writes ADD CONSTRAINT no_poison CHECK (channel <> 'poison')")
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        lost = HumanMessage("the write that failed", id="m-1")
+        try:
+            saver.put_writes(at, [("messages", [lost]), ("poison", 1)], "task-1")
+        except psycopg.errors.CheckViolation:
+            pass
+        else:
+            raise AssertionError("the poisoned write was stored")
+        other = HumanMessage("the next message", id="m-2")
+        saver.put_writes(at, [("messages", [other])], "task-2")
+        saver.put_writes(at, [("messages", [lost])], "task-3")
+        assert saver.get_tuple(at).pending_writes == [("task-2", "messages", [other]), ("task-3", "messages", [lost])]

@@ -965,7 +965,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return kind, type_, self._sealed(blob, place)
 
     def _put(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
+        remembered: list[_ThreadTxn],
     ) -> Plan[tuple[RunnableConfig, _ThreadTxn]]:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
@@ -1012,16 +1013,19 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         owner = txn.row.user_id if txn.row.user_id is not None else user_id  # as the UPDATE leaves it
         if any(txn.usage.counts):  # usage statistics, in the checkpoint's transaction
             yield from neutral(lambda conn: stats.record_tally(conn, stats.today(), owner, txn.usage))
-        self._remember(txn)
+        self._remember(txn, remembered)
         next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
         return next_config, txn
 
-    def _remember(self, txn: _ThreadTxn) -> None:
+    def _remember(self, txn: _ThreadTxn, remembered: list[_ThreadTxn]) -> None:
         """Cache the digests (and the messages without an id) of the messages a write inserts,
         as its last step before its COMMIT is sent. The next write of the thread waits for
         this one's lock, and may find its row lock granted before `_committed` would run:
-        cached here, its messages are never stored twice (a number from a write that then
-        failed is not below the thread's next number, and `_store_message` passes over it)."""
+        cached here, its messages are never stored twice. A number from a write that then
+        fails is not below the thread's next number, and `_store_message` passes over it;
+        and the write's caller then forgets what is cached of the thread (`_write`), before
+        a later write can give the number to another message."""
+        remembered.append(txn)
         key = txn.thread_key
         named = {digest for _object_id, _old, digest in txn.renamed}
         with self._cache_lock:
@@ -1037,6 +1041,21 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 self._unnamed[(key, object_id)] = entry
             while len(self._unnamed) > _UNNAMED_KEPT:
                 self._unnamed.popitem(last=False)
+
+    def _write(self, plan: Plan[Any], remembered: list[_ThreadTxn]) -> Any:
+        """Run a write's plan; if it fails once `_remember` cached its messages, forget the thread's cache."""
+        try:
+            return self._run(plan)
+        except BaseException:
+            self._forget_threads([txn.thread_key for txn in remembered])
+            raise
+
+    async def _awrite(self, plan: Plan[Any], remembered: list[_ThreadTxn]) -> Any:
+        try:
+            return await self._arun(plan)
+        except BaseException:
+            self._forget_threads([txn.thread_key for txn in remembered])
+            raise
 
     def _committed(self, txn: _ThreadTxn) -> None:
         """Cache what a committed write stored: its lists, and messages stored again with their id."""
@@ -1055,19 +1074,22 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         """Store a checkpoint with its new values and messages, and its thread's index row, in one transaction."""
-        next_config, txn = self._run(self._put(config, checkpoint, metadata, new_versions))
+        remembered: list[_ThreadTxn] = []
+        next_config, txn = self._write(self._put(config, checkpoint, metadata, new_versions, remembered), remembered)
         self._committed(txn)
         return next_config
 
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        next_config, txn = await self._arun(self._put(config, checkpoint, metadata, new_versions))
+        remembered: list[_ThreadTxn] = []
+        next_config, txn = await self._awrite(self._put(config, checkpoint, metadata, new_versions, remembered), remembered)
         self._committed(txn)
         return next_config
 
     def _put_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str,
+        remembered: list[_ThreadTxn],
     ) -> Plan[_ThreadTxn | None]:
         """A task's writes; the write transaction returned when it numbered messages (to cache them)."""
         if not writes:
@@ -1115,18 +1137,20 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if replace:
             yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
         if txn is not None:
-            self._remember(txn)
+            self._remember(txn, remembered)
         return txn
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         """Store a task's writes against a checkpoint (at once, in their own transaction)."""
-        if txn := self._run(self._put_writes(config, writes, task_id, task_path)):
+        remembered: list[_ThreadTxn] = []
+        if txn := self._write(self._put_writes(config, writes, task_id, task_path, remembered), remembered):
             self._committed(txn)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        if txn := await self._arun(self._put_writes(config, writes, task_id, task_path)):
+        remembered: list[_ThreadTxn] = []
+        if txn := await self._awrite(self._put_writes(config, writes, task_id, task_path, remembered), remembered):
             self._committed(txn)
 
     # -- deleting, copying, pruning -----------------------------------------
