@@ -705,11 +705,15 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return found
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
+        """The tuple of a checkpoint row (`_CHECKPOINT_COLUMNS`)."""
         stored_id, parent_id, type_, blob, metadata = row
-        if metadata is None:
-            checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, None)
-        else:
-            checkpoint = self._load_checkpoint(thread_key, ns, stored_id, type_, blob)
+        checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
+        return (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=own))
+
+    def _decoded_tuple(
+        self, thread_key: int, thread_id: str, ns: str, stored_id: bytes, parent_id: bytes | None,
+        checkpoint: dict[str, Any], metadata: dict[str, Any], *, own: bool,
+    ) -> Plan[CheckpointTuple]:
         checkpoint["id"] = codec.id_text(stored_id)
         nones = checkpoint.get("channel_values") or {}  # the channels the row says hold None
         versions = {channel: version for channel, version in checkpoint["channel_versions"].items() if channel not in nones}
@@ -777,7 +781,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
             if any(metadata.get(k) != v for k, v in metadata_filter.items()):
                 continue
-            found.append((yield from self._tuple(thread_key, thread_id, ns, (stored_id, parent_id, type_, blob, metadata), own=True)))
+            found.append(
+                (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True))
+            )
             if limit is not None and len(found) >= limit:
                 break
         return found
