@@ -69,6 +69,8 @@ from typing import Any
 import ormsgpack
 from langgraph.checkpoint.serde.types import TASKS
 
+from checkpointers.storable import check_text
+
 TYPE = "tk.cp2"
 """The `checkpoints.type` of a row in this encoding."""
 TYPES = ("tk.cp1", TYPE)
@@ -400,3 +402,20 @@ def values_to_store(
     if nones:
         return values, {**new_versions, **{channel: checkpoint["channel_versions"][channel] for channel in nones}}
     return values, new_versions
+
+
+def checked_filter(filter: dict[str, Any] | None) -> dict[str, Any]:
+    """A `list(filter=)` as both engines match it: in Python, against the metadata a `tk.cp2`
+    row holds in its (maybe sealed) blob; text that cannot be stored exactly is refused."""
+    checked: dict[str, Any] = {}
+    for key, value in (filter or {}).items():
+        key = check_text(str(key), "filter")
+        if isinstance(value, str):
+            check_text(value, "filter")
+        checked[key] = value
+    return checked
+
+
+def matches(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether checkpoint metadata matches a `checked_filter` (as LangGraph's savers: a missing key matches None)."""
+    return all(metadata.get(key) == value for key, value in wanted.items())

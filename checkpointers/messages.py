@@ -152,17 +152,26 @@ def numbered(value: Any, number: Callable[[BaseMessage], int]) -> tuple[int, Any
     store it: (kind, form). `number(message)` gives a message's number, storing it if it is new.
     The form is the packed numbers of a list (`KIND_MESSAGE_LIST`) or of one message
     (`KIND_MESSAGE`); for a dict holding messages (a graph's input, `KIND_MESSAGE_DICT`) the
-    dict to serialise: its keys' order, each message-holding key's (kind, packed numbers) and
-    the other keys' values; anything else is itself (`KIND_SERDE`), serialised as it is."""
+    dict to serialise (`message_dict_form`); anything else is itself (`KIND_SERDE`),
+    serialised as it is."""
     if is_message_list(value):
         return KIND_MESSAGE_LIST, pack_numbers([number(m) for m in value])
     if isinstance(value, BaseMessage):
         return KIND_MESSAGE, pack_numbers([number(value)])
     if is_message_dict(value):
-        refs = {key: numbered(item, number) for key, item in value.items() if holds_messages(item)}
-        rest = {key: item for key, item in value.items() if key not in refs}
-        return KIND_MESSAGE_DICT, {"order": list(value), "refs": refs, "rest": rest}
+        return KIND_MESSAGE_DICT, message_dict_form(value, lambda item: numbered(item, number))
     return KIND_SERDE, value
+
+
+def message_dict_form(
+    value: dict, ref: Callable[[Any], Any], is_ref: Callable[[Any], bool] = holds_messages
+) -> dict[str, Any]:
+    """A dict holding messages as both engines serialise it: `refs`, each message-holding
+    key's `ref(item)` (its kind and packed numbers once stored), `rest`, the other keys'
+    values, and `flags`, for each key in order whether it is in `refs`. The keys stay keys
+    of the two dicts (the serialiser keeps any key a dict may have, a list of them it would not)."""
+    refs = {key: ref(item) for key, item in value.items() if is_ref(item)}
+    return {"flags": [key in refs for key in value], "refs": refs, "rest": {k: v for k, v in value.items() if k not in refs}}
 
 
 SERIALISED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)
@@ -182,18 +191,32 @@ def referenced_numbers(kind: int, form: Any) -> list[int]:
 
 def from_numbered(kind: int, form: Any, messages: dict[int, BaseMessage]) -> Any:
     """A write or value stored by `numbered` (not `KIND_SERDE`), back from its form and its
-    messages by number (new objects: a write is the caller's own)."""
-    if kind == KIND_MESSAGE_DICT:
-        rest = form["rest"]
-        for key, (ref_kind, packed) in form["refs"].items():
-            rest[key] = from_numbered(ref_kind, packed, messages)
-        return {key: rest[key] for key in form["order"]}
-    nos = unpack_numbers(form)
-    if kind == KIND_MESSAGE:
-        return messages[nos[0]]
-    if kind == KIND_MESSAGE_LIST:
-        return [messages[n] for n in nos]
-    raise RuntimeError(f"unknown stored value kind {kind}")
+    messages by number (new objects, each its own: a write is the caller's own)."""
+    given: set[int] = set()
+
+    def message(no: int) -> BaseMessage:
+        found = messages[no]
+        if no in given:  # the same object twice in a list, stored once: two objects again
+            return found.model_copy(deep=True)
+        given.add(no)
+        return found
+
+    def value(kind: int, form: Any) -> Any:
+        if kind == KIND_MESSAGE_DICT:
+            refs, rest = form["refs"], form["rest"]
+            parts = {key: value(ref_kind, packed) for key, (ref_kind, packed) in refs.items()}
+            if "flags" not in form:  # written before `flags`: the keys in order
+                return {key: parts[key] if key in parts else rest[key] for key in form["order"]}
+            in_refs, in_rest = iter(parts.items()), iter(rest.items())
+            return dict(next(in_refs) if flag else next(in_rest) for flag in form["flags"])
+        nos = unpack_numbers(form)
+        if kind == KIND_MESSAGE:
+            return message(nos[0])
+        if kind == KIND_MESSAGE_LIST:
+            return [message(n) for n in nos]
+        raise RuntimeError(f"unknown stored value kind {kind}")
+
+    return value(kind, form)
 
 
 @dataclass

@@ -141,3 +141,59 @@ def test_on_postgresql_a_write_that_fails_at_commit_leaves_no_number_behind_for_
         saver.put_writes(at, [("messages", [other])], "task-2")
         saver.put_writes(at, [("messages", [lost])], "task-3")
         assert saver.get_tuple(at).pending_writes == [("task-2", "messages", [other]), ("task-3", "messages", [lost])]
+
+
+def test_equal_messages_without_ids_stay_two_messages(store):
+    """Messages without an id are stored once per object, never merged by content: two equal
+    "yes" answers are two messages, as with the stock saver."""
+    from langgraph.graph.message import add_messages
+
+    saver = store
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+    yes, again = HumanMessage("yes"), HumanMessage("yes")
+    saver.put_writes(at, [("messages", [yes, again])], "task-1")
+    [(_, _, pair)] = saver.get_tuple(at).pending_writes
+    assert pair == [yes, again] and pair[0] is not pair[1]
+    assert len(add_messages([], pair)) == 2
+
+
+def test_a_dict_holding_messages_keeps_any_key_it_has_in_order(store):
+    saver = store
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+    keyed = {(1, 2): [HumanMessage("c", id="3")], 7: "seven", "messages": [HumanMessage("yes")]}
+    saver.put_writes(at, [("__start__", keyed)], "task-1")
+    [(_, _, back)] = saver.get_tuple(at).pending_writes
+    assert list(back) == [(1, 2), 7, "messages"] and back == keyed
+
+
+def test_a_graph_replayed_from_its_input_keeps_two_equal_messages_without_ids(store):
+    """Replaying a run from its input checkpoint reads the `__start__` value back: two equal
+    messages without ids in it must stay two (they were stored as one and merged)."""
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("noop", lambda state: {})
+    builder.add_edge(START, "noop")
+    app = builder.compile(checkpointer=store)
+    for n in range(10):  # the input's write and value are stored from different threads: try a few times
+        config = {"configurable": {"thread_id": f"replayed-{n}"}}
+        app.invoke({"messages": [HumanMessage("yes"), HumanMessage("yes")]}, config)
+        first = [h for h in app.get_state_history(config) if h.metadata["source"] == "input"][0]
+        app.invoke(None, first.config)
+        assert [m.content for m in app.get_state(config).values["messages"]] == ["yes", "yes"], n
+
+
+def test_list_with_a_filter_pages_past_the_first_rows_and_stops_at_its_limit(store):
+    """`list(filter=)` matches metadata in Python on both engines (the compact checkpoint row
+    holds it): rows are read until `limit` match, however far back the matches lie."""
+    saver = store
+    for thread_id, user in (("old", "alice"), ("new", "bob")):
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        for step in range(260 if user == "bob" else 3):
+            config = saver.put(config, empty_checkpoint(), {"source": "loop", "step": step, "who": user}, {})
+    found = list(saver.list(None, filter={"who": "alice"}, limit=2))
+    assert [(t.config["configurable"]["thread_id"], t.metadata["step"]) for t in found] == [("old", 2), ("old", 1)]
+    assert len(list(saver.list(None, filter={"who": "bob", "absent": None}))) == 260
+    assert list(saver.list(None, filter={"who": "carol"})) == []

@@ -113,7 +113,6 @@ from checkpointers.storable import (
     check_id,
     check_ns,
     check_task_path,
-    check_text,
     check_value,
     checkpoint_metadata_json,
 )
@@ -366,6 +365,11 @@ def _indexed(writes: Sequence[tuple[str, Any]]) -> list[tuple[int, str, Any]]:
     return [(WRITES_IDX_MAP.get(channel, idx), channel, value) for idx, (channel, value) in enumerate(writes)]
 
 
+def _holds_messages(writes: Sequence[tuple[str, Any]]) -> bool:
+    """Whether a task's writes hold messages, stored by number (`messages.numbered`)."""
+    return any(holds_messages(value) or is_message_dict(value) for _, value in writes)
+
+
 def _write_columns(thread_key: int, rows: list[tuple]) -> dict[str, Any]:
     """The `_WRITES_ROWS` parameters of a task's write rows, each (idx, channel, kind, type, value)."""
     w_idx, w_channel, w_kind, w_type, w_value = _columns(rows, 5)
@@ -414,6 +418,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._lists = ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._unnamed: OrderedDict[tuple[int, int], tuple[weakref.ref, int, bytes]] = OrderedDict()
+        self._writers: dict[str, list] = {}
+        self._async_writers: dict[tuple[asyncio.AbstractEventLoop, str], list] = {}
+        """thread id -> [its lock, how many wait for it or hold it] (see `_one_writer`)."""
         """(thread_key, id(message)) -> (the message, its number, digest) of messages stored
         without an id (see `_store_message`)."""
         self._epochs: dict[int, int] = {}
@@ -580,30 +587,36 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         check_value(message)
         type_, blob = dump_message(self.serde, message)
         digest = hashlib.blake2b(type_.encode() + b"\0" + blob, digest_size=16).digest()
-        known = txn.new_digests.get(digest)
-        if known is not None:
-            return known
-        # The caches may hold numbers of a write that did not commit (they are filled before
-        # its COMMIT, see `_remember`): those are not below the thread's next number.
-        stored_below = txn.row.next_message_no
-        with self._cache_lock:
-            known = self._digests.get((txn.thread_key, digest))
-            earlier = self._unnamed.get((txn.thread_key, id(message))) if message.id is not None else None
-        if known is not None and known < stored_below:
-            return known
-        if earlier is not None and earlier[0]() is message and earlier[1] < stored_below:
-            _ref, no, old_digest = earlier
-            txn.named.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no))))
-            txn.renamed.append((id(message), old_digest, digest))
-            txn.new_digests[digest] = no
-            return no
-        no = txn.message_no()
-        if message.id is None:
+        key = (txn.thread_key, id(message))
+        if message.id is None:  # stored once per object: equal messages without ids stay apart
+            entry = txn.unnamed.get(id(message))
+            if entry is None:
+                with self._cache_lock:
+                    entry = self._unnamed.get(key)
+            if entry is not None and entry[0]() is message and entry[2] == digest:
+                return entry[1]
+            no = txn.message_no()
             txn.unnamed[id(message)] = (weakref.ref(message), no, digest)
+        else:
+            known = txn.new_digests.get(digest)
+            if known is not None:
+                return known
+            with self._cache_lock:
+                known = self._digests.get((txn.thread_key, digest))
+                earlier = self._unnamed.get(key)
+            if known is not None:
+                return known
+            if earlier is not None and earlier[0]() is message:
+                _ref, no, old_digest = earlier
+                txn.named.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no))))
+                txn.renamed.append((id(message), old_digest, digest))
+                txn.new_digests[digest] = no
+                return no
+            no = txn.message_no()
+            txn.new_digests[digest] = no
         words = search.indexed_words(message, None if self._cipher is None else self._cipher.search_token)
         lexemes = " ".join(search.lexemes(words)) if words else None
         txn.messages.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no)), lexemes or None))
-        txn.new_digests[digest] = no
         return no
 
     def _load_message(self, thread_key: int, no: int, type_: str, value: bytes) -> BaseMessage:
@@ -759,34 +772,35 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < %s")
             params.append(_stored_id(before_id))
-        # Metadata is matched in Python, as on SQLite: a `tk.cp2` row holds it in its (maybe sealed) blob.
-        metadata_filter: dict[str, Any] = {}
-        for key, value in (filter or {}).items():
-            key = check_text(str(key), "filter")
-            if isinstance(value, str):
-                check_text(value, "filter")
-            metadata_filter[key] = value
-        sql = (
-            f"SELECT t.thread_key, t.thread_id, c.checkpoint_ns, {_CHECKPOINT_COLUMNS} FROM checkpoints c "
-            "JOIN threads t ON t.thread_key = c.thread_key"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY c.checkpoint_id DESC"
-        )
-        if limit is not None and not metadata_filter:
-            sql += " LIMIT %s"
-            params.append(int(limit))
-        rows = yield Sql(sql, params)
-        found = []
-        for thread_key, thread_id, ns, stored_id, parent_id, type_, blob, metadata in rows:
-            checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
-            if any(metadata.get(k) != v for k, v in metadata_filter.items()):
-                continue
-            found.append(
-                (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True))
+        wanted = checkpoint_codec.checked_filter(filter)
+        # With a filter, rows are read a page at a time (metadata is matched in Python) until
+        # `limit` match; the order is made total so that a page starts where the last ended.
+        page = _LIST_PAGE if wanted else limit
+        found: list[CheckpointTuple] = []
+        after: list[Any] = []
+        while True:
+            conditions = where + (["(c.checkpoint_id, c.thread_key, c.checkpoint_ns) < (%s, %s, %s)"] if after else [])
+            sql = (
+                f"SELECT t.thread_key, t.thread_id, c.checkpoint_ns, {_CHECKPOINT_COLUMNS} FROM checkpoints c "
+                "JOIN threads t ON t.thread_key = c.thread_key"
+                + (" WHERE " + " AND ".join(conditions) if conditions else "")
+                + " ORDER BY c.checkpoint_id DESC, c.thread_key DESC, c.checkpoint_ns DESC"
+                + ("" if page is None else f" LIMIT {int(page)}")
             )
-            if limit is not None and len(found) >= limit:
-                break
-        return found
+            rows = yield Sql(sql, [*params, *after])
+            for thread_key, thread_id, ns, stored_id, parent_id, type_, blob, metadata in rows:
+                checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
+                if not checkpoint_codec.matches(metadata, wanted):
+                    continue
+                found.append(
+                    (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True))
+                )
+                if limit is not None and len(found) >= limit:
+                    return found
+            if not wanted or len(rows) < page:
+                return found
+            last = rows[-1]
+            after = [last[3], last[0], last[2]]
 
     def list(
         self,
@@ -971,8 +985,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return kind, type_, self._sealed(blob, place)
 
     def _put(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions,
-        remembered: list[_ThreadTxn],
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> Plan[tuple[RunnableConfig, _ThreadTxn]]:
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
@@ -1019,28 +1032,65 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         owner = txn.row.user_id if txn.row.user_id is not None else user_id  # as the UPDATE leaves it
         if any(txn.usage.counts):  # usage statistics, in the checkpoint's transaction
             yield from neutral(lambda conn: stats.record_tally(conn, stats.today(), owner, txn.usage))
-        self._remember(txn, remembered)
         next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
         return next_config, txn
 
-    def _remember(self, txn: _ThreadTxn, remembered: list[_ThreadTxn]) -> None:
-        """Cache the digests (and the messages without an id) of the messages a write inserts,
-        as its last step before its COMMIT is sent. The next write of the thread waits for
-        this one's lock, and may find its row lock granted before `_committed` would run:
-        cached here, its messages are never stored twice. A number from a write that then
-        fails is not below the thread's next number, and `_store_message` passes over it;
-        and the write's caller then forgets what is cached of the thread (`_write`), before
-        a later write can give the number to another message."""
-        remembered.append(txn)
+    @contextmanager
+    def _one_writer(self, thread_id: str) -> Iterator[None]:
+        """Hold this process's turn to number a thread's messages (see `_committed`)."""
+        lock = self._take_turn(self._writers, thread_id, threading.Lock)
+        try:
+            with lock:
+                yield
+        finally:
+            self._give_turn(self._writers, thread_id)
+
+    @asynccontextmanager
+    async def _one_async_writer(self, thread_id: str) -> AsyncIterator[None]:
+        """`_one_writer` for the coroutines of one event loop."""
+        key = (asyncio.get_running_loop(), thread_id)
+        lock = self._take_turn(self._async_writers, key, asyncio.Lock)
+        try:
+            async with lock:
+                yield
+        finally:
+            self._give_turn(self._async_writers, key)
+
+    def _take_turn(self, turns: dict, key: Any, new_lock: Any) -> Any:
+        """The lock of `key` in `turns`, made if none waits for it or holds it."""
+        with self._cache_lock:
+            entry = turns.setdefault(key, [new_lock(), 0])
+            entry[1] += 1
+            return entry[0]
+
+    def _give_turn(self, turns: dict, key: Any) -> None:
+        with self._cache_lock:
+            turns[key][1] -= 1
+            if not turns[key][1]:
+                del turns[key]
+
+    def _committed(self, txn: _ThreadTxn) -> None:
+        """Cache what a committed write stored: its lists, its new messages' digests, the
+        messages it stored without an id, and those it stored again with their id.
+
+        The writes that number a thread's messages (`put`, and `put_writes` holding
+        messages) take their turn in this process (`_one_writer`) from before they lock the
+        thread's row until this has run. Without it the next write, which LangGraph sends
+        from another thread and whose row lock is granted at this one's COMMIT, could read
+        the caches before this fills them, and store the same messages again (measured: a
+        turn's input message twice in 43% of turns)."""
         key = txn.thread_key
-        named = {digest for _object_id, _old, digest in txn.renamed}
         with self._cache_lock:
             if self._epochs.get(key) != txn.row.gc_epoch:
                 return  # the thread was collected meanwhile: nothing of this write is cached
+            for (ns, channel), entry in txn.lists.items():
+                self._lists.add(key, ns, channel, entry)
+            for object_id, old_digest, _digest in txn.renamed:  # their row now holds them with their id
+                self._digests.pop((key, old_digest), None)
+                self._unnamed.pop((key, object_id), None)
             for digest, no in txn.new_digests.items():
-                if digest not in named:
-                    self._digests[(key, digest)] = no
-                    self._digests.move_to_end((key, digest))
+                self._digests[(key, digest)] = no
+                self._digests.move_to_end((key, digest))
             while len(self._digests) > _DIGESTS_KEPT:
                 self._digests.popitem(last=False)
             for object_id, entry in txn.unnamed.items():
@@ -1048,58 +1098,27 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             while len(self._unnamed) > _UNNAMED_KEPT:
                 self._unnamed.popitem(last=False)
 
-    def _write(self, plan: Plan[Any], remembered: list[_ThreadTxn]) -> Any:
-        """Run a write's plan; if it fails once `_remember` cached its messages, forget the thread's cache."""
-        try:
-            return self._run(plan)
-        except BaseException:
-            self._forget_threads([txn.thread_key for txn in remembered])
-            raise
-
-    async def _awrite(self, plan: Plan[Any], remembered: list[_ThreadTxn]) -> Any:
-        try:
-            return await self._arun(plan)
-        except BaseException:
-            self._forget_threads([txn.thread_key for txn in remembered])
-            raise
-
-    def _committed(self, txn: _ThreadTxn) -> None:
-        """Cache what a committed write stored: its lists, and messages stored again with their id."""
-        key = txn.thread_key
-        with self._cache_lock:
-            if self._epochs.get(key) != txn.row.gc_epoch:
-                return  # the thread was collected meanwhile: nothing of this write is cached
-            for (ns, channel), entry in txn.lists.items():
-                self._lists.add(key, ns, channel, entry)
-            for object_id, old_digest, digest in txn.renamed:  # their row now holds them with their id
-                self._digests.pop((key, old_digest), None)
-                self._unnamed.pop((key, object_id), None)
-                self._digests[(key, digest)] = txn.new_digests[digest]
-
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         """Store a checkpoint with its new values and messages, and its thread's index row, in one transaction."""
-        remembered: list[_ThreadTxn] = []
-        next_config, txn = self._write(self._put(config, checkpoint, metadata, new_versions, remembered), remembered)
-        self._committed(txn)
+        with self._one_writer(check_id(config["configurable"]["thread_id"])):
+            next_config, txn = self._run(self._put(config, checkpoint, metadata, new_versions))
+            self._committed(txn)
         return next_config
 
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        remembered: list[_ThreadTxn] = []
-        next_config, txn = await self._awrite(self._put(config, checkpoint, metadata, new_versions, remembered), remembered)
-        self._committed(txn)
+        async with self._one_async_writer(check_id(config["configurable"]["thread_id"])):
+            next_config, txn = await self._arun(self._put(config, checkpoint, metadata, new_versions))
+            self._committed(txn)
         return next_config
 
     def _put_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str,
-        remembered: list[_ThreadTxn],
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
     ) -> Plan[_ThreadTxn | None]:
         """A task's writes; the write transaction returned when it numbered messages (to cache them)."""
-        if not writes:
-            return None
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
         user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
@@ -1111,53 +1130,51 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         insert = _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL
         txn = None
-        if any(holds_messages(value) or is_message_dict(value) for _, value in writes):
+        if _holds_messages(writes):
             # Its messages are numbered and stored with it: the thread's row is locked as
             # for a checkpoint, which numbers messages too.
             txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
             thread_key = txn.thread_key
-            rows = [
-                (idx, channel, *self._encoded(txn, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
-                for idx, channel, value in _indexed(writes)
-            ]
-            if txn.messages or txn.named:
-                params |= txn.message_params()
-                params["next_message_no"] = txn.next_message_no
-                insert = _WITH_MESSAGES_SQL[insert]
         else:
-            dumped = []
-            for idx, channel, value in _indexed(writes):
-                check_value(value, "input")
-                dumped.append((idx, channel, *self._dump(value)))
             row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
             if row is None:
                 yield from self._new_thread(thread_id, user_id)
                 row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
             self._check_key_unchanged(row[1])
             thread_key = row[0]
-            rows = [
-                (idx, channel, KIND_SERDE, type_, self._sealed(blob, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
-                for idx, channel, type_, blob in dumped
-            ]
+        rows = [
+            (idx, channel, *self._encoded(txn, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
+            for idx, channel, value in _indexed(writes)
+        ]
+        if txn is not None and (txn.messages or txn.named):
+            params |= txn.message_params()
+            params["next_message_no"] = txn.next_message_no
+            insert = _WITH_MESSAGES_SQL[insert]
         yield Sql(insert, params | _write_columns(thread_key, rows), FETCH_LATER)
         if replace:
             yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
-        if txn is not None:
-            self._remember(txn, remembered)
         return txn
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         """Store a task's writes against a checkpoint (at once, in their own transaction)."""
-        remembered: list[_ThreadTxn] = []
-        if txn := self._write(self._put_writes(config, writes, task_id, task_path, remembered), remembered):
-            self._committed(txn)
+        if not writes:
+            return
+        if not _holds_messages(writes):
+            self._run(self._put_writes(config, writes, task_id, task_path))
+            return
+        with self._one_writer(check_id(config["configurable"]["thread_id"])):
+            self._committed(self._run(self._put_writes(config, writes, task_id, task_path)))
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        remembered: list[_ThreadTxn] = []
-        if txn := await self._awrite(self._put_writes(config, writes, task_id, task_path, remembered), remembered):
-            self._committed(txn)
+        if not writes:
+            return
+        if not _holds_messages(writes):
+            await self._arun(self._put_writes(config, writes, task_id, task_path))
+            return
+        async with self._one_async_writer(check_id(config["configurable"]["thread_id"])):
+            self._committed(await self._arun(self._put_writes(config, writes, task_id, task_path)))
 
     # -- deleting, copying, pruning -----------------------------------------
 
@@ -1491,6 +1508,8 @@ def _begin(read: bool, single: bool) -> str | None:
         return None
     return connection.BEGIN_SNAPSHOT if read else connection.BEGIN
 _DIGESTS_KEPT = 20_000
+_LIST_PAGE = 200
+"""Checkpoint rows `list(filter=)` reads at a time (see `_list`)."""
 _UNNAMED_KEPT = 1_000
 
 _DELETE_CHECKPOINT_SQL = tuple(

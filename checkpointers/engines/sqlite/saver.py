@@ -64,7 +64,7 @@ from checkpointers.engines.sqlite.maintenance import SqliteMaintenance
 from checkpointers.messages import ListCache as _ListCache, checked_owner as _checked_owner, hands_out_kept, utc_now
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
-from checkpointers.storable import check_id, check_ns, check_task_path, check_text, checkpoint_metadata_json
+from checkpointers.storable import check_id, check_ns, check_task_path, checkpoint_metadata_json
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
@@ -495,27 +495,22 @@ class ThreadSaver(
         if before is not None and (before_id := get_checkpoint_id(before)):
             where.append("c.checkpoint_id < ?")
             params.append(db_id(before_id))
-        # Metadata is matched in Python: a row since `tk.cp2` holds it in its (maybe sealed) blob.
-        metadata_filter: dict[str, Any] = {}
-        for key, value in (filter or {}).items():
-            key = check_text(str(key), "filter")
-            if isinstance(value, str):
-                check_text(value, "filter")
-            metadata_filter[key] = value
+        wanted = checkpoint_codec.checked_filter(filter)
         sql = (
             "SELECT c.thread_key, t.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, "
             "c.type, c.checkpoint, c.metadata FROM checkpoints c JOIN threads t ON t.thread_key = c.thread_key"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY c.checkpoint_id DESC"
         )
-        if limit is not None and not metadata_filter:
+        if limit is not None and not wanted:
             sql += " LIMIT ?"
             params.append(int(limit))
         with self._read() as conn:
             results = []
-            for thread_key, thread_id, ns, checkpoint_id, parent_id, *stored in conn.execute(sql, params).fetchall():
+            # Rows stream from the cursor: with a filter, reading stops once `limit` match.
+            for thread_key, thread_id, ns, checkpoint_id, parent_id, *stored in conn.execute(sql, params):
                 checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, checkpoint_id, *stored)
-                if any(metadata.get(k) != v for k, v in metadata_filter.items()):
+                if not checkpoint_codec.matches(metadata, wanted):
                     continue
                 results.append(
                     self._tuple(conn, thread_key, thread_id, ns, checkpoint_id, parent_id, checkpoint, metadata, own=True)

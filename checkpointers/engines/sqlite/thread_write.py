@@ -87,6 +87,8 @@ class _ThreadTxn:
     sealed_upto: int | None = None
     stored_messages: int = 0
     new_digests: dict[bytes, int] = field(default_factory=dict)
+    unnamed: dict[int, int] = field(default_factory=dict)
+    """id(message) -> number of each message this write stores without an id (one row per object)."""
     lists: dict[tuple[str, str], _StoredList] = field(default_factory=dict)
     """Message lists stored by this write, by (ns, channel): a later checkpoint in it stores against them."""
     rows: dict[str, list[tuple]] = field(default_factory=dict)

@@ -64,6 +64,7 @@ from checkpointers.messages import (
     holds_messages as _holds_messages,
     is_message_dict as _is_message_dict,
     is_message_list as _is_message_list,
+    message_dict_form,
 )
 from checkpointers.encryption import checkpoint_place, message_place, segment_place, value_place, write_place
 from checkpointers.storable import check_value
@@ -116,9 +117,8 @@ class _PreValue:
 
     kind: int
     messages: list[_PreMessage] | None = None
-    parts: dict[str, _PreValue] | None = None
-    rest: dict[str, Any] | None = None
-    order: list[str] | None = None
+    parts: dict[Any, Any] | None = None
+    """A dict holding messages: its items in order, those holding messages pre-encoded."""
     type_: str | None = None
     blob: bytes | None = None
 
@@ -172,12 +172,15 @@ class _ValueWriting:
         pre = message if type(message) is _PreMessage else self._pre_message(message, words=False)
         if pre.unnamed is not None and pre.unnamed.id is not None:
             pre = self._pre_message(pre.unnamed, words=pre.message is None)
-        known = txn.new_digests.get(pre.digest)
-        if known is not None:
-            return known
-        # Only messages this saver wrote are remembered, and the final UPDATE of
-        # the write fails if a garbage collection ran since: no dangling numbers.
-        known = self._digests.get((txn.thread_key, pre.digest))
+        unnamed = pre.unnamed  # still without an id: stored once per object, never merged by content
+        if unnamed is not None:
+            known = txn.unnamed.get(id(unnamed))
+        else:
+            known = txn.new_digests.get(pre.digest)
+            if known is None:
+                # Only messages this saver wrote are remembered, and the final UPDATE of
+                # the write fails if a garbage collection ran since: no dangling numbers.
+                known = self._digests.get((txn.thread_key, pre.digest))
         if known is not None:
             return known
         no = txn.message_no()
@@ -188,6 +191,9 @@ class _ValueWriting:
         if words:
             txn.add_row(ROW_SEARCH, fts.rowid(txn.thread_key, no), search.backlog_body(words))
             txn.after_commit.append(self._backlog_grew)
+        if unnamed is not None:
+            txn.unnamed[id(unnamed)] = no
+            return no
         txn.new_digests[pre.digest] = no
         key = (txn.thread_key, pre.digest)
         txn.after_commit.append(lambda: _remember(self._digests, key, no, 20_000))
@@ -229,9 +235,8 @@ class _ValueWriting:
         if _is_message_dict(value):
             # A graph's input as it sits in the __start__ channel: store its
             # messages by number like the rest.
-            parts = {key: self._pre_encode(item, words=words) for key, item in value.items() if _holds_messages(item)}
-            rest = {key: item for key, item in value.items() if key not in parts}
-            return _PreValue(KIND_MESSAGE_DICT, parts=parts, rest=rest, order=list(value))
+            parts = {key: self._pre_encode(item, words=words) if _holds_messages(item) else item for key, item in value.items()}
+            return _PreValue(KIND_MESSAGE_DICT, parts=parts)
         check_value(value, "input")
         type_, blob = self._dump(value)
         return _PreValue(KIND_SERDE, type_=type_, blob=blob)
@@ -242,8 +247,10 @@ class _ValueWriting:
         if pre.messages is not None:
             return pre.kind, None, codec.pack_numbers([self._store_message(txn, m) for m in pre.messages])
         if pre.parts is not None:
-            refs = {key: self._apply_encoded(txn, part, None)[::2] for key, part in pre.parts.items()}
-            type_, blob = self._dump({"order": pre.order, "refs": refs, "rest": pre.rest})
+            form = message_dict_form(
+                pre.parts, lambda part: self._apply_encoded(txn, part, None)[::2], lambda item: type(item) is _PreValue
+            )
+            type_, blob = self._dump(form)
             return KIND_MESSAGE_DICT, type_, blob if place is None else self._cipher.seal(blob, place)
         return pre.kind, pre.type_, pre.blob if place is None else self._cipher.seal(pre.blob, place)
 
