@@ -171,7 +171,8 @@ def message_dict_form(
     values, and `flags`, for each key in order whether it is in `refs`. The keys stay keys
     of the two dicts (the serialiser keeps any key a dict may have, a list of them it would not)."""
     refs = {key: ref(item) for key, item in value.items() if is_ref(item)}
-    return {"flags": [key in refs for key in value], "refs": refs, "rest": {k: v for k, v in value.items() if k not in refs}}
+    rest = {key: item for key, item in value.items() if key not in refs}
+    return {"flags": [key in refs for key in value], "refs": refs, "rest": rest}
 
 
 SERIALISED_KINDS = (KIND_SERDE, KIND_MESSAGE_DICT)

@@ -721,7 +721,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """The tuple of a checkpoint row (`_CHECKPOINT_COLUMNS`)."""
         stored_id, parent_id, type_, blob, metadata = row
         checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
-        return (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=own))
+        return (
+            yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=own)
+        )
 
     def _decoded_tuple(
         self, thread_key: int, thread_id: str, ns: str, stored_id: bytes, parent_id: bytes | None,
@@ -792,9 +794,9 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
                 if not checkpoint_codec.matches(metadata, wanted):
                     continue
-                found.append(
-                    (yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True))
-                )
+                found.append((yield from self._decoded_tuple(
+                    thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True
+                )))
                 if limit is not None and len(found) >= limit:
                     return found
             if not wanted or len(rows) < page:
@@ -1022,7 +1024,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 "v_type": v_type, "v_value": v_value, "v_base": v_base, "v_keep": v_keep, "v_depth": v_depth,
                 "ns": ns, "checkpoint_id": _stored_id(checkpoint["id"]), "parent_id": _stored_id(configurable.get("checkpoint_id")),
                 "run_id": _stored_id(run_id), "type": type_, "checkpoint": blob,
-                "metadata": None if type_ == checkpoint_codec.TYPE else metadata_json, "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
+                "metadata": None if type_ == checkpoint_codec.TYPE else metadata_json,  # else the blob holds it
+                "next_value_no": txn.next_value_no, "next_message_no": txn.next_message_no,
                 "updated_at": utc_now() if _sets_updated_at(checkpoint, full_metadata) else None,
                 "message_count": message_count,
                 "title": encryption.seal_title(self._cipher, title, thread_id), "user_id": user_id,

@@ -235,7 +235,10 @@ class _ValueWriting:
         if _is_message_dict(value):
             # A graph's input as it sits in the __start__ channel: store its
             # messages by number like the rest.
-            parts = {key: self._pre_encode(item, words=words) if _holds_messages(item) else item for key, item in value.items()}
+            parts = {
+                key: self._pre_encode(item, words=words) if _holds_messages(item) else item
+                for key, item in value.items()
+            }
             return _PreValue(KIND_MESSAGE_DICT, parts=parts)
         check_value(value, "input")
         type_, blob = self._dump(value)
