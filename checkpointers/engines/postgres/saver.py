@@ -137,9 +137,10 @@ _THREAD_ROW_SQL = (
     "FROM threads WHERE thread_id = %s FOR NO KEY UPDATE"
 )
 """A checkpoint's write locks its thread's row: FOR NO KEY UPDATE queues the thread's other
-checkpoint writes (they number its values and messages) but not its task writes (`put_writes`,
-FOR KEY SHARE), which LangGraph sends while the step's checkpoint is still being written: with
-FOR UPDATE they waited for it, 2 to 4 ms a turn measured at turn 10."""
+writes that number its values and messages (checkpoints, and task writes holding messages) but
+not its other task writes (`put_writes`, FOR KEY SHARE), which LangGraph sends while the step's
+checkpoint is still being written: with FOR UPDATE they waited for it, 2 to 4 ms a turn
+measured at turn 10."""
 _NEW_THREAD_SQL = (
     "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (thread_id) DO NOTHING"
