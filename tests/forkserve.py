@@ -134,10 +134,27 @@ def fork_server() -> int:
 # -- the test side ----------------------------------------------------------------------
 
 
+PER_START = ("THREADKEEPER_", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+"""Variables a forked server may take from its test: read when the app runs, not when a module
+is imported (nothing under checkpointers/, graph/ or ui/ reads the environment at import time)."""
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "THREADKEEPER_"))}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    return env
+
+
+def _forkable(env: dict[str, str]) -> bool:
+    """Whether `env` differs from the fork server's only in variables read after import (a
+    different TMPDIR, say, is read by tempfile and Gradio at import: such a start gets an
+    interpreter of its own)."""
+    return {k: v for k, v in env.items() if not k.startswith(PER_START)} == _base_env()
+
+
 class _ForkServer:
     def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "THREADKEEPER_"))}
-        env["GRADIO_ANALYTICS_ENABLED"] = "False"
+        env = _base_env()
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.forkserve"], cwd=ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.lock = threading.Lock()
@@ -226,9 +243,13 @@ _server: _ForkServer | None = None
 _server_lock = threading.Lock()
 
 
-def start_serve(args: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess:
-    """`python -m ui.cli ARGS` with `env` in `cwd`, its output appended to `log`, forked from the fork server."""
+def start_serve(args: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess | subprocess.Popen:
+    """`python -m ui.cli ARGS` with `env` in `cwd`, its output appended to `log`: forked from the
+    fork server, or where `env` changes what imports read, started as a fresh interpreter."""
     global _server
+    if not _forkable(env):
+        with open(log, "a") as out:
+            return subprocess.Popen([sys.executable, "-m", "ui.cli", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     with _server_lock:
         if _server is None or not _server.alive():
             _server = _ForkServer()
