@@ -350,7 +350,7 @@ class ServeProcess:
         self.env = _offline_env(
             THREADKEEPER_DATABASE_URL=f"sqlite:///{data / 'threadkeeper.db'}", THREADKEEPER_WEB_SECRET=WEB_SECRET, **env
         )
-        self.proc: subprocess.Popen | None = None
+        self.proc = None  # a tests.forkserve.ForkedProcess
         self.starts = 0
 
     @property
@@ -364,12 +364,11 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        log = open(self.logs / f"serve-{self.starts}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ui.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        from tests.forkserve import start_serve
+
+        log = self.logs / f"serve-{self.starts}.log"
+        log.write_text("")
+        self.proc = start_serve(["serve", "--port", str(self.port)], env=self.env, cwd=ROOT, log=log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,15 +1,15 @@
 """`threadkeeper serve` as a person runs it: a real process on a free 127.0.0.1 port,
-its log in its data directory."""
+its log in its data directory (forked from tests/forkserve.py's fork server, which
+imported the app once for the whole session)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from tests.forkserve import start_serve
 from tests.gradio_api import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +29,8 @@ class Server:
 
     def start(self) -> Server:
         log = open(self.data / f"server-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ui.cli", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        log.close()
+        self.proc = start_serve(["serve", "--port", str(self.port)], env=self.env, cwd=ROOT, log=Path(log.name))
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
