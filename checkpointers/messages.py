@@ -190,10 +190,11 @@ def referenced_numbers(kind: int, form: Any) -> list[int]:
     return []
 
 
-def from_numbered(kind: int, form: Any, messages: dict[int, BaseMessage]) -> Any:
+def from_numbered(kind: int, form: Any, messages: dict[int, BaseMessage], given: set[int] | None = None) -> Any:
     """A write or value stored by `numbered` (not `KIND_SERDE`), back from its form and its
-    messages by number (new objects, each its own: a write is the caller's own)."""
-    given: set[int] = set()
+    messages by number (new objects, each its own: a write is the caller's own). `given`: the
+    numbers already handed out from `messages` by earlier calls (updated here)."""
+    given = set() if given is None else given
 
     def message(no: int) -> BaseMessage:
         found = messages[no]

@@ -219,14 +219,14 @@ class SessionStore:
         sealed = self._engine.seal_title(_clean_title(title), session_id)
         found = yield from self._engine.owner_and_metadata(session_id)
         now = utc_now()
-        owner = None if user_id is ANY_USER else user_id
-        inserted = found is None and (yield from self._engine.insert_session(session_id, owner, sealed, now, stored))
-        if found is None and not inserted:  # another process made it since we looked
-            found = yield from self._engine.owner_and_metadata(session_id)
-        if not inserted:
-            if found is None or (user_id is not ANY_USER and found[0] != user_id):
-                raise ThreadNotFoundError(session_id)
-            yield from self._engine.update_session(session_id, stored, sealed, now)
+        if found is None:
+            owner = None if user_id is ANY_USER else user_id
+            if (yield from self._engine.insert_session(session_id, owner, sealed, now, stored)):
+                return self._session((yield from self._engine.session_row(session_id)))
+            found = yield from self._engine.owner_and_metadata(session_id)  # another process made it since we looked
+        if found is None or (user_id is not ANY_USER and found[0] != user_id):
+            raise ThreadNotFoundError(session_id)
+        yield from self._engine.update_session(session_id, stored, sealed, now)
         return self._session((yield from self._engine.session_row(session_id)))
 
     def _update_session(

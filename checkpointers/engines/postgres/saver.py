@@ -316,8 +316,8 @@ class _ThreadTxn:
     """(number, type, value) of messages stored before without an id, stored again with it."""
     unnamed: dict[int, tuple[weakref.ref, int, bytes]] = field(default_factory=dict)
     """Messages this write stores without an id: id(message) -> (the message, number, digest)."""
-    renamed: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    """(id(message), digest without its id, digest with it) of each message in `named`."""
+    renamed: list[tuple[int, bytes]] = field(default_factory=list)
+    """(id(message), digest without its id) of each message in `named`."""
     values: list[tuple] = field(default_factory=list)
     new_digests: dict[bytes, int] = field(default_factory=dict)
     lists: dict[tuple[str, str], StoredList] = field(default_factory=dict)
@@ -610,7 +610,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             if earlier is not None and earlier[0]() is message:
                 _ref, no, old_digest = earlier
                 txn.named.append((no, type_, self._sealed(codec.deflate(blob), message_place(txn.thread_key, no))))
-                txn.renamed.append((id(message), old_digest, digest))
+                txn.renamed.append((id(message), old_digest))
                 txn.new_digests[digest] = no
                 return no
             no = txn.message_no()
@@ -688,8 +688,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return messages if kind == KIND_MESSAGE_LIST else _DeltaSnapshot(messages)
 
     def _decode_stored(self, thread_key: int, kind: int, type_: str | None, value: bytes | None, place: bytes) -> Plan[Any]:
-        """A write, or a value other than a stored list: serialised (sealed at `place`), or
-        numbered (`messages.numbered`), its messages read as new objects."""
+        """A value other than a stored list: serialised (sealed at `place`), or numbered
+        (`messages.numbered`), its messages read as new objects (writes: `_pending_writes`)."""
         if kind == KIND_SERDE:
             return self._load(type_, value, place)
         form = self._load(type_, value, place) if kind == KIND_MESSAGE_DICT else value
@@ -712,11 +712,21 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         checkpoint_id = codec.id_text(stored_id)
         rows = [(codec.task_path_from_bytes(path), codec.id_text(task_id), *rest) for path, task_id, *rest in rows]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
-        found = []
+        forms = []  # each write deserialised, or (kind, form) when it holds message numbers
         for _path, task_id, idx, channel, kind, type_, value in rows:
             place = write_place(thread_key, ns, checkpoint_id, task_id, idx)
-            found.append((task_id, channel, (yield from self._decode_stored(thread_key, kind, type_, value, place))))
-        return found
+            if kind == KIND_SERDE:
+                forms.append((task_id, channel, None, self._load(type_, value, place)))
+            else:
+                form = self._load(type_, value, place) if kind == KIND_MESSAGE_DICT else value
+                forms.append((task_id, channel, kind, form))
+        numbers = [n for _task, _channel, kind, form in forms if kind is not None for n in referenced_numbers(kind, form)]
+        loaded = yield from self._load_messages(thread_key, numbers)  # one read for all the writes
+        given: set[int] = set()
+        return [
+            (task_id, channel, form if kind is None else from_numbered(kind, form, loaded, given))
+            for task_id, channel, kind, form in forms
+        ]
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
         """The tuple of a checkpoint row (`_CHECKPOINT_COLUMNS`)."""
@@ -1089,7 +1099,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 return  # the thread was collected meanwhile: nothing of this write is cached
             for (ns, channel), entry in txn.lists.items():
                 self._lists.add(key, ns, channel, entry)
-            for object_id, old_digest, _digest in txn.renamed:  # their row now holds them with their id
+            for object_id, old_digest in txn.renamed:  # their row now holds them with their id
                 self._digests.pop((key, old_digest), None)
                 self._unnamed.pop((key, object_id), None)
             for digest, no in txn.new_digests.items():
@@ -1120,9 +1130,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         return next_config
 
     def _put_writes(
-        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str, numbering: bool
     ) -> Plan[_ThreadTxn | None]:
-        """A task's writes; the write transaction returned when it numbered messages (to cache them)."""
+        """A task's writes; with `numbering` (they hold messages: `_holds_messages`), the write
+        transaction is returned, to cache the messages it numbered."""
         configurable = config["configurable"]
         thread_id = check_id(configurable["thread_id"])
         user_id = checked_owner(configurable.get("user_id"), (config.get("metadata") or {}).get("user_id"))
@@ -1134,7 +1145,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         insert = _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL
         txn = None
-        if _holds_messages(writes):
+        if numbering:
             # Its messages are numbered and stored with it: the thread's row is locked as
             # for a checkpoint, which numbers messages too.
             txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
@@ -1164,10 +1175,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if not writes:
             return
         if not _holds_messages(writes):
-            self._run(self._put_writes(config, writes, task_id, task_path))
+            self._run(self._put_writes(config, writes, task_id, task_path, False))
             return
         with self._one_writer(check_id(config["configurable"]["thread_id"])):
-            self._committed(self._run(self._put_writes(config, writes, task_id, task_path)))
+            self._committed(self._run(self._put_writes(config, writes, task_id, task_path, True)))
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
@@ -1175,10 +1186,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if not writes:
             return
         if not _holds_messages(writes):
-            await self._arun(self._put_writes(config, writes, task_id, task_path))
+            await self._arun(self._put_writes(config, writes, task_id, task_path, False))
             return
         async with self._one_async_writer(check_id(config["configurable"]["thread_id"])):
-            self._committed(await self._arun(self._put_writes(config, writes, task_id, task_path)))
+            self._committed(await self._arun(self._put_writes(config, writes, task_id, task_path, True)))
 
     # -- deleting, copying, pruning -----------------------------------------
 
