@@ -17,6 +17,8 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.base import empty_checkpoint, writes_sort_key
 from langgraph.checkpoint.memory import InMemorySaver
 
+from checkpointers.codec import KIND_MESSAGE_LIST, KIND_SERDE
+from checkpointers.engines.postgres import packed_writes
 from graph import Settings, build_graph
 from tests.hostile import scaled
 from tests.scripted import ScriptedChatModel, echo
@@ -68,6 +70,40 @@ def test_task_writes_of_any_kind_read_back_as_the_stock_saver_gives_them(store, 
     assert order == sorted(order, key=lambda key: writes_sort_key(*key))
 
 
+_repeated_call = st.tuples(
+    st.sampled_from(["task-a", "task-b"]),
+    st.one_of(
+        st.lists(st.tuples(st.sampled_from(["messages", "window"]), _value), min_size=1, max_size=2),
+        st.lists(st.tuples(st.sampled_from(["__interrupt__", "__error__"]), _words), min_size=1, max_size=1),
+    ),
+)
+
+
+@given(calls=st.lists(_repeated_call, min_size=1, max_size=6), before=st.integers(0, 6))
+@scaled(25)
+def test_writes_sent_before_and_after_their_checkpoint_keep_first_write_wins(store, calls, before):
+    """A task's write at an index already written is ignored, an error or interrupt replaces
+    the one before, whether the writes came before their checkpoint was stored (on
+    PostgreSQL: rows of `writes`) or after (packed into the checkpoint's row), as with the
+    stock saver."""
+    thread_id = f"t{next(_threads)}"
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    at = {"configurable": {**config["configurable"], "checkpoint_id": checkpoint["id"]}}
+    task_ids = {"task-a": str(uuid.uuid4()), "task-b": str(uuid.uuid4())}
+    found = []
+    for saver in (InMemorySaver(), store):
+        for n, (task, writes) in enumerate(calls):
+            if n == before:
+                saver.put(config, checkpoint, {"source": "loop", "step": 0}, {})
+            saver.put_writes(at, writes, task_ids[task], "~__pregel_pull, model")
+        if before >= len(calls):
+            saver.put(config, checkpoint, {"source": "loop", "step": 0}, {})
+        found.append(saver.get_tuple(at).pending_writes)
+    expected, got = found
+    assert sorted(got, key=repr) == sorted(expected, key=repr)
+
+
 def test_pending_writes_holding_messages_outlive_a_prune_of_older_checkpoints(store):
     saver = store
     agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
@@ -117,6 +153,13 @@ async def test_on_postgresql_a_turn_stores_its_two_messages_once_and_writes_them
             "(SELECT count(*) FROM channel_values WHERE channel = '__start__' AND kind = 0)"
         ).fetchone()
         assert serialised == (0, 0)
+        packed = [
+            (channel, kind)
+            for (blob,) in conn.execute("SELECT writes FROM checkpoints WHERE writes IS NOT NULL")
+            for _task, _path, _replace, rows in packed_writes.records(bytes(blob))
+            for _idx, channel, kind, _type, _value in rows
+        ]
+        assert ("messages", KIND_MESSAGE_LIST) in packed and ("messages", KIND_SERDE) not in packed
 
 
 def test_on_postgresql_a_write_that_fails_at_commit_leaves_no_number_behind_for_another_message(postgres_url):
@@ -127,7 +170,9 @@ def test_on_postgresql_a_write_that_fails_at_commit_leaves_no_number_behind_for_
 
     with open_saver(postgres_url) as saver:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute("ALTER TABLE writes ADD CONSTRAINT no_poison CHECK (channel <> 'poison')")
+            conn.execute(  # the write's channel name, packed into its checkpoint's row
+                "ALTER TABLE checkpoints ADD CONSTRAINT no_poison CHECK (position('poison'::bytea IN writes) = 0)"
+            )
         config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
         at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
         lost = HumanMessage("the write that failed", id="m-1")

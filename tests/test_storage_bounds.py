@@ -115,14 +115,20 @@ def test_through_the_agent_graph_a_turn_stores_at_most_2kb_after_1000_turns(db_p
     assert per_turn <= 2048, per_turn
 
 
-def test_on_postgresql_through_the_agent_graph_a_turn_stores_at_most_5_5kb_after_1000_turns(postgres_url):
+def test_on_postgresql_through_the_agent_graph_a_turn_stores_at_most_4_75kb_after_1000_turns(postgres_url):
     """Issue 19's measure on PostgreSQL, as `python -m bench.postgres --bytes` takes it (tables,
-    indexes and TOAST after VACUUM): 5,267 B a turn here; the previous release stored 5,988
-    (its messages serialised again in task writes, its metadata as `jsonb`), the one before 7,381."""
+    indexes and TOAST after VACUUM): about 4,600 B a turn here, its five task writes packed into
+    their checkpoints' rows; the previous release stored 5,218 (a row of `writes` each), the
+    one before 5,988 (its messages serialised again in task writes, its metadata as `jsonb`)."""
     from bench.agent import run_thread
     from bench.postgres import schema_bytes
 
     with open_saver(postgres_url) as saver:
         run_thread(saver, 1000)
+        with saver.maintenance.reading() as query:
+            ((rows,),) = query("SELECT count(*) FROM writes")
+    # A write whose checkpoint's put has not run yet gets a row (see `_after_put`): a stall
+    # of the machine may leave a few, not one a turn.
+    assert rows <= 50, rows
     per_turn = schema_bytes(postgres_url) / 1000
-    assert per_turn <= 5632, per_turn
+    assert per_turn <= 4864, per_turn

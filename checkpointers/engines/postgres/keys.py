@@ -32,6 +32,7 @@ from checkpointers import encryption
 from checkpointers.codec import KIND_MESSAGE_DICT, KIND_SERDE, id_text
 from checkpointers.encryption import Cipher, KeyRecord, checkpoint_place, message_place, value_place, write_place
 from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Plan, Sql
+from checkpointers.engines.postgres import packed_writes
 from checkpointers.errors import EncryptionKeyError
 
 _RECORDS_SQL = "SELECT key, value FROM store_meta WHERE key = ANY(%s)"
@@ -178,6 +179,28 @@ def reseal_thread(
             f"UPDATE {table} AS t SET {column} = u.sealed{setting} FROM unnest({unnest}) "
             f"AS u ({', '.join(names)}, sealed{extra}) WHERE t.thread_key = %s AND {match}",
             (*columns, target_key),
+            FETCH_NONE,
+        )
+        count += len(rows)
+    rows = yield Sql(
+        "SELECT checkpoint_ns, checkpoint_id, writes FROM checkpoints WHERE thread_key = %s AND writes IS NOT NULL",
+        (target_key,),
+    )
+    if rows:  # task writes packed into their checkpoint's row (`packed_writes`)
+
+        def moved(ns: str, checkpoint_id: bytes, task_id: bytes, idx: int, value: bytes) -> bytes:
+            plain = value if old is None else old.open(value, write_place(source_key, ns, id_text(checkpoint_id), id_text(task_id), idx))
+            return plain if new is None else new.seal(plain, write_place(target_key, ns, id_text(checkpoint_id), id_text(task_id), idx))
+
+        packed = [
+            packed_writes.resealed(bytes(blob), lambda task_id, idx, value, ns=ns, c=checkpoint_id: moved(ns, c, task_id, idx, bytes(value)))
+            for ns, checkpoint_id, blob in rows
+        ]
+        yield Sql(
+            "UPDATE checkpoints AS t SET writes = u.writes FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) "
+            "AS u (checkpoint_ns, checkpoint_id, writes) WHERE t.thread_key = %s AND t.checkpoint_ns = u.checkpoint_ns "
+            "AND t.checkpoint_id = u.checkpoint_id",
+            ([r[0] for r in rows], [r[1] for r in rows], packed, target_key),
             FETCH_NONE,
         )
         count += len(rows)

@@ -45,6 +45,7 @@ import hashlib
 import json
 import asyncio
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -75,7 +76,7 @@ import psycopg
 from checkpointers import checkpoint_codec, codec, encryption, search, stats
 from checkpointers.codec import KIND_DELTA_SNAPSHOT, KIND_MESSAGE_DICT, KIND_MESSAGE_LIST, KIND_SERDE
 from checkpointers.encryption import Cipher, checkpoint_place, message_place, value_place, write_place
-from checkpointers.engines.postgres import connection, keys, schema
+from checkpointers.engines.postgres import connection, keys, packed_writes, schema
 from checkpointers.engines.postgres.connection import FETCH_LATER, FETCH_NONE, FETCH_ONE, Plan, Sql, neutral
 from checkpointers.engines.postgres.attachments import PostgresAttachments
 from checkpointers.engines.postgres.maintenance import PostgresMaintenance
@@ -204,27 +205,39 @@ def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bo
     up the list with the message it brought."""
     return metadata.get("source") != "loop" or not checkpoint_codec.run_goes_on(checkpoint, metadata)
 
+_PACK_WRITES_CTE = """packed AS (
+    UPDATE checkpoints SET writes = coalesce(writes, ''::bytea) || %(packed)s
+    WHERE thread_key = %(thread_key)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(checkpoint_id)s
+    RETURNING 1
+)"""
+"""A task's writes appended to their checkpoint's row (`packed_writes`)."""
 _WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, kind, type, value)"
 _WRITES_ROWS = (
     "SELECT %(thread_key)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s, w.* FROM unnest(%(w_idx)s::integer[], "
-    "%(w_channel)s::text[], %(w_kind)s::smallint[], %(w_type)s::text[], %(w_value)s::bytea[]) AS w"
+    "%(w_channel)s::text[], %(w_kind)s::smallint[], %(w_type)s::text[], %(w_value)s::bytea[]) AS w "
+    "WHERE NOT EXISTS (SELECT FROM packed)"
 )
-_INSERT_WRITES_SQL = f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT DO NOTHING"
-_REPLACE_WRITES_SQL = (
+_INSERT_WRITES = f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT DO NOTHING"
+_REPLACE_WRITES = (
     f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, "
     "task_id, idx) DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, "
     "kind = EXCLUDED.kind, type = EXCLUDED.type, value = EXCLUDED.value"
 )
 """Special writes (errors, interrupts) replace earlier ones; others never do."""
-_WITH_MESSAGES_SQL = {
-    insert: f"WITH {_NEW_MESSAGES_CTE}, new_writes AS ({insert}) "
+_PUT_WRITES_SQL = {
+    (replace, False): f"WITH {_PACK_WRITES_CTE} {insert}"
+    for replace, insert in ((False, _INSERT_WRITES), (True, _REPLACE_WRITES))
+} | {
+    (replace, True): f"WITH {_NEW_MESSAGES_CTE}, {_PACK_WRITES_CTE}, new_writes AS ({insert}) "
     "UPDATE threads SET next_message_no = %(next_message_no)s WHERE thread_key = %(thread_key)s"
-    for insert in (_INSERT_WRITES_SQL, _REPLACE_WRITES_SQL)
+    for replace, insert in ((False, _INSERT_WRITES), (True, _REPLACE_WRITES))
 }
-"""Writes holding messages new to the thread (the model's answer, a run's input), stored with
-them: the writes refer to them by number, as the checkpoint that follows does."""
+"""A task's writes, by (replace, stores messages): packed into their checkpoint's row, or
+rows of `writes` while the checkpoint is not stored. Writes holding messages new to the
+thread (the model's answer, a run's input) are stored with them: the writes refer to them by
+number, as the checkpoint that follows does."""
 
-_CHECKPOINT_COLUMNS = "c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata"
+_CHECKPOINT_COLUMNS = "c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata, c.writes"
 _CHECKPOINT_BY_ID_SQL = (
     f"SELECT t.thread_key, {_CHECKPOINT_COLUMNS} FROM threads t JOIN checkpoints c ON c.thread_key = t.thread_key "
     "WHERE t.thread_id = %s AND c.checkpoint_ns = %s AND c.checkpoint_id = %s"
@@ -237,7 +250,7 @@ _LATEST_CHECKPOINT_SQL = (
 """The thread's newest checkpoint: a backward step on the primary key (a plain join with
 ORDER BY may sort the whole thread's checkpoints first)."""
 _CHECKPOINT_ROW_SQL = (
-    "SELECT parent_checkpoint_id, type, checkpoint, metadata FROM checkpoints "
+    "SELECT parent_checkpoint_id, type, checkpoint, metadata, writes FROM checkpoints "
     "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
 )
 _VALUES_AT_SQL = (
@@ -272,7 +285,7 @@ SELECT * FROM chain LIMIT {MAX_CHAIN_DEPTH + 2}
 _MESSAGES_SQL = "SELECT message_no, type, value FROM messages WHERE thread_key = %s AND message_no = ANY(%s)"
 
 _THREAD_TABLES_COPIED = {
-    "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata",
+    "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata, writes",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value, words",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
@@ -419,11 +432,16 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._lists = ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._unnamed: OrderedDict[tuple[int, int], tuple[weakref.ref, int, bytes]] = OrderedDict()
+        """(thread_key, id(message)) -> (the message, its number, digest) of messages stored
+        without an id (see `_store_message`)."""
         self._writers: dict[str, list] = {}
         self._async_writers: dict[tuple[asyncio.AbstractEventLoop, str], list] = {}
         """thread id -> [its lock, how many wait for it or hold it] (see `_one_writer`)."""
-        """(thread_key, id(message)) -> (the message, its number, digest) of messages stored
-        without an id (see `_store_message`)."""
+        self._putting: dict[tuple[str, str], dict[str, int]] = {}
+        """(thread id, ns) -> {checkpoint id: how many of this process's puts of it are running} (see `_after_put`)."""
+        self._last_put: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        """(thread id, ns) -> (checkpoint id, `time.monotonic()`) of this process's last finished put."""
+        self._put_done = threading.Condition(self._cache_lock)
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
@@ -706,11 +724,15 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             values[channel] = yield from self._decode_value(thread_key, value_no, kind, type_, value, own=own)
         return values
 
-    def _pending_writes(self, thread_key: int, ns: str, stored_id: bytes) -> Plan[list[PendingWrite]]:
-        """The writes of the checkpoint whose id is `stored_id` (as its row holds it)."""
+    def _pending_writes(self, thread_key: int, ns: str, stored_id: bytes, packed: bytes | None) -> Plan[list[PendingWrite]]:
+        """The writes of the checkpoint whose id is `stored_id` (as its row holds it), and whose
+        row holds `packed` (`packed_writes`)."""
         rows = yield Sql(_WRITES_OF_SQL, (thread_key, ns, stored_id))
         checkpoint_id = codec.id_text(stored_id)
-        rows = [(codec.task_path_from_bytes(path), codec.id_text(task_id), *rest) for path, task_id, *rest in rows]
+        rows = [
+            (codec.task_path_from_bytes(path), codec.id_text(task_id), *rest)
+            for path, task_id, *rest in packed_writes.merged(rows, packed)
+        ]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
         forms = []  # each write deserialised, or (kind, form) when it holds message numbers
         for _path, task_id, idx, channel, kind, type_, value in rows:
@@ -730,21 +752,23 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
 
     def _tuple(self, thread_key: int, thread_id: str, ns: str, row: tuple, *, own: bool) -> Plan[CheckpointTuple]:
         """The tuple of a checkpoint row (`_CHECKPOINT_COLUMNS`)."""
-        stored_id, parent_id, type_, blob, metadata = row
+        stored_id, parent_id, type_, blob, metadata, packed = row
         checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
         return (
-            yield from self._decoded_tuple(thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=own)
+            yield from self._decoded_tuple(
+                thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, packed, own=own
+            )
         )
 
     def _decoded_tuple(
         self, thread_key: int, thread_id: str, ns: str, stored_id: bytes, parent_id: bytes | None,
-        checkpoint: dict[str, Any], metadata: dict[str, Any], *, own: bool,
+        checkpoint: dict[str, Any], metadata: dict[str, Any], packed: bytes | None, *, own: bool,
     ) -> Plan[CheckpointTuple]:
         checkpoint["id"] = codec.id_text(stored_id)
         nones = checkpoint.get("channel_values") or {}  # the channels the row says hold None
         versions = {channel: version for channel, version in checkpoint["channel_versions"].items() if channel not in nones}
         checkpoint["channel_values"] = {**nones, **(yield from self._channel_values(thread_key, ns, versions, own=own))}
-        writes = yield from self._pending_writes(thread_key, ns, stored_id)
+        writes = yield from self._pending_writes(thread_key, ns, stored_id, packed)
         return checkpoint_tuple(thread_id, ns, checkpoint, metadata, codec.id_text(parent_id), writes)
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
@@ -801,12 +825,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 + ("" if page is None else f" LIMIT {int(page)}")
             )
             rows = yield Sql(sql, [*params, *after])
-            for thread_key, thread_id, ns, stored_id, parent_id, type_, blob, metadata in rows:
+            for thread_key, thread_id, ns, stored_id, parent_id, type_, blob, metadata, packed in rows:
                 checkpoint, metadata = self._load_checkpoint_row(thread_key, ns, stored_id, type_, blob, metadata)
                 if not checkpoint_codec.matches(metadata, wanted):
                     continue
                 found.append((yield from self._decoded_tuple(
-                    thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, own=True
+                    thread_key, thread_id, ns, stored_id, parent_id, checkpoint, metadata, packed, own=True
                 )))
                 if limit is not None and len(found) >= limit:
                     return found
@@ -1112,11 +1136,65 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             while len(self._unnamed) > _UNNAMED_KEPT:
                 self._unnamed.popitem(last=False)
 
+    @contextmanager
+    def _putting_checkpoint(self, config: RunnableConfig, checkpoint: Checkpoint) -> Iterator[None]:
+        """Mark a put of `checkpoint` as running, for the task writes that wait for it (`_after_put`)."""
+        thread = (config["configurable"]["thread_id"], config["configurable"].get("checkpoint_ns", ""))
+        checkpoint_id = checkpoint["id"]
+        with self._cache_lock:
+            running = self._putting.setdefault(thread, {})
+            running[checkpoint_id] = running.get(checkpoint_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cache_lock:
+                running[checkpoint_id] -= 1
+                if not running[checkpoint_id]:
+                    del running[checkpoint_id]
+                    if not running:
+                        del self._putting[thread]
+                self._last_put[thread] = (checkpoint_id, time.monotonic())
+                self._last_put.move_to_end(thread)
+                while len(self._last_put) > _LAST_PUTS_KEPT:
+                    self._last_put.popitem(last=False)
+                self._put_done.notify_all()
+
+    def _put_pending(self, config: RunnableConfig, deadline: float) -> float:
+        """How long task writes for `config`'s checkpoint should wait now for its put (see
+        `_after_put`; 0 or less: not at all). Call holding `_cache_lock`."""
+        configurable = config["configurable"]
+        thread = (configurable.get("thread_id"), configurable.get("checkpoint_ns", ""))
+        checkpoint_id = configurable.get("checkpoint_id")
+        running = self._putting.get(thread, {})
+        last = self._last_put.get(thread)
+        now = time.monotonic()
+        if not isinstance(checkpoint_id, str):
+            return 0.0
+        if checkpoint_id in running or any(other < checkpoint_id for other in running):
+            return deadline - now  # its put is running, or comes after a running one
+        if last is not None and last[0] < checkpoint_id and not running:
+            return min(deadline, last[1] + _PUT_GAP_S) - now
+        return 0.0
+
+    def _after_put(self, config: RunnableConfig) -> None:
+        """Wait, up to `_PUT_WAIT_S`, for this process's put of the checkpoint that task writes
+        are for, when it is running or coming, so the writes can be packed into the
+        checkpoint's row (`packed_writes`) rather than rows of their own.
+
+        LangGraph puts a run's checkpoints one after another, each from a worker thread once
+        the one before it is stored, and sends a step's task writes meanwhile: writes for a
+        checkpoint newer than this process's running or last put of the thread wait until
+        its put has run, or until no put of the thread has run for `_PUT_GAP_S`."""
+        deadline = time.monotonic() + _PUT_WAIT_S
+        with self._cache_lock:
+            while (wait := self._put_pending(config, deadline)) > 0:
+                self._put_done.wait(wait)
+
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         """Store a checkpoint with its new values and messages, and its thread's index row, in one transaction."""
-        with self._one_writer(check_id(config["configurable"]["thread_id"])):
+        with self._putting_checkpoint(config, checkpoint), self._one_writer(check_id(config["configurable"]["thread_id"])):
             next_config, txn = self._run(self._put(config, checkpoint, metadata, new_versions))
             self._committed(txn)
         return next_config
@@ -1124,9 +1202,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     async def aput(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
-        async with self._one_async_writer(check_id(config["configurable"]["thread_id"])):
-            next_config, txn = await self._arun(self._put(config, checkpoint, metadata, new_versions))
-            self._committed(txn)
+        with self._putting_checkpoint(config, checkpoint):
+            async with self._one_async_writer(check_id(config["configurable"]["thread_id"])):
+                next_config, txn = await self._arun(self._put(config, checkpoint, metadata, new_versions))
+                self._committed(txn)
         return next_config
 
     def _put_writes(
@@ -1143,7 +1222,6 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             "task_path": codec.task_path_bytes(check_task_path(task_path)),
         }
         replace = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        insert = _REPLACE_WRITES_SQL if replace else _INSERT_WRITES_SQL
         txn = None
         if numbering:
             # Its messages are numbered and stored with it: the thread's row is locked as
@@ -1161,11 +1239,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             (idx, channel, *self._encoded(txn, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
             for idx, channel, value in _indexed(writes)
         ]
-        if txn is not None and (txn.messages or txn.named):
+        params["packed"] = packed_writes.record(params["task_id"], params["task_path"], replace, rows)
+        stores_messages = txn is not None and bool(txn.messages or txn.named)
+        if stores_messages:
             params |= txn.message_params()
             params["next_message_no"] = txn.next_message_no
-            insert = _WITH_MESSAGES_SQL[insert]
-        yield Sql(insert, params | _write_columns(thread_key, rows), FETCH_LATER)
+        yield Sql(_PUT_WRITES_SQL[(replace, stores_messages)], params | _write_columns(thread_key, rows), FETCH_LATER)
         if replace:
             yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
         return txn
@@ -1174,6 +1253,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """Store a task's writes against a checkpoint (at once, in their own transaction)."""
         if not writes:
             return
+        self._after_put(config)
         if not _holds_messages(writes):
             self._run(self._put_writes(config, writes, task_id, task_path, False))
             return
@@ -1185,6 +1265,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     ) -> None:
         if not writes:
             return
+        with self._cache_lock:
+            pending = self._put_pending(config, time.monotonic() + _PUT_WAIT_S) > 0
+        if pending:
+            await asyncio.to_thread(self._after_put, config)
         if not _holds_messages(writes):
             await self._arun(self._put_writes(config, writes, task_id, task_path, False))
             return
@@ -1399,11 +1483,12 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         savers (in any process) that cached the thread's lists read them afresh."""
         yield Sql("UPDATE threads SET gc_epoch = gc_epoch + 1 WHERE thread_key = %s", (thread_key,), FETCH_NONE)
         checkpoints = yield Sql(
-            "SELECT checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints WHERE thread_key = %s", (thread_key,)
+            "SELECT checkpoint_ns, checkpoint_id, type, checkpoint, writes FROM checkpoints WHERE thread_key = %s",
+            (thread_key,),
         )
         wanted = {
             (ns, channel, version_key(version))
-            for ns, checkpoint_id, type_, blob in checkpoints
+            for ns, checkpoint_id, type_, blob, _packed in checkpoints
             for channel, version in self._load_checkpoint(thread_key, ns, checkpoint_id, type_, blob)["channel_versions"].items()
         }
         rows = yield Sql(
@@ -1432,6 +1517,13 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             "WHERE thread_key = %s AND kind <> %s",
             (thread_key, KIND_SERDE),
         )
+        writes = [tuple(row) for row in writes] + [
+            (ns, checkpoint_id, task_id, idx, kind, type_, value)
+            for ns, checkpoint_id, _type, _blob, packed in checkpoints
+            for task_id, _path, _replace, rows in packed_writes.records(packed)
+            for idx, _channel, kind, type_, value in rows
+            if kind != KIND_SERDE
+        ]
         for ns, checkpoint_id, task_id, idx, kind, type_, value in writes:
             place = write_place(thread_key, ns, codec.id_text(checkpoint_id), codec.id_text(task_id), idx)
             live_messages.update(self._referenced(kind, type_, value, place))
@@ -1468,7 +1560,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             row = yield Sql(_CHECKPOINT_ROW_SQL, (thread_key, ns, cursor), FETCH_ONE)
             if row is None:
                 break
-            writes = yield from self._pending_writes(thread_key, ns, cursor)
+            writes = yield from self._pending_writes(thread_key, ns, cursor, row[4])
             for write in reversed(writes):
                 if write[1] in remaining:
                     collected[write[1]].append(write)
@@ -1526,6 +1618,13 @@ _DIGESTS_KEPT = 20_000
 _LIST_PAGE = 200
 """Checkpoint rows `list(filter=)` reads at a time (see `_list`)."""
 _UNNAMED_KEPT = 1_000
+_PUT_WAIT_S = 2.0
+"""The longest task writes wait for their checkpoint's put (`_after_put`); past it they are
+stored in rows of `writes`, which read the same."""
+_PUT_GAP_S = 0.05
+"""How long after a thread's last put task writes for a newer checkpoint still expect its put
+(`_after_put`): LangGraph's worker puts the next checkpoint as soon as the last put returns."""
+_LAST_PUTS_KEPT = 10_000
 
 _DELETE_CHECKPOINT_SQL = tuple(
     f"DELETE FROM {table} WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"

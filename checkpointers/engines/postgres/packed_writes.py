@@ -1,0 +1,89 @@
+"""A checkpoint's task writes, packed into its own row (`checkpoints.writes`, migration m008).
+
+Measured through the agent graph (1,000 turns, `python -m bench.postgres --bytes`): a turn's
+five task writes took 1,089 bytes as five rows of `writes`, nearly all of it each row's
+header, its copy of the thread, namespace and checkpoint ids, and its primary key entry.
+Packed into the checkpoint's row they take what they hold.
+
+Each `put_writes` appends one record to the column (`UPDATE ... SET writes = writes || record`,
+so writes sent together for one checkpoint queue on its row and none is lost): its length as
+a varint, then msgpack of `[task_id, task_path, replace, [[idx, channel, kind, type, value],
+...]]`, with ids and the task path as their columns in `writes` hold them (`codec.id_bytes`,
+`codec.task_path_bytes`) and each value as `writes.value` holds it (sealed to its
+`write_place` in an encrypted store, where it is serialised). A write whose checkpoint is not
+stored yet (LangGraph may send a step's writes while the checkpoint's own write is still in
+flight on another thread) goes to the `writes` table, as every write did before m008; those
+are older than anything packed, so `merged` reads the table's rows first. As in a table keyed
+by (task, idx), a task's write at an index already written is ignored, unless its call
+replaces (errors and interrupts: `replace`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ormsgpack
+
+from checkpointers.messages import SERIALISED_KINDS
+
+Write = tuple[bytes, bytes, int, str, int, "str | None", "bytes | None"]
+"""(task_path, task_id, idx, channel, kind, type, value), as stored (`writes` table's columns)."""
+
+
+def record(task_id: bytes, task_path: bytes, replace: bool, rows: list[tuple[int, str, int, str | None, bytes | None]]) -> bytes:
+    """One `put_writes` call as appended to the column; `rows` are (idx, channel, kind, type, value)."""
+    body = ormsgpack.packb([task_id, task_path, replace, [list(row) for row in rows]])
+    size, head = len(body), bytearray()
+    while size >= 0x80:
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + body
+
+
+def records(packed: bytes | None) -> Iterator[tuple[bytes, bytes, bool, list[list[Any]]]]:
+    """The records of a column, in the order they were appended."""
+    if not packed:
+        return
+    view = memoryview(packed)
+    at = 0
+    while at < len(view):
+        size = shift = 0
+        while True:
+            byte = view[at]
+            at += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        task_id, task_path, replace, rows = ormsgpack.unpackb(view[at : at + size])
+        at += size
+        yield task_id, task_path, replace, rows
+
+
+def merged(table_rows: list[Write], packed: bytes | None) -> list[Write]:
+    """A checkpoint's writes: the `writes` table's rows, then the column's records, each
+    (task, idx) written once unless a later call replaces it."""
+    found: dict[tuple[bytes, int], Write] = {(row[1], row[2]): row for row in table_rows}
+    for task_id, task_path, replace, rows in records(packed):
+        for idx, channel, kind, type_, value in rows:
+            if replace or (task_id, idx) not in found:
+                found[(task_id, idx)] = (task_path, task_id, idx, channel, kind, type_, value)
+    return list(found.values())
+
+
+def resealed(packed: bytes, reseal: Callable[[bytes, int, bytes], bytes]) -> bytes:
+    """The column with each sealed value passed through `reseal(task_id, idx, value)`."""
+    return b"".join(
+        record(
+            task_id,
+            task_path,
+            replace,
+            [
+                (idx, channel, kind, type_, reseal(task_id, idx, value) if kind in SERIALISED_KINDS and value is not None else value)
+                for idx, channel, kind, type_, value in rows
+            ],
+        )
+        for task_id, task_path, replace, rows in records(packed)
+    )
