@@ -5,6 +5,7 @@ a chat turn in few round trips."""
 from __future__ import annotations
 
 import io
+from datetime import datetime, timezone
 import json
 import os
 import subprocess
@@ -187,10 +188,14 @@ def test_a_store_of_a_previous_release_opens_and_its_threads_read_back(postgres_
     contents = json.loads(written.stdout)
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (PREVIOUS_RELEASES[release],)
+    migrated_at = datetime.now(timezone.utc)
     with open_saver(postgres_url, encryption_key=key) as saver:
         app = chat_graph(saver)
         config = {"configurable": {"thread_id": "old", "user_id": "alice"}}
         assert [m.content for m in app.get_state(config).values["messages"]] == contents
+        # each message keeps the time it was stored at (m009 moved it into its row)
+        listed = saver.sessions.list_messages("old", user_id="alice")
+        assert len(listed) == len(contents) and all(m.created_at < migrated_at for m in listed)
         history = list(app.get_state_history(config))
         assert len(history) == 4 * 3  # a run's input, its step into the model, the model's step
         assert [h.parent_config["configurable"]["checkpoint_id"] for h in history[:-1]] == [

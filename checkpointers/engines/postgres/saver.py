@@ -287,9 +287,8 @@ _MESSAGES_SQL = "SELECT message_no, type, value FROM messages WHERE thread_key =
 _THREAD_TABLES_COPIED = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata, writes",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
-    "messages": "message_no, type, value, words",
+    "messages": "message_no, type, value, words, created_at",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
-    "message_times": "message_no, created_at",
     "message_metadata": "message_id, created_at, metadata",
     "attachments": "name, sha256, bytes, tables, attached_at, data",
 }
@@ -1351,8 +1350,6 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         )
         yield from neutral(lambda conn: stats.thread_created(conn, owner))  # usage statistics
         for table, sql in _COPY_SQL.items():
-            if table == "message_times":  # the trigger dated the messages just copied now; they keep the source's
-                yield Sql("DELETE FROM message_times WHERE thread_key = %s", (new_key,), FETCH_NONE)
             yield Sql(sql, (new_key, src[0]), FETCH_NONE)
         if self._cipher is not None:  # sealed values are bound to their thread: seal the copies to theirs
             title = yield Sql("SELECT title FROM threads WHERE thread_key = %s", (new_key,), FETCH_ONE)
@@ -1632,7 +1629,7 @@ _DELETE_CHECKPOINT_SQL = tuple(
 )
 _DELETE_THREAD_ROWS_SQL = {
     table: f"DELETE FROM {table} WHERE thread_key = %s"
-    for table in ("checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata")
+    for table in ("checkpoints", "channel_values", "messages", "writes", "message_metadata")
 }
 
 

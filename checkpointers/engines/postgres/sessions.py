@@ -35,8 +35,7 @@ WITH dated AS (
     SELECT listed.position,
            coalesce(
                mm.created_at,
-               1000 * (SELECT mt.created_at FROM message_times mt WHERE mt.thread_key = %s
-                          AND mt.message_no <= listed.message_no ORDER BY mt.message_no DESC LIMIT 1),
+               1000 * (SELECT m.created_at FROM messages m WHERE m.thread_key = %s AND m.message_no = listed.message_no),
                %s
            ) AS created_at,
            coalesce(mm.metadata, '{}'::jsonb) AS metadata
@@ -44,7 +43,7 @@ WITH dated AS (
     LEFT JOIN message_metadata mm ON mm.thread_key = %s AND mm.message_id = listed.message_id
 )
 SELECT position, created_at, metadata::text FROM dated WHERE """
-"""One row per listed message, dated by `message_metadata` (given), else `message_times`, else
+"""One row per listed message, dated by `message_metadata` (given), else `messages.created_at`, else
 the fallback; the WHERE clause is built from constants and the compiled filter."""
 
 _DIRECTIONS = {"asc": ("ASC", ">"), "desc": ("DESC", "<")}

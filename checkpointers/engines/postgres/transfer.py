@@ -20,9 +20,11 @@ _SET_ORIGIN_SQL = {
 """Keyed by `keep_title`."""
 
 _MESSAGE_TIMES_SQL = (
-    "INSERT INTO message_times (thread_key, message_no, created_at) "
-    "SELECT %s, s.message_no, s.created_at FROM unnest(%s::integer[], %s::bigint[]) AS s (message_no, created_at)"
+    "UPDATE messages m SET created_at = (SELECT s.created_at FROM unnest(%s::integer[], %s::bigint[]) "
+    "AS s (message_no, created_at) WHERE s.message_no <= m.message_no ORDER BY s.message_no DESC LIMIT 1) "
+    "WHERE m.thread_key = %s"
 )
+"""Each message dated by the start it falls after (`date_messages`; none: undated)."""
 _MESSAGE_RECORDS_SQL = (
     "INSERT INTO message_metadata (thread_key, message_id, created_at, metadata) "
     "SELECT %s, r.message_id, r.created_at, r.metadata::jsonb "
@@ -56,10 +58,8 @@ class PostgresTransfer(PostgresRunner):
         self, thread_key: int, starts: list[tuple[int, int]] | None, records: list[tuple[str, int | None, str]]
     ) -> Plan[None]:
         if starts is not None:
-            yield Sql("DELETE FROM message_times WHERE thread_key = %s", (thread_key,), FETCH_NONE)
-            if starts:
-                numbers, millis = (list(column) for column in zip(*starts))
-                yield Sql(_MESSAGE_TIMES_SQL, (thread_key, numbers, millis), FETCH_NONE)
+            numbers, millis = (list(column) for column in zip(*starts)) if starts else ([], [])
+            yield Sql(_MESSAGE_TIMES_SQL, (numbers, millis, thread_key), FETCH_NONE)
         if records:
             ids, micros, metadata = (list(column) for column in zip(*records))
             yield Sql(_MESSAGE_RECORDS_SQL, (thread_key, ids, micros, metadata), FETCH_NONE)
