@@ -9,9 +9,11 @@ stock `InMemorySaver` gives it back, in LangGraph's order of writes.
 from __future__ import annotations
 
 import itertools
+import threading
 import uuid
 
 import psycopg
+import pytest
 from hypothesis import given, strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.base import empty_checkpoint, writes_sort_key
@@ -186,6 +188,72 @@ def test_on_postgresql_a_write_that_fails_at_commit_leaves_no_number_behind_for_
         saver.put_writes(at, [("messages", [other])], "task-2")
         saver.put_writes(at, [("messages", [lost])], "task-3")
         assert saver.get_tuple(at).pending_writes == [("task-2", "messages", [other]), ("task-3", "messages", [lost])]
+
+
+def test_on_postgresql_an_interrupt_and_an_answer_written_at_once_to_one_checkpoint_both_land(postgres_url):
+    """A step's task writes come from several worker threads: one holding the model's answer
+    (it numbers messages, so it locks the thread's row first) and an interrupt (it replaces,
+    and moves the thread's `updated_at`). Both lock the thread's row before the checkpoint's
+    row their writes are packed into, so neither waits for the other in a cycle."""
+    from checkpointers import open_saver
+
+    with open_saver(postgres_url) as saver:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        for n in range(25):
+            at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": n}, {})
+            answer = AIMessage(f"answer {n}", id=f"a-{n}")
+            start = threading.Barrier(2)
+            failures = []
+
+            def write(writes, task_id):
+                start.wait()
+                try:
+                    saver.put_writes(at, writes, task_id, "~__pregel_pull, model")
+                except Exception as exc:  # noqa: BLE001 (reported below)
+                    failures.append(exc)
+
+            workers = [
+                threading.Thread(target=write, args=([("messages", [answer])], "task-a")),
+                threading.Thread(target=write, args=([("__interrupt__", f"approve {n}?")], "task-b")),
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            assert failures == []
+            assert sorted(saver.get_tuple(at).pending_writes, key=repr) == sorted(
+                [("task-a", "messages", [answer]), ("task-b", "__interrupt__", f"approve {n}?")], key=repr
+            )
+
+
+def test_on_postgresql_a_connection_whose_transaction_failed_on_the_server_serves_the_next_ones(postgres_url, monkeypatch):
+    """A statement the server refuses in a pipelined transaction makes it skip what followed,
+    statements psycopg was preparing among them (the usage counters after a checkpoint's
+    write): that connection is not used again, and every later checkpoint is stored."""
+    from checkpointers import open_saver
+
+    monkeypatch.setenv("THREADKEEPER_PG_POOL_SIZE", "1")
+    with open_saver(postgres_url) as saver:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (position('poison' IN words) = 0)")
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "user_id": "alice"}}
+        history: list = []
+        stored_version = None
+        for n in range(12):
+            for text in (f"fine {n}", f"poison {n}"):
+                checkpoint = empty_checkpoint()
+                version = saver.get_next_version(stored_version)
+                checkpoint["channel_values"] = {"messages": [*history, HumanMessage(text, id=text)]}
+                checkpoint["channel_versions"] = {"messages": version}
+                try:
+                    saver.put(config, checkpoint, {"source": "loop", "step": n}, {"messages": version})
+                except psycopg.errors.CheckViolation:
+                    assert text.startswith("poison")
+                    continue
+                history, stored_version = checkpoint["channel_values"]["messages"], version
+        assert [m.content for m in saver.get_tuple(config).checkpoint["channel_values"]["messages"]] == [
+            f"fine {n}" for n in range(12)
+        ]
 
 
 def test_equal_messages_without_ids_stay_two_messages(store):

@@ -163,7 +163,7 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        _end(conn)
+        _end(conn, exc)
         raise
 
 
@@ -190,19 +190,26 @@ async def arun_transaction(
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        await _aend(conn)
+        await _aend(conn, exc)
         raise
 
 
-def _end(conn: psycopg.Connection) -> None:
-    """Roll back what a failed `run_transaction` left open (a broken connection the pool replaces)."""
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+def _end(conn: psycopg.Connection, exc: BaseException) -> None:
+    """Roll back what a failed `run_transaction` left open; after an error of the server, close
+    the connection, which the pool then replaces: the server skipped what the pipeline sent
+    after the error, statements psycopg meant to prepare among them, and psycopg would go on
+    using them by name ("prepared statement _pg3_11 does not exist", measured after a deadlock)."""
+    if isinstance(exc, psycopg.Error):
+        conn.close()
+    elif conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         with suppress(psycopg.Error):
             conn.execute("ROLLBACK")
 
 
-async def _aend(conn: psycopg.AsyncConnection) -> None:
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+async def _aend(conn: psycopg.AsyncConnection, exc: BaseException) -> None:
+    if isinstance(exc, psycopg.Error):
+        await conn.close()
+    elif conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         with suppress(psycopg.Error):
             await conn.execute("ROLLBACK")
 

@@ -1238,14 +1238,14 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             (idx, channel, *self._encoded(txn, value, write_place(thread_key, ns, checkpoint_id, task_id, idx)))
             for idx, channel, value in _indexed(writes)
         ]
+        if replace:  # before the checkpoint's row: every write locks the thread's row first (no deadlock)
+            yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
         params["packed"] = packed_writes.record(params["task_id"], params["task_path"], replace, rows)
         stores_messages = txn is not None and bool(txn.messages or txn.named)
         if stores_messages:
             params |= txn.message_params()
             params["next_message_no"] = txn.next_message_no
         yield Sql(_PUT_WRITES_SQL[(replace, stores_messages)], params | _write_columns(thread_key, rows), FETCH_LATER)
-        if replace:
-            yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
         return txn
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
