@@ -9,8 +9,10 @@ stock `InMemorySaver` gives it back, in LangGraph's order of writes.
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 import uuid
+from unittest.mock import patch
 
 import psycopg
 import pytest
@@ -81,13 +83,17 @@ _repeated_call = st.tuples(
 )
 
 
-@given(calls=st.lists(_repeated_call, min_size=1, max_size=6), before=st.integers(0, 6))
+@given(
+    calls=st.lists(_repeated_call, min_size=1, max_size=6),
+    before=st.integers(0, 6),
+    max_bytes=st.sampled_from([packed_writes.MAX_BYTES, 60, 150]),
+)
 @scaled(25)
-def test_writes_sent_before_and_after_their_checkpoint_keep_first_write_wins(store, calls, before):
+def test_writes_sent_before_and_after_their_checkpoint_keep_first_write_wins(store, calls, before, max_bytes):
     """A task's write at an index already written is ignored, an error or interrupt replaces
     the one before, whether the writes came before their checkpoint was stored (on
-    PostgreSQL: rows of `writes`) or after (packed into the checkpoint's row), as with the
-    stock saver."""
+    PostgreSQL: rows of `writes`), after (packed into the checkpoint's row), or once the
+    checkpoint's row had no room for more (rows of `writes` again), as with the stock saver."""
     thread_id = f"t{next(_threads)}"
     config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
     checkpoint = empty_checkpoint()
@@ -95,15 +101,34 @@ def test_writes_sent_before_and_after_their_checkpoint_keep_first_write_wins(sto
     task_ids = {"task-a": str(uuid.uuid4()), "task-b": str(uuid.uuid4())}
     found = []
     for saver in (InMemorySaver(), store):
-        for n, (task, writes) in enumerate(calls):
-            if n == before:
-                saver.put(config, checkpoint, {"source": "loop", "step": 0}, {})
-            saver.put_writes(at, writes, task_ids[task], "~__pregel_pull, model")
+        with patch.object(packed_writes, "MAX_BYTES", max_bytes):
+            for n, (task, writes) in enumerate(calls):
+                if n == before:
+                    saver.put(config, checkpoint, {"source": "loop", "step": 0}, {})
+                saver.put_writes(at, writes, task_ids[task], "~__pregel_pull, model")
         if before >= len(calls):
             saver.put(config, checkpoint, {"source": "loop", "step": 0}, {})
         found.append(saver.get_tuple(at).pending_writes)
     expected, got = found
     assert sorted(got, key=repr) == sorted(expected, key=repr)
+
+
+def test_on_postgresql_many_writes_to_one_checkpoint_fill_its_row_only_so_far(postgres_url):
+    """An append rewrites the checkpoint's packed writes whole: a fan-out of many large writes
+    to one checkpoint goes to rows of `writes` once the column would pass `MAX_BYTES`, so
+    writing them costs what they hold, not its square. All of them read back."""
+    from checkpointers import open_saver
+
+    with open_saver(postgres_url) as saver:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        at = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        written = [(f"task-{n}", "results", random.Random(n).randbytes(1000).hex()) for n in range(60)]
+        for task_id, channel, value in written:
+            saver.put_writes(at, [(channel, value)], task_id, "~__pregel_pull, worker")
+        assert sorted(saver.get_tuple(at).pending_writes) == sorted(written)
+    with psycopg.connect(postgres_url) as conn:
+        column, rows = conn.execute("SELECT octet_length(writes), (SELECT count(*) FROM writes) FROM checkpoints").fetchone()
+    assert column <= packed_writes.MAX_BYTES + 1 and rows >= 40, (column, rows)
 
 
 def test_pending_writes_holding_messages_outlive_a_prune_of_older_checkpoints(store):

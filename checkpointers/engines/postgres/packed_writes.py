@@ -10,12 +10,17 @@ so writes sent together for one checkpoint queue on its row and none is lost): i
 a varint, then msgpack of `[task_id, task_path, replace, [[idx, channel, kind, type, value],
 ...]]`, with ids and the task path as their columns in `writes` hold them (`codec.id_bytes`,
 `codec.task_path_bytes`) and each value as `writes.value` holds it (sealed to its
-`write_place` in an encrypted store, where it is serialised). A write whose checkpoint is not
-stored yet (LangGraph may send a step's writes while the checkpoint's own write is still in
-flight on another thread) goes to the `writes` table, as every write did before m008; those
-are older than anything packed, so `merged` reads the table's rows first. As in a table keyed
-by (task, idx), a task's write at an index already written is ignored, unless its call
-replaces (errors and interrupts: `replace`).
+`write_place` in an encrypted store, where it is serialised).
+
+The column stays under `MAX_BYTES`: an append rewrites it whole, so many writes to one
+checkpoint (a fan-out of `Send`s) would cost the square of their size. The call that would
+pass it marks the column full instead (`FULL`, before its records: a record's first byte, its
+length, is never 0) and it and every later call go to the `writes` table. So does a write
+whose checkpoint is not stored yet (LangGraph may send a step's writes while the checkpoint's
+own write is still in flight on another thread), as every write did before m008. A row's
+`after` says which (`AFTER_*`), and so where it stands against the records: a task's write at
+an index already written is ignored, unless its call replaces (errors and interrupts:
+`replace`), as in a table keyed by (task, idx).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ from typing import Any
 import ormsgpack
 
 from checkpointers.messages import SERIALISED_KINDS
+
+MAX_BYTES = 16_384
+"""The most a checkpoint's column holds (a chat turn's writes take about 90 bytes a checkpoint)."""
+FULL = b"\0"
+"""The first byte of a column that `MAX_BYTES` closed to further records."""
+AFTER_RECORDS, AFTER_RECORDS_REPLACING = 1, 2
+"""`writes.after` of a row written once the column was full (NULL: before the checkpoint was
+stored), from a call that does not replace or that does."""
 
 Write = tuple[bytes, bytes, int, str, int, "str | None", "bytes | None"]
 """(task_path, task_id, idx, channel, kind, type, value), as stored (`writes` table's columns)."""
@@ -47,7 +60,7 @@ def records(packed: bytes | None) -> Iterator[tuple[bytes, bytes, bool, list[lis
     if not packed:
         return
     view = memoryview(packed)
-    at = 0
+    at = 1 if view[:1] == FULL else 0
     while at < len(view):
         size = shift = 0
         while True:
@@ -62,20 +75,25 @@ def records(packed: bytes | None) -> Iterator[tuple[bytes, bytes, bool, list[lis
         yield task_id, task_path, replace, rows
 
 
-def merged(table_rows: list[Write], packed: bytes | None) -> list[Write]:
-    """A checkpoint's writes: the `writes` table's rows, then the column's records, each
-    (task, idx) written once unless a later call replaces it."""
-    found: dict[tuple[bytes, int], Write] = {(row[1], row[2]): row for row in table_rows}
+def merged(table_rows: list[tuple[Write, int | None]], packed: bytes | None) -> list[Write]:
+    """A checkpoint's writes from the `writes` table's rows, each with its `after`, and the
+    column's records, in the order they were written: rows from before the checkpoint was
+    stored, the records, rows from after the column was full. Each (task, idx) is written
+    once unless a later call replaces it."""
+    found: dict[tuple[bytes, int], Write] = {(row[1], row[2]): row for row, after in table_rows if after is None}
     for task_id, task_path, replace, rows in records(packed):
         for idx, channel, kind, type_, value in rows:
             if replace or (task_id, idx) not in found:
                 found[(task_id, idx)] = (task_path, task_id, idx, channel, kind, type_, value)
+    for row, after in table_rows:
+        if after is not None and (after == AFTER_RECORDS_REPLACING or (row[1], row[2]) not in found):
+            found[(row[1], row[2])] = row
     return list(found.values())
 
 
 def resealed(packed: bytes, reseal: Callable[[bytes, int, bytes], bytes]) -> bytes:
     """The column with each sealed value passed through `reseal(task_id, idx, value)`."""
-    return b"".join(
+    return (FULL if packed[:1] == FULL else b"") + b"".join(
         record(
             task_id,
             task_path,

@@ -205,23 +205,30 @@ def _sets_updated_at(checkpoint: dict[str, Any], metadata: dict[str, Any]) -> bo
     up the list with the message it brought."""
     return metadata.get("source") != "loop" or not checkpoint_codec.run_goes_on(checkpoint, metadata)
 
-_PACK_WRITES_CTE = """packed AS (
-    UPDATE checkpoints SET writes = coalesce(writes, ''::bytea) || %(packed)s
-    WHERE thread_key = %(thread_key)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(checkpoint_id)s
-    RETURNING 1
+_THIS_CHECKPOINT = "thread_key = %(thread_key)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(checkpoint_id)s"
+_PACK_WRITES_CTE = f"""packed AS (
+    UPDATE checkpoints SET writes = CASE
+        WHEN octet_length(coalesce(writes, ''::bytea)) + octet_length(%(packed)s) <= %(max_bytes)s
+        THEN coalesce(writes, ''::bytea) || %(packed)s ELSE %(full)s || coalesce(writes, ''::bytea) END
+    WHERE {_THIS_CHECKPOINT} AND (writes IS NULL OR substring(writes FOR 1) <> %(full)s)
+    RETURNING substring(writes FOR 1) <> %(full)s AS appended
 )"""
-"""A task's writes appended to their checkpoint's row (`packed_writes`)."""
-_WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, kind, type, value)"
+"""A task's writes appended to their checkpoint's row (`packed_writes`), unless that would pass
+`packed_writes.MAX_BYTES` (the column is then marked full) or it is full already."""
+_WRITES_COLUMNS = "(thread_key, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, kind, type, value, after)"
 _WRITES_ROWS = (
-    "SELECT %(thread_key)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s, w.* FROM unnest(%(w_idx)s::integer[], "
-    "%(w_channel)s::text[], %(w_kind)s::smallint[], %(w_type)s::text[], %(w_value)s::bytea[]) AS w "
-    "WHERE NOT EXISTS (SELECT FROM packed)"
+    "SELECT %(thread_key)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s, w.*, "
+    f"CASE WHEN EXISTS (SELECT FROM checkpoints WHERE {_THIS_CHECKPOINT}) THEN %(after)s::smallint END "
+    "FROM unnest(%(w_idx)s::integer[], %(w_channel)s::text[], %(w_kind)s::smallint[], %(w_type)s::text[], "
+    "%(w_value)s::bytea[]) AS w WHERE NOT EXISTS (SELECT FROM packed WHERE appended)"
 )
+"""A task's writes as rows of `writes`, when they were not packed: `after` is NULL while the
+checkpoint is not stored (`packed_writes.merged` reads them before its records)."""
 _INSERT_WRITES = f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT DO NOTHING"
 _REPLACE_WRITES = (
     f"INSERT INTO writes {_WRITES_COLUMNS} {_WRITES_ROWS} ON CONFLICT (thread_key, checkpoint_ns, checkpoint_id, "
     "task_id, idx) DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, "
-    "kind = EXCLUDED.kind, type = EXCLUDED.type, value = EXCLUDED.value"
+    "kind = EXCLUDED.kind, type = EXCLUDED.type, value = EXCLUDED.value, after = EXCLUDED.after"
 )
 """Special writes (errors, interrupts) replace earlier ones; others never do."""
 _PUT_WRITES_SQL = {
@@ -263,7 +270,7 @@ _VALUES_AT_SQL = (
 """Each channel's value at its version, one index probe per channel (a join would read the
 whole thread's values); a version written twice resolves to its newest row."""
 _WRITES_OF_SQL = (
-    "SELECT task_path, task_id, idx, channel, kind, type, value FROM writes "
+    "SELECT task_path, task_id, idx, channel, kind, type, value, after FROM writes "
     "WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
 )
 _LATEST_LIST_SQL = (
@@ -288,7 +295,7 @@ _THREAD_TABLES_COPIED = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata, writes",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value, words, created_at",
-    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value",
+    "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value, after",
     "message_metadata": "message_id, created_at, metadata",
     "attachments": "name, sha256, bytes, tables, attached_at, data",
 }
@@ -730,7 +737,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         checkpoint_id = codec.id_text(stored_id)
         rows = [
             (codec.task_path_from_bytes(path), codec.id_text(task_id), *rest)
-            for path, task_id, *rest in packed_writes.merged(rows, packed)
+            for path, task_id, *rest in packed_writes.merged([(row[:-1], row[-1]) for row in rows], packed)
         ]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
         forms = []  # each write deserialised, or (kind, form) when it holds message numbers
@@ -1240,7 +1247,11 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         ]
         if replace:  # before the checkpoint's row: every write locks the thread's row first (no deadlock)
             yield Sql(_TOUCH_THREAD_SQL, (utc_now(), thread_key), FETCH_LATER)
-        params["packed"] = packed_writes.record(params["task_id"], params["task_path"], replace, rows)
+        params |= {
+            "packed": packed_writes.record(params["task_id"], params["task_path"], replace, rows),
+            "max_bytes": packed_writes.MAX_BYTES, "full": packed_writes.FULL,
+            "after": packed_writes.AFTER_RECORDS_REPLACING if replace else packed_writes.AFTER_RECORDS,
+        }
         stores_messages = txn is not None and bool(txn.messages or txn.named)
         if stores_messages:
             params |= txn.message_params()

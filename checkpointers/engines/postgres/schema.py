@@ -281,8 +281,10 @@ M008_PACKED_WRITES = (
     # Measured through the agent graph (1,000 turns, `bench.postgres --bytes`): a turn's five
     # task writes took 1,089 bytes as rows of `writes`; appended to their checkpoint's row
     # (`packed_writes`), they take what they hold. Rows of `writes` stay readable, and take a
-    # write whose checkpoint is not stored yet.
+    # write whose checkpoint is not stored yet, or whose checkpoint's column is full (`after`
+    # says which, and so where a row stands against the packed records).
     "ALTER TABLE checkpoints ADD COLUMN writes bytea",
+    "ALTER TABLE writes ADD COLUMN after smallint",
 )
 """A checkpoint's task writes packed into its row."""
 
