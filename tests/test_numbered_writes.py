@@ -131,6 +131,17 @@ def test_on_postgresql_many_writes_to_one_checkpoint_fill_its_row_only_so_far(po
     assert column <= packed_writes.MAX_BYTES + 1 and rows >= 40, (column, rows)
 
 
+def test_thread_ids_that_are_not_text_are_taken_as_their_text_by_put_and_put_writes(store):
+    """`check_id` takes any id as its text; the bookkeeping that lets task writes find their
+    checkpoint's row keys threads the same way, so an id a dict cannot key is no error."""
+    for thread_id in (5, [1, 2], {"a": 1}):
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        at = store.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        store.put_writes(at, [("window", thread_id)], "task-1")
+        found = store.get_tuple({"configurable": {"thread_id": str(thread_id), "checkpoint_ns": ""}})
+        assert found.pending_writes == [("task-1", "window", thread_id)]
+
+
 def test_pending_writes_holding_messages_outlive_a_prune_of_older_checkpoints(store):
     saver = store
     agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())

@@ -385,6 +385,12 @@ def _indexed(writes: Sequence[tuple[str, Any]]) -> list[tuple[int, str, Any]]:
     return [(WRITES_IDX_MAP.get(channel, idx), channel, value) for idx, (channel, value) in enumerate(writes)]
 
 
+def _thread_of(config: RunnableConfig) -> tuple[str, str]:
+    """(thread id, ns) of a config as `_putting` keys them: their text, as `check_id` takes them."""
+    configurable = config["configurable"]
+    return str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", ""))
+
+
 def _holds_messages(writes: Sequence[tuple[str, Any]]) -> bool:
     """Whether a task's writes hold messages, stored by number (`messages.numbered`)."""
     return any(holds_messages(value) or is_message_dict(value) for _, value in writes)
@@ -1145,8 +1151,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     @contextmanager
     def _putting_checkpoint(self, config: RunnableConfig, checkpoint: Checkpoint) -> Iterator[None]:
         """Mark a put of `checkpoint` as running, for the task writes that wait for it (`_after_put`)."""
-        thread = (config["configurable"]["thread_id"], config["configurable"].get("checkpoint_ns", ""))
-        checkpoint_id = checkpoint["id"]
+        thread, checkpoint_id = _thread_of(config), str(checkpoint["id"])
         with self._cache_lock:
             running = self._putting.setdefault(thread, {})
             running[checkpoint_id] = running.get(checkpoint_id, 0) + 1
@@ -1168,14 +1173,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _put_pending(self, config: RunnableConfig, deadline: float) -> float:
         """How long task writes for `config`'s checkpoint should wait now for its put (see
         `_after_put`; 0 or less: not at all). Call holding `_cache_lock`."""
-        configurable = config["configurable"]
-        thread = (configurable.get("thread_id"), configurable.get("checkpoint_ns", ""))
-        checkpoint_id = configurable.get("checkpoint_id")
+        thread, checkpoint_id = _thread_of(config), str(config["configurable"].get("checkpoint_id"))
         running = self._putting.get(thread, {})
         last = self._last_put.get(thread)
         now = time.monotonic()
-        if not isinstance(checkpoint_id, str):
-            return 0.0
         if checkpoint_id in running or any(other < checkpoint_id for other in running):
             return deadline - now  # its put is running, or comes after a running one
         if last is not None and last[0] < checkpoint_id and not running:
@@ -1633,6 +1634,7 @@ _PUT_GAP_S = 0.05
 """How long after a thread's last put task writes for a newer checkpoint still expect its put
 (`_after_put`): LangGraph's worker puts the next checkpoint as soon as the last put returns."""
 _LAST_PUTS_KEPT = 10_000
+"""Threads whose last put `_last_put` remembers (the oldest are forgotten)."""
 
 _DELETE_CHECKPOINT_SQL = tuple(
     f"DELETE FROM {table} WHERE thread_key = %s AND checkpoint_ns = %s AND checkpoint_id = %s"
