@@ -163,7 +163,7 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        _end(conn, exc)
+        _end(conn, exc if begin is not None else None)
         raise
 
 
@@ -190,15 +190,16 @@ async def arun_transaction(
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        await _aend(conn, exc)
+        await _aend(conn, exc if begin is not None else None)
         raise
 
 
-def _end(conn: psycopg.Connection, exc: BaseException) -> None:
-    """Roll back what a failed `run_transaction` left open; after an error of the server, close
-    the connection, which the pool then replaces: the server skipped what the pipeline sent
-    after the error, statements psycopg meant to prepare among them, and psycopg would go on
-    using them by name ("prepared statement _pg3_11 does not exist", measured after a deadlock)."""
+def _end(conn: psycopg.Connection, exc: BaseException | None) -> None:
+    """Roll back what a failed `run_transaction` left open; after an error of the server in a
+    pipelined transaction (`exc`), close the connection, which the pool then replaces: the
+    server skipped what the pipeline sent after the error, statements psycopg meant to prepare
+    among them, and psycopg would go on using them by name ("prepared statement _pg3_11 does
+    not exist", measured after a deadlock)."""
     if isinstance(exc, psycopg.Error):
         conn.close()
     elif conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
@@ -206,7 +207,7 @@ def _end(conn: psycopg.Connection, exc: BaseException) -> None:
             conn.execute("ROLLBACK")
 
 
-async def _aend(conn: psycopg.AsyncConnection, exc: BaseException) -> None:
+async def _aend(conn: psycopg.AsyncConnection, exc: BaseException | None) -> None:
     if isinstance(exc, psycopg.Error):
         await conn.close()
     elif conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):

@@ -37,7 +37,7 @@ SWEEP_LOCK = 0x746B7377
 """"tksw": with the hash of the store's schema, the advisory lock one sweeper holds."""
 
 THREAD_TABLES = (
-    "threads", "checkpoints", "channel_values", "messages", "writes", "message_metadata", "attachments",
+    "threads", "checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata", "attachments",
     "usage_user_days", "usage_users",
 )
 """The tables a thread's text or a user's id lives in: what VACUUM goes over after deletions."""

@@ -295,6 +295,7 @@ _THREAD_TABLES_COPIED = {
     "checkpoints": "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, metadata, writes",
     "channel_values": "value_no, checkpoint_ns, channel, version, kind, type, value, base_no, keep, depth",
     "messages": "message_no, type, value, words, created_at",
+    "message_times": "message_no, created_at",
     "writes": "checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, kind, type, value, after",
     "message_metadata": "message_id, created_at, metadata",
     "attachments": "name, sha256, bytes, tables, attached_at, data",
@@ -1173,7 +1174,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     def _put_pending(self, config: RunnableConfig, deadline: float) -> float:
         """How long task writes for `config`'s checkpoint should wait now for its put (see
         `_after_put`; 0 or less: not at all). Call holding `_cache_lock`."""
-        thread, checkpoint_id = _thread_of(config), str(config["configurable"].get("checkpoint_id"))
+        checkpoint_id = config["configurable"].get("checkpoint_id")
+        if checkpoint_id is None:
+            return 0.0  # refused by the write itself
+        thread, checkpoint_id = _thread_of(config), str(checkpoint_id)
         running = self._putting.get(thread, {})
         last = self._last_put.get(thread)
         now = time.monotonic()
@@ -1642,7 +1646,7 @@ _DELETE_CHECKPOINT_SQL = tuple(
 )
 _DELETE_THREAD_ROWS_SQL = {
     table: f"DELETE FROM {table} WHERE thread_key = %s"
-    for table in ("checkpoints", "channel_values", "messages", "writes", "message_metadata")
+    for table in ("checkpoints", "channel_values", "messages", "writes", "message_times", "message_metadata")
 }
 
 

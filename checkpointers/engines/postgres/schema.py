@@ -8,7 +8,8 @@ numbers, a delta of an earlier list), `messages` (each message once per
 thread, deflated, with its search words as text under a GIN index of their
 `tsvector`, `WORDS_TSVECTOR`),
 and `writes` (task writes whose checkpoint was not stored yet, and those stored before m008;
-the others are packed into their checkpoint's row, `packed_writes`); then what sessions and attachments add: `message_metadata` and `attachments` (the attached database's bytes); and
+the others are packed into their checkpoint's row, `packed_writes`); then what sessions and attachments add: `message_metadata`, `message_times` (the times of
+messages stored before m009; since then a column of `messages`) and `attachments` (the attached database's bytes); and
 `store_meta` (the encryption key's record). Every table of a thread's content
 references its thread with `ON DELETE CASCADE`, so deleting a thread's row
 deletes all of it.
@@ -281,10 +282,8 @@ M008_PACKED_WRITES = (
     # Measured through the agent graph (1,000 turns, `bench.postgres --bytes`): a turn's five
     # task writes took 1,089 bytes as rows of `writes`; appended to their checkpoint's row
     # (`packed_writes`), they take what they hold. Rows of `writes` stay readable, and take a
-    # write whose checkpoint is not stored yet, or whose checkpoint's column is full (`after`
-    # says which, and so where a row stands against the packed records).
+    # write whose checkpoint is not stored yet.
     "ALTER TABLE checkpoints ADD COLUMN writes bytea",
-    "ALTER TABLE writes ADD COLUMN after smallint",
 )
 """A checkpoint's task writes packed into its row."""
 
@@ -293,17 +292,25 @@ MESSAGE_TIME_SQL = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 
 M009_MESSAGE_TIMES_IN_MESSAGES = (
     # Measured through the agent graph (1,000 turns, `bench.postgres --bytes`): `message_times`
-    # took 246 bytes a turn (two rows, one per statement storing messages, and their keys);
-    # a column of `messages` set by its default takes 16. A message's time is the time of the
-    # statement that stored it, as the trigger gave it; `date_messages` sets it for an import.
-    f"ALTER TABLE messages ADD COLUMN created_at bigint DEFAULT {MESSAGE_TIME_SQL}",
-    "UPDATE messages m SET created_at = (SELECT t.created_at FROM message_times t WHERE t.thread_key = m.thread_key "
-    "AND t.message_no <= m.message_no ORDER BY t.message_no DESC LIMIT 1)",
+    # took 246 bytes a turn (two rows, one per statement storing messages, and their keys); a
+    # column of `messages`, set by its default, fits in the row's alignment padding. A
+    # message's time is the time of the statement that stored it, as the trigger gave it;
+    # `date_messages` sets it for an import. Rows stored before keep NULL there and their
+    # times in `message_times`, which no longer grows: filling the column would rewrite every
+    # message (3.6 s and twice the table's size for 60,000 messages) while the table is locked.
+    "ALTER TABLE messages ADD COLUMN created_at bigint",
+    f"ALTER TABLE messages ALTER COLUMN created_at SET DEFAULT {MESSAGE_TIME_SQL}",
     "DROP TRIGGER messages_record_time ON messages",
     "DROP FUNCTION messages_record_time()",
-    "DROP TABLE message_times",
 )
 """When each message was stored, in its own row."""
+
+M010_WRITES_AFTER = (
+    # A row of `writes` whose checkpoint's packed writes were full (`packed_writes.MAX_BYTES`)
+    # says so, and whether its call replaced: `packed_writes.merged` places it after them.
+    "ALTER TABLE writes ADD COLUMN after smallint",
+)
+"""Where a row of `writes` stands against its checkpoint's packed writes."""
 
 MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m001_initial", M001_INITIAL),
@@ -315,6 +322,7 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("m007_compact_turns", M007_COMPACT_TURNS),
     ("m008_packed_writes", M008_PACKED_WRITES),
     ("m009_message_times_in_messages", M009_MESSAGE_TIMES_IN_MESSAGES),
+    ("m010_writes_after", M010_WRITES_AFTER),
 )
 """(name, statements) in order; the version of a store is how many are applied."""
 

@@ -35,7 +35,13 @@ WITH dated AS (
     SELECT listed.position,
            coalesce(
                mm.created_at,
-               1000 * (SELECT m.created_at FROM messages m WHERE m.thread_key = %s AND m.message_no = listed.message_no),
+               1000 * (
+                   SELECT coalesce(m.created_at, (
+                       SELECT mt.created_at FROM message_times mt WHERE mt.thread_key = m.thread_key
+                       AND mt.message_no <= m.message_no ORDER BY mt.message_no DESC LIMIT 1
+                   ))
+                   FROM messages m WHERE m.thread_key = %s AND m.message_no = listed.message_no
+               ),
                %s
            ) AS created_at,
            coalesce(mm.metadata, '{}'::jsonb) AS metadata
@@ -43,8 +49,9 @@ WITH dated AS (
     LEFT JOIN message_metadata mm ON mm.thread_key = %s AND mm.message_id = listed.message_id
 )
 SELECT position, created_at, metadata::text FROM dated WHERE """
-"""One row per listed message, dated by `message_metadata` (given), else `messages.created_at`, else
-the fallback; the WHERE clause is built from constants and the compiled filter."""
+"""One row per listed message, dated by `message_metadata` (given), else `messages.created_at`
+(for a message stored before migration m009, `message_times`), else the fallback; the WHERE
+clause is built from constants and the compiled filter."""
 
 _DIRECTIONS = {"asc": ("ASC", ">"), "desc": ("DESC", "<")}
 

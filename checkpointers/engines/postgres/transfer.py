@@ -19,12 +19,24 @@ _SET_ORIGIN_SQL = {
 }
 """Keyed by `keep_title`."""
 
-_MESSAGE_TIMES_SQL = (
-    "UPDATE messages m SET created_at = (SELECT s.created_at FROM unnest(%s::integer[], %s::bigint[]) "
-    "AS s (message_no, created_at) WHERE s.message_no <= m.message_no ORDER BY s.message_no DESC LIMIT 1) "
-    "WHERE m.thread_key = %s"
+_MESSAGE_TIMES_SQL = """
+WITH points AS (
+    SELECT s.message_no, s.created_at, 0 AS is_message
+    FROM unnest(%(numbers)s::integer[], %(millis)s::bigint[]) AS s (message_no, created_at)
+    UNION ALL
+    SELECT message_no, NULL, 1 FROM messages WHERE thread_key = %(thread_key)s
+), runs AS (
+    SELECT message_no, created_at, is_message, count(created_at) OVER (ORDER BY message_no, is_message) AS run
+    FROM points
+), dated AS (
+    SELECT message_no, is_message, max(created_at) OVER (PARTITION BY run) AS created_at FROM runs
 )
-"""Each message dated by the start it falls after (`date_messages`; none: undated)."""
+UPDATE messages m SET created_at = d.created_at FROM dated d
+WHERE d.is_message = 1 AND m.thread_key = %(thread_key)s AND m.message_no = d.message_no
+    AND m.created_at IS DISTINCT FROM d.created_at
+"""
+"""Each message dated by the start it falls after (`date_messages`; before the first: undated),
+in one pass over the starts and messages in order (a lookup per message took 2 s for 4,000)."""
 _MESSAGE_RECORDS_SQL = (
     "INSERT INTO message_metadata (thread_key, message_id, created_at, metadata) "
     "SELECT %s, r.message_id, r.created_at, r.metadata::jsonb "
@@ -58,8 +70,9 @@ class PostgresTransfer(PostgresRunner):
         self, thread_key: int, starts: list[tuple[int, int]] | None, records: list[tuple[str, int | None, str]]
     ) -> Plan[None]:
         if starts is not None:
+            yield Sql("DELETE FROM message_times WHERE thread_key = %s", (thread_key,), FETCH_NONE)  # rows before m009
             numbers, millis = (list(column) for column in zip(*starts)) if starts else ([], [])
-            yield Sql(_MESSAGE_TIMES_SQL, (numbers, millis, thread_key), FETCH_NONE)
+            yield Sql(_MESSAGE_TIMES_SQL, {"numbers": numbers, "millis": millis, "thread_key": thread_key}, FETCH_NONE)
         if records:
             ids, micros, metadata = (list(column) for column in zip(*records))
             yield Sql(_MESSAGE_RECORDS_SQL, (thread_key, ids, micros, metadata), FETCH_NONE)
