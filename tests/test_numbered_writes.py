@@ -15,7 +15,6 @@ import uuid
 from unittest.mock import patch
 
 import psycopg
-import pytest
 from hypothesis import given, strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.base import empty_checkpoint, writes_sort_key
