@@ -49,7 +49,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,6 +386,11 @@ def _indexed(writes: Sequence[tuple[str, Any]]) -> list[tuple[int, str, Any]]:
     return [(WRITES_IDX_MAP.get(channel, idx), channel, value) for idx, (channel, value) in enumerate(writes)]
 
 
+def _wake(woken: asyncio.Future) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
 def _thread_of(config: RunnableConfig) -> tuple[str, str]:
     """(thread id, ns) of a config as `_putting` keys them: their text, as `check_id` takes them."""
     configurable = config["configurable"]
@@ -455,6 +460,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._last_put: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         """(thread id, ns) -> (checkpoint id, `time.monotonic()`) of this process's last finished put."""
         self._put_done = threading.Condition(self._cache_lock)
+        self._async_put_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        """Coroutines waiting in `_aafter_put`, woken with `_put_done`'s threads."""
         self._epochs: dict[int, int] = {}
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
@@ -1170,6 +1177,10 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                 while len(self._last_put) > _LAST_PUTS_KEPT:
                     self._last_put.popitem(last=False)
                 self._put_done.notify_all()
+                for loop, woken in self._async_put_waiters:
+                    with suppress(RuntimeError):  # its loop is closed: nothing waits there any more
+                        loop.call_soon_threadsafe(_wake, woken)
+                self._async_put_waiters.clear()
 
     def _put_pending(self, config: RunnableConfig, deadline: float) -> float:
         """How long task writes for `config`'s checkpoint should wait now for its put (see
@@ -1200,6 +1211,25 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         with self._cache_lock:
             while (wait := self._put_pending(config, deadline)) > 0:
                 self._put_done.wait(wait)
+
+    async def _aafter_put(self, config: RunnableConfig) -> None:
+        """`_after_put` for a coroutine: it waits on its event loop, not on a thread."""
+        deadline = time.monotonic() + _PUT_WAIT_S
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cache_lock:
+                wait = self._put_pending(config, deadline)
+                if wait <= 0:
+                    return
+                woken = loop.create_future()
+                self._async_put_waiters.append((loop, woken))
+            try:
+                await asyncio.wait_for(woken, wait)
+            except TimeoutError:
+                pass
+            finally:
+                with self._cache_lock, suppress(ValueError):  # woken ones were cleared already
+                    self._async_put_waiters.remove((loop, woken))
 
     def put(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
@@ -1280,10 +1310,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
     ) -> None:
         if not writes:
             return
-        with self._cache_lock:
-            pending = self._put_pending(config, time.monotonic() + _PUT_WAIT_S) > 0
-        if pending:
-            await asyncio.to_thread(self._after_put, config)
+        await self._aafter_put(config)
         if not _holds_messages(writes):
             await self._arun(self._put_writes(config, writes, task_id, task_path, False))
             return
