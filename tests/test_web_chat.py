@@ -172,6 +172,10 @@ def test_a_refused_upload_leaves_every_component_as_it_was(page: Page, server: S
     bad = tmp_path / "notes.db"
     bad.write_text("not a database")
     chat_turn(page, "about my notes", "ok")
+    # read the title once the turn's last update of it is done (meanwhile Gradio shows its
+    # progress, "processing | 0.1s", inside the component)
+    expect(page.locator("#thread-title")).to_contain_text("about my notes")
+    expect(page.locator("#thread-title")).not_to_contain_text("processing")
     title = page.locator("#thread-title").inner_text()
     with page.expect_file_chooser() as chooser:
         page.locator("#upload").click()
