@@ -140,10 +140,13 @@ def bench_index(report: Report, database_url: str, small: int, large: int) -> No
     report.check(f"  the same / the same among {small:,}", at_large / at_small, "<= 1.2", at_large / at_small <= 1.2)
 
 
-def _worker(url: str, worker: int, seconds: float, results: Any) -> None:
+def _worker(url: str, worker: int, seconds: float, results: Any, start: Any) -> None:
     with open_saver(url) as saver:
         app = build_graph(checkpointer=saver, model=InstantModel(), settings=Settings())
         rng = random.Random(worker)
+        warm_up = {"configurable": {"thread_id": f"w{worker}-warm-up", "user_id": f"w{worker}"}}
+        app.invoke({"messages": [HumanMessage(sentence(rng, 100))]}, warm_up)
+        start.wait()  # every worker has imported and connected: they turn for the same seconds
         turns, thread, deadline = 0, 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             if turns % 10 == 0:
@@ -157,7 +160,8 @@ def _worker(url: str, worker: int, seconds: float, results: Any) -> None:
 def turns_per_second(url: str, processes: int, seconds: float) -> float:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    workers = [context.Process(target=_worker, args=(url, i, seconds, results)) for i in range(processes)]
+    start = context.Barrier(processes)
+    workers = [context.Process(target=_worker, args=(url, i, seconds, results, start)) for i in range(processes)]
     for w in workers:
         w.start()
     total = sum(results.get() for _ in workers)
