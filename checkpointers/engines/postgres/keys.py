@@ -27,6 +27,7 @@ the same on both engines; this module holds the SQL of it on this engine:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from checkpointers import encryption
 from checkpointers.codec import KIND_MESSAGE_DICT, KIND_SERDE, id_text
@@ -110,6 +111,11 @@ def key_changed(where: str) -> EncryptionKeyError:
     )
 
 
+def _write_place(key: int, ns: str, checkpoint_id: bytes, task_id: bytes, idx: int) -> bytes:
+    """The place of a task write's value, from its ids as stored (a row of `writes`, or a packed record)."""
+    return write_place(key, ns, id_text(checkpoint_id), id_text(task_id), idx)
+
+
 _SEALED: tuple[tuple[str, tuple[tuple[str, str], ...], str, Callable[..., bytes]], ...] = (
     (
         "checkpoints",
@@ -123,7 +129,7 @@ _SEALED: tuple[tuple[str, tuple[tuple[str, str], ...], str, Callable[..., bytes]
         "writes",
         (("checkpoint_ns", "text"), ("checkpoint_id", "bytea"), ("task_id", "bytea"), ("idx", "integer")),
         "value",
-        lambda key, ns, checkpoint_id, task_id, idx: write_place(key, ns, id_text(checkpoint_id), id_text(task_id), idx),
+        _write_place,
     ),
 )
 """Per-thread tables with a sealed column: (table, its key columns after thread_key with
@@ -189,13 +195,10 @@ def reseal_thread(
     if rows:  # task writes packed into their checkpoint's row (`packed_writes`)
 
         def moved(ns: str, checkpoint_id: bytes, task_id: bytes, idx: int, value: bytes) -> bytes:
-            plain = value if old is None else old.open(value, write_place(source_key, ns, id_text(checkpoint_id), id_text(task_id), idx))
-            return plain if new is None else new.seal(plain, write_place(target_key, ns, id_text(checkpoint_id), id_text(task_id), idx))
+            plain = value if old is None else old.open(value, _write_place(source_key, ns, checkpoint_id, task_id, idx))
+            return plain if new is None else new.seal(plain, _write_place(target_key, ns, checkpoint_id, task_id, idx))
 
-        packed = [
-            packed_writes.resealed(bytes(blob), lambda task_id, idx, value, ns=ns, c=checkpoint_id: moved(ns, c, task_id, idx, bytes(value)))
-            for ns, checkpoint_id, blob in rows
-        ]
+        packed = [packed_writes.resealed(bytes(blob), partial(moved, ns, checkpoint_id)) for ns, checkpoint_id, blob in rows]
         yield Sql(
             "UPDATE checkpoints AS t SET writes = u.writes FROM unnest(%s::text[], %s::bytea[], %s::bytea[]) "
             "AS u (checkpoint_ns, checkpoint_id, writes) WHERE t.thread_key = %s AND t.checkpoint_ns = u.checkpoint_ns "

@@ -75,19 +75,19 @@ def records(packed: bytes | None) -> Iterator[tuple[bytes, bytes, bool, list[lis
         yield task_id, task_path, replace, rows
 
 
-def merged(table_rows: list[tuple[Write, int | None]], packed: bytes | None) -> list[Write]:
-    """A checkpoint's writes from the `writes` table's rows, each with its `after`, and the
+def merged(table_rows: list[tuple], packed: bytes | None) -> list[Write]:
+    """A checkpoint's writes from the `writes` table's rows (a `Write` and its `after`) and the
     column's records, in the order they were written: rows from before the checkpoint was
     stored, the records, rows from after the column was full. Each (task, idx) is written
     once unless a later call replaces it."""
-    found: dict[tuple[bytes, int], Write] = {(row[1], row[2]): row for row, after in table_rows if after is None}
+    found: dict[tuple[bytes, int], Write] = {(row[1], row[2]): tuple(row[:-1]) for row in table_rows if row[-1] is None}
     for task_id, task_path, replace, rows in records(packed):
         for idx, channel, kind, type_, value in rows:
             if replace or (task_id, idx) not in found:
                 found[(task_id, idx)] = (task_path, task_id, idx, channel, kind, type_, value)
-    for row, after in table_rows:
+    for *row, after in table_rows:
         if after is not None and (after == AFTER_RECORDS_REPLACING or (row[1], row[2]) not in found):
-            found[(row[1], row[2])] = row
+            found[(row[1], row[2])] = tuple(row)
     return list(found.values())
 
 

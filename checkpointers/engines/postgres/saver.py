@@ -751,7 +751,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         checkpoint_id = codec.id_text(stored_id)
         rows = [
             (codec.task_path_from_bytes(path), codec.id_text(task_id), *rest)
-            for path, task_id, *rest in packed_writes.merged([(row[:-1], row[-1]) for row in rows], packed)
+            for path, task_id, *rest in packed_writes.merged(rows, packed)
         ]
         rows.sort(key=lambda r: writes_sort_key(r[0], r[1], r[2]))
         forms = []  # each write deserialised, or (kind, form) when it holds message numbers
