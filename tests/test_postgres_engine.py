@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import string
 import subprocess
 import sys
 import tarfile
@@ -15,10 +16,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langgraph.graph import START, MessagesState, StateGraph
 from psycopg.pq import Trace
 
-from checkpointers import EncryptionKeyError, SchemaTooNewError, StoreUnavailableError, open_async_saver, open_saver
+from checkpointers import (
+    EncryptionKeyError,
+    SchemaTooNewError,
+    StoreUnavailableError,
+    missing_store,
+    open_async_saver,
+    open_saver,
+)
 from checkpointers.engines.postgres.schema import MIGRATIONS
 from graph import Settings, build_graph
 from tests.chat import chat_graph, human
@@ -82,6 +92,27 @@ async def test_an_unreachable_server_is_one_clear_sentence_with_its_reason_at_on
         message = str(error)
         assert "hunter2" not in message and "cannot reach the PostgreSQL database" in message
         assert "refused" in message.lower() and "\n" not in message.strip()
+
+
+_UNREADABLE_URLS = (
+    "postgresql://postgres:{password}%zz@127.0.0.1:5432/{db}",  # a stray % in the password
+    "postgresql://postgres:{password}@[::1:5432/{db}",  # an unclosed IPv6 bracket
+    "postgresql://postgres@127.0.0.1:5432/{db}?password={password}&bogus=1",  # an unknown parameter
+    "postgres://postgres:{password}@127.0.0.1:port/{db}",  # a port that is not a number
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(password=st.text(string.ascii_letters + string.digits, min_size=8, max_size=20), template=st.sampled_from(_UNREADABLE_URLS))
+def test_a_url_libpq_cannot_read_is_one_sentence_without_its_password(postgres_database, password, template):
+    """libpq's reason quotes the part of a URL it could not read, which may be the password."""
+    password = f"Pw{password}"  # a token found nowhere else in the sentence
+    url = template.format(password=password, db=postgres_database.rsplit("/", 1)[1])
+    for attempt in (lambda: missing_store(url), lambda: open_saver(url).__enter__()):
+        with pytest.raises(StoreUnavailableError) as raised:
+            attempt()
+        message = str(raised.value)
+        assert password not in message and "cannot reach the PostgreSQL database" in message and "\n" not in message
 
 
 def test_connections_the_server_dropped_never_reach_a_user(postgres_url):

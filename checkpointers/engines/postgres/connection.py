@@ -432,15 +432,25 @@ def has_store(url: str) -> bool:
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)) as conn:
             (found,) = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         raise unavailable(url, exc) from exc
     return found
 
 
 def unavailable(url: str, exc: BaseException) -> StoreUnavailableError:
     """The store's one sentence for a server that cannot be reached (the password left out; libpq's
-    reason on one line)."""
+    reason on one line). A URL libpq cannot parse gets no reason: libpq's quotes the part it
+    could not read, which may be the password."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        return StoreUnavailableError(
+            "cannot reach the PostgreSQL database: its URL is not valid (check its syntax, and "
+            "percent-encode characters such as % @ : / in the user name and password)"
+        )
     reason = " ".join(str(exc).split())
+    if password:
+        reason = reason.replace(str(password), "***")
     return StoreUnavailableError(f"cannot reach the PostgreSQL database {redacted(url)}: {reason}")
 
 
