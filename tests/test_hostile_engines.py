@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 
 from hypothesis import example, given
+from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 
 from graph import Settings, build_graph
@@ -78,3 +79,25 @@ def test_a_task_path_with_a_nul_is_refused_by_either_engine_with_one_sentence(st
         outcome = attempt("task path", saver.put_writes, latest, [("messages", [HumanMessage("x")])], "task-1", path)
         assert isinstance(outcome, Refused), f"{path!r} was taken: {outcome!r}"
     assert saver.get_tuple(latest).pending_writes == []
+
+
+_LONG_ID = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=300, max_size=1100
+)
+
+
+@given(thread_id=_LONG_ID, user_id=_LONG_ID)
+@example(thread_id="𐀀" * 900, user_id="alice")  # 3,600 bytes, past a B-tree entry
+@example(thread_id="t", user_id="Ж" * 1000)
+@scaled(10)
+def test_a_long_id_in_any_script_is_kept_or_refused_with_one_sentence_on_either_engine(store, thread_id, user_id):
+    """PostgreSQL keeps at most 2,704 bytes in an index entry, and `threads_by_user_updated` holds
+    a user id and a thread id together: ids are measured in UTF-8 bytes, on both engines alike."""
+    saver = store
+    agent = build_graph(checkpointer=saver, model=ScriptedChatModel(script=echo), settings=Settings())
+    config = {"configurable": {"thread_id": thread_id, "user_id": user_id}}
+    said = attempt("long ids", agent.invoke, {"messages": [HumanMessage("hello")]}, config)
+    if not isinstance(said, Refused):
+        assert saver.threads.get(thread_id, user_id=user_id).message_count == 2
+    attempt("long session id", saver.sessions.put_session, user_id, thread_id, metadata={"k": "v"})
+    assert len(thread_id.encode()) > 1000 or len(user_id.encode()) > 1000 or not isinstance(said, Refused)
