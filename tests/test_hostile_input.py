@@ -379,6 +379,8 @@ def test_any_search_query_answers_from_the_callers_threads_only(store: Store, qu
 @HOSTILE
 @given(cursor=st.one_of(hostile_text(), st.builds(lambda v: base64.urlsafe_b64encode(json.dumps(v).encode()).decode(), json_value())),
        limit=st.one_of(st.integers(min_value=-3, max_value=2**70), st.just(20)))
+@example(cursor=base64.urlsafe_b64encode(json.dumps(["\x00", "x"]).encode()).decode(), limit=20)  # PostgreSQL's text has no NUL
+@example(cursor=base64.urlsafe_b64encode(json.dumps(["2026", "\ud800"]).encode()).decode(), limit=20)
 def test_any_listing_cursor_or_limit_is_refused_or_pages_the_callers_threads(store: Store, cursor: str, limit: int):
     for surface, call in {
         "cursor: threads.list": lambda: store.saver.threads.list(USER, cursor=cursor, limit=limit),
