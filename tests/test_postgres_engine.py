@@ -273,3 +273,27 @@ def test_a_turn_moves_the_threads_updated_at_and_so_do_a_failed_run_and_a_static
         assert paused.get_state(config).next == ("model",)
         fourth = saver.threads.get("t")
         assert fourth.updated_at > third.updated_at and fourth.message_count == 6
+
+
+def test_async_calls_from_one_event_loop_after_another_hold_no_connections_of_closed_loops(postgres_url):
+    """A saver opened without asyncio, called from a new loop each time (`asyncio.run` per request)."""
+    import asyncio
+
+    from checkpointers import ThreadChatHistory
+    from checkpointers.engines.postgres import connection
+
+    def server_connections() -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            (count,) = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return count
+
+    with open_saver(postgres_url) as saver:
+        history = ThreadChatHistory("t", user_id="alice", saver=saver)
+        history.add_user_message("hello")
+        before = server_connections()
+        for _ in range(8):
+            assert [m.content for m in asyncio.run(history.aget_messages())] == ["hello"]
+        assert len([key for key in connection._pools if isinstance(key, tuple)]) <= 1
+        assert server_connections() <= before + 1  # the last loop's pool: closed at its next use

@@ -377,6 +377,7 @@ async def acquire_async(url: str) -> AsyncConnectionPool:
     `release_async`. Raises `StoreUnavailableError` when the server cannot be reached."""
     key = (url, asyncio.get_running_loop())
     with _pools_lock:
+        _drop_dead_loops()
         opened = key in _pools
     if not opened:
         await _aprobe(url)
@@ -392,6 +393,18 @@ async def acquire_async(url: str) -> AsyncConnectionPool:
         await release_async(url)
         raise unavailable(url, exc) from exc
     return shared.pool
+
+
+def _drop_dead_loops() -> None:
+    """Forget the asyncio pools of event loops that are closed, and close their connections
+    (call holding `_pools_lock`). A saver opened without asyncio and called from a new loop
+    each time (`asyncio.run` per request) got a pool per loop, kept open for good: eight calls
+    held ten connections. A closed loop cannot run its pool's `close()`, so each idle
+    connection's libpq handle is closed here directly."""
+    for key in [k for k in _pools if isinstance(k, tuple) and k[1].is_closed()]:
+        shared = _pools.pop(key)
+        for conn in list(getattr(shared.pool, "_pool", ())):  # the pool's idle connections
+            conn.pgconn.finish()
 
 
 async def release_async(url: str) -> None:

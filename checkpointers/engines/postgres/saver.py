@@ -560,6 +560,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
         if pool is None:
+            for dead in [other for other in self._async_pools if other.is_closed()]:
+                del self._async_pools[dead]  # its pool is closed by the next `acquire_async`
             pool = await connection.acquire_async(self.url)
             if loop in self._async_pools:  # another task of this loop took a share meanwhile
                 await connection.release_async(self.url)
