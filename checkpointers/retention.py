@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("threadkeeper.retention")
 
 STRATEGIES = ("delete", "keep_latest")
+MAX_DAYS = 36_500
+"""The longest retention, 100 years: a longer one reaches before year 1 (`OverflowError`)."""
 RENEW_SECONDS = 60
 """A long sweep renews its lease this often (a SQLite lease lasts ten times as long)."""
 
@@ -75,8 +78,12 @@ class RetentionPolicy:
     the database longer than `Sweeper.hold_s` (a chat turn waits for a transaction)."""
 
     def __post_init__(self) -> None:
-        if self.days < 0:
-            raise RetentionSettingError(f"retention days must be 0 (keep forever) or more, not {self.days}")
+        if not 0 <= self.days <= MAX_DAYS:  # NaN fails both comparisons
+            raise RetentionSettingError(
+                f"retention days must be 0 (keep forever) or a number up to {MAX_DAYS:,}, not {self.days}"
+            )
+        if not math.isfinite(self.interval_minutes):
+            raise RetentionSettingError(f"the sweep interval must be a number of minutes, not {self.interval_minutes}")
         if self.strategy not in STRATEGIES:
             raise RetentionSettingError(f"retention strategy must be 'delete' or 'keep_latest', not {self.strategy!r}")
         if self.interval_minutes <= 0:

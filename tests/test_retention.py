@@ -221,7 +221,11 @@ def test_settings_come_from_langgraph_json_and_the_environment_overrides(tmp_pat
         RetentionPolicy.from_env({"THREADKEEPER_LANGGRAPH_JSON": str(tmp_path / "absent.json")})
     for bad, message in (
         ({"THREADKEEPER_RETENTION_DAYS": "a month"}, "THREADKEEPER_RETENTION_DAYS must be a float"),
-        ({"THREADKEEPER_RETENTION_DAYS": "-1"}, "0 (keep forever) or more"),
+        ({"THREADKEEPER_RETENTION_DAYS": "-1"}, "0 (keep forever) or a number up to 36,500"),
+        ({"THREADKEEPER_RETENTION_DAYS": "inf"}, "or a number up to 36,500, not inf"),  # OverflowError before
+        ({"THREADKEEPER_RETENTION_DAYS": "1e6"}, "or a number up to 36,500"),
+        ({"THREADKEEPER_RETENTION_DAYS": "nan"}, "or a number up to 36,500, not nan"),
+        ({"THREADKEEPER_SWEEP_INTERVAL_MINUTES": "inf"}, "the sweep interval must be a number of minutes"),
         ({"THREADKEEPER_RETENTION_STRATEGY": "archive"}, "'delete' or 'keep_latest'"),
         ({"THREADKEEPER_SWEEP_BATCH": "0"}, "between 1 and 10000"),
     ):
