@@ -297,3 +297,43 @@ def test_async_calls_from_one_event_loop_after_another_hold_no_connections_of_cl
             assert [m.content for m in asyncio.run(history.aget_messages())] == ["hello"]
         assert len([key for key in connection._pools if isinstance(key, tuple)]) <= 1
         assert server_connections() <= before + 1  # the last loop's pool: closed at its next use
+
+
+def test_a_role_that_may_not_create_tables_and_a_read_only_server_open_a_migrated_store(postgres_url):
+    """Operators run the app as a role with the rights on rows only, or point a reader at a
+    standby; a write the server refuses is one sentence, not psycopg's traceback."""
+    import uuid
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    from checkpointers import ThreadChatHistory
+
+    with open_saver(postgres_url) as saver:
+        ThreadChatHistory("t", user_id="alice", saver=saver).add_user_message("hello")
+    parts = urlsplit(postgres_url)
+    options = parse_qs(parts.query)["options"][0]
+    schema = options.split("=", 1)[1]
+    role = f"tk_rows_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        admin.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+        admin.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO "{role}"')
+    try:
+        as_role = postgres_url.replace(f"//{parts.username}@", f"//{role}@", 1)
+        with open_saver(as_role) as saver:
+            history = ThreadChatHistory("t", user_id="alice", saver=saver)
+            history.add_user_message("from a role with rights on rows only")
+            assert len(history.messages) == 2
+        read_only = postgres_url.replace(
+            "options=" + quote(options), "options=" + quote(f"{options} -cdefault_transaction_read_only=on"), 1
+        )
+        with open_saver(read_only) as saver:
+            history = ThreadChatHistory("t", user_id="alice", saver=saver)
+            assert [m.content for m in history.messages][0] == "hello"
+            with pytest.raises(StoreUnavailableError, match="refused this") as raised:
+                history.add_user_message("more")
+            assert "\n" not in str(raised.value)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')
+            admin.execute(f'DROP ROLE "{role}"')

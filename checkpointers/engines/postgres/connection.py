@@ -36,7 +36,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from checkpointers.engines.base import FETCH_ALL, FETCH_LATER, FETCH_NONE, FETCH_ONE, Plan, Sql
-from checkpointers.errors import StoreUnavailableError
+from checkpointers.errors import StoreError, StoreFullError, StoreUnavailableError
 
 POOL_SIZE_VARIABLE = "THREADKEEPER_PG_POOL_SIZE"
 DEFAULT_POOL_SIZE = 10
@@ -164,6 +164,8 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
         if lost := driving.lost(conn, exc):
             raise lost from exc
         _end(conn, exc if begin is not None else None)
+        if refused := refusal(exc):
+            raise refused from exc
         raise
 
 
@@ -191,7 +193,26 @@ async def arun_transaction(
         if lost := driving.lost(conn, exc):
             raise lost from exc
         await _aend(conn, exc if begin is not None else None)
+        if refused := refusal(exc):
+            raise refused from exc
         raise
+
+
+def refusal(exc: BaseException) -> StoreError | None:
+    """One sentence for a write the server refused for a reason of its own setup (a role
+    without the right, a read-only server or standby, a full disk), or None: these came to
+    the caller as psycopg's own errors, with a traceback."""
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StoreFullError(
+            "The PostgreSQL server's disk is full, so nothing was saved; free some space on the server and try again."
+        )
+    if isinstance(exc, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
+        reason = " ".join(str(exc).split("\n", 1)[0].split())
+        return StoreUnavailableError(
+            f"the PostgreSQL database refused this ({reason}): check the rights of the database role "
+            "threadkeeper connects as, and that the server is not a read-only standby"
+        )
+    return None
 
 
 def _end(conn: psycopg.Connection, exc: BaseException | None) -> None:

@@ -328,7 +328,16 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def migrate() -> Plan[int]:
-    """Bring the schema up to date (run in one transaction); returns the version."""
+    """Bring the schema up to date (run in one transaction); returns the version.
+
+    A store already up to date is only read: a role that may write rows but not create
+    tables, or a read-only server, opens it (PostgreSQL checks the right to create before
+    it sees that `CREATE TABLE IF NOT EXISTS` has nothing to do)."""
+    ((found,),) = yield Sql("SELECT to_regclass('schema_migrations') IS NOT NULL", ())
+    if found:
+        ((newest,),) = yield Sql("SELECT coalesce(max(version), 0) FROM schema_migrations", ())
+        if newest == len(MIGRATIONS):
+            return newest
     yield Sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,), FETCH_ALL)
     yield Sql(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
