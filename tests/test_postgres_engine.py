@@ -337,3 +337,53 @@ def test_a_role_that_may_not_create_tables_and_a_read_only_server_open_a_migrate
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f'DROP OWNED BY "{role}"')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+class _BackedOff(Exception):
+    pass
+
+
+def _no_backoff(*args, **kwargs):
+    raise _BackedOff("psycopg_pool waited before handing out a connection")
+
+
+def _drop_every_connection(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as admin:
+        (dropped,) = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return dropped
+
+
+def test_after_the_server_dropped_every_pooled_connection_the_next_call_gets_a_fresh_one_at_once(postgres_url, monkeypatch):
+    """A restart, a failover or a proxy's idle timeout: psycopg_pool's own check waited 1, 2, 4...
+    s after each dead connection, and ten of them made the next call fail after 30 s."""
+    import asyncio
+
+    import psycopg_pool.pool
+    import psycopg_pool.pool_async
+
+    from checkpointers.engines.postgres import connection
+
+    monkeypatch.setattr(connection, "CHECK_AFTER_IDLE_S", 0.0)  # every connection is as if idle
+    monkeypatch.setattr(psycopg_pool.pool, "sleep", _no_backoff)  # its check loop's wait, and no other
+    monkeypatch.setattr(psycopg_pool.pool_async, "asleep", _no_backoff)
+    with open_saver(postgres_url) as saver:
+        held = [saver._pool.getconn() for _ in range(connection.pool_size())]
+        for conn in held:
+            saver._pool.putconn(conn)
+        assert _drop_every_connection(postgres_url) >= connection.pool_size()
+        assert saver.threads.count("alice") == 0
+
+    async def from_asyncio() -> None:
+        async with open_async_saver(postgres_url) as asaver:
+            assert await asaver.threads.acount("alice") == 0
+            pool = asaver._async_pools[asyncio.get_running_loop()]
+            held = [await pool.getconn() for _ in range(connection.pool_size())]
+            for conn in held:
+                await pool.putconn(conn)
+            assert _drop_every_connection(postgres_url) >= connection.pool_size()
+            assert await asaver.threads.acount("alice") == 0
+
+    asyncio.run(from_asyncio())

@@ -11,7 +11,7 @@ Pools are shared by every saver of the process that opens the same URL
 (`acquire`/`release`, reference-counted), sized by
 `$THREADKEEPER_PG_POOL_SIZE` (default 10). A connection idle for
 `CHECK_AFTER_IDLE_S` or more is checked when it is handed out (one empty
-round trip), and every connection is recycled after `MAX_IDLE_S` idle or
+round trip; `checked`), and every connection is recycled after `MAX_IDLE_S` idle or
 `MAX_LIFETIME_S` in all, so a connection the server or a firewall dropped
 is replaced instead of failing a user's request. One in use a moment ago is
 handed out as it is: checking it was a tenth of a chat turn's round trips. Nothing serialises a saver
@@ -26,8 +26,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -329,14 +329,50 @@ def _idle(conn: Any) -> bool:
     return time.monotonic() - _given_back.get(conn, -CHECK_AFTER_IDLE_S) >= CHECK_AFTER_IDLE_S
 
 
-def _check(conn: psycopg.Connection) -> None:
-    if _idle(conn):
+@contextmanager
+def checked(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A connection of `pool`; one idle for `CHECK_AFTER_IDLE_S` or more is checked first (one
+    empty round trip). When it turns out dead, the server dropped the pool's connections (a
+    restart, a failover, a proxy's idle timeout): every idle one is checked at once
+    (`pool.check()`, which replaces the dead) and a working one is handed out.
+
+    psycopg_pool's own `check=` waits 1, 2, 4, 8... s after each dead connection it finds: ten
+    dead ones made the next request fail with `PoolTimeout` after 30 s."""
+    with pool.connection() as conn:
+        if not _idle(conn) or _answers(conn):
+            yield conn
+            return
+    pool.check()
+    with pool.connection() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def achecked(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
+    """`checked` for an asyncio pool."""
+    async with pool.connection() as conn:
+        if not _idle(conn) or await _aanswers(conn):
+            yield conn
+            return
+    await pool.check()
+    async with pool.connection() as conn:
+        yield conn
+
+
+def _answers(conn: psycopg.Connection) -> bool:
+    try:
         ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
 
 
-async def _acheck(conn: psycopg.AsyncConnection) -> None:
-    if _idle(conn):
+async def _aanswers(conn: psycopg.AsyncConnection) -> bool:
+    try:
         await AsyncConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _pool_options() -> dict[str, Any]:
@@ -369,7 +405,7 @@ def acquire(url: str) -> ConnectionPool:
         shared = _pools.get(url)
         if shared is None:
             _probe(url)
-            pool = ConnectionPool(url, check=_check, reset=_note_return, **_pool_options())
+            pool = ConnectionPool(url, reset=_note_return, **_pool_options())
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
             except Exception as exc:
@@ -405,7 +441,7 @@ async def acquire_async(url: str) -> AsyncConnectionPool:
     with _pools_lock:
         shared = _pools.get(key)
         if shared is None:
-            pool = AsyncConnectionPool(url, check=_acheck, reset=_anote_return, **_pool_options())
+            pool = AsyncConnectionPool(url, reset=_anote_return, **_pool_options())
             shared = _pools[key] = _Shared(pool)
         shared.users += 1
     try:

@@ -535,7 +535,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         begin, first = _begin(read, single), None
         for _ in range(connection.pool_size()):
             try:
-                with self._pool.connection() as conn:
+                with connection.checked(self._pool) as conn:
                     return connection.run_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:  # a connection the server dropped: the pool drops it too
                 first, cause = lost.first, lost.cause
@@ -546,7 +546,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         """A pooled connection in one transaction, committed on exit (see `_run`)."""
         if self._pool is None:
             self._pool = connection.acquire(self.url)
-        with self._pool.connection() as conn:
+        with connection.checked(self._pool) as conn:
             if read:
                 conn.isolation_level, conn.read_only = _SNAPSHOT, True
             try:
@@ -569,7 +569,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         begin, first = _begin(read, single), None
         for _ in range(connection.pool_size()):
             try:
-                async with pool.connection() as conn:
+                async with connection.achecked(pool) as conn:
                     return await connection.arun_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:
                 first, cause = lost.first, lost.cause
