@@ -29,6 +29,7 @@ from checkpointers.errors import (
     SchemaTooNewError,
     StoreError,
     StoreUnavailableError,
+    ThreadDeletedError,
     ThreadExistsError,
     ThreadNotFoundError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "ThreadChatHistory",
+    "ThreadDeletedError",
     "ThreadExistsError",
     "ThreadIndex",
     "ThreadInfo",

@@ -39,6 +39,16 @@ class ThreadNotFoundError(StoreError, KeyError):
         return self.args[0]
 
 
+class ThreadDeletedError(ThreadNotFoundError):
+    """A run went on writing a thread that was deleted meanwhile (`threads.SeenThreads`)."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(thread_id)
+        self.args = (
+            f"the thread {thread_id!r} was deleted while this run was writing it; nothing more of the run was saved",
+        )
+
+
 class ThreadExistsError(StoreError):
     """A thread with that id already has checkpoints."""
 

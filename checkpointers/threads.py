@@ -17,13 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from checkpointers.errors import InvalidCursorError, UnstorableInputError
+from checkpointers.errors import InvalidCursorError, ThreadDeletedError, UnstorableInputError
 from checkpointers.search import message_text
 from checkpointers.storable import check_id, check_text, jsonb_storable
 
@@ -37,6 +39,39 @@ ANY_USER: Any = object()
 
 
 _CONTROLS_TO_SPACE = dict.fromkeys([*range(32), 127], " ")
+
+
+class SeenThreads:
+    """The ids of threads a saver found stored, newest `size` of them.
+
+    A run reads its thread, then writes a checkpoint (or task writes) going on from the one it
+    read. When the thread is deleted in between (its owner deletes it, or erases all their
+    data, while a reply is written), the write finds no row: storing one anew brought the
+    whole conversation back, title and search words included. A write that goes on from a
+    checkpoint (`parent`) of a thread this saver has seen is refused instead; a thread id
+    never seen here (an import, a caller's own checkpoints) or a write that starts a thread
+    (no parent) stores its row as before."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def saw(self, thread_id: str) -> None:
+        with self._lock:
+            self._ids[thread_id] = None
+            self._ids.move_to_end(thread_id)
+            if len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+    def check_not_deleted(self, thread_id: str, parent: Any) -> None:
+        """Call when a write finds no row for `thread_id`: `ThreadDeletedError` if it goes on
+        from a checkpoint (`parent` not None) of a thread this saver has seen stored."""
+        if parent is not None:
+            with self._lock:
+                seen = thread_id in self._ids
+            if seen:
+                raise ThreadDeletedError(thread_id)
 
 
 def one_line(text: str) -> str:

@@ -10,11 +10,14 @@ import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
 
-from checkpointers import ANY_USER, ThreadSaver, open_saver
+from bench.agent import InstantModel
+from checkpointers import ANY_USER, ThreadNotFoundError, ThreadSaver, open_saver
+from graph import Settings, build_graph
 from checkpointers.retention import (
     RetentionPolicy,
     RetentionSettingError,
@@ -403,3 +406,49 @@ def test_deleting_threads_forgets_what_the_saver_cached_of_them_only(saver):
     assert keys["kept"] in saver._lists._by_thread and "kept" in saver._thread_states
     _say(saver, "gone")  # a new thread under the old id starts from nothing
     assert len(echo_graph(saver).get_state({"configurable": {"thread_id": "gone"}}).values["messages"]) == 2
+
+
+class _AnswersWhenLetGo(InstantModel):
+    """Answers once `let_go` is set: the thread is deleted while the reply is being written."""
+
+    asked: Any = None
+    let_go: Any = None
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.asked.set()
+        assert self.let_go.wait(30)
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+@pytest.mark.parametrize("how", ["delete_thread", "delete_user"])
+def test_a_thread_deleted_while_its_reply_is_written_stays_deleted(store, how):
+    """The in-flight run's next checkpoint found no row and stored one anew, with the whole
+    conversation, its title and search words: "Delete all my data" undone by a reply."""
+    model = _AnswersWhenLetGo(asked=threading.Event(), let_go=threading.Event())
+    agent = build_graph(checkpointer=store, model=model, settings=Settings())
+    config = {"configurable": {"thread_id": "secret-thread", "user_id": "alice"}}
+    model.let_go.set()
+    agent.invoke({"messages": [HumanMessage("my secret one")]}, config)
+    model.let_go.clear()
+    outcome: list[Any] = []
+
+    def turn() -> None:
+        try:
+            outcome.append(agent.invoke({"messages": [HumanMessage("my secret two")]}, config))
+        except ThreadNotFoundError as exc:
+            outcome.append(exc)
+
+    running = threading.Thread(target=turn)
+    running.start()
+    assert model.asked.wait(30)
+    if how == "delete_thread":
+        store.delete_thread("secret-thread")
+    else:
+        assert delete_user(store, "alice") == 1
+    model.let_go.set()
+    running.join(30)
+    assert isinstance(outcome[0], ThreadNotFoundError) and "deleted while this run" in str(outcome[0])
+    assert store.threads.list("alice").threads == [] and store.threads.search("alice", "secret").threads == []
+    assert agent.get_state(config).values.get("messages", []) == []
+    fresh = agent.invoke({"messages": [HumanMessage("a new start")]}, config)  # the id may start over
+    assert [m.content for m in fresh["messages"]][0] == "a new start"

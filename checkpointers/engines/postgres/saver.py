@@ -117,7 +117,7 @@ from checkpointers.storable import (
     check_value,
     checkpoint_metadata_json,
 )
-from checkpointers.threads import ANY_USER, title_from_messages
+from checkpointers.threads import ANY_USER, SeenThreads, title_from_messages
 
 MESSAGES_CHANNEL = "messages"
 """The channel whose length and first human message feed the thread index."""
@@ -463,6 +463,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._async_put_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         """Coroutines waiting in `_aafter_put`, woken with `_put_done`'s threads."""
         self._epochs: dict[int, int] = {}
+        self._seen = SeenThreads()
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
         where = connection.redacted(url)
@@ -805,6 +806,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             row = yield Sql(_LATEST_CHECKPOINT_SQL, (ns, thread_id), FETCH_ONE)
         if row is None:
             return None
+        self._seen.saw(thread_id)
         return (yield from self._tuple(row[0], thread_id, ns, row[1:], own=not hands_out_kept(configurable)))
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -962,14 +964,17 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
 
     # -- BaseCheckpointSaver: writes ----------------------------------------
 
-    def _thread_row(self, thread_id: str, user_id: str | None) -> Plan[_ThreadRow]:
-        """Lock the thread's row (creating it if new) and drop what is cached of it if a
-        garbage collection ran since it was cached."""
+    def _thread_row(self, thread_id: str, user_id: str | None, parent: Any) -> Plan[_ThreadRow]:
+        """Lock the thread's row (creating it if new, unless the write goes on from `parent`, a
+        checkpoint of a thread deleted meanwhile: `SeenThreads`) and drop what is cached of it if
+        a garbage collection ran since it was cached."""
         row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
         if row is None:
+            self._seen.check_not_deleted(thread_id, parent)
             yield from self._new_thread(thread_id, user_id)
             row = yield Sql(_THREAD_ROW_SQL, (thread_id,), FETCH_ONE)
         found = _ThreadRow(*row)
+        self._seen.saw(thread_id)
         self._check_key_unchanged(found.key_record)
         with self._cache_lock:
             if self._epochs.get(found.thread_key) != found.gc_epoch:
@@ -1058,7 +1063,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
             checkpoint, new_versions, nones, type_ == checkpoint_codec.TYPE
         )
         run_id = full_metadata.get("run_id")
-        txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
+        txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id, configurable.get("checkpoint_id"))))
         blob = self._sealed(blob, checkpoint_place(txn.thread_key, ns, checkpoint["id"]))
         for channel, version in new_versions.items():
             row = yield from self._value_row(txn, ns, channel, version, values.get(channel, _MISSING))
@@ -1269,13 +1274,16 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         if numbering:
             # Its messages are numbered and stored with it: the thread's row is locked as
             # for a checkpoint, which numbers messages too.
-            txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id)))
+            txn = _ThreadTxn((yield from self._thread_row(thread_id, user_id, checkpoint_id)))
             thread_key = txn.thread_key
         else:
             row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
             if row is None:
+                self._seen.check_not_deleted(thread_id, checkpoint_id)
                 yield from self._new_thread(thread_id, user_id)
                 row = yield Sql(_THREAD_KEY_SQL, (thread_id,), FETCH_ONE)
+            else:
+                self._seen.saw(thread_id)
             self._check_key_unchanged(row[1])
             thread_key = row[0]
         rows = [

@@ -37,7 +37,7 @@ from checkpointers.messages import (
     is_message_dict as _is_message_dict,
     is_message_list as _is_message_list,
 )
-from checkpointers.errors import EncryptionKeyError, StoreUnavailableError, UnstorableInputError
+from checkpointers.errors import EncryptionKeyError, StoreUnavailableError, ThreadDeletedError, UnstorableInputError
 from checkpointers.engines.sqlite.thread_write import _StaleThreadState, _ThreadTxn, _remember
 from checkpointers.engines.sqlite.values import _MISSING, _PreValue
 
@@ -265,7 +265,9 @@ class _DeferredWriting:
             self.conn.execute("SAVEPOINT deferred_thread")
             try:
                 # Read the row afresh: no cached numbers, so nothing can be stale.
-                txn = _ThreadTxn(self.conn, thread_id, self._read_thread_state(thread_id, group[0].user_id), after_commit)
+                goes_on = next((e.parent_id if type(e) is _DeferredPut else e.checkpoint_id for e in group), None)
+                state = self._read_thread_state(thread_id, group[0].user_id, goes_on)
+                txn = _ThreadTxn(self.conn, thread_id, state, after_commit)
                 for entry in group:
                     self._apply_deferred(txn, entry)
                 state = txn.close()
@@ -296,12 +298,26 @@ class _DeferredWriting:
         self._drop_cached_thread(entries[0].thread_id)
         if not log:
             return
-        # Input refused at the door is the user's mistake (a warning); anything else is the store's (an error).
-        level = logging.WARNING if isinstance(exc, UnstorableInputError) else logging.ERROR
+        # Input refused at the door is the user's mistake (a warning); a thread deleted while its
+        # run wrote it is nobody's (the run's caller is told); anything else is the store's (an error).
+        if isinstance(exc, ThreadDeletedError):
+            level = logging.INFO
+        else:
+            level = logging.WARNING if isinstance(exc, UnstorableInputError) else logging.ERROR
         logger.log(
             level, "dropped %d unwritable checkpoint writes of thread %r in %s: %s: %s",
             len(entries), entries[0].thread_id, self.path, type(exc).__name__, exc,
         )
+
+    def _goes_on_from(self, thread_id: str, parent: Any) -> Any:
+        """What a write of the thread goes on from (`SeenThreads`): the parent of the oldest of
+        its writes waiting to be carried, which the write carries first, else `parent`. A new
+        thread's input checkpoint (no parent) waits for the step after it, whose parent is set."""
+        with self._deferred_cond:
+            oldest = next((e for e in self._deferred if e.thread_id == thread_id), None)
+        if oldest is None:
+            return parent
+        return oldest.parent_id if type(oldest) is _DeferredPut else oldest.checkpoint_id
 
     def _forget_deferred(self, written: list[_DeferredWrites | _DeferredPut]) -> None:
         with self._deferred_cond:

@@ -65,6 +65,7 @@ from checkpointers.messages import ListCache as _ListCache, checked_owner as _ch
 from checkpointers.errors import EncryptionKeyError, NotADatabaseError, StoreFullError, StoreUnavailableError
 from checkpointers.engines.sqlite.schema import migrate
 from checkpointers.storable import check_id, check_ns, check_task_path, checkpoint_metadata_json
+from checkpointers.threads import SeenThreads
 from checkpointers.sessions import SessionStore
 from checkpointers.engines.sqlite.sessions import SqliteSessions
 from checkpointers.engines.sqlite.transfer import SqliteTransfer
@@ -194,6 +195,7 @@ class ThreadSaver(
         self._lists = _ListCache(cache_messages)
         self._digests: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         self._thread_states: OrderedDict[str, _ThreadState] = OrderedDict()
+        self._seen = SeenThreads()
         self._defer_writes = defer_writes
         self._deferred: list[_DeferredWrites | _DeferredPut] = []
         deferred_lock = threading.Lock()
@@ -382,7 +384,9 @@ class ThreadSaver(
         row = conn.execute("SELECT thread_key FROM threads WHERE thread_id = ?", (thread_id,)).fetchone()
         return row[0] if row else None
 
-    def _write_thread(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
+    def _write_thread(
+        self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState], parent: Any = None
+    ) -> None:
         """Run `body` in a write transaction on one thread, starting over once if
         the thread's row changed since this saver last wrote it.
 
@@ -391,7 +395,7 @@ class ThreadSaver(
         was saved") stays true; and one that can never be written (see
         `_retry_may_help`), left queued, would fail every later write of every thread."""
         try:
-            self._write_thread_now(thread_id, user_id, body)
+            self._write_thread_now(thread_id, user_id, body, parent)
         except Exception as exc:
             with self._deferred_cond:
                 mine = [e for e in self._deferred if e.thread_id == thread_id]
@@ -399,13 +403,15 @@ class ThreadSaver(
                 self._drop_deferred(mine, exc, log=not _retry_may_help(exc))
             raise
 
-    def _write_thread_now(self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState]) -> None:
+    def _write_thread_now(
+        self, thread_id: str, user_id: str | None, body: Callable[[_ThreadTxn], _ThreadState], parent: Any = None
+    ) -> None:
         for attempt in (1, 2):
             cached = None
             try:
                 with self._write(carried_by=thread_id) as after_commit:
                     cached = None if attempt == 2 else self._thread_states.get(thread_id)
-                    state = cached or self._read_thread_state(thread_id, user_id)
+                    state = cached or self._read_thread_state(thread_id, user_id, self._goes_on_from(thread_id, parent))
                     txn = _ThreadTxn(self.conn, thread_id, state, after_commit)
                     try:
                         self._carry_deferred(txn)
@@ -428,12 +434,17 @@ class ThreadSaver(
         if stale is not None:
             self._forget([stale.thread_key])
 
-    def _read_thread_state(self, thread_id: str, user_id: str | None) -> _ThreadState:
+    def _read_thread_state(self, thread_id: str, user_id: str | None, parent: Any = None) -> _ThreadState:
+        """The thread's row, stored anew when there is none, unless the write goes on from
+        `parent`, a checkpoint of a thread deleted meanwhile (`SeenThreads`)."""
         row = self.conn.execute(
             "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title FROM threads WHERE thread_id = ?",
             (thread_id,),
         ).fetchone()
-        if row is None:
+        if row is not None:
+            self._seen.saw(thread_id)
+        else:
+            self._seen.check_not_deleted(thread_id, parent)
             now = utc_now()
             cur = self.conn.execute(
                 "INSERT INTO threads (thread_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -465,6 +476,8 @@ class ThreadSaver(
                     conn, thread_key, thread_id, ns, row[0], row[1],
                     *self._load_checkpoint_row(thread_key, ns, row[0], *row[2:]), own=own,
                 )
+            if found is not None:
+                self._seen.saw(thread_id)
             if checkpoint_id is None:
                 # A new thread's first put follows "no checkpoint" (parent None).
                 newest = (found and found.checkpoint["id"], data_version)
@@ -588,7 +601,7 @@ class ThreadSaver(
                 txn.after_commit.append(lambda: self._keep_tuple(entry, txn.thread_key, txn.lists))
                 return txn.close()
 
-            self._write_thread(thread_id, entry.user_id, write)
+            self._write_thread(thread_id, entry.user_id, write, entry.parent_id)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     def put_writes(
@@ -648,7 +661,7 @@ class ThreadSaver(
             self._insert_writes(txn, entry)
             return txn.close()
 
-        self._write_thread(thread_id, entry.user_id, write)
+        self._write_thread(thread_id, entry.user_id, write, entry.checkpoint_id)
 
     # -- the thread's attached database ---------------------------------------
 
