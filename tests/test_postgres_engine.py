@@ -387,3 +387,18 @@ def test_after_the_server_dropped_every_pooled_connection_the_next_call_gets_a_f
             assert await asaver.threads.acount("alice") == 0
 
     asyncio.run(from_asyncio())
+
+
+def test_a_connection_lost_once_a_call_has_begun_is_one_sentence(postgres_url):
+    """Not tried again (it may have written), and not psycopg's "cannot exit pipeline mode while busy"."""
+    from checkpointers.engines.base import FETCH_ONE, Sql
+
+    def plan():
+        yield Sql("SELECT 1", (), FETCH_ONE)  # an answer read: the call has begun
+        yield Sql("SELECT pg_terminate_backend(pg_backend_pid())", (), FETCH_ONE)
+
+    with open_saver(postgres_url) as saver:
+        with pytest.raises(StoreUnavailableError, match="was lost during this call") as raised:
+            saver._run(plan())
+        assert "\n" not in str(raised.value)
+        assert saver.threads.count("alice") == 0  # the next call gets a working connection

@@ -164,7 +164,7 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
         if lost := driving.lost(conn, exc):
             raise lost from exc
         _end(conn, exc if begin is not None else None)
-        if refused := refusal(exc):
+        if refused := refusal(exc, conn.broken or conn.closed):
             raise refused from exc
         raise
 
@@ -193,15 +193,16 @@ async def arun_transaction(
         if lost := driving.lost(conn, exc):
             raise lost from exc
         await _aend(conn, exc if begin is not None else None)
-        if refused := refusal(exc):
+        if refused := refusal(exc, conn.broken or conn.closed):
             raise refused from exc
         raise
 
 
-def refusal(exc: BaseException) -> StoreError | None:
+def refusal(exc: BaseException, lost: bool = False) -> StoreError | None:
     """One sentence for a write the server refused for a reason of its own setup (a role
-    without the right, a read-only server or standby, a full disk), or None: these came to
-    the caller as psycopg's own errors, with a traceback."""
+    without the right, a read-only server or standby, a full disk), or for a connection
+    `lost` once the call had begun (else `LostBeforeStart` tries again), or None: these came
+    to the caller as psycopg's own errors ("cannot exit pipeline mode while busy")."""
     if isinstance(exc, psycopg.errors.DiskFull):
         return StoreFullError(
             "The PostgreSQL server's disk is full, so nothing was saved; free some space on the server and try again."
@@ -211,6 +212,11 @@ def refusal(exc: BaseException) -> StoreError | None:
         return StoreUnavailableError(
             f"the PostgreSQL database refused this ({reason}): check the rights of the database role "
             "threadkeeper connects as, and that the server is not a read-only standby"
+        )
+    if lost and isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailableError(
+            "the connection to the PostgreSQL database was lost during this call, so what it "
+            "was writing may or may not be saved; try again"
         )
     return None
 

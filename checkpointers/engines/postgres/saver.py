@@ -540,7 +540,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                     return connection.run_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:  # a connection the server dropped: the pool drops it too
                 first, cause = lost.first, lost.cause
-        raise cause
+        raise connection.refusal(cause, lost=True) or cause
 
     @contextmanager
     def _transaction(self, *, read: bool = False) -> Iterator[psycopg.Connection]:
@@ -574,7 +574,7 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
                     return await connection.arun_transaction(conn, plan, begin, first)
             except connection.LostBeforeStart as lost:
                 first, cause = lost.first, lost.cause
-        raise cause
+        raise connection.refusal(cause, lost=True) or cause
 
     # -- encoding ----------------------------------------------------------
 
