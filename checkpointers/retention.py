@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -82,8 +81,10 @@ class RetentionPolicy:
             raise RetentionSettingError(
                 f"retention days must be 0 (keep forever) or a number up to {MAX_DAYS:,}, not {self.days}"
             )
-        if not math.isfinite(self.interval_minutes):
-            raise RetentionSettingError(f"the sweep interval must be a number of minutes, not {self.interval_minutes}")
+        if not self.interval_minutes <= MAX_DAYS * 1440:  # NaN and infinity fail it too
+            raise RetentionSettingError(
+                f"the sweep interval must be a number of minutes up to {MAX_DAYS * 1440:,}, not {self.interval_minutes}"
+            )
         if self.strategy not in STRATEGIES:
             raise RetentionSettingError(f"retention strategy must be 'delete' or 'keep_latest', not {self.strategy!r}")
         if self.interval_minutes <= 0:

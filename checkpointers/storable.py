@@ -17,11 +17,7 @@ from typing import Any
 
 from checkpointers.errors import UnstorableInputError
 
-MAX_ID_BYTES = 1000
-"""The longest id, in UTF-8 bytes (for ASCII, characters). PostgreSQL's B-tree entries hold at
-most 2,704 bytes, and `threads_by_user_updated` holds a user id and a thread id together:
-1,000 characters of CJK text or emoji took 3,000 to 4,000 bytes there and failed every
-write with a raw `ProgramLimitExceeded`. Both engines refuse alike."""
+MAX_ID_CHARS = 1000
 
 
 def check_id(value: Any, what: str = "thread id") -> str:
@@ -31,12 +27,8 @@ def check_id(value: Any, what: str = "thread id") -> str:
         raise UnstorableInputError(f"A {what} cannot contain the NUL character.")
     if not text.isascii() and not _encodes(text):
         raise UnstorableInputError(f"A {what} cannot contain a lone surrogate (invalid Unicode).")
-    if len(text) > MAX_ID_BYTES:
-        raise UnstorableInputError(f"A {what} is {len(text):,} characters long; the limit is {MAX_ID_BYTES:,}.")
-    if not text.isascii() and (size := len(text.encode("utf-8"))) > MAX_ID_BYTES:
-        raise UnstorableInputError(
-            f"A {what} takes {size:,} bytes in UTF-8; the limit is {MAX_ID_BYTES:,} (as many ASCII characters)."
-        )
+    if len(text) > MAX_ID_CHARS:
+        raise UnstorableInputError(f"A {what} is {len(text):,} characters long; the limit is {MAX_ID_CHARS:,}.")
     return text
 
 

@@ -402,3 +402,43 @@ def test_a_connection_lost_once_a_call_has_begun_is_one_sentence(postgres_url):
             saver._run(plan())
         assert "\n" not in str(raised.value)
         assert saver.threads.count("alice") == 0  # the next call gets a working connection
+
+
+def test_a_server_error_is_not_called_a_lost_connection(postgres_url):
+    """`_end` closes the connection after any server error: whether it was lost is read before."""
+    from checkpointers.engines.base import FETCH_NONE, FETCH_ONE, Sql
+
+    def plan():
+        yield Sql("SET LOCAL statement_timeout = 10", (), FETCH_NONE)
+        yield Sql("SELECT pg_sleep(1)", (), FETCH_ONE)
+
+    with open_saver(postgres_url) as saver:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            saver._run(plan())
+
+
+def test_a_new_schema_before_another_stores_schema_on_the_search_path_gets_its_own_store(postgres_url):
+    """`to_regclass` looks along the whole `search_path`; `CREATE TABLE IF NOT EXISTS` in the first
+    schema only. A tenant's new schema put before one holding a store must not use that store."""
+    import uuid
+    from urllib.parse import quote
+
+    from checkpointers import ThreadChatHistory
+
+    with open_saver(postgres_url) as saver:
+        ThreadChatHistory("theirs", user_id="bob", saver=saver).add_user_message("bob's")
+    base = postgres_url.split("?options=")[0]
+    old_schema = psycopg.conninfo.conninfo_to_dict(postgres_url)["options"].split("=", 1)[1]
+    new_schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{new_schema}"')
+    url = f"{base}?options={quote(f'-csearch_path={new_schema},{old_schema}')}"
+    assert missing_store(url) is not None
+    with open_saver(url) as saver:
+        assert saver.threads.count("bob") == 0
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        (tables,) = admin.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (new_schema,)
+        ).fetchone()
+        admin.execute(f'DROP SCHEMA "{new_schema}" CASCADE')
+    assert tables >= 10

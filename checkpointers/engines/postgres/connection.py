@@ -36,7 +36,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from checkpointers.engines.base import FETCH_ALL, FETCH_LATER, FETCH_NONE, FETCH_ONE, Plan, Sql
-from checkpointers.errors import StoreError, StoreFullError, StoreUnavailableError
+from checkpointers.errors import StoreError, StoreFullError, StoreUnavailableError, UnstorableInputError
 
 POOL_SIZE_VARIABLE = "THREADKEEPER_PG_POOL_SIZE"
 DEFAULT_POOL_SIZE = 10
@@ -163,8 +163,9 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
+        lost = conn.broken  # before `_end`, which closes the connection after any server error
         _end(conn, exc if begin is not None else None)
-        if refused := refusal(exc, conn.broken or conn.closed):
+        if refused := refusal(exc, lost):
             raise refused from exc
         raise
 
@@ -192,8 +193,9 @@ async def arun_transaction(
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
+        lost = conn.broken
         await _aend(conn, exc if begin is not None else None)
-        if refused := refusal(exc, conn.broken or conn.closed):
+        if refused := refusal(exc, lost):
             raise refused from exc
         raise
 
@@ -212,6 +214,12 @@ def refusal(exc: BaseException, lost: bool = False) -> StoreError | None:
         return StoreUnavailableError(
             f"the PostgreSQL database refused this ({reason}): check the rights of the database role "
             "threadkeeper connects as, and that the server is not a read-only standby"
+        )
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        reason = " ".join(str(exc).split("\n", 1)[0].split())
+        return UnstorableInputError(
+            f"This is too long for the PostgreSQL store's index ({reason}); a thread id and a user id "
+            "together must stay under about 2,700 bytes of UTF-8."
         )
     if lost and isinstance(exc, psycopg.OperationalError):
         return StoreUnavailableError(
@@ -507,7 +515,9 @@ def has_store(url: str) -> bool:
     store, found without creating one. Raises `StoreUnavailableError` when unreachable."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)) as conn:
-            (found,) = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+            (found,) = conn.execute(
+                "SELECT to_regclass(format('%I.schema_migrations', current_schema())) IS NOT NULL"
+            ).fetchone()
     except psycopg.Error as exc:
         raise unavailable(url, exc) from exc
     return found

@@ -463,8 +463,8 @@ class PostgresThreadSaver(BaseCheckpointSaver[float]):
         self._async_put_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         """Coroutines waiting in `_aafter_put`, woken with `_put_done`'s threads."""
         self._epochs: dict[int, int] = {}
-        self._seen = SeenThreads()
         """thread_key -> the gc_epoch its cached lists and digests belong to."""
+        self._seen = SeenThreads()
         cipher = lambda: self._cipher  # noqa: E731 (the store's cipher, once it is known at setup)
         where = connection.redacted(url)
         self.threads = PostgresThreadIndex(self._run, self._arun, cipher, where)

@@ -327,15 +327,25 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 """(name, statements) in order; the version of a store is how many are applied."""
 
 
+def _refuse_newer(newest: int) -> None:
+    if newest > len(MIGRATIONS):
+        raise SchemaTooNewError(
+            f"this PostgreSQL database has schema version {newest}, newer than this threadkeeper knows "
+            f"({len(MIGRATIONS)}): upgrade threadkeeper"
+        )
+
+
 def migrate() -> Plan[int]:
     """Bring the schema up to date (run in one transaction); returns the version.
 
     A store already up to date is only read: a role that may write rows but not create
     tables, or a read-only server, opens it (PostgreSQL checks the right to create before
     it sees that `CREATE TABLE IF NOT EXISTS` has nothing to do)."""
-    ((found,),) = yield Sql("SELECT to_regclass('schema_migrations') IS NOT NULL", ())
+    # In this schema only, as `CREATE TABLE IF NOT EXISTS` looks: not one further down `search_path`.
+    ((found,),) = yield Sql("SELECT to_regclass(format('%%I.schema_migrations', current_schema())) IS NOT NULL", ())
     if found:
         ((newest,),) = yield Sql("SELECT coalesce(max(version), 0) FROM schema_migrations", ())
+        _refuse_newer(newest)
         if newest == len(MIGRATIONS):
             return newest
     yield Sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,), FETCH_ALL)
@@ -346,12 +356,7 @@ def migrate() -> Plan[int]:
         FETCH_NONE,
     )
     applied = {version for (version,) in (yield Sql("SELECT version FROM schema_migrations", ()))}
-    newest = max(applied, default=0)
-    if newest > len(MIGRATIONS):
-        raise SchemaTooNewError(
-            f"this PostgreSQL database has schema version {newest}, newer than this threadkeeper knows "
-            f"({len(MIGRATIONS)}): upgrade threadkeeper"
-        )
+    _refuse_newer(max(applied, default=0))
     for version, (name, statements) in enumerate(MIGRATIONS, start=1):
         if version in applied:
             continue

@@ -104,6 +104,19 @@ class _DeferredPut:
     due: float
 
 
+def _goes_on(waiting: list[_DeferredWrites | _DeferredPut], parent: Any) -> Any:
+    """What writes of one thread waiting to be carried go on from (`SeenThreads`): None when
+    one of them starts the thread (a put with no parent: task writes of the new run may be
+    queued before it while it is serialised), else the oldest's parent or checkpoint, else
+    `parent` (nothing waits)."""
+    if any(type(e) is _DeferredPut and e.parent_id is None for e in waiting):
+        return None
+    if not waiting:
+        return parent
+    oldest = waiting[0]
+    return oldest.parent_id if type(oldest) is _DeferredPut else oldest.checkpoint_id
+
+
 class _DeferredWriting:
     """Deferred writes and the flusher: how a turn becomes one commit (see the module docstring)."""
 
@@ -265,8 +278,7 @@ class _DeferredWriting:
             self.conn.execute("SAVEPOINT deferred_thread")
             try:
                 # Read the row afresh: no cached numbers, so nothing can be stale.
-                goes_on = next((e.parent_id if type(e) is _DeferredPut else e.checkpoint_id for e in group), None)
-                state = self._read_thread_state(thread_id, group[0].user_id, goes_on)
+                state = self._read_thread_state(thread_id, group[0].user_id, _goes_on(group, None))
                 txn = _ThreadTxn(self.conn, thread_id, state, after_commit)
                 for entry in group:
                     self._apply_deferred(txn, entry)
@@ -314,10 +326,8 @@ class _DeferredWriting:
         its writes waiting to be carried, which the write carries first, else `parent`. A new
         thread's input checkpoint (no parent) waits for the step after it, whose parent is set."""
         with self._deferred_cond:
-            oldest = next((e for e in self._deferred if e.thread_id == thread_id), None)
-        if oldest is None:
-            return parent
-        return oldest.parent_id if type(oldest) is _DeferredPut else oldest.checkpoint_id
+            waiting = [e for e in self._deferred if e.thread_id == thread_id]
+        return _goes_on(waiting, parent)
 
     def _forget_deferred(self, written: list[_DeferredWrites | _DeferredPut]) -> None:
         with self._deferred_cond:

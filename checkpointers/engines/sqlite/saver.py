@@ -452,6 +452,7 @@ class ThreadSaver(
             )
             stats.thread_created(self.conn, user_id)  # usage statistics
             row = (cur.lastrowid, 1, 1, 0, None)
+            self._seen.saw(thread_id)
         return _ThreadState(*row)
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
@@ -465,6 +466,7 @@ class ThreadSaver(
             own = not hands_out_kept(configurable)
             found = self._kept_tuple(thread_id, ns, checkpoint_id, own=own)
             if found is not None:
+                self._seen.saw(thread_id)
                 return found
             with self._read() as conn:
                 (data_version,) = conn.execute("PRAGMA data_version").fetchone()
