@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
 from contextlib import ExitStack
@@ -16,7 +15,7 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from bench.agent import InstantModel
-from checkpointers import ANY_USER, ThreadNotFoundError, ThreadSaver, open_saver
+from checkpointers import ANY_USER, ThreadNotFoundError, open_saver
 from graph import Settings, build_graph
 from checkpointers.retention import (
     RetentionPolicy,

@@ -29,7 +29,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from langgraph.checkpoint.base import WRITES_IDX_MAP, ChannelVersions, Checkpoint
+from langgraph.checkpoint.base import WRITES_IDX_MAP, ChannelVersions
 
 from checkpointers.engines.sqlite import fts
 from checkpointers.messages import (
