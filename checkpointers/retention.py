@@ -81,14 +81,13 @@ class RetentionPolicy:
             raise RetentionSettingError(
                 f"retention days must be 0 (keep forever) or a number up to {MAX_DAYS:,}, not {self.days}"
             )
-        if not self.interval_minutes <= MAX_DAYS * 1440:  # NaN and infinity fail it too
-            raise RetentionSettingError(
-                f"the sweep interval must be a number of minutes up to {MAX_DAYS * 1440:,}, not {self.interval_minutes}"
-            )
         if self.strategy not in STRATEGIES:
             raise RetentionSettingError(f"retention strategy must be 'delete' or 'keep_latest', not {self.strategy!r}")
-        if self.interval_minutes <= 0:
-            raise RetentionSettingError(f"the sweep interval must be more than 0 minutes, not {self.interval_minutes}")
+        if not 0 < self.interval_minutes <= MAX_DAYS * 1440:  # NaN and infinity fail it too
+            raise RetentionSettingError(
+                f"the sweep interval must be a number of minutes, more than 0 and up to {MAX_DAYS * 1440:,}, "
+                f"not {self.interval_minutes}"
+            )
         if not 1 <= self.batch_size <= 10_000:
             raise RetentionSettingError(f"the sweep batch size must be between 1 and 10000, not {self.batch_size}")
         if self.sweep_limit < 1:

@@ -25,7 +25,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from checkpointers.errors import InvalidCursorError, ThreadDeletedError, UnstorableInputError
+from checkpointers.errors import InvalidCursorError, ThreadDeletedError
 from checkpointers.search import message_text
 from checkpointers.storable import check_id, check_text, jsonb_storable
 
@@ -157,10 +157,10 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         updated_at, thread_id = json.loads(raw)
         if not isinstance(updated_at, str) or not isinstance(thread_id, str):
             raise ValueError
-        check_id(updated_at, "cursor")  # a NUL or a lone surrogate: neither engine can compare it
+        check_id(updated_at, "cursor")  # a NUL or a lone surrogate (a ValueError): neither engine can compare it
         check_id(thread_id, "cursor")
         return updated_at, thread_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, UnstorableInputError) as exc:
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidCursorError(f"invalid thread list cursor {cursor[:40]!r}") from exc
 
 

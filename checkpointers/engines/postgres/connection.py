@@ -163,9 +163,9 @@ def run_transaction(conn: psycopg.Connection, plan: Plan[T], begin: str | None =
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        lost = conn.broken  # before `_end`, which closes the connection after any server error
+        broken = conn.broken  # before `_end`, which closes the connection after any server error
         _end(conn, exc if begin is not None else None)
-        if refused := refusal(exc, lost):
+        if refused := refusal(exc, broken):
             raise refused from exc
         raise
 
@@ -193,9 +193,9 @@ async def arun_transaction(
     except BaseException as exc:
         if lost := driving.lost(conn, exc):
             raise lost from exc
-        lost = conn.broken
+        broken = conn.broken
         await _aend(conn, exc if begin is not None else None)
-        if refused := refusal(exc, lost):
+        if refused := refusal(exc, broken):
             raise refused from exc
         raise
 
@@ -209,14 +209,13 @@ def refusal(exc: BaseException, lost: bool = False) -> StoreError | None:
         return StoreFullError(
             "The PostgreSQL server's disk is full, so nothing was saved; free some space on the server and try again."
         )
+    reason = " ".join(str(exc).split("\n", 1)[0].split())  # the server's own first line
     if isinstance(exc, (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
-        reason = " ".join(str(exc).split("\n", 1)[0].split())
         return StoreUnavailableError(
             f"the PostgreSQL database refused this ({reason}): check the rights of the database role "
             "threadkeeper connects as, and that the server is not a read-only standby"
         )
     if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
-        reason = " ".join(str(exc).split("\n", 1)[0].split())
         return UnstorableInputError(
             f"This is too long for the PostgreSQL store's index ({reason}); a thread id and a user id "
             "together must stay under about 2,700 bytes of UTF-8."
@@ -510,14 +509,17 @@ async def _aprobe(url: str) -> None:
         raise unavailable(url, exc) from exc
 
 
+STORE_FOUND_SQL = "SELECT to_regclass(format('%%I.schema_migrations', current_schema())) IS NOT NULL"
+"""Whether the URL's schema holds a store: in this schema only, as `CREATE TABLE IF NOT EXISTS`
+looks, not one further down `search_path` (another tenant's)."""
+
+
 def has_store(url: str) -> bool:
     """Whether the database (the schema its URL's `search_path` names) holds a threadkeeper
     store, found without creating one. Raises `StoreUnavailableError` when unreachable."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)) as conn:
-            (found,) = conn.execute(
-                "SELECT to_regclass(format('%I.schema_migrations', current_schema())) IS NOT NULL"
-            ).fetchone()
+            (found,) = conn.execute(STORE_FOUND_SQL, ()).fetchone()
     except psycopg.Error as exc:
         raise unavailable(url, exc) from exc
     return found

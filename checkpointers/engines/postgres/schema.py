@@ -24,7 +24,7 @@ edit one that has shipped.
 from __future__ import annotations
 
 from checkpointers.codec import id_bytes_sql
-from checkpointers.engines.postgres.connection import FETCH_ALL, FETCH_NONE, Plan, Sql
+from checkpointers.engines.postgres.connection import FETCH_ALL, FETCH_NONE, STORE_FOUND_SQL, Plan, Sql
 from checkpointers.errors import SchemaTooNewError
 
 MIGRATION_LOCK = 0x746B6D69  # "tkmi": the advisory lock key every process migrates under
@@ -341,8 +341,7 @@ def migrate() -> Plan[int]:
     A store already up to date is only read: a role that may write rows but not create
     tables, or a read-only server, opens it (PostgreSQL checks the right to create before
     it sees that `CREATE TABLE IF NOT EXISTS` has nothing to do)."""
-    # In this schema only, as `CREATE TABLE IF NOT EXISTS` looks: not one further down `search_path`.
-    ((found,),) = yield Sql("SELECT to_regclass(format('%%I.schema_migrations', current_schema())) IS NOT NULL", ())
+    ((found,),) = yield Sql(STORE_FOUND_SQL, ())
     if found:
         ((newest,),) = yield Sql("SELECT coalesce(max(version), 0) FROM schema_migrations", ())
         _refuse_newer(newest)

@@ -441,9 +441,7 @@ class ThreadSaver(
             "SELECT thread_key, next_value_no, next_message_no, gc_epoch, title FROM threads WHERE thread_id = ?",
             (thread_id,),
         ).fetchone()
-        if row is not None:
-            self._seen.saw(thread_id)
-        else:
+        if row is None:
             self._seen.check_not_deleted(thread_id, parent)
             now = utc_now()
             cur = self.conn.execute(
@@ -452,7 +450,7 @@ class ThreadSaver(
             )
             stats.thread_created(self.conn, user_id)  # usage statistics
             row = (cur.lastrowid, 1, 1, 0, None)
-            self._seen.saw(thread_id)
+        self._seen.saw(thread_id)
         return _ThreadState(*row)
 
     # -- BaseCheckpointSaver: reads -----------------------------------------
